@@ -1,0 +1,31 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod authorize;
+pub mod cache;
+mod context;
+mod domain;
+mod error;
+pub mod gate;
+mod id;
+pub mod job;
+mod membership;
+mod permission;
+pub mod resolve;
+mod scoped;
+pub mod store;
+mod tenant;
+
+pub use authorize::{Actor, Authorizer, HierarchyRule, authorize};
+pub use context::{
+    InTenant, RequestMeta, TenantContext, TenantFutureExt, current, scope, scope_sync, spawn,
+    spawn_current, try_current,
+};
+pub use domain::{DomainName, HostError, MAX_DOMAIN_LEN};
+pub use error::{Result, StoreError, TenantError};
+pub use id::{MAX_SLUG_LEN, MAX_TENANT_ID_LEN, SlugError, TenantId, TenantIdError, TenantSlug};
+pub use membership::{InMemoryMembershipStore, Membership, MembershipStore, UserId};
+pub use permission::{Permission, PermissionError, Role, RolePermissions};
+pub use scoped::{TenantMismatch, TenantScoped};
+pub use tenant::{Placement, PlanId, Tenant, TenantKind, TenantStatus};

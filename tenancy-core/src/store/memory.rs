@@ -1,0 +1,227 @@
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use async_trait::async_trait;
+
+use super::{TenantStore, UniqueViolation};
+use crate::{DomainName, StoreError, Tenant, TenantId, TenantSlug};
+
+/// A [`TenantStore`] held in memory, enforcing unique ids, slugs and domains.
+///
+/// ```
+/// use tenancy_core::store::{InMemoryTenantStore, TenantStore};
+/// use tenancy_core::{Tenant, TenantId};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryTenantStore::new();
+/// let acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme")
+///     .with_domain("portal.acme.test".parse()?);
+/// store.insert(acme.clone())?;
+///
+/// assert!(store.by_domain(&"portal.acme.test".parse()?).await?.is_some());
+/// // A second tenant cannot take the same slug.
+/// assert!(store.insert(Tenant::new(TenantId::new_v4(), "acme".parse()?, "Other")).is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct InMemoryTenantStore {
+    inner: RwLock<Maps>,
+}
+
+#[derive(Debug, Default)]
+struct Maps {
+    by_id: HashMap<TenantId, Arc<Tenant>>,
+    by_slug: HashMap<TenantSlug, TenantId>,
+    by_domain: HashMap<DomainName, TenantId>,
+}
+
+impl Maps {
+    fn check_unique(&self, tenant: &Tenant) -> Result<(), UniqueViolation> {
+        if let Some(owner) = self.by_slug.get(&tenant.slug) {
+            if *owner != tenant.id {
+                return Err(UniqueViolation::Slug(tenant.slug.clone()));
+            }
+        }
+        for d in &tenant.domains {
+            if let Some(owner) = self.by_domain.get(d) {
+                if *owner != tenant.id {
+                    return Err(UniqueViolation::Domain(d.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, id: TenantId) -> Option<Arc<Tenant>> {
+        let old = self.by_id.remove(&id)?;
+        self.by_slug.remove(&old.slug);
+        for d in &old.domains {
+            self.by_domain.remove(d);
+        }
+        Some(old)
+    }
+
+    fn index(&mut self, tenant: Tenant) {
+        self.by_slug.insert(tenant.slug.clone(), tenant.id);
+        for d in &tenant.domains {
+            self.by_domain.insert(d.clone(), tenant.id);
+        }
+        self.by_id.insert(tenant.id, Arc::new(tenant));
+    }
+}
+
+impl InMemoryTenantStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store holding `tenants`.
+    pub fn with_tenants(
+        tenants: impl IntoIterator<Item = Tenant>,
+    ) -> Result<Self, UniqueViolation> {
+        let store = Self::new();
+        for t in tenants {
+            store.insert(t)?;
+        }
+        Ok(store)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a new tenant.
+    pub fn insert(&self, tenant: Tenant) -> Result<(), UniqueViolation> {
+        let mut maps = self.write();
+        if maps.by_id.contains_key(&tenant.id) {
+            return Err(UniqueViolation::Id(tenant.id));
+        }
+        maps.check_unique(&tenant)?;
+        maps.index(tenant);
+        Ok(())
+    }
+
+    /// Replaces an existing tenant (slug and domains may change).
+    ///
+    /// Remember to invalidate any [`super::CachedStore`] in front of this store.
+    pub fn update(&self, tenant: Tenant) -> Result<(), UniqueViolation> {
+        let mut maps = self.write();
+        if !maps.by_id.contains_key(&tenant.id) {
+            return Err(UniqueViolation::Missing(tenant.id));
+        }
+        maps.check_unique(&tenant)?;
+        maps.unindex(tenant.id);
+        maps.index(tenant);
+        Ok(())
+    }
+
+    /// Removes a tenant record entirely; returns it if it existed.
+    pub fn remove(&self, id: TenantId) -> Option<Arc<Tenant>> {
+        self.write().unindex(id)
+    }
+
+    /// How many tenants the store holds.
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl TenantStore for InMemoryTenantStore {
+    async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        Ok(self.read().by_id.get(&id).cloned())
+    }
+
+    async fn by_slug(&self, slug: &TenantSlug) -> Result<Option<Arc<Tenant>>, StoreError> {
+        let maps = self.read();
+        Ok(maps
+            .by_slug
+            .get(slug)
+            .and_then(|id| maps.by_id.get(id))
+            .cloned())
+    }
+
+    async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
+        let maps = self.read();
+        Ok(maps
+            .by_domain
+            .get(domain)
+            .and_then(|id| maps.by_id.get(id))
+            .cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(slug: &str) -> Tenant {
+        Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), slug)
+    }
+
+    #[tokio::test]
+    async fn update_reindexes_slug_and_domains() {
+        let store = InMemoryTenantStore::new();
+        let t = tenant("old").with_domain("old.test".parse().unwrap());
+        store.insert(t.clone()).unwrap();
+        let mut renamed = t.clone();
+        renamed.slug = "new".parse().unwrap();
+        renamed.domains = vec!["new.test".parse().unwrap()];
+        store.update(renamed).unwrap();
+
+        assert!(
+            store
+                .by_slug(&"old".parse().unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .by_domain(&"old.test".parse().unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store
+                .by_slug(&"new".parse().unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            t.id
+        );
+    }
+
+    #[test]
+    fn uniqueness_enforced() {
+        let store = InMemoryTenantStore::new();
+        let a = tenant("a").with_domain("a.test".parse().unwrap());
+        store.insert(a.clone()).unwrap();
+        assert_eq!(store.insert(a.clone()), Err(UniqueViolation::Id(a.id)));
+        assert!(matches!(
+            store.insert(tenant("a")),
+            Err(UniqueViolation::Slug(_))
+        ));
+        assert!(matches!(
+            store.insert(tenant("b").with_domain("a.test".parse().unwrap())),
+            Err(UniqueViolation::Domain(_))
+        ));
+        assert!(matches!(
+            store.update(tenant("c")),
+            Err(UniqueViolation::Missing(_))
+        ));
+        assert_eq!(store.len(), 1);
+    }
+}
