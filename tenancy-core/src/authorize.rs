@@ -172,16 +172,16 @@ impl Authorizer {
             if depth > max_depth || ancestor_id == tenant.id {
                 break;
             }
-            if let Some(m) = self.memberships.membership(user, ancestor_id).await? {
-                if m.role >= min_role {
-                    let role = m.role.min(cap);
-                    return Ok(Actor {
-                        user_id: m.user_id,
-                        role,
-                        grants: self.roles.grants(role).to_vec().into(),
-                        via: Some(ancestor_id),
-                    });
-                }
+            if let Some(m) = self.memberships.membership(user, ancestor_id).await?
+                && m.role >= min_role
+            {
+                let role = m.role.min(cap);
+                return Ok(Actor {
+                    user_id: m.user_id,
+                    role,
+                    grants: self.roles.grants(role).to_vec().into(),
+                    via: Some(ancestor_id),
+                });
             }
             parent = match self.tenants.by_id(ancestor_id).await? {
                 Some(t) => t.parent,

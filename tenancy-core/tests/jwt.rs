@@ -1,5 +1,6 @@
 //! The JWT strategy: verification, algorithms, expiry, claims.
 #![cfg(feature = "jwt")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::json;

@@ -1,4 +1,5 @@
 //! Resolution strategies and the chain, including hostile input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use proptest::prelude::*;
 use tenancy_core::resolve::{

@@ -1,1 +1,83 @@
-//! tmp
+//! Test support for tenancy-rs.
+//!
+//! `scripts/test` starts a throwaway PostgreSQL and exports three URLs; this
+//! crate reads them so that every test connects the same way:
+//!
+//! | variable | role | use |
+//! |---|---|---|
+//! | `TENANCY_TEST_ADMIN_URL` | `postgres` (superuser) | creating databases, inspecting or killing backends |
+//! | `TENANCY_TEST_OWNER_URL` | `tenancy_owner` | owns the schema, runs migrations, takes checksums |
+//! | `TENANCY_TEST_APP_URL` | `tenancy_app` | the application: not superuser, not BYPASSRLS, owns nothing |
+//!
+//! Tests that need a database fail (they do not skip) when the variables are
+//! missing, with a message saying to run `scripts/test`.
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+/// The environment variable holding the superuser URL.
+pub const ADMIN_URL_VAR: &str = "TENANCY_TEST_ADMIN_URL";
+/// The environment variable holding the owner role's URL.
+pub const OWNER_URL_VAR: &str = "TENANCY_TEST_OWNER_URL";
+/// The environment variable holding the application role's URL.
+pub const APP_URL_VAR: &str = "TENANCY_TEST_APP_URL";
+
+/// Why the test database cannot be reached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestkitError {
+    /// A URL variable is not set: the suite was not started by `scripts/test`.
+    #[error("{0} is not set: run the suite with scripts/test, which starts PostgreSQL and sets it")]
+    MissingVar(&'static str),
+    /// Connecting failed.
+    #[error("cannot connect to the test database: {0}")]
+    Connect(#[from] sqlx::Error),
+}
+
+/// The connection URLs of the throwaway database.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// Superuser.
+    pub admin_url: String,
+    /// Owner role.
+    pub owner_url: String,
+    /// Application role.
+    pub app_url: String,
+}
+
+fn var(name: &'static str) -> Result<String, TestkitError> {
+    std::env::var(name).map_err(|_| TestkitError::MissingVar(name))
+}
+
+impl TestDb {
+    /// Reads the URLs exported by `scripts/test`.
+    pub fn from_env() -> Result<Self, TestkitError> {
+        Ok(Self {
+            admin_url: var(ADMIN_URL_VAR)?,
+            owner_url: var(OWNER_URL_VAR)?,
+            app_url: var(APP_URL_VAR)?,
+        })
+    }
+
+    async fn pool(url: &str, max: u32) -> Result<PgPool, TestkitError> {
+        let opts: PgConnectOptions = url.parse()?;
+        Ok(PgPoolOptions::new()
+            .max_connections(max)
+            .connect_with(opts)
+            .await?)
+    }
+
+    /// A pool connected as the application role.
+    pub async fn app_pool(&self, max_connections: u32) -> Result<PgPool, TestkitError> {
+        Self::pool(&self.app_url, max_connections).await
+    }
+
+    /// A pool connected as the owner role.
+    pub async fn owner_pool(&self, max_connections: u32) -> Result<PgPool, TestkitError> {
+        Self::pool(&self.owner_url, max_connections).await
+    }
+
+    /// A pool connected as the superuser.
+    pub async fn admin_pool(&self, max_connections: u32) -> Result<PgPool, TestkitError> {
+        Self::pool(&self.admin_url, max_connections).await
+    }
+}

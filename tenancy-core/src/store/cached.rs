@@ -207,6 +207,14 @@ impl<S: TenantStore> CachedStore<S> {
         self.cache.invalidate_all();
     }
 
+    /// Runs the cache's pending maintenance (evictions, expirations) now.
+    ///
+    /// The cache does this by itself as it is used; call it when you need
+    /// [`CachedStore::entry_count`] to be exact, as in tests.
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
     /// Approximate number of cached entries (hits and misses).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()

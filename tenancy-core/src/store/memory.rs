@@ -37,16 +37,16 @@ struct Maps {
 
 impl Maps {
     fn check_unique(&self, tenant: &Tenant) -> Result<(), UniqueViolation> {
-        if let Some(owner) = self.by_slug.get(&tenant.slug) {
-            if *owner != tenant.id {
-                return Err(UniqueViolation::Slug(tenant.slug.clone()));
-            }
+        if let Some(owner) = self.by_slug.get(&tenant.slug)
+            && *owner != tenant.id
+        {
+            return Err(UniqueViolation::Slug(tenant.slug.clone()));
         }
         for d in &tenant.domains {
-            if let Some(owner) = self.by_domain.get(d) {
-                if *owner != tenant.id {
-                    return Err(UniqueViolation::Domain(d.clone()));
-                }
+            if let Some(owner) = self.by_domain.get(d)
+                && *owner != tenant.id
+            {
+                return Err(UniqueViolation::Domain(d.clone()));
             }
         }
         Ok(())

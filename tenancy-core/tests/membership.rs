@@ -1,0 +1,185 @@
+//! Memberships and authorization, including explicit hierarchy rules.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use tenancy_core::store::InMemoryTenantStore;
+use tenancy_core::{
+    Actor, Authorizer, HierarchyRule, InMemoryMembershipStore, Membership, MembershipStore, Role,
+    RolePermissions, Tenant, TenantContext, TenantError, TenantId, UserId, authorize,
+};
+
+struct World {
+    provider: Tenant,
+    region: Tenant,
+    office: Tenant,
+    other: Tenant,
+    tenants: Arc<InMemoryTenantStore>,
+    members: Arc<InMemoryMembershipStore>,
+}
+
+fn world() -> World {
+    let provider = Tenant::new(TenantId::new_v4(), "provider".parse().unwrap(), "P");
+    let region =
+        Tenant::new(TenantId::new_v4(), "region".parse().unwrap(), "R").with_parent(provider.id);
+    let office =
+        Tenant::new(TenantId::new_v4(), "office".parse().unwrap(), "O").with_parent(region.id);
+    let other = Tenant::new(TenantId::new_v4(), "other".parse().unwrap(), "X");
+    let tenants = Arc::new(
+        InMemoryTenantStore::with_tenants([
+            provider.clone(),
+            region.clone(),
+            office.clone(),
+            other.clone(),
+        ])
+        .unwrap(),
+    );
+    let members = Arc::new(InMemoryMembershipStore::new());
+    World {
+        provider,
+        region,
+        office,
+        other,
+        tenants,
+        members,
+    }
+}
+
+#[tokio::test]
+async fn authorization_table_by_role() {
+    let w = world();
+    let authz = Authorizer::new(w.members.clone(), w.tenants.clone());
+    let table: [(Role, &str, bool); 12] = [
+        (Role::Viewer, "policies:read", true),
+        (Role::Viewer, "policies:create", false),
+        (Role::Viewer, "policies:delete", false),
+        (Role::Member, "policies:read", true),
+        (Role::Member, "policies:create", true),
+        (Role::Member, "policies:delete", false),
+        (Role::Manager, "policies:delete", true),
+        (Role::Manager, "members:invite", false),
+        (Role::Manager, "customers:export", true),
+        (Role::Admin, "members:invite", true),
+        (Role::Admin, "settings:update", true),
+        (Role::Admin, "malformed", false),
+    ];
+    for (i, (role, perm, allowed)) in table.into_iter().enumerate() {
+        let user = UserId::new(format!("user-{i}"));
+        w.members
+            .upsert(Membership::new(user.clone(), w.provider.id, role));
+        let ctx = authz
+            .authorize_user(&TenantContext::new(w.provider.clone()), user)
+            .await
+            .unwrap();
+        let got = authorize(&ctx, perm);
+        assert_eq!(got.is_ok(), allowed, "{role} {perm}");
+        if let Err(e) = got {
+            assert!(matches!(e, TenantError::MissingPermission { .. }));
+            assert_eq!(e.status(), 403);
+        }
+    }
+}
+
+#[tokio::test]
+async fn extra_grants_and_custom_roles() {
+    let w = world();
+    let user = UserId::new("ana");
+    w.members.upsert(
+        Membership::new(user.clone(), w.provider.id, Role::Viewer)
+            .with_grant("reports:export".parse().unwrap()),
+    );
+    let mut roles = RolePermissions::default();
+    roles.set(Role::Viewer, vec!["dashboard:read".parse().unwrap()]);
+    let authz = Authorizer::new(w.members.clone(), w.tenants.clone()).with_roles(roles);
+    let ctx = authz
+        .authorize_user(&TenantContext::new(w.provider.clone()), user)
+        .await
+        .unwrap();
+    assert!(authorize(&ctx, "reports:export").is_ok());
+    assert!(authorize(&ctx, "dashboard:read").is_ok());
+    assert!(authorize(&ctx, "policies:read").is_err());
+}
+
+#[tokio::test]
+async fn membership_is_per_tenant() {
+    let w = world();
+    let user = UserId::new("ana");
+    w.members
+        .upsert(Membership::new(user.clone(), w.provider.id, Role::Admin));
+    let authz = Authorizer::new(w.members.clone(), w.tenants.clone());
+    let err = authz.actor(&user, &w.other).await.unwrap_err();
+    assert!(matches!(err, TenantError::NotAMember));
+    assert_eq!(err.status(), 403);
+    // No actor at all: 401.
+    let anonymous = TenantContext::new(w.other.clone());
+    assert_eq!(
+        authorize(&anonymous, "policies:read").unwrap_err().status(),
+        401
+    );
+    // A user may list the tenants they belong to.
+    w.members
+        .upsert(Membership::new(user.clone(), w.other.id, Role::Viewer));
+    assert_eq!(w.members.memberships_of(&user).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn ancestors_give_no_access_unless_a_rule_says_so() {
+    let w = world();
+    let boss = UserId::new("boss");
+    w.members
+        .upsert(Membership::new(boss.clone(), w.provider.id, Role::Admin));
+
+    let direct = Authorizer::new(w.members.clone(), w.tenants.clone());
+    assert!(matches!(
+        direct.actor(&boss, &w.region).await,
+        Err(TenantError::NotAMember)
+    ));
+
+    let inherit = direct.clone().with_hierarchy(HierarchyRule::Inherit {
+        min_role: Role::Manager,
+        max_depth: 1,
+        cap: Role::Viewer,
+    });
+    let actor: Actor = inherit.actor(&boss, &w.region).await.unwrap();
+    assert_eq!(actor.role, Role::Viewer, "role is capped");
+    assert_eq!(actor.via, Some(w.provider.id), "the route is recorded");
+    assert!(actor.can("policies:read") && !actor.can("policies:create"));
+    // Depth 2 is beyond max_depth 1.
+    assert!(matches!(
+        inherit.actor(&boss, &w.office).await,
+        Err(TenantError::NotAMember)
+    ));
+    let deeper = direct.clone().with_hierarchy(HierarchyRule::Inherit {
+        min_role: Role::Manager,
+        max_depth: 2,
+        cap: Role::Admin,
+    });
+    let actor = deeper.actor(&boss, &w.office).await.unwrap();
+    assert_eq!((actor.role, actor.via), (Role::Admin, Some(w.provider.id)));
+    // A role below min_role does not carry down.
+    let clerk = UserId::new("clerk");
+    w.members
+        .upsert(Membership::new(clerk.clone(), w.provider.id, Role::Member));
+    assert!(deeper.actor(&clerk, &w.region).await.is_err());
+    // Unrelated tenants stay out of reach.
+    assert!(deeper.actor(&boss, &w.other).await.is_err());
+}
+
+#[tokio::test]
+async fn a_direct_membership_wins_over_an_inherited_one() {
+    let w = world();
+    let user = UserId::new("u");
+    w.members
+        .upsert(Membership::new(user.clone(), w.provider.id, Role::Admin));
+    w.members
+        .upsert(Membership::new(user.clone(), w.region.id, Role::Viewer));
+    let authz = Authorizer::new(w.members.clone(), w.tenants.clone()).with_hierarchy(
+        HierarchyRule::Inherit {
+            min_role: Role::Admin,
+            max_depth: 3,
+            cap: Role::Admin,
+        },
+    );
+    let actor = authz.actor(&user, &w.region).await.unwrap();
+    assert_eq!((actor.role, actor.via), (Role::Viewer, None));
+}
