@@ -29,3 +29,9 @@ pub use membership::{InMemoryMembershipStore, Membership, MembershipStore, UserI
 pub use permission::{Permission, PermissionError, Role, RolePermissions};
 pub use scoped::{TenantMismatch, TenantScoped};
 pub use tenant::{Placement, PlanId, Tenant, TenantKind, TenantStatus};
+
+/// The workspace README's example, compiled and run as a doc test so that it
+/// stays true to the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct WorkspaceReadme;

@@ -151,6 +151,10 @@ impl<S: TenantStore> CachedStore<S> {
     }
 
     async fn get(&self, key: TenantRef) -> Result<Entry, StoreError> {
+        // Fast path: a plain read is much cheaper than setting up a loader.
+        if let Some(hit) = self.cache.get(&key).await {
+            return Ok(hit);
+        }
         let loader_key = key.clone();
         self.cache
             .try_get_with(key, async move { loader_key.load(&self.inner).await })
