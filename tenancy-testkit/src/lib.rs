@@ -8,11 +8,18 @@
 //! | `TENANCY_TEST_ADMIN_URL` | `postgres` (superuser) | creating databases, inspecting or killing backends |
 //! | `TENANCY_TEST_OWNER_URL` | `tenancy_owner` | owns the schema, runs migrations, takes checksums |
 //! | `TENANCY_TEST_APP_URL` | `tenancy_app` | the application: not superuser, not BYPASSRLS, owns nothing |
+//! | `TENANCY_TEST_OPS_URL` | `tenancy_ops` | BYPASSRLS operations role for the audited cross-tenant path |
+//! | `TENANCY_TEST_PGBOUNCER_APP_URL` | `tenancy_app` via pgbouncer | transaction pooling mode, 2 server connections |
+//!
+//! [`isolation`] is the property suite every data path runs (sqlx, diesel,
+//! each isolation model).
 //!
 //! Tests that need a database fail (they do not skip) when the variables are
 //! missing, with a message saying to run `scripts/test`.
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+pub mod isolation;
 
 /// The environment variable holding the superuser URL.
 pub const ADMIN_URL_VAR: &str = "TENANCY_TEST_ADMIN_URL";
@@ -20,6 +27,10 @@ pub const ADMIN_URL_VAR: &str = "TENANCY_TEST_ADMIN_URL";
 pub const OWNER_URL_VAR: &str = "TENANCY_TEST_OWNER_URL";
 /// The environment variable holding the application role's URL.
 pub const APP_URL_VAR: &str = "TENANCY_TEST_APP_URL";
+/// The environment variable holding the operations (BYPASSRLS) role's URL.
+pub const OPS_URL_VAR: &str = "TENANCY_TEST_OPS_URL";
+/// The environment variable holding the application role's URL through pgbouncer.
+pub const PGBOUNCER_APP_URL_VAR: &str = "TENANCY_TEST_PGBOUNCER_APP_URL";
 
 /// Why the test database cannot be reached.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +53,10 @@ pub struct TestDb {
     pub owner_url: String,
     /// Application role.
     pub app_url: String,
+    /// Operations role (BYPASSRLS, not owner).
+    pub ops_url: String,
+    /// Application role through pgbouncer in transaction mode.
+    pub pgbouncer_app_url: String,
 }
 
 fn var(name: &'static str) -> Result<String, TestkitError> {
@@ -55,6 +70,8 @@ impl TestDb {
             admin_url: var(ADMIN_URL_VAR)?,
             owner_url: var(OWNER_URL_VAR)?,
             app_url: var(APP_URL_VAR)?,
+            ops_url: var(OPS_URL_VAR)?,
+            pgbouncer_app_url: var(PGBOUNCER_APP_URL_VAR)?,
         })
     }
 
@@ -74,6 +91,26 @@ impl TestDb {
     /// A pool connected as the owner role.
     pub async fn owner_pool(&self, max_connections: u32) -> Result<PgPool, TestkitError> {
         Self::pool(&self.owner_url, max_connections).await
+    }
+
+    /// A pool connected as the operations role.
+    pub async fn ops_pool(&self, max_connections: u32) -> Result<PgPool, TestkitError> {
+        Self::pool(&self.ops_url, max_connections).await
+    }
+
+    /// Creates a fresh schema owned by `tenancy_owner`, usable by the
+    /// application and operations roles, so that tests running in parallel
+    /// never share tables. Returns its name.
+    pub async fn fresh_schema(&self, prefix: &str) -> Result<String, TestkitError> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let owner = self.owner_pool(1).await?;
+        sqlx::raw_sql(&format!(
+            "CREATE SCHEMA \"{name}\"; GRANT USAGE ON SCHEMA \"{name}\" TO tenancy_app, tenancy_ops"
+        ))
+        .execute(&owner)
+        .await?;
+        owner.close().await;
+        Ok(name)
     }
 
     /// A pool connected as the superuser.

@@ -1,0 +1,290 @@
+//! The one door to tenant data: [`TenantDb::begin`] → [`TenantTx`].
+
+use std::ops::{Deref, DerefMut};
+
+use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
+use sqlx::query::Query;
+use sqlx::{Postgres, Transaction};
+use tenancy_core::{TenantContext, TenantId, TenantScoped};
+use tracing::Instrument;
+
+use crate::DbError;
+
+/// The PostgreSQL setting that carries the tenant id into row-level security
+/// policies. It is only ever set with transaction scope.
+pub const TENANT_SETTING: &str = "app.tenant_id";
+
+/// Whether pooled connections are checked for a leaked tenant setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PoolHygiene {
+    /// Check every new connection (`after_connect`) and every connection
+    /// returned to the pool (`after_release`); a connection that carries
+    /// `app.tenant_id` outside a transaction is closed, never reused. The
+    /// release check costs one round trip, off the releasing task's path.
+    #[default]
+    Verify,
+    /// No checks. Transaction-scoped settings cannot leak by themselves; the
+    /// checks only guard against application code that sets the tenant at
+    /// session level by hand.
+    Off,
+}
+
+const CHECK_SQL: &str = "SELECT current_setting('app.tenant_id', true)";
+
+async fn leaked_setting(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+    let value: Option<String> = sqlx::query_scalar(CHECK_SQL).fetch_one(conn).await?;
+    Ok(value.filter(|v| !v.is_empty()))
+}
+
+/// Opens tenant-scoped transactions on a PostgreSQL pool.
+///
+/// Every transaction it opens runs
+/// `BEGIN; SELECT set_config('app.tenant_id', '<uuid>', true)` as **one**
+/// simple-query message (one round trip), so the tenant lives exactly as
+/// long as the transaction: it is gone after `COMMIT`, `ROLLBACK`, an error,
+/// a panic or a dropped future, and it is safe behind pgbouncer in
+/// transaction mode. Nothing in this crate sets the tenant at session level.
+///
+/// Build the pool with [`TenantDb::pool_options`] to get the pool hygiene
+/// checks (see [`PoolHygiene`]). The application role must be neither
+/// superuser nor `BYPASSRLS` nor the owner of tenant tables; run
+/// [`crate::audit`] at start-up to be sure.
+///
+/// ```no_run
+/// use tenancy_core::{Tenant, TenantContext, TenantId};
+/// use tenancy_sqlx::TenantDb;
+///
+/// # async fn example(ctx: TenantContext) -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = TenantDb::pool_options()
+///     .max_connections(16)
+///     .connect("postgres://app:secret@localhost/insurance")
+///     .await?;
+/// let db = TenantDb::new(pool);
+///
+/// let mut tx = db.begin(&ctx).await?;
+/// let names: Vec<String> = sqlx::query_scalar("SELECT name FROM customers ORDER BY name")
+///     .fetch_all(&mut *tx) // RLS shows only ctx's tenant's rows
+///     .await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TenantDb {
+    pool: PgPool,
+}
+
+impl TenantDb {
+    /// Pool options with [`PoolHygiene::Verify`] hooks installed.
+    ///
+    /// Do not call `after_connect` or `after_release` on the result: sqlx
+    /// keeps one callback each, so yours would replace the checks.
+    pub fn pool_options() -> PgPoolOptions {
+        Self::pool_options_with(PoolHygiene::Verify)
+    }
+
+    /// Pool options with the given hygiene.
+    pub fn pool_options_with(hygiene: PoolHygiene) -> PgPoolOptions {
+        let options = PgPoolOptions::new();
+        match hygiene {
+            PoolHygiene::Off => options,
+            PoolHygiene::Verify => options
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        if let Some(found) = leaked_setting(conn).await? {
+                            tracing::error!(
+                                found = %found,
+                                "new connection already carries app.tenant_id (connection options?); refusing it"
+                            );
+                            return Err(sqlx::Error::Configuration(
+                                format!(
+                                    "new connection carries app.tenant_id = {found:?}; \
+                                     remove it from the connection options"
+                                )
+                                .into(),
+                            ));
+                        }
+                        Ok(())
+                    })
+                })
+                .after_release(|conn, _meta| {
+                    Box::pin(async move {
+                        match leaked_setting(conn).await {
+                            Ok(None) => Ok(true),
+                            Ok(Some(found)) => {
+                                tracing::error!(
+                                    found = %found,
+                                    "connection returned to the pool carries app.tenant_id at \
+                                     session level; closing it"
+                                );
+                                Ok(false)
+                            }
+                            // A broken connection is closed rather than reused.
+                            Err(_) => Ok(false),
+                        }
+                    })
+                }),
+        }
+    }
+
+    /// Wraps a pool. Prefer one built from [`TenantDb::pool_options`].
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Connects with [`TenantDb::pool_options`] defaults.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        Ok(Self::new(Self::pool_options().connect(url).await?))
+    }
+
+    /// Opens a transaction in which PostgreSQL sees `ctx`'s tenant.
+    ///
+    /// A connection that turns out to be dead (for example its backend was
+    /// terminated) is discarded and the transaction is retried once on
+    /// another connection.
+    pub async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, DbError> {
+        let tenant = ctx.tenant_id();
+        let span = tracing::debug_span!("tenant_tx", tenant.id = %tenant);
+        async {
+            let tx = match self.pool.begin_with(begin_sql(tenant)).await {
+                Ok(tx) => tx,
+                Err(e) if is_connection_loss(&e) => {
+                    tracing::warn!(error = %e, "connection lost at BEGIN; retrying once");
+                    self.pool.begin_with(begin_sql(tenant)).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Ok(TenantTx {
+                tx,
+                ctx: ctx.clone(),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn is_connection_loss(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        // 57P01 admin_shutdown: the backend was terminated (pg_terminate_backend).
+        sqlx::Error::Database(db) => db.code().as_deref() == Some("57P01"),
+        _ => false,
+    }
+}
+
+/// The statement that opens a tenant transaction. The id is a parsed UUID,
+/// so formatting it into the SQL is injection-safe.
+fn begin_sql(tenant: TenantId) -> String {
+    format!(
+        "BEGIN; SELECT set_config('{TENANT_SETTING}', '{}', true)",
+        tenant.as_uuid().hyphenated()
+    )
+}
+
+/// A transaction bound to one tenant.
+///
+/// Use it as a connection (`&mut *tx`) with ordinary sqlx queries. Commit
+/// with [`TenantTx::commit`]; dropping it rolls back.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    ctx: TenantContext,
+}
+
+impl std::fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantTx")
+            .field("tenant", &self.ctx.tenant_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantTx {
+    /// The context the transaction was opened for.
+    pub fn context(&self) -> &TenantContext {
+        &self.ctx
+    }
+
+    /// The tenant the transaction is bound to.
+    pub fn tenant_id(&self) -> TenantId {
+        self.ctx.tenant_id()
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), DbError> {
+        Ok(self.tx.commit().await?)
+    }
+
+    /// Rolls back.
+    pub async fn rollback(self) -> Result<(), DbError> {
+        Ok(self.tx.rollback().await?)
+    }
+
+    /// Write guard: `Ok` when `entity` belongs to this transaction's tenant.
+    ///
+    /// Row-level security's `WITH CHECK` is the second wall; this one fails
+    /// before any SQL is sent and names the problem.
+    pub fn guard<E: TenantScoped + ?Sized>(&self, entity: &E) -> Result<(), DbError> {
+        Ok(entity.ensure_tenant(&self.ctx)?)
+    }
+
+    /// Runs a write for `entity` after checking it belongs to this tenant.
+    ///
+    /// ```no_run
+    /// # use tenancy_core::{TenantId, TenantScoped};
+    /// # struct Customer { tenant_id: TenantId, id: uuid::Uuid, name: String }
+    /// # impl TenantScoped for Customer { fn tenant_id(&self) -> TenantId { self.tenant_id } }
+    /// # async fn example(mut tx: tenancy_sqlx::TenantTx, c: Customer) -> Result<(), tenancy_sqlx::DbError> {
+    /// tx.write(
+    ///     &c,
+    ///     sqlx::query("INSERT INTO customers (tenant_id, id, name) VALUES ($1, $2, $3)")
+    ///         .bind(c.tenant_id.as_uuid())
+    ///         .bind(c.id)
+    ///         .bind(&c.name),
+    /// )
+    /// .await?;
+    /// tx.commit().await
+    /// # }
+    /// ```
+    pub async fn write<E: TenantScoped + ?Sized>(
+        &mut self,
+        entity: &E,
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> Result<PgQueryResult, DbError> {
+        self.guard(entity)?;
+        Ok(query.execute(&mut *self.tx).await?)
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_statement_is_transaction_scoped() {
+        let id: TenantId = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap();
+        assert_eq!(
+            begin_sql(id),
+            "BEGIN; SELECT set_config('app.tenant_id', '67e55044-10b1-426f-9247-bb680e5fe0c8', true)"
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! [`DbError`]: what can go wrong in the data layer.
+
+use tenancy_core::{TenantError, TenantMismatch};
+
+use crate::audit::AuditReport;
+
+/// An error from `tenancy-sqlx`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The database or driver failed.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// An entity of another tenant was about to be written (write guard).
+    #[error(transparent)]
+    Mismatch(#[from] TenantMismatch),
+    /// A pooled connection carried a tenant setting outside a transaction.
+    /// The connection was discarded; this indicates session-level
+    /// `SET app.tenant_id` somewhere in application code.
+    #[error(
+        "a pooled connection carried tenant setting {found:?} outside a transaction: \
+         never SET app.tenant_id at session level; use TenantDb::begin"
+    )]
+    LeakedSetting {
+        /// The value found.
+        found: String,
+    },
+    /// The isolation audit found problems and strict mode refused to start.
+    #[error("isolation audit failed:\n{0}")]
+    Audit(Box<AuditReport>),
+    /// A stored value could not be turned into a core type.
+    #[error("invalid stored data in {what}: {reason}")]
+    InvalidData {
+        /// Which value.
+        what: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// A cross-tenant capability was requested without a reason.
+    #[error("cross-tenant access needs a non-empty reason for the audit trail")]
+    MissingReason,
+    /// A write would break a uniqueness rule (slug, domain, id).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+impl From<DbError> for TenantError {
+    /// Mismatches keep their meaning (403); everything else is a store failure (500).
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Mismatch(m) => TenantError::Mismatch(m),
+            other => TenantError::Store(tenancy_core::StoreError::new(other)),
+        }
+    }
+}

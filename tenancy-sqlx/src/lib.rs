@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod audit;
+mod db;
+mod error;
+pub mod migrate;
+mod notify;
+mod privileged;
+pub mod rls;
+mod store;
+
+pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};
+pub use error::DbError;
+pub use notify::{InvalidationListener, TENANT_CHANGED_CHANNEL};
+pub use privileged::{CrossTenantAccess, PrivilegedDb};
+pub use store::{PgMembershipStore, PgTenantStore};

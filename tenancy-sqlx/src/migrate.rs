@@ -1,0 +1,69 @@
+//! The system schema (`tenancy.tenants`, `tenancy.tenant_domains`,
+//! `tenancy.memberships`) as sqlx migrations shipped inside this crate.
+//!
+//! The migrations run with `search_path = tenancy`, so their ledger
+//! (`tenancy._sqlx_migrations`) never mixes with your application's own
+//! sqlx migrations in `public`.
+
+use sqlx::migrate::Migrator;
+use sqlx::{Executor, PgConnection};
+
+use crate::DbError;
+use crate::rls::quote_ident;
+
+/// The embedded system-schema migrations.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Applies the system schema. Connect as the schema owner.
+///
+/// Use a dedicated connection: `search_path` is changed for the duration of
+/// the call and reset before it returns, even on error.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tenancy_sqlx::DbError> {
+/// use sqlx::Connection;
+/// let mut owner = sqlx::PgConnection::connect("postgres://owner@localhost/app").await?;
+/// tenancy_sqlx::migrate::run(&mut owner).await?;
+/// tenancy_sqlx::migrate::grant_system_read(&mut owner, "app").await?;
+/// # Ok(()) }
+/// ```
+pub async fn run(conn: &mut PgConnection) -> Result<(), DbError> {
+    conn.execute("CREATE SCHEMA IF NOT EXISTS tenancy; SET search_path TO tenancy")
+        .await?;
+    let result = MIGRATOR.run_direct(&mut *conn).await;
+    let reset = conn.execute("RESET search_path").await;
+    result?;
+    reset?;
+    Ok(())
+}
+
+/// Lets `role` read the system schema (what `PgTenantStore` and
+/// `PgMembershipStore` need to resolve tenants and memberships).
+pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<(), DbError> {
+    let role = quote_ident(role);
+    conn.execute(
+        format!(
+            "GRANT USAGE ON SCHEMA tenancy TO {role}; \
+             GRANT SELECT ON tenancy.tenants, tenancy.tenant_domains, tenancy.memberships TO {role}"
+        )
+        .as_str(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lets `role` also create and change tenants and memberships (an
+/// operations or provisioning role — not the request-serving role).
+pub async fn grant_system_write(conn: &mut PgConnection, role: &str) -> Result<(), DbError> {
+    grant_system_read(conn, role).await?;
+    let role = quote_ident(role);
+    conn.execute(
+        format!(
+            "GRANT INSERT, UPDATE, DELETE ON tenancy.tenants, tenancy.tenant_domains, \
+             tenancy.memberships TO {role}"
+        )
+        .as_str(),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! The shared isolation property suite.
+//!
+//! Every data path (sqlx, diesel sync and async, each isolation model)
+//! implements [`Target`] and runs [`run`]. The suite drives one task per
+//! tenant, all concurrently over the target's shared pool, through random
+//! sequences (proptest strategies, reproducible from the printed seed) of:
+//!
+//! - its own inserts, updates, deletes, point reads and full-table reads,
+//!   checked against an exact model of the tenant's rows — any row of another
+//!   tenant in a result is a **leak**;
+//! - attacks: reads, updates and deletes of *other* tenants' row ids, and
+//!   inserts stamped with another tenant's id — any that succeeds is a **leak**.
+//!
+//! Afterwards the final contents of every table are read around isolation
+//! (by the target's `oracle`, e.g. as superuser) and compared, tenant by
+//! tenant, with the models: a row changed, lost or planted by anyone else is
+//! a **leak**. The report's `Display` is the line
+//! `isolation-suite: ops=<n> leaks=<k>`.
+//!
+//! Operation count: [`Config::from_env`] reads `TENANCY_ISOLATION_OPS`
+//! (default 100 000) and `TENANCY_ISOLATION_SEED`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+use tenancy_core::{TenantContext, TenantId};
+use uuid::Uuid;
+
+/// The tables every target provides, each with columns
+/// `(tenant_id uuid NOT NULL, id uuid NOT NULL, value bigint NOT NULL, PRIMARY KEY (tenant_id, id))`.
+pub const TABLES: [&str; 3] = ["customers", "policies", "payments"];
+
+/// The most rows the suite keeps per tenant and table (so full reads stay cheap).
+pub const MAX_ROWS: usize = 40;
+
+/// `CREATE TABLE` statements for [`TABLES`] in `schema` (owner runs them;
+/// the data path then applies its own isolation DDL).
+pub fn create_tables_sql(schema: &str) -> Vec<String> {
+    TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE \"{schema}\".\"{t}\" (tenant_id uuid NOT NULL, id uuid NOT NULL, \
+                 value bigint NOT NULL, PRIMARY KEY (tenant_id, id))"
+            )
+        })
+        .collect()
+}
+
+/// One row of a suite table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Row {
+    /// The tenant column as stored.
+    pub tenant_id: Uuid,
+    /// Row id.
+    pub id: Uuid,
+    /// Payload.
+    pub value: i64,
+}
+
+/// A data path under test. Every method except `oracle` runs inside the
+/// isolation of `ctx`'s tenant (a scoped transaction, a tenant schema, a
+/// tenant database...). Errors are returned as text.
+#[async_trait]
+pub trait Target: Send + Sync + 'static {
+    /// Inserts `row` (whose `tenant_id` may be another tenant's: an attack
+    /// that must fail) into table `table` (index into [`TABLES`]).
+    async fn insert(&self, ctx: &TenantContext, table: usize, row: Row) -> Result<(), String>;
+    /// Every row of `table` visible to `ctx`.
+    async fn select_all(&self, ctx: &TenantContext, table: usize) -> Result<Vec<Row>, String>;
+    /// The row with `id`, if visible to `ctx`.
+    async fn select_one(
+        &self,
+        ctx: &TenantContext,
+        table: usize,
+        id: Uuid,
+    ) -> Result<Option<Row>, String>;
+    /// Sets `value` on row `id`; returns rows affected.
+    async fn update(
+        &self,
+        ctx: &TenantContext,
+        table: usize,
+        id: Uuid,
+        value: i64,
+    ) -> Result<u64, String>;
+    /// Deletes row `id`; returns rows affected.
+    async fn delete(&self, ctx: &TenantContext, table: usize, id: Uuid) -> Result<u64, String>;
+    /// Every row of every tenant in `table`, read around isolation.
+    async fn oracle(&self, table: usize) -> Result<Vec<Row>, String>;
+}
+
+/// How much to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Total operations across all tenants.
+    pub ops: usize,
+    /// Seed for the operation sequences.
+    pub seed: u64,
+}
+
+impl Config {
+    /// `TENANCY_ISOLATION_OPS` (default 100 000) and `TENANCY_ISOLATION_SEED`
+    /// (default random).
+    pub fn from_env() -> Self {
+        let ops = std::env::var("TENANCY_ISOLATION_OPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let seed = std::env::var("TENANCY_ISOLATION_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                u64::from_le_bytes(Uuid::new_v4().as_bytes()[..8].try_into().unwrap_or([7; 8]))
+            });
+        Self { ops, seed }
+    }
+}
+
+/// The suite's result.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Operations executed.
+    pub ops: u64,
+    /// Isolation violations observed.
+    pub leaks: u64,
+    /// Non-leak failures (errors where success was expected, model mismatches).
+    pub failures: Vec<String>,
+    /// Leak descriptions (first 20).
+    pub leak_samples: Vec<String>,
+    /// The seed used.
+    pub seed: u64,
+}
+
+impl Report {
+    /// Writes the `isolation-suite: ops=<n> leaks=<k>` line (and the seed) to
+    /// the process's stdout, past the test harness's output capture, so it
+    /// appears in CI logs whether the test passes or fails.
+    pub fn emit(&self, label: &str) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{self} path={label} seed={}", self.seed);
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "isolation-suite: ops={} leaks={}", self.ops, self.leaks)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Insert {
+        table: usize,
+        value: i64,
+    },
+    SelectAll {
+        table: usize,
+    },
+    SelectOwn {
+        table: usize,
+        pick: Index,
+    },
+    Update {
+        table: usize,
+        pick: Index,
+        value: i64,
+    },
+    Delete {
+        table: usize,
+        pick: Index,
+    },
+    ReadForeign {
+        table: usize,
+        pick: Index,
+    },
+    UpdateForeign {
+        table: usize,
+        pick: Index,
+        value: i64,
+    },
+    DeleteForeign {
+        table: usize,
+        pick: Index,
+    },
+    InsertForeign {
+        table: usize,
+        victim: Index,
+        value: i64,
+    },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let table = 0..TABLES.len();
+    prop_oneof![
+        4 => (table.clone(), any::<i64>()).prop_map(|(table, value)| Op::Insert { table, value }),
+        2 => table.clone().prop_map(|table| Op::SelectAll { table }),
+        2 => (table.clone(), any::<Index>()).prop_map(|(table, pick)| Op::SelectOwn { table, pick }),
+        2 => (table.clone(), any::<Index>(), any::<i64>())
+            .prop_map(|(table, pick, value)| Op::Update { table, pick, value }),
+        1 => (table.clone(), any::<Index>()).prop_map(|(table, pick)| Op::Delete { table, pick }),
+        1 => (table.clone(), any::<Index>()).prop_map(|(table, pick)| Op::ReadForeign { table, pick }),
+        1 => (table.clone(), any::<Index>(), any::<i64>())
+            .prop_map(|(table, pick, value)| Op::UpdateForeign { table, pick, value }),
+        1 => (table.clone(), any::<Index>()).prop_map(|(table, pick)| Op::DeleteForeign { table, pick }),
+        1 => (table, any::<Index>(), any::<i64>())
+            .prop_map(|(table, victim, value)| Op::InsertForeign { table, victim, value }),
+    ]
+}
+
+/// Every row id ever inserted, per tenant and table, for attacks.
+#[derive(Default)]
+struct Registry {
+    ids: Mutex<BTreeMap<(Uuid, usize), Vec<Uuid>>>,
+}
+
+impl Registry {
+    fn add(&self, tenant: Uuid, table: usize, id: Uuid) {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((tenant, table))
+            .or_default()
+            .push(id);
+    }
+
+    /// An id of another tenant's row in `table` (if any was ever inserted).
+    fn foreign(&self, me: Uuid, table: usize, pick: &Index) -> Option<(Uuid, Uuid)> {
+        let ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let candidates: Vec<(Uuid, Uuid)> = ids
+            .iter()
+            .filter(|((t, tb), _)| *t != me && *tb == table)
+            .flat_map(|((t, _), v)| v.iter().map(move |id| (*t, *id)))
+            .collect();
+        (!candidates.is_empty()).then(|| candidates[pick.index(candidates.len())])
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ops: u64,
+    leaks: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn leak(&mut self, what: String) {
+        self.leaks.push(what);
+    }
+    fn fail(&mut self, what: String) {
+        if self.failures.len() < 50 {
+            self.failures.push(what);
+        }
+    }
+}
+
+type Model = Vec<BTreeMap<Uuid, i64>>;
+
+async fn drive(
+    target: Arc<dyn Target>,
+    ctx: TenantContext,
+    others: Vec<TenantId>,
+    ops: Vec<Op>,
+    registry: Arc<Registry>,
+) -> (Tally, Model) {
+    let me = ctx.tenant_id().as_uuid();
+    let mut model: Model = vec![BTreeMap::new(); TABLES.len()];
+    let mut t = Tally::default();
+    for op in ops {
+        t.ops += 1;
+        match op {
+            Op::Insert { table, value } => {
+                if model[table].len() >= MAX_ROWS {
+                    // Keep tables small: delete the oldest instead.
+                    if let Some((&id, _)) = model[table].iter().next() {
+                        match target.delete(&ctx, table, id).await {
+                            Ok(1) => {
+                                model[table].remove(&id);
+                            }
+                            r => t.fail(format!("delete own row {id}: {r:?}")),
+                        }
+                    }
+                    continue;
+                }
+                let id = Uuid::new_v4();
+                let row = Row {
+                    tenant_id: me,
+                    id,
+                    value,
+                };
+                match target.insert(&ctx, table, row).await {
+                    Ok(()) => {
+                        model[table].insert(id, value);
+                        registry.add(me, table, id);
+                    }
+                    Err(e) => t.fail(format!("insert own row: {e}")),
+                }
+            }
+            Op::SelectAll { table } => match target.select_all(&ctx, table).await {
+                Ok(rows) => {
+                    let mut seen = BTreeMap::new();
+                    for r in rows {
+                        if r.tenant_id != me {
+                            t.leak(format!(
+                                "{me} read row {} of tenant {} in {}",
+                                r.id, r.tenant_id, TABLES[table]
+                            ));
+                        } else {
+                            seen.insert(r.id, r.value);
+                        }
+                    }
+                    if seen != model[table] {
+                        t.fail(format!(
+                            "{me}: {} holds {} own rows, model has {}",
+                            TABLES[table],
+                            seen.len(),
+                            model[table].len()
+                        ));
+                    }
+                }
+                Err(e) => t.fail(format!("select all: {e}")),
+            },
+            Op::SelectOwn { table, pick } => {
+                if model[table].is_empty() {
+                    continue;
+                }
+                let Some((&id, &value)) = model[table].iter().nth(pick.index(model[table].len()))
+                else {
+                    continue;
+                };
+                match target.select_one(&ctx, table, id).await {
+                    Ok(Some(r))
+                        if r == (Row {
+                            tenant_id: me,
+                            id,
+                            value,
+                        }) => {}
+                    Ok(Some(r)) if r.tenant_id != me => {
+                        t.leak(format!("{me} read foreign row {r:?}"));
+                    }
+                    r => t.fail(format!("select own {id}: {r:?}")),
+                }
+            }
+            Op::Update { table, pick, value } => {
+                if model[table].is_empty() {
+                    continue;
+                }
+                let Some(id) = model[table]
+                    .keys()
+                    .nth(pick.index(model[table].len()))
+                    .copied()
+                else {
+                    continue;
+                };
+                match target.update(&ctx, table, id, value).await {
+                    Ok(1) => {
+                        model[table].insert(id, value);
+                    }
+                    r => t.fail(format!("update own {id}: {r:?}")),
+                }
+            }
+            Op::Delete { table, pick } => {
+                if model[table].is_empty() {
+                    continue;
+                }
+                let Some(id) = model[table]
+                    .keys()
+                    .nth(pick.index(model[table].len()))
+                    .copied()
+                else {
+                    continue;
+                };
+                match target.delete(&ctx, table, id).await {
+                    Ok(1) => {
+                        model[table].remove(&id);
+                    }
+                    r => t.fail(format!("delete own {id}: {r:?}")),
+                }
+            }
+            Op::ReadForeign { table, pick } => {
+                let Some((owner, id)) = registry.foreign(me, table, &pick) else {
+                    continue;
+                };
+                match target.select_one(&ctx, table, id).await {
+                    Ok(None) | Err(_) => {}
+                    Ok(Some(r)) => t.leak(format!("{me} read {owner}'s row {r:?}")),
+                }
+            }
+            Op::UpdateForeign { table, pick, value } => {
+                let Some((owner, id)) = registry.foreign(me, table, &pick) else {
+                    continue;
+                };
+                match target.update(&ctx, table, id, value).await {
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => t.leak(format!("{me} updated {n} row(s) of {owner} ({id})")),
+                }
+            }
+            Op::DeleteForeign { table, pick } => {
+                let Some((owner, id)) = registry.foreign(me, table, &pick) else {
+                    continue;
+                };
+                match target.delete(&ctx, table, id).await {
+                    Ok(0) | Err(_) => {}
+                    Ok(n) => t.leak(format!("{me} deleted {n} row(s) of {owner} ({id})")),
+                }
+            }
+            Op::InsertForeign {
+                table,
+                victim,
+                value,
+            } => {
+                if others.is_empty() {
+                    continue;
+                }
+                let victim = others[victim.index(others.len())].as_uuid();
+                let row = Row {
+                    tenant_id: victim,
+                    id: Uuid::new_v4(),
+                    value,
+                };
+                if target.insert(&ctx, table, row).await.is_ok() {
+                    t.leak(format!("{me} inserted a row stamped for {victim}"));
+                }
+            }
+        }
+    }
+    (t, model)
+}
+
+/// Runs the suite: one task per tenant in `tenants` (at least 2), sharing
+/// `target`, for `config.ops` operations in total, then verifies the final
+/// state through the oracle.
+pub async fn run(target: Arc<dyn Target>, tenants: &[TenantContext], config: &Config) -> Report {
+    let mut report = Report {
+        seed: config.seed,
+        ..Report::default()
+    };
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&config.seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        proptest::test_runner::Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
+    );
+    let per_tenant = config.ops / tenants.len().max(1);
+    let registry = Arc::new(Registry::default());
+    let ids: Vec<TenantId> = tenants.iter().map(TenantContext::tenant_id).collect();
+    let mut tasks = Vec::new();
+    for ctx in tenants {
+        let ops = match proptest::collection::vec(op_strategy(), per_tenant).new_tree(&mut runner) {
+            Ok(tree) => tree.current(),
+            Err(e) => {
+                report
+                    .failures
+                    .push(format!("cannot generate operations: {e}"));
+                return report;
+            }
+        };
+        let others: Vec<TenantId> = ids
+            .iter()
+            .copied()
+            .filter(|i| *i != ctx.tenant_id())
+            .collect();
+        tasks.push((
+            ctx.tenant_id().as_uuid(),
+            tokio::spawn(drive(
+                target.clone(),
+                ctx.clone(),
+                others,
+                ops,
+                registry.clone(),
+            )),
+        ));
+    }
+    let mut models: BTreeMap<Uuid, Model> = BTreeMap::new();
+    let mut leaks = Vec::new();
+    for (tenant, task) in tasks {
+        match task.await {
+            Ok((tally, model)) => {
+                report.ops += tally.ops;
+                leaks.extend(tally.leaks);
+                report.failures.extend(tally.failures);
+                models.insert(tenant, model);
+            }
+            Err(e) => report.failures.push(format!("tenant task panicked: {e}")),
+        }
+    }
+    // Final state, read around isolation, must equal each tenant's model.
+    for (table, name) in TABLES.iter().enumerate() {
+        match target.oracle(table).await {
+            Ok(rows) => {
+                let mut actual: BTreeMap<Uuid, BTreeMap<Uuid, i64>> = BTreeMap::new();
+                for r in rows {
+                    actual.entry(r.tenant_id).or_default().insert(r.id, r.value);
+                }
+                let tenants_seen: HashSet<Uuid> =
+                    actual.keys().chain(models.keys()).copied().collect();
+                for tenant in tenants_seen {
+                    let want = models.get(&tenant).map(|m| &m[table]);
+                    let got = actual.get(&tenant);
+                    let empty = BTreeMap::new();
+                    let (want, got) = (want.unwrap_or(&empty), got.unwrap_or(&empty));
+                    if want != got {
+                        let changed = want
+                            .iter()
+                            .filter(|(id, v)| got.get(*id) != Some(*v))
+                            .count()
+                            + got.keys().filter(|id| !want.contains_key(*id)).count();
+                        for _ in 0..changed {
+                            leaks.push(format!(
+                                "{name}: tenant {tenant}'s final rows differ from its own writes"
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => report.failures.push(format!("oracle {name}: {e}")),
+        }
+    }
+    report.leaks = leaks.len() as u64;
+    report.leak_samples = leaks.into_iter().take(20).collect();
+    report
+}
