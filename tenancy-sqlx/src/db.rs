@@ -30,11 +30,17 @@ pub enum PoolHygiene {
     Off,
 }
 
-const CHECK_SQL: &str = "SELECT current_setting('app.tenant_id', true)";
+const CHECK_SQL: &str = "SELECT coalesce(current_setting('app.tenant_id', true), '')";
 
+/// The tenant setting a connection carries outside any transaction, if any.
+/// Simple-query protocol: one round trip, no prepared statement (so it also
+/// works through pgbouncer in transaction mode).
 async fn leaked_setting(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
-    let value: Option<String> = sqlx::query_scalar(CHECK_SQL).fetch_one(conn).await?;
-    Ok(value.filter(|v| !v.is_empty()))
+    use sqlx::{Executor, Row};
+    // A bare &str has no arguments: sqlx sends it with the simple protocol.
+    let row = conn.fetch_one(CHECK_SQL).await?;
+    let value: String = row.try_get(0)?;
+    Ok(Some(value).filter(|v| !v.is_empty()))
 }
 
 /// Opens tenant-scoped transactions on a PostgreSQL pool.

@@ -9,7 +9,7 @@
 //! | `TENANCY_TEST_OWNER_URL` | `tenancy_owner` | owns the schema, runs migrations, takes checksums |
 //! | `TENANCY_TEST_APP_URL` | `tenancy_app` | the application: not superuser, not BYPASSRLS, owns nothing |
 //! | `TENANCY_TEST_OPS_URL` | `tenancy_ops` | BYPASSRLS operations role for the audited cross-tenant path |
-//! | `TENANCY_TEST_PGBOUNCER_APP_URL` | `tenancy_app` via pgbouncer | transaction pooling mode, 2 server connections |
+//! | `TENANCY_TEST_PGBOUNCER_APP_URL` | `tenancy_app` via pgbouncer | transaction pooling mode, 1 server connection |
 //!
 //! [`isolation`] is the property suite every data path runs (sqlx, diesel,
 //! each isolation model).

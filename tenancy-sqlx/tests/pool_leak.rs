@@ -1,0 +1,318 @@
+//! The pool-leak matrix: whatever happens to a tenant transaction, the next
+//! user of the same physical connection sees no tenant setting and no rows —
+//! directly and through pgbouncer in transaction pooling mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+use tenancy_core::{Tenant, TenantContext, TenantId};
+use tenancy_sqlx::TenantDb;
+use tenancy_sqlx::rls::TenantTable;
+use tenancy_testkit::TestDb;
+
+fn tenant(slug: &str) -> TenantContext {
+    TenantContext::new(Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), slug))
+}
+
+struct Fixture {
+    env: TestDb,
+    table: String,
+    tenant: TenantContext,
+}
+
+async fn fixture() -> Fixture {
+    let env = TestDb::from_env().unwrap();
+    let schema = env.fresh_schema("leak").await.unwrap();
+    let owner = env.owner_pool(1).await.unwrap();
+    let table = format!("\"{schema}\".\"items\"");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (tenant_id uuid NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(), \
+         value int NOT NULL, PRIMARY KEY (tenant_id, id))"
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    TenantTable::new("items")
+        .schema(&schema)
+        .index_on(["id"])
+        .grant_to("tenancy_app")
+        .apply(&mut owner.acquire().await.unwrap())
+        .await
+        .unwrap();
+    // Data that could leak: rows of the tenant used in every scenario.
+    let tenant = tenant("leaky");
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let mut tx = db.begin(&tenant).await.unwrap();
+    for v in 0..5 {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (tenant_id, value) VALUES ($1, $2)"
+        ))
+        .bind(tenant.tenant_id().as_uuid())
+        .bind(v)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    Fixture { env, table, tenant }
+}
+
+/// What the next user of a pooled connection observes outside any tenant
+/// transaction: (tenant setting, visible rows, backend pid). Simple-query
+/// protocol, so the check itself works through pgbouncer.
+async fn next_user(pool: &PgPool, table: &str) -> (String, i64, i32) {
+    let row = sqlx::raw_sql(&format!(
+        "SELECT coalesce(current_setting('app.tenant_id', true), ''), \
+                (SELECT count(*) FROM {table}), pg_backend_pid()"
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn backend_pid(tx: &mut tenancy_sqlx::TenantTx) -> i32 {
+    use sqlx::Executor;
+    let conn: &mut sqlx::PgConnection = tx;
+    conn.fetch_one("SELECT pg_backend_pid()")
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scenario {
+    Commit,
+    Rollback,
+    SqlError,
+    Panic,
+    DroppedFuture,
+    KilledBackend,
+}
+
+const ALL: [Scenario; 6] = [
+    Scenario::Commit,
+    Scenario::Rollback,
+    Scenario::SqlError,
+    Scenario::Panic,
+    Scenario::DroppedFuture,
+    Scenario::KilledBackend,
+];
+
+/// Runs one scenario on `db`; returns the backend pid the transaction used.
+async fn run_scenario(s: Scenario, db: &TenantDb, f: &Fixture) -> Option<i32> {
+    let ctx = f.tenant.clone();
+    let table = f.table.clone();
+    match s {
+        Scenario::Commit => {
+            let mut tx = db.begin(&ctx).await.unwrap();
+            let n: i64 = sqlx::raw_sql(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 5, "inside the transaction the tenant's rows are visible");
+            let pid = backend_pid(&mut tx).await;
+            tx.commit().await.unwrap();
+            Some(pid)
+        }
+        Scenario::Rollback => {
+            let mut tx = db.begin(&ctx).await.unwrap();
+            sqlx::raw_sql(&format!(
+                "INSERT INTO {table} (tenant_id, value) VALUES ('{}', 99)",
+                ctx.tenant_id()
+            ))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            let pid = backend_pid(&mut tx).await;
+            tx.rollback().await.unwrap();
+            Some(pid)
+        }
+        Scenario::SqlError => {
+            let mut tx = db.begin(&ctx).await.unwrap();
+            let pid = backend_pid(&mut tx).await;
+            let err = sqlx::raw_sql("SELECT * FROM no_such_table_here")
+                .execute(&mut *tx)
+                .await;
+            assert!(err.is_err());
+            drop(tx);
+            Some(pid)
+        }
+        Scenario::Panic => {
+            let db = db.clone();
+            let handle = tokio::spawn(async move {
+                let mut tx = db.begin(&ctx).await.unwrap();
+                let _pid = backend_pid(&mut tx).await;
+                panic!("handler bug while holding a tenant transaction");
+            });
+            assert!(handle.await.unwrap_err().is_panic());
+            None
+        }
+        Scenario::DroppedFuture => {
+            let work = async {
+                let mut tx = db.begin(&ctx).await.unwrap();
+                sqlx::raw_sql("SELECT pg_sleep(1)")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            };
+            assert!(
+                tokio::time::timeout(Duration::from_millis(150), work)
+                    .await
+                    .is_err(),
+                "the future must be cancelled mid-query"
+            );
+            None
+        }
+        Scenario::KilledBackend => {
+            let mut tx = db.begin(&ctx).await.unwrap();
+            let pid = backend_pid(&mut tx).await;
+            let admin = f.env.admin_pool(1).await.unwrap();
+            let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+            assert!(killed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let after = sqlx::raw_sql("SELECT 1").execute(&mut *tx).await;
+            assert!(after.is_err(), "the killed backend cannot answer");
+            drop(tx);
+            None
+        }
+    }
+}
+
+async fn matrix(url: &str, same_backend_expected: bool) {
+    // `same_backend_expected`: the next user must land on the very backend the
+    // scenario used (proves the connection really was shared).
+    let f = fixture().await;
+    for s in ALL {
+        // One connection: the next user gets the very same client connection.
+        let pool = TenantDb::pool_options()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .unwrap();
+        let db = TenantDb::new(pool.clone());
+        let pid = run_scenario(s, &db, &f).await;
+        let (setting, rows, next_pid) = next_user(&pool, &f.table).await;
+        assert_eq!(
+            setting, "",
+            "{s:?}: tenant setting survived on the pooled connection"
+        );
+        assert_eq!(rows, 0, "{s:?}: next user without a tenant saw rows");
+        if same_backend_expected && let Some(pid) = pid {
+            assert_eq!(
+                pid, next_pid,
+                "{s:?}: the connection should have been reused"
+            );
+        }
+        // And the tenant still works on this pool afterwards.
+        let mut tx = db.begin(&f.tenant).await.unwrap();
+        let n: i64 = sqlx::raw_sql(&format!("SELECT count(*) FROM {}", f.table))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 5, "{s:?}: tenant data intact");
+        tx.commit().await.unwrap();
+        pool.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_leak_matrix_direct() {
+    let env = TestDb::from_env().unwrap();
+    matrix(&env.app_url, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_leak_matrix_through_pgbouncer_transaction_mode() {
+    let env = TestDb::from_env().unwrap();
+    // pgbouncer 1.18 cannot keep named prepared statements across
+    // transactions: disable sqlx's statement cache (unnamed statements).
+    // scripts/test gives pgbouncer a single server connection, so the next
+    // client lands on the same PostgreSQL backend.
+    let url = format!("{}?statement-cache-capacity=0", env.pgbouncer_app_url);
+    matrix(&url, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_level_setting_is_caught_by_pool_hygiene() {
+    let f = fixture().await;
+    let pool = TenantDb::pool_options()
+        .max_connections(1)
+        .connect(&f.env.app_url)
+        .await
+        .unwrap();
+    // Misbehaving application code sets the tenant at session level.
+    let pid: i32 = {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::raw_sql(&format!(
+            "SELECT set_config('app.tenant_id', '{}', false)",
+            f.tenant.tenant_id()
+        ))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+        sqlx::raw_sql("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get(0)
+    };
+    // The release check closes that connection; the next user gets a clean one.
+    let (setting, rows, next_pid) = next_user(&pool, &f.table).await;
+    assert_eq!((setting.as_str(), rows), ("", 0));
+    assert_ne!(pid, next_pid, "the polluted connection must not be reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hygiene_the_same_misuse_leaks() {
+    // Negative control for the hygiene test above: with the checks off the
+    // polluted connection is reused and the next user sees the rows.
+    let f = fixture().await;
+    let pool = TenantDb::pool_options_with(tenancy_sqlx::PoolHygiene::Off)
+        .max_connections(1)
+        .connect(&f.env.app_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "SELECT set_config('app.tenant_id', '{}', false)",
+        f.tenant.tenant_id()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (setting, rows, _) = next_user(&pool, &f.table).await;
+    assert_eq!(setting, f.tenant.tenant_id().to_string());
+    assert_eq!(rows, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_options_carrying_a_tenant_are_refused() {
+    let f = fixture().await;
+    let connect = |options: String| {
+        let url = format!("{}?options={options}", f.env.app_url);
+        async move {
+            TenantDb::pool_options()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(2))
+                .connect(&url)
+                .await
+        }
+    };
+    // Control: other session options are fine.
+    let ok = connect("-c%20application_name%3Dtenancy".into()).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // A tenant baked into the connection options: every connection is refused
+    // by the after_connect check, so the pool never hands one out.
+    let err = connect(format!("-c%20app.tenant_id%3D{}", f.tenant.tenant_id()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err}");
+}
