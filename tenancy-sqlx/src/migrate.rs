@@ -28,10 +28,20 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// # Ok(()) }
 /// ```
 pub async fn run(conn: &mut PgConnection) -> Result<(), DbError> {
-    conn.execute("CREATE SCHEMA IF NOT EXISTS tenancy; SET search_path TO tenancy")
+    // Serialise concurrent runs (several instances starting at once) before
+    // anything is created; sqlx's own lock is only taken inside the migrator.
+    conn.execute("SELECT pg_advisory_lock(hashtext('tenancy.migrate'))")
         .await?;
-    let result = MIGRATOR.run_direct(&mut *conn).await;
-    let reset = conn.execute("RESET search_path").await;
+    let result = async {
+        conn.execute("CREATE SCHEMA IF NOT EXISTS tenancy; SET search_path TO tenancy")
+            .await?;
+        MIGRATOR.run_direct(&mut *conn).await?;
+        Ok::<_, DbError>(())
+    }
+    .await;
+    let reset = conn
+        .execute("RESET search_path; SELECT pg_advisory_unlock(hashtext('tenancy.migrate'))")
+        .await;
     result?;
     reset?;
     Ok(())
