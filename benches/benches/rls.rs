@@ -1,0 +1,290 @@
+//! The cost of tenant scoping on PostgreSQL, against baselines in the same run.
+//!
+//! Run: `scripts/bench --bench rls` (starts the throwaway PostgreSQL).
+//!
+//! Table: 8 tenants x 5 000 rows, primary key (tenant_id, id), isolated with
+//! `TenantTable` (RLS enabled and forced). Every variant runs the same SQL
+//! `... WHERE tenant_id = $1 AND id = $2` with prepared, cached statements,
+//! one client, one single-connection pool per variant with
+//! `test_before_acquire` off.
+//!
+//! - `point_read/unscoped_autocommit`: the read alone (operations role, no RLS).
+//! - `point_read/unscoped_tx` (**baseline**): BEGIN, read, COMMIT (operations role, no RLS).
+//! - `point_read/scoped_tx`: `TenantDb::begin` (app role, RLS), read, commit; hygiene off.
+//! - `point_read/scoped_tx_verified`: the same with `PoolHygiene::Verify` (default).
+//! - `list_100/*`: 100 rows ordered by id instead of one, unscoped tx vs scoped tx.
+//!
+//! Within a group the variants are interleaved round-robin and each benchmark
+//! times only its own variant, so slow drift of the machine affects all of
+//! them alike (see `bench`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tenancy_core::{Tenant, TenantContext, TenantId};
+use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::{PoolHygiene, TenantDb};
+use tenancy_testkit::TestDb;
+use uuid::Uuid;
+
+const TENANTS: usize = 8;
+const ROWS: i64 = 5_000;
+
+/// Every variant has its own one-connection pool, so that when variants are
+/// interleaved each backend has the same idle history.
+struct Setup {
+    table: String,
+    ctx: TenantContext,
+    probe: Uuid,
+    autocommit: PgPool,
+    unscoped: PgPool,
+    unscoped_list: PgPool,
+    scoped: TenantDb,
+    scoped_list: TenantDb,
+    scoped_verified: TenantDb,
+}
+
+async fn setup() -> Setup {
+    let env =
+        TestDb::from_env().expect("benchmarks need the database: run them with scripts/bench");
+    let schema = env.fresh_schema("bench").await.unwrap();
+    let owner = env.owner_pool(1).await.unwrap();
+    let table = format!("\"{schema}\".items");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (tenant_id uuid NOT NULL, id uuid NOT NULL, value bigint NOT NULL, \
+         payload text NOT NULL, PRIMARY KEY (tenant_id, id))"
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    TenantTable::new("items")
+        .schema(&schema)
+        .index_on(["id"])
+        .grant_to("tenancy_app")
+        .grant_to("tenancy_ops")
+        .apply(&mut owner.acquire().await.unwrap())
+        .await
+        .unwrap();
+    let tenants: Vec<TenantContext> = (0..TENANTS)
+        .map(|i| {
+            TenantContext::new(Tenant::new(
+                TenantId::new_v4(),
+                format!("bench-{i}").parse().unwrap(),
+                "bench",
+            ))
+        })
+        .collect();
+    let ops = || async {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .test_before_acquire(false)
+            .connect(&env.ops_url)
+            .await
+            .unwrap()
+    };
+    let unscoped = ops().await;
+    for t in &tenants {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (tenant_id, id, value, payload) \
+             SELECT $1, gen_random_uuid(), g, repeat('x', 64) FROM generate_series(1, $2) g"
+        ))
+        .bind(t.tenant_id().as_uuid())
+        .bind(ROWS)
+        .execute(&unscoped)
+        .await
+        .unwrap();
+    }
+    sqlx::query(&format!("ANALYZE {table}"))
+        .execute(&owner)
+        .await
+        .unwrap();
+    let ctx = tenants[3].clone();
+    let probe: Uuid = sqlx::query_scalar(&format!(
+        "SELECT id FROM {table} WHERE tenant_id = $1 ORDER BY id OFFSET 2500 LIMIT 1"
+    ))
+    .bind(ctx.tenant_id().as_uuid())
+    .fetch_one(&unscoped)
+    .await
+    .unwrap();
+    let app_url = env.app_url.clone();
+    let app = |h| {
+        let url = app_url.clone();
+        async move {
+            TenantDb::new(
+                TenantDb::pool_options_with(h)
+                    .max_connections(1)
+                    .min_connections(1)
+                    .connect(&url)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    Setup {
+        table,
+        ctx,
+        probe,
+        autocommit: ops().await,
+        unscoped,
+        unscoped_list: ops().await,
+        scoped: app(PoolHygiene::Off).await,
+        scoped_list: app(PoolHygiene::Off).await,
+        scoped_verified: app(PoolHygiene::Verify).await,
+    }
+}
+
+type Item = (Uuid, i64, String);
+
+/// One kind of request the benchmark can issue.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    UnscopedAutocommit,
+    UnscopedTx,
+    ScopedTx,
+    ScopedTxVerified,
+    ListUnscopedTx,
+    ListScopedTx,
+}
+
+impl Setup {
+    async fn run(&self, v: Variant, point: &str, list: &str) {
+        let tenant = self.ctx.tenant_id().as_uuid();
+        match v {
+            Variant::UnscopedAutocommit => {
+                let row: Item = sqlx::query_as(point)
+                    .bind(tenant)
+                    .bind(self.probe)
+                    .fetch_one(&self.autocommit)
+                    .await
+                    .unwrap();
+                black_box(row);
+            }
+            Variant::UnscopedTx => {
+                let mut tx = self.unscoped.begin().await.unwrap();
+                let row: Item = sqlx::query_as(point)
+                    .bind(tenant)
+                    .bind(self.probe)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                black_box(row);
+            }
+            Variant::ScopedTx | Variant::ScopedTxVerified => {
+                let db = if v == Variant::ScopedTx {
+                    &self.scoped
+                } else {
+                    &self.scoped_verified
+                };
+                let mut tx = db.begin(&self.ctx).await.unwrap();
+                let row: Item = sqlx::query_as(point)
+                    .bind(tenant)
+                    .bind(self.probe)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                black_box(row);
+            }
+            Variant::ListUnscopedTx => {
+                let mut tx = self.unscoped_list.begin().await.unwrap();
+                let rows: Vec<Item> = sqlx::query_as(list)
+                    .bind(tenant)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                black_box(rows);
+            }
+            Variant::ListScopedTx => {
+                let mut tx = self.scoped_list.begin(&self.ctx).await.unwrap();
+                let rows: Vec<Item> = sqlx::query_as(list)
+                    .bind(tenant)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                black_box(rows);
+            }
+        }
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(setup());
+    let point = format!(
+        "SELECT id, value, payload FROM {} WHERE tenant_id = $1 AND id = $2",
+        s.table
+    );
+    let list = format!(
+        "SELECT id, value, payload FROM {} WHERE tenant_id = $1 ORDER BY id LIMIT 100",
+        s.table
+    );
+
+    // On a small, shared machine, loopback latency drifts by tens of percent
+    // over seconds. So every benchmark in a group interleaves all the group's
+    // variants round-robin and times only its own: baseline and contenders
+    // see the same conditions, and the ratios stay meaningful. The
+    // verified variant's after_release check runs in the background and can
+    // overlap the request that follows it (unscoped_autocommit), never the
+    // baseline.
+    let mut group = |name: &str, variants: &[(&str, Variant)]| {
+        let mut g = c.benchmark_group(name);
+        g.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(5))
+            .sample_size(60);
+        for (label, timed) in variants {
+            g.bench_function(*label, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (s, point, list) = (&s, &point, &list);
+                    let all: Vec<Variant> = variants.iter().map(|(_, v)| *v).collect();
+                    let timed = *timed;
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            for v in &all {
+                                if *v == timed {
+                                    let start = Instant::now();
+                                    s.run(*v, point, list).await;
+                                    total += start.elapsed();
+                                } else {
+                                    s.run(*v, point, list).await;
+                                }
+                            }
+                        }
+                        total
+                    }
+                });
+            });
+        }
+        g.finish();
+    };
+    group(
+        "point_read",
+        &[
+            ("unscoped_autocommit", Variant::UnscopedAutocommit),
+            ("unscoped_tx", Variant::UnscopedTx),
+            ("scoped_tx", Variant::ScopedTx),
+            ("scoped_tx_verified", Variant::ScopedTxVerified),
+        ],
+    );
+    group(
+        "list_100",
+        &[
+            ("unscoped_tx", Variant::ListUnscopedTx),
+            ("scoped_tx", Variant::ListScopedTx),
+        ],
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
