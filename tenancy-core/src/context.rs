@@ -24,6 +24,8 @@ use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use crate::authorize::Actor;
+use crate::flags::FlagSnapshot;
+use crate::plan::Entitlements;
 use crate::{Tenant, TenantError, TenantId, TenantScoped, TenantSlug};
 
 tokio::task_local! {
@@ -91,11 +93,13 @@ pub struct TenantContext {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     tenant: Arc<Tenant>,
     actor: Option<Actor>,
     request: RequestMeta,
+    entitlements: Option<Arc<Entitlements>>,
+    flags: FlagSnapshot,
 }
 
 impl TenantContext {
@@ -106,29 +110,62 @@ impl TenantContext {
                 tenant: tenant.into(),
                 actor: None,
                 request: RequestMeta::default(),
+                entitlements: None,
+                flags: FlagSnapshot::default(),
             }),
+        }
+    }
+
+    fn with(&self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = (*self.inner).clone();
+        change(&mut inner);
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
     /// The same context acting as `actor`.
     pub fn with_actor(&self, actor: Actor) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                tenant: self.inner.tenant.clone(),
-                actor: Some(actor),
-                request: self.inner.request.clone(),
-            }),
-        }
+        self.with(|i| i.actor = Some(actor))
     }
 
     /// The same context with request metadata attached.
     pub fn with_request(&self, request: RequestMeta) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                tenant: self.inner.tenant.clone(),
-                actor: self.inner.actor.clone(),
-                request,
-            }),
+        self.with(|i| i.request = request)
+    }
+
+    /// The same context with the tenant's plan entitlements (limits and
+    /// feature defaults) attached, for the quota engine.
+    pub fn with_entitlements(&self, entitlements: Arc<Entitlements>) -> Self {
+        self.with(|i| i.entitlements = Some(entitlements))
+    }
+
+    /// The same context with an evaluated flag snapshot attached.
+    pub fn with_flags(&self, flags: FlagSnapshot) -> Self {
+        self.with(|i| i.flags = flags)
+    }
+
+    /// The tenant's plan entitlements, if attached.
+    pub fn entitlements(&self) -> Option<&Arc<Entitlements>> {
+        self.inner.entitlements.as_ref()
+    }
+
+    /// The flag snapshot (empty — every flag off — if none was attached).
+    pub fn flags(&self) -> &FlagSnapshot {
+        &self.inner.flags
+    }
+
+    /// Whether a boolean feature flag is on for this tenant (a map lookup).
+    pub fn feature_enabled(&self, flag: &str) -> bool {
+        self.inner.flags.enabled(flag)
+    }
+
+    /// [`TenantError::FeatureDisabled`] unless `flag` is on.
+    pub fn require_feature(&self, flag: &str) -> Result<(), TenantError> {
+        if self.feature_enabled(flag) {
+            Ok(())
+        } else {
+            Err(TenantError::FeatureDisabled { flag: flag.into() })
         }
     }
 

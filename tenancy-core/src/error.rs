@@ -122,6 +122,15 @@ pub enum TenantError {
         /// The permission that was required.
         permission: Arc<str>,
     },
+    /// A feature the tenant's plan does not include (or that is switched off).
+    #[error("feature {flag} is not available on this tenant's plan: upgrade to use it")]
+    FeatureDisabled {
+        /// The flag.
+        flag: Arc<str>,
+    },
+    /// A quota was exceeded.
+    #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaExceeded),
     /// An entity belongs to another tenant than the context's.
     #[error(transparent)]
     Mismatch(#[from] crate::TenantMismatch),
@@ -143,7 +152,8 @@ impl TenantError {
     /// | `Missing`, `InvalidId`, `InvalidSlug`, `InvalidHost`, `DuplicateHeader` | 400 |
     /// | `InvalidToken`, `Unauthenticated` | 401 |
     /// | `TrialExpired` | 402 |
-    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch` | 403 |
+    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled` | 403 |
+    /// | `Quota` | 429 (rate, concurrency), 413 (`*_bytes` stock), 403 (other stock) |
     /// | `NotFound` | 404 |
     /// | `NoContext`, `Store` | 500 |
     pub fn status(&self) -> u16 {
@@ -155,7 +165,9 @@ impl TenantError {
             | Self::DuplicateHeader { .. } => 400,
             Self::InvalidToken { .. } | Self::Unauthenticated => 401,
             Self::TrialExpired { .. } => 402,
+            Self::Quota(q) => q.status(),
             Self::Conflict { .. }
+            | Self::FeatureDisabled { .. }
             | Self::Suspended { .. }
             | Self::Offboarding
             | Self::NotAMember
@@ -184,6 +196,9 @@ impl TenantError {
             Self::NotAMember => "not-a-member",
             Self::MissingPermission { .. } => "permission-missing",
             Self::Mismatch(_) => "tenant-mismatch",
+            Self::FeatureDisabled { .. } => "feature-not-in-plan",
+            Self::Quota(q) if q.kind == crate::plan::ResourceKind::Rate => "rate-limited",
+            Self::Quota(_) => "quota-exceeded",
             Self::NoContext => "internal",
             Self::Store(_) => "internal",
         }

@@ -1,0 +1,219 @@
+//! The quota engine: stock, rate and concurrency limits per tenant.
+//!
+//! | kind | examples | operation | refusal |
+//! |---|---|---|---|
+//! | stock | users, policies, storage bytes | [`MemoryQuota::reserve`] → [`Reservation`] (commit, or dropped = released); [`MemoryQuota::release`] on deletion | never over the limit |
+//! | rate | API calls per minute and per hour | [`MemoryQuota::check_rate`] (GCRA, several windows, all or nothing) | with `retry_after` |
+//! | concurrency | concurrent requests | [`MemoryQuota::acquire`] → [`Permit`] (released on drop) | at the limit |
+//!
+//! Limits come from the tenant's [`Entitlements`](crate::plan::Entitlements)
+//! carried in its [`TenantContext`](crate::TenantContext); a resource the
+//! plan does not mention is refused (limit 0), never unlimited. Refusals are
+//! a typed [`QuotaExceeded`]. Threshold events fire when usage crosses the
+//! configured percentages (80 % and 95 % by default), once per crossing per
+//! period. Consumption is aggregated per period ([`UsageRecord`]) for billing.
+//!
+//! [`MemoryQuota`] is the in-process backend (atomics; no global lock on the
+//! hot path). `tenancy-sqlx` provides PostgreSQL stock counters that change
+//! in the same transaction as the business write.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::plan::{ResourceKey, ResourceKind};
+use crate::{StoreError, TenantId};
+
+mod memory;
+
+pub use memory::{MemoryQuota, Permit, RateDecision, Reservation};
+
+/// A source of time for quota decisions, injectable for tests.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Time since the Unix epoch.
+    fn now(&self) -> Duration;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+/// A clock that moves only when told to.
+///
+/// ```
+/// use std::time::Duration;
+/// use tenancy_core::quota::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new(Duration::from_secs(1_000));
+/// clock.advance(Duration::from_millis(1500));
+/// assert_eq!(clock.now(), Duration::from_millis(1_001_500));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    /// A clock reading `start`.
+    pub fn new(start: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(nanos(start))))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(nanos(by), Ordering::SeqCst);
+    }
+
+    /// Sets the clock.
+    pub fn set(&self, to: Duration) {
+        self.0.store(nanos(to), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::SeqCst))
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A refusal: the tenant has used its allowance of a resource.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{kind} quota exceeded for {resource}: {used} of {limit} used, {requested} requested{}",
+    retry_after.map(|d| format!("; retry after {:.1} s", d.as_secs_f64())).unwrap_or_default()
+)]
+#[non_exhaustive]
+pub struct QuotaExceeded {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The resource.
+    pub resource: ResourceKey,
+    /// Its kind.
+    pub kind: ResourceKind,
+    /// Usage at the moment of refusal.
+    pub used: u64,
+    /// The limit (0 when the plan does not include the resource).
+    pub limit: u64,
+    /// The amount asked for.
+    pub requested: u64,
+    /// When a retry can succeed (rate limits); `None` when waiting will not help.
+    pub retry_after: Option<Duration>,
+}
+
+impl QuotaExceeded {
+    /// HTTP status: 429 for rate and concurrency, 413 for storage (resources
+    /// named `*_bytes`), 403 for other stock.
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ResourceKind::Rate | ResourceKind::Concurrency => 429,
+            ResourceKind::Stock if self.resource.ends_with("_bytes") => 413,
+            ResourceKind::Stock => 403,
+        }
+    }
+}
+
+/// Why a quota operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuotaError {
+    /// The tenant is over its allowance.
+    #[error(transparent)]
+    Exceeded(#[from] QuotaExceeded),
+    /// The resource is metered as another kind (a programming error).
+    #[error("resource {resource} is a {actual} resource, not {expected}")]
+    WrongKind {
+        /// The resource.
+        resource: ResourceKey,
+        /// The kind the call needs.
+        expected: ResourceKind,
+        /// The kind the plan defines.
+        actual: ResourceKind,
+    },
+    /// The context carries no entitlements: resolve the tenant's plan first.
+    #[error(
+        "the tenant context carries no plan entitlements; attach them with TenantContext::with_entitlements"
+    )]
+    NoEntitlements,
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] StoreError),
+}
+
+/// A resource's usage against its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// The kind.
+    pub kind: ResourceKind,
+    /// In use (stock, concurrency) or used in the most loaded window (rate).
+    pub used: u64,
+    /// The limit (`None` = unlimited).
+    pub limit: Option<u64>,
+}
+
+/// Usage crossed a threshold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ThresholdCrossed {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The resource.
+    pub resource: ResourceKey,
+    /// The threshold, in percent.
+    pub percent: u8,
+    /// Usage when it was crossed.
+    pub used: u64,
+    /// The limit.
+    pub limit: u64,
+    /// The start of the period in which it was crossed.
+    pub period_start: DateTime<Utc>,
+}
+
+/// Receives quota events (wire it to the audit log or notifications).
+pub trait QuotaEvents: Send + Sync {
+    /// A threshold was crossed (once per threshold, resource and period).
+    fn threshold_crossed(&self, event: &ThresholdCrossed);
+}
+
+/// Logs quota events through `tracing` (the default sink).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingEvents;
+
+impl QuotaEvents for TracingEvents {
+    fn threshold_crossed(&self, e: &ThresholdCrossed) {
+        tracing::info!(
+            target: "tenancy::quota",
+            tenant = %e.tenant,
+            resource = %e.resource,
+            percent = e.percent,
+            used = e.used,
+            limit = e.limit,
+            "quota threshold crossed"
+        );
+    }
+}
+
+/// Consumption of a resource in one period, for billing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRecord {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The resource.
+    pub resource: ResourceKey,
+    /// The period's start.
+    pub period_start: DateTime<Utc>,
+    /// Amount consumed (rate) or added (stock) in the period.
+    pub amount: u64,
+}
