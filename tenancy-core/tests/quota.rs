@@ -118,8 +118,8 @@ fn rate_windows_allow_exactly_their_limits_with_correct_retry_after() {
     // per_minute 60: a burst of 60, then one per second.
     for i in 0..60 {
         let d = quota.check_rate(&ctx, "api_calls", 1).unwrap();
-        assert_eq!(d.remaining, 59 - i, "call {i}");
-        assert_eq!(d.limit, 60);
+        assert_eq!(d.remaining(), 59 - i, "call {i}");
+        assert_eq!(d.limit(), 60);
     }
     let q = exceeded(quota.check_rate(&ctx, "api_calls", 1));
     assert_eq!((q.used, q.limit, q.requested), (60, 60, 1));

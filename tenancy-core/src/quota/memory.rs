@@ -1,10 +1,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use super::{
     Clock, QuotaError, QuotaEvents, QuotaExceeded, SystemClock, ThresholdCrossed, TracingEvents,
@@ -40,15 +41,16 @@ use crate::{TenantContext, TenantId};
 /// quota.reserve(&ctx, "users", 1)?.commit();
 ///
 /// let decision = quota.check_rate(&ctx, "api_calls", 1)?;
-/// assert_eq!(decision.remaining, 99);
+/// assert_eq!(decision.remaining(), 99);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MemoryQuota {
-    clock: Arc<dyn Clock>,
+    /// `None`: the system clock, called directly (no dynamic dispatch).
+    clock: Option<Arc<dyn Clock>>,
     events: Arc<dyn QuotaEvents>,
     thresholds: Vec<u8>,
     period: Duration,
-    tenants: DashMap<TenantId, Arc<TenantState>>,
+    tenants: DashMap<TenantId, Arc<TenantState>, RandomState>,
 }
 
 impl std::fmt::Debug for MemoryQuota {
@@ -62,7 +64,7 @@ impl std::fmt::Debug for MemoryQuota {
 
 #[derive(Default)]
 struct TenantState {
-    resources: RwLock<HashMap<ResourceKey, Arc<ResourceState>>>,
+    resources: RwLock<HashMap<ResourceKey, Arc<ResourceState>, RandomState>>,
 }
 
 struct ResourceState {
@@ -71,12 +73,74 @@ struct ResourceState {
     held: AtomicU64,
     /// Stock: committed.
     committed: AtomicU64,
-    /// Rate: GCRA windows, rebuilt when the limits change.
+    /// Rate: GCRA windows for the first limits seen (the common case)...
+    first_rate: OnceLock<RateWindows>,
+    /// ...and rebuilt ones after the limits changed.
     rate: RwLock<Option<Arc<RateWindows>>>,
     /// Threshold bookkeeping: `period << 8 | fired-bits`.
     fired: AtomicU64,
-    /// Consumption per period start (ns).
+    /// Consumption in the current period (lock-free fast path)...
+    current_period: AtomicU64,
+    current_amount: AtomicU64,
+    /// ...and in earlier periods, by period start (ns).
     ledger: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl ResourceState {
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.into(),
+            held: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            first_rate: OnceLock::new(),
+            rate: RwLock::new(None),
+            fired: AtomicU64::new(0),
+            current_period: AtomicU64::new(0),
+            current_amount: AtomicU64::new(0),
+            ledger: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Adds `amount` to the consumption of the period containing `now`.
+    fn record(&self, now: u64, period: Duration, amount: u64) {
+        let current = self.current_period.load(Ordering::Acquire);
+        let len = nanos(period).max(1);
+        // Fast path: still inside the current period (no division).
+        if now >= current && now - current < len && current != 0 {
+            self.current_amount.fetch_add(amount, Ordering::AcqRel);
+            return;
+        }
+        let start = period_start(now, period);
+        if current != start {
+            let mut ledger = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
+            let previous = self.current_period.load(Ordering::Acquire);
+            if previous != start {
+                let carried = self.current_amount.swap(0, Ordering::AcqRel);
+                if carried > 0 {
+                    *ledger.entry(previous).or_insert(0) += carried;
+                }
+                self.current_period.store(start, Ordering::Release);
+            }
+        }
+        // A record racing a period switch may land in the adjacent period;
+        // it is never lost.
+        self.current_amount.fetch_add(amount, Ordering::AcqRel);
+    }
+
+    /// Every period's consumption, current one included.
+    fn records(&self) -> BTreeMap<u64, u64> {
+        let mut all = self
+            .ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let current = self.current_amount.load(Ordering::Acquire);
+        if current > 0 {
+            *all.entry(self.current_period.load(Ordering::Acquire))
+                .or_insert(0) += current;
+        }
+        all
+    }
 }
 
 struct RateWindows {
@@ -91,15 +155,41 @@ struct Window {
     tat: AtomicU64,
 }
 
-/// The outcome of an allowed rate check, for `RateLimit-*` headers.
+/// The outcome of an allowed rate check, describing the most constrained
+/// window, for `RateLimit-*` headers. Figures are computed on demand, so a
+/// check that does not need them does not pay for the divisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
-    /// The limit of the most constrained window.
-    pub limit: u64,
-    /// What is left in the most constrained window.
-    pub remaining: u64,
+    limit: u64,
+    backlog: u64,
+    emission: u64,
+}
+
+impl RateDecision {
+    const UNLIMITED: RateDecision = RateDecision {
+        limit: u64::MAX,
+        backlog: 0,
+        emission: 1,
+    };
+
+    /// The limit of the most constrained window (`u64::MAX` if unlimited).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// What is left in that window.
+    pub fn remaining(&self) -> u64 {
+        if self.limit == u64::MAX {
+            return u64::MAX;
+        }
+        self.limit
+            .saturating_sub(self.backlog.div_ceil(self.emission.max(1)).min(self.limit))
+    }
+
     /// Until that window is fully replenished.
-    pub reset_after: Duration,
+    pub fn reset_after(&self) -> Duration {
+        Duration::from_nanos(self.backlog)
+    }
 }
 
 /// Stock held for a pending write: [`Reservation::commit`] keeps it,
@@ -109,7 +199,7 @@ pub struct Reservation {
     state: Arc<ResourceState>,
     amount: u64,
     done: bool,
-    quota_period: (Arc<dyn Clock>, Duration),
+    quota_period: (Option<Arc<dyn Clock>>, Duration),
 }
 
 impl std::fmt::Debug for Reservation {
@@ -128,7 +218,10 @@ impl Reservation {
             .committed
             .fetch_add(self.amount, Ordering::SeqCst);
         let (clock, period) = &self.quota_period;
-        record(&self.state, clock.as_ref(), *period, self.amount);
+        let now = clock
+            .as_ref()
+            .map_or_else(|| SystemClock.now(), |c| c.now());
+        self.state.record(nanos(now), *period, self.amount);
         self.done = true;
     }
 
@@ -172,19 +265,9 @@ fn saturating_sub(a: &AtomicU64, n: u64) {
     });
 }
 
-fn period_start(clock: &dyn Clock, period: Duration) -> u64 {
+fn period_start(now: u64, period: Duration) -> u64 {
     let p = nanos(period).max(1);
-    nanos(clock.now()) / p * p
-}
-
-fn record(state: &ResourceState, clock: &dyn Clock, period: Duration, amount: u64) {
-    let start = period_start(clock, period);
-    *state
-        .ledger
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entry(start)
-        .or_insert(0) += amount;
+    now / p * p
 }
 
 fn to_datetime(ns: u64) -> DateTime<Utc> {
@@ -202,18 +285,25 @@ impl MemoryQuota {
     /// periods and tracing events.
     pub fn new() -> Self {
         Self {
-            clock: Arc::new(SystemClock),
+            clock: None,
             events: Arc::new(TracingEvents),
             thresholds: vec![80, 95],
             period: Duration::from_secs(86_400),
-            tenants: DashMap::new(),
+            tenants: DashMap::with_hasher(RandomState::default()),
         }
     }
 
     /// Uses `clock` for rate windows and periods.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
+        self.clock = Some(clock);
         self
+    }
+
+    fn now(&self) -> u64 {
+        match &self.clock {
+            Some(c) => nanos(c.now()),
+            None => nanos(SystemClock.now()),
+        }
     }
 
     /// Sends threshold events to `events`.
@@ -238,6 +328,23 @@ impl MemoryQuota {
         self
     }
 
+    /// Runs `f` on the resource's state without cloning anything on the
+    /// fast path (two uncontended read guards).
+    fn with_state<R>(
+        &self,
+        tenant: TenantId,
+        resource: &str,
+        f: impl FnOnce(&Arc<ResourceState>) -> R,
+    ) -> R {
+        if let Some(t) = self.tenants.get(&tenant) {
+            let resources = t.resources.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(r) = resources.get(resource) {
+                return f(r);
+            }
+        }
+        f(&self.state(tenant, resource))
+    }
+
     fn state(&self, tenant: TenantId, resource: &str) -> Arc<ResourceState> {
         let t = match self.tenants.get(&tenant) {
             Some(t) => t.clone(),
@@ -255,16 +362,7 @@ impl MemoryQuota {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(resource.into())
-            .or_insert_with(|| {
-                Arc::new(ResourceState {
-                    key: resource.into(),
-                    held: AtomicU64::new(0),
-                    committed: AtomicU64::new(0),
-                    rate: RwLock::new(None),
-                    fired: AtomicU64::new(0),
-                    ledger: Mutex::new(BTreeMap::new()),
-                })
-            })
+            .or_insert_with(|| Arc::new(ResourceState::new(resource)))
             .clone()
     }
 
@@ -307,11 +405,15 @@ impl MemoryQuota {
         })
     }
 
-    fn thresholds(&self, tenant: TenantId, state: &ResourceState, used: u64, limit: u64) {
-        if self.thresholds.is_empty() || limit == 0 {
-            return;
+    fn thresholds(&self, tenant: TenantId, state: &ResourceState, now: u64, used: u64, limit: u64) {
+        // Fast reject: below the lowest threshold (one multiplication).
+        match self.thresholds.first() {
+            Some(lowest)
+                if limit > 0
+                    && u128::from(used) * 100 >= u128::from(*lowest) * u128::from(limit) => {}
+            _ => return,
         }
-        let period = period_start(self.clock.as_ref(), self.period);
+        let period = period_start(now, self.period);
         let period_id = period / nanos(self.period).max(1);
         let due: u64 = self
             .thresholds
@@ -321,6 +423,10 @@ impl MemoryQuota {
             .fold(0, |acc, (i, _)| acc | (1 << i));
         if due == 0 {
             return;
+        }
+        let fired = state.fired.load(Ordering::Acquire);
+        if fired >> 8 == period_id && fired & due == due {
+            return; // already announced this period
         }
         let mut newly = 0;
         let _ = state
@@ -383,7 +489,8 @@ impl MemoryQuota {
             ));
         }
         if let Some(l) = limit {
-            self.thresholds(ctx.tenant_id(), &state, seen + amount, l);
+            let now = self.now();
+            self.thresholds(ctx.tenant_id(), &state, now, seen + amount, l);
         }
         Ok(Reservation {
             state,
@@ -440,6 +547,39 @@ impl MemoryQuota {
         Ok(Permit { state })
     }
 
+    fn build_windows(spec: &RateSpec) -> RateWindows {
+        RateWindows {
+            spec: *spec,
+            windows: spec
+                .windows()
+                .into_iter()
+                .map(|(limit, period)| {
+                    let period = nanos(period);
+                    Window {
+                        limit,
+                        period,
+                        emission: period.checked_div(limit).map_or(u64::MAX, |e| e.max(1)),
+                        tat: AtomicU64::new(0),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs `f` on the GCRA windows for `spec` (lock-free unless the
+    /// tenant's limits for this resource changed since first use).
+    fn with_windows<R>(
+        state: &ResourceState,
+        spec: &RateSpec,
+        f: impl FnOnce(&RateWindows) -> R,
+    ) -> R {
+        let first = state.first_rate.get_or_init(|| Self::build_windows(spec));
+        if first.spec == *spec {
+            return f(first);
+        }
+        f(&Self::windows(state, spec))
+    }
+
     fn windows(state: &ResourceState, spec: &RateSpec) -> Arc<RateWindows> {
         if let Some(w) = state
             .rate
@@ -456,22 +596,7 @@ impl MemoryQuota {
         {
             return w.clone();
         }
-        let built = Arc::new(RateWindows {
-            spec: *spec,
-            windows: spec
-                .windows()
-                .into_iter()
-                .map(|(limit, period)| {
-                    let period = nanos(period);
-                    Window {
-                        limit,
-                        period,
-                        emission: period.checked_div(limit).map_or(u64::MAX, |e| e.max(1)),
-                        tat: AtomicU64::new(0),
-                    }
-                })
-                .collect(),
-        });
+        let built = Arc::new(Self::build_windows(spec));
         *slot = Some(built.clone());
         built
     }
@@ -487,23 +612,35 @@ impl MemoryQuota {
         let spec = match Self::limit(ctx, resource, ResourceKind::Rate)? {
             Some(Limit::Rate(spec)) => *spec,
             Some(_) => {
-                return Ok(RateDecision {
-                    limit: u64::MAX,
-                    remaining: u64::MAX,
-                    reset_after: Duration::ZERO,
-                });
+                return Ok(RateDecision::UNLIMITED);
             }
             None => RateSpec {
                 per_second: Some(0),
                 ..RateSpec::default()
             },
         };
-        let state = self.state(ctx.tenant_id(), resource);
-        let rw = Self::windows(&state, &spec);
-        let now = nanos(self.clock.now());
-        let mut advanced: Vec<(usize, u64)> = Vec::with_capacity(rw.windows.len());
-        let mut best: Option<RateDecision> = None;
-        let mut most_used = (0u64, 1u64);
+        let now = self.now();
+        self.with_state(ctx.tenant_id(), resource, |state| {
+            Self::with_windows(state, &spec, |rw| {
+                self.consume(ctx, resource, state, rw, now, cost)
+            })
+        })
+    }
+
+    fn consume(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        state: &ResourceState,
+        rw: &RateWindows,
+        now: u64,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        // At most four windows (second, minute, hour, day): no allocation.
+        let mut advanced = [(0usize, 0u64); 4];
+        let mut n_advanced = 0;
+        // The most constrained window so far: (window, backlog after this call).
+        let mut tightest: Option<(&Window, u64)> = None;
         for (i, w) in rw.windows.iter().enumerate() {
             let inc = w.emission.saturating_mul(cost);
             let mut refused = None;
@@ -520,26 +657,23 @@ impl MemoryQuota {
                 });
             match updated {
                 Ok(old) => {
-                    advanced.push((i, inc));
-                    let new_tat = old.max(now) + inc;
-                    let backlog = new_tat - now;
-                    let used = backlog.div_ceil(w.emission).min(w.limit);
-                    let remaining = w.limit.saturating_sub(used);
-                    if u128::from(used) * u128::from(most_used.1)
-                        >= u128::from(most_used.0) * u128::from(w.limit)
-                    {
-                        most_used = (used, w.limit);
+                    if let Some(slot) = advanced.get_mut(n_advanced) {
+                        *slot = (i, inc);
+                        n_advanced += 1;
                     }
-                    if best.is_none_or(|b| remaining < b.remaining) {
-                        best = Some(RateDecision {
-                            limit: w.limit,
-                            remaining,
-                            reset_after: Duration::from_nanos(backlog),
-                        });
+                    let backlog = old.max(now) + inc - now;
+                    // Fewer emissions left = tighter: compare (period - backlog) / emission
+                    // across windows by cross-multiplying (no division).
+                    let tighter = tightest.is_none_or(|(t, tb)| {
+                        u128::from(w.period - backlog) * u128::from(t.emission)
+                            < u128::from(t.period - tb) * u128::from(w.emission)
+                    });
+                    if tighter {
+                        tightest = Some((w, backlog));
                     }
                 }
                 Err(tat) => {
-                    for (j, inc) in &advanced {
+                    for (j, inc) in &advanced[..n_advanced] {
                         saturating_sub(&rw.windows[*j].tat, *inc);
                     }
                     let backlog = tat.max(now) - now;
@@ -562,19 +696,28 @@ impl MemoryQuota {
                 }
             }
         }
-        record(&state, self.clock.as_ref(), self.period, cost);
-        self.thresholds(ctx.tenant_id(), &state, most_used.0, most_used.1);
-        Ok(best.unwrap_or(RateDecision {
-            limit: u64::MAX,
-            remaining: u64::MAX,
-            reset_after: Duration::ZERO,
-        }))
+        state.record(now, self.period, cost);
+        let Some((w, backlog)) = tightest else {
+            return Ok(RateDecision::UNLIMITED);
+        };
+        // Thresholds: the division only once the lowest one may be reached.
+        if let Some(lowest) = self.thresholds.first()
+            && u128::from(backlog) * 100 >= u128::from(*lowest) * u128::from(w.period)
+        {
+            let used = backlog.div_ceil(w.emission).min(w.limit);
+            self.thresholds(ctx.tenant_id(), state, now, used, w.limit);
+        }
+        Ok(RateDecision {
+            limit: w.limit,
+            backlog,
+            emission: w.emission,
+        })
     }
 
     /// Usage of every resource the tenant's plan meters.
     pub fn usage(&self, ctx: &TenantContext) -> Result<BTreeMap<ResourceKey, Usage>, QuotaError> {
         let e = ctx.entitlements().ok_or(QuotaError::NoEntitlements)?;
-        let now = nanos(self.clock.now());
+        let now = self.now();
         let mut out = BTreeMap::new();
         for (resource, limit) in &e.limits {
             let state = self.state(ctx.tenant_id(), resource);
@@ -590,14 +733,25 @@ impl MemoryQuota {
                     limit: Some(u64::from(*n)),
                 },
                 Limit::Rate(spec) => {
-                    let rw = Self::windows(&state, spec);
                     let mut u = Usage {
                         kind: ResourceKind::Rate,
                         used: 0,
                         limit: None,
                     };
                     let mut worst = -1.0f64;
-                    for w in &rw.windows {
+                    let windows: Vec<(u64, u64, u64)> = Self::with_windows(&state, spec, |rw| {
+                        rw.windows
+                            .iter()
+                            .map(|w| (w.tat.load(Ordering::SeqCst), w.emission, w.limit))
+                            .collect()
+                    });
+                    for (tat, emission, limit) in windows {
+                        let w = Window {
+                            limit,
+                            period: 0,
+                            emission,
+                            tat: AtomicU64::new(tat),
+                        };
                         let backlog = w.tat.load(Ordering::SeqCst).max(now) - now;
                         let used = backlog.div_ceil(w.emission).min(w.limit);
                         let ratio = used as f64 / w.limit.max(1) as f64;
@@ -631,8 +785,7 @@ impl MemoryQuota {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             for (key, r) in resources.iter() {
-                let ledger = r.ledger.lock().unwrap_or_else(PoisonError::into_inner);
-                for (start, amount) in ledger.iter() {
+                for (start, amount) in &r.records() {
                     let period_start = to_datetime(*start);
                     if period_start >= since {
                         out.push(UsageRecord {
