@@ -7,6 +7,7 @@ mod error;
 pub mod migrate;
 mod notify;
 mod privileged;
+mod quota;
 pub mod rls;
 mod store;
 
@@ -14,4 +15,5 @@ pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};
 pub use error::DbError;
 pub use notify::{InvalidationListener, TENANT_CHANGED_CHANNEL};
 pub use privileged::{CrossTenantAccess, PrivilegedDb};
+pub use quota::PgRateLimiter;
 pub use store::{PgMembershipStore, PgTenantStore};

@@ -47,14 +47,18 @@ pub async fn run(conn: &mut PgConnection) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Lets `role` read the system schema (what `PgTenantStore` and
-/// `PgMembershipStore` need to resolve tenants and memberships).
+/// Lets `role` — the request-serving application role — read the system
+/// schema (what `PgTenantStore` and `PgMembershipStore` need to resolve
+/// tenants and memberships) and keep its tenants' quota state (those tables
+/// are tenant rows under row-level security).
 pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<(), DbError> {
     let role = quote_ident(role);
     conn.execute(
         format!(
             "GRANT USAGE ON SCHEMA tenancy TO {role}; \
-             GRANT SELECT ON tenancy.tenants, tenancy.tenant_domains, tenancy.memberships TO {role}"
+             GRANT SELECT ON tenancy.tenants, tenancy.tenant_domains, tenancy.memberships TO {role}; \
+             GRANT SELECT, INSERT, UPDATE ON tenancy.quota_usage, tenancy.quota_rate, \
+                   tenancy.quota_records TO {role}"
         )
         .as_str(),
     )

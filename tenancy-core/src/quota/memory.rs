@@ -166,6 +166,17 @@ pub struct RateDecision {
 }
 
 impl RateDecision {
+    /// A decision for a window of `limit` events whose backlog (time until
+    /// fully replenished) is `backlog`, one event per `emission` — for other
+    /// backends implementing GCRA.
+    pub fn new(limit: u64, backlog: Duration, emission: Duration) -> Self {
+        Self {
+            limit,
+            backlog: nanos(backlog),
+            emission: nanos(emission).max(1),
+        }
+    }
+
     const UNLIMITED: RateDecision = RateDecision {
         limit: u64::MAX,
         backlog: 0,

@@ -133,6 +133,26 @@ pub struct QuotaExceeded {
 }
 
 impl QuotaExceeded {
+    /// A refusal without `retry_after` (set the field for rate limits).
+    pub fn new(
+        tenant: TenantId,
+        resource: &str,
+        kind: ResourceKind,
+        used: u64,
+        limit: u64,
+        requested: u64,
+    ) -> Self {
+        Self {
+            tenant,
+            resource: resource.into(),
+            kind,
+            used,
+            limit,
+            requested,
+            retry_after: None,
+        }
+    }
+
     /// HTTP status: 429 for rate and concurrency, 413 for storage (resources
     /// named `*_bytes`), 403 for other stock.
     pub fn status(&self) -> u16 {
