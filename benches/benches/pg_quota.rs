@@ -14,7 +14,12 @@
 //! After the measurements an exactness run (not timed) lets 16 clients make
 //! 3 200 attempts against a limit of 2 000 and prints
 //! `pg-stock: attempts=.. granted=.. used=.. overshoot=..`.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    clippy::print_stdout
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,10 +39,16 @@ fn ctx(limit: u64) -> TenantContext {
         r#"{{"plans": [{{"id": "p", "name": "P", "limits": {{"orders": {{"stock": {limit}}}}}}}]}}"#
     ))
     .unwrap();
-    TenantContext::new(Tenant::new(TenantId::new_v4(), "bench".parse().unwrap(), "B"))
-        .with_entitlements(Arc::new(
-            catalog.entitlements(&"p".into(), &Overrides::default()).unwrap(),
-        ))
+    TenantContext::new(Tenant::new(
+        TenantId::new_v4(),
+        "bench".parse().unwrap(),
+        "B",
+    ))
+    .with_entitlements(Arc::new(
+        catalog
+            .entitlements(&"p".into(), &Overrides::default())
+            .unwrap(),
+    ))
 }
 
 async fn op(db: &TenantDb, ctx: &TenantContext, table: &str, quota: bool) -> bool {
@@ -45,12 +56,14 @@ async fn op(db: &TenantDb, ctx: &TenantContext, table: &str, quota: bool) -> boo
     if quota && tx.consume_stock("orders", 1).await.is_err() {
         return false;
     }
-    sqlx::query(&format!("INSERT INTO {table} (tenant_id, id) VALUES ($1, $2)"))
-        .bind(ctx.tenant_id().as_uuid())
-        .bind(Uuid::new_v4())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (tenant_id, id) VALUES ($1, $2)"
+    ))
+    .bind(ctx.tenant_id().as_uuid())
+    .bind(Uuid::new_v4())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     true
 }
@@ -110,7 +123,9 @@ fn bench(c: &mut Criterion) {
                     for own in many.iter().take(CLIENTS) {
                         let (db, table) = (db.clone(), table.clone());
                         let ctx = if shared { one.clone() } else { own.clone() };
-                        tasks.push(tokio::spawn(async move { op(&db, &ctx, &table, quota).await }));
+                        tasks.push(tokio::spawn(
+                            async move { op(&db, &ctx, &table, quota).await },
+                        ));
                     }
                     for t in tasks {
                         assert!(t.await.unwrap());

@@ -21,7 +21,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tenancy_core::TenantContext;
 use tenancy_core::plan::{Limit, ResourceKind};
-use tenancy_core::quota::{Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock};
+use tenancy_core::quota::{
+    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, entitled_limit,
+};
 
 use crate::{DbError, TenantDb, TenantTx};
 
@@ -41,31 +43,6 @@ fn exceeded(
     let mut e = QuotaExceeded::new(ctx.tenant_id(), resource, kind, used, limit, requested);
     e.retry_after = retry_after;
     QuotaError::Exceeded(e)
-}
-
-fn limit_of(
-    ctx: &TenantContext,
-    resource: &str,
-    kind: ResourceKind,
-) -> Result<Option<Limit>, QuotaError> {
-    let e = ctx.entitlements().ok_or(QuotaError::NoEntitlements)?;
-    let limit = e.limit(resource).copied();
-    let actual = match limit {
-        Some(Limit::Stock(_)) => Some(ResourceKind::Stock),
-        Some(Limit::Rate(_)) => Some(ResourceKind::Rate),
-        Some(Limit::Concurrency(_)) => Some(ResourceKind::Concurrency),
-        _ => None,
-    };
-    if let Some(actual) = actual
-        && actual != kind
-    {
-        return Err(QuotaError::WrongKind {
-            resource: resource.into(),
-            expected: kind,
-            actual,
-        });
-    }
-    Ok(limit)
 }
 
 fn i64_of(n: u64) -> i64 {
@@ -103,7 +80,7 @@ impl TenantTx {
     /// ```
     pub async fn consume_stock(&mut self, resource: &str, amount: u64) -> Result<u64, QuotaError> {
         let ctx = self.context().clone();
-        let limit = match limit_of(&ctx, resource, ResourceKind::Stock)? {
+        let limit = match entitled_limit(&ctx, resource, ResourceKind::Stock)? {
             Some(Limit::Stock(n)) => Some(n),
             Some(_) => None,
             None => Some(0),
@@ -268,7 +245,7 @@ impl PgRateLimiter {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
-        let windows = match limit_of(ctx, resource, ResourceKind::Rate)? {
+        let windows = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
             Some(Limit::Rate(spec)) => spec.windows(),
             Some(_) => {
                 return Ok(RateDecision::new(

@@ -9,6 +9,7 @@
 //! | `TENANCY_TEST_OWNER_URL` | `tenancy_owner` | owns the schema, runs migrations, takes checksums |
 //! | `TENANCY_TEST_APP_URL` | `tenancy_app` | the application: not superuser, not BYPASSRLS, owns nothing |
 //! | `TENANCY_TEST_OPS_URL` | `tenancy_ops` | BYPASSRLS operations role for the audited cross-tenant path |
+//! | `TENANCY_TEST_REDIS_URL` | — | a Redis server on loopback, no persistence |
 //! | `TENANCY_TEST_PGBOUNCER_APP_URL` | `tenancy_app` via pgbouncer | transaction pooling mode, 1 server connection |
 //!
 //! [`isolation`] is the property suite every data path runs (sqlx, diesel,
@@ -29,6 +30,14 @@ pub const OWNER_URL_VAR: &str = "TENANCY_TEST_OWNER_URL";
 pub const APP_URL_VAR: &str = "TENANCY_TEST_APP_URL";
 /// The environment variable holding the operations (BYPASSRLS) role's URL.
 pub const OPS_URL_VAR: &str = "TENANCY_TEST_OPS_URL";
+/// The environment variable holding the Redis URL.
+pub const REDIS_URL_VAR: &str = "TENANCY_TEST_REDIS_URL";
+
+/// The Redis URL exported by `scripts/test`.
+pub fn redis_url() -> Result<String, TestkitError> {
+    var(REDIS_URL_VAR)
+}
+
 /// The environment variable holding the application role's URL through pgbouncer.
 pub const PGBOUNCER_APP_URL_VAR: &str = "TENANCY_TEST_PGBOUNCER_APP_URL";
 

@@ -9,7 +9,7 @@ use foldhash::fast::RandomState;
 
 use super::{
     Clock, QuotaError, QuotaEvents, QuotaExceeded, SystemClock, ThresholdCrossed, TracingEvents,
-    Usage, UsageRecord, nanos,
+    Usage, UsageRecord, entitled_limit, nanos,
 };
 use crate::plan::{Limit, RateSpec, ResourceKey, ResourceKind};
 use crate::{TenantContext, TenantId};
@@ -377,25 +377,6 @@ impl MemoryQuota {
             .clone()
     }
 
-    fn limit<'c>(
-        ctx: &'c TenantContext,
-        resource: &str,
-        expected: ResourceKind,
-    ) -> Result<Option<&'c Limit>, QuotaError> {
-        let e = ctx.entitlements().ok_or(QuotaError::NoEntitlements)?;
-        let limit = e.limit(resource);
-        if let Some(actual) = limit.and_then(kind_of)
-            && actual != expected
-        {
-            return Err(QuotaError::WrongKind {
-                resource: resource.into(),
-                expected,
-                actual,
-            });
-        }
-        Ok(limit)
-    }
-
     fn exceeded(
         ctx: &TenantContext,
         resource: &str,
@@ -471,8 +452,8 @@ impl MemoryQuota {
         resource: &str,
         amount: u64,
     ) -> Result<Reservation, QuotaError> {
-        let limit = match Self::limit(ctx, resource, ResourceKind::Stock)? {
-            Some(Limit::Stock(n)) => Some(*n),
+        let limit = match entitled_limit(ctx, resource, ResourceKind::Stock)? {
+            Some(Limit::Stock(n)) => Some(n),
             Some(_) => None,
             None => Some(0),
         };
@@ -528,8 +509,8 @@ impl MemoryQuota {
 
     /// Takes a concurrency slot, released when the [`Permit`] drops.
     pub fn acquire(&self, ctx: &TenantContext, resource: &str) -> Result<Permit, QuotaError> {
-        let limit = match Self::limit(ctx, resource, ResourceKind::Concurrency)? {
-            Some(Limit::Concurrency(n)) => Some(u64::from(*n)),
+        let limit = match entitled_limit(ctx, resource, ResourceKind::Concurrency)? {
+            Some(Limit::Concurrency(n)) => Some(u64::from(n)),
             Some(_) => None,
             None => Some(0),
         };
@@ -620,8 +601,8 @@ impl MemoryQuota {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
-        let spec = match Self::limit(ctx, resource, ResourceKind::Rate)? {
-            Some(Limit::Rate(spec)) => *spec,
+        let spec = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
+            Some(Limit::Rate(spec)) => spec,
             Some(_) => {
                 return Ok(RateDecision::UNLIMITED);
             }
@@ -813,14 +794,5 @@ impl MemoryQuota {
             (a.tenant, &a.resource, a.period_start).cmp(&(b.tenant, &b.resource, b.period_start))
         });
         out
-    }
-}
-
-fn kind_of(limit: &Limit) -> Option<ResourceKind> {
-    match limit {
-        Limit::Stock(_) => Some(ResourceKind::Stock),
-        Limit::Rate(_) => Some(ResourceKind::Rate),
-        Limit::Concurrency(_) => Some(ResourceKind::Concurrency),
-        _ => None,
     }
 }

@@ -191,6 +191,48 @@ pub enum QuotaError {
     Backend(#[from] StoreError),
 }
 
+/// The limit on `resource` in the context's entitlements, checked to be of
+/// kind `expected`. `Ok(None)`: the plan does not meter the resource (every
+/// backend refuses it, limit 0). Shared by all quota backends.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tenancy_core::plan::{Limit, PlanCatalog, ResourceKind};
+/// use tenancy_core::quota::entitled_limit;
+/// use tenancy_core::{Tenant, TenantContext, TenantId};
+///
+/// let c = PlanCatalog::from_json(r#"{"plans": [{"id": "p", "name": "P", "limits": {"users": {"stock": 5}}}]}"#)?;
+/// let ctx = TenantContext::new(Tenant::new(TenantId::new_v4(), "a".parse()?, "A"))
+///     .with_entitlements(Arc::new(c.entitlements(&"p".into(), &Default::default())?));
+/// assert_eq!(entitled_limit(&ctx, "users", ResourceKind::Stock)?, Some(Limit::Stock(5)));
+/// assert_eq!(entitled_limit(&ctx, "projects", ResourceKind::Stock)?, None);
+/// assert!(entitled_limit(&ctx, "users", ResourceKind::Rate).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn entitled_limit(
+    ctx: &crate::TenantContext,
+    resource: &str,
+    expected: ResourceKind,
+) -> Result<Option<crate::plan::Limit>, QuotaError> {
+    use crate::plan::Limit;
+    let e = ctx.entitlements().ok_or(QuotaError::NoEntitlements)?;
+    let limit = e.limit(resource).copied();
+    let actual = match limit {
+        Some(Limit::Stock(_)) => Some(ResourceKind::Stock),
+        Some(Limit::Rate(_)) => Some(ResourceKind::Rate),
+        Some(Limit::Concurrency(_)) => Some(ResourceKind::Concurrency),
+        _ => None,
+    };
+    match actual {
+        Some(actual) if actual != expected => Err(QuotaError::WrongKind {
+            resource: resource.into(),
+            expected,
+            actual,
+        }),
+        _ => Ok(limit),
+    }
+}
+
 /// A resource's usage against its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
