@@ -34,7 +34,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tenancy_core::plan::{Limit, ResourceKind};
 use tenancy_core::quota::{
-    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, entitled_limit,
+    Clock, QuotaError, QuotaEvents, QuotaExceeded, RateDecision, SystemClock, ThresholdCrossed,
+    TracingEvents, entitled_limit, reached_thresholds,
 };
 use tenancy_core::{StoreError, TenantContext, TenantId};
 
@@ -85,6 +86,8 @@ pub struct RedisQuota {
     rate: Arc<Script>,
     reserve: Arc<Script>,
     release: Arc<Script>,
+    thresholds: Arc<[u8]>,
+    events: Arc<dyn QuotaEvents>,
 }
 
 impl std::fmt::Debug for RedisQuota {
@@ -143,7 +146,61 @@ impl RedisQuota {
             rate: Arc::new(Script::new(RATE_SCRIPT)),
             reserve: Arc::new(Script::new(RESERVE_SCRIPT)),
             release: Arc::new(Script::new(RELEASE_SCRIPT)),
+            thresholds: Arc::from(vec![80u8, 95]),
+            events: Arc::new(TracingEvents),
         }
+    }
+
+    /// Sends threshold events to `events` at these percentages (default:
+    /// tracing at 80 % and 95 %). Each fires once per resource and day across
+    /// all instances (a `SET NX` claim decides).
+    pub fn with_events(mut self, events: Arc<dyn QuotaEvents>, thresholds: &[u8]) -> Self {
+        let mut t: Vec<u8> = thresholds.iter().map(|p| (*p).clamp(1, 100)).collect();
+        t.sort_unstable();
+        t.dedup();
+        self.thresholds = t.into();
+        self.events = events;
+        self
+    }
+
+    async fn note_thresholds(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        used: u64,
+        limit: u64,
+    ) -> Result<(), QuotaError> {
+        let due = reached_thresholds(&self.thresholds, used, limit);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let day = now.as_secs() / 86_400 * 86_400;
+        let period_start = tenancy_core::quota::period_start_from_secs(day);
+        let mut conn = self.conn.clone();
+        for p in due {
+            let claim = key(ctx.tenant_id(), "thr", &format!("{resource}:{day}:{p}"));
+            let fresh: Option<String> = redis::cmd("SET")
+                .arg(&claim)
+                .arg(1)
+                .arg("NX")
+                .arg("EX")
+                .arg(2 * 86_400)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            if fresh.is_some() {
+                self.events.threshold_crossed(&ThresholdCrossed::new(
+                    ctx.tenant_id(),
+                    resource,
+                    p,
+                    used,
+                    limit,
+                    period_start,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Uses `clock` for rate windows (instances should run NTP).
@@ -201,6 +258,12 @@ impl RedisQuota {
                     if best.is_none_or(|(_, b, e, p)| left < (p - b) / e) {
                         best = Some((*limit, *backlog, *emission, *period));
                     }
+                }
+                if let Some((limit, backlog, emission, _)) = best {
+                    let used = u64::try_from((backlog + emission - 1) / emission)
+                        .unwrap_or(0)
+                        .min(limit);
+                    self.note_thresholds(ctx, resource, used, limit).await?;
                 }
                 Ok(match best {
                     Some((limit, backlog, emission, _)) => RateDecision::new(
@@ -260,12 +323,23 @@ impl RedisQuota {
             .await
             .map_err(backend)?;
         match reply.as_slice() {
-            [1, _] => Ok(RedisReservation {
-                quota: self.clone(),
-                key: k,
-                amount,
-                done: false,
-            }),
+            [1, used] => {
+                if limit >= 0 {
+                    self.note_thresholds(
+                        ctx,
+                        resource,
+                        u64::try_from(*used).unwrap_or(0),
+                        u64::try_from(limit).unwrap_or(u64::MAX),
+                    )
+                    .await?;
+                }
+                Ok(RedisReservation {
+                    quota: self.clone(),
+                    key: k,
+                    amount,
+                    done: false,
+                })
+            }
             [0, used] => Err(exceeded(
                 ctx,
                 resource,

@@ -197,3 +197,33 @@ async fn rate_windows_on_a_controlled_clock() {
         "same GCRA arithmetic as the in-memory and PostgreSQL backends"
     );
 }
+
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(u8, u64)>>);
+impl tenancy_core::quota::QuotaEvents for Recorded {
+    fn threshold_crossed(&self, e: &tenancy_core::quota::ThresholdCrossed) {
+        self.0.lock().unwrap().push((e.percent, e.used));
+    }
+}
+
+#[tokio::test]
+async fn thresholds_fire_once_per_day_across_instances() {
+    let events = Arc::new(Recorded::default());
+    let a = quota().await.with_events(events.clone(), &[50, 90]);
+    let b = quota().await.with_events(events.clone(), &[50, 90]);
+    let ctx = ctx_for(TenantId::new_v4());
+    let seen = || events.0.lock().unwrap().clone();
+    a.reserve(&ctx, "policies", 4).await.unwrap().commit();
+    assert!(seen().is_empty());
+    b.reserve(&ctx, "policies", 1).await.unwrap().commit();
+    assert_eq!(seen(), vec![(50, 5)]);
+    a.release(&ctx, "policies", 2).await.unwrap();
+    a.reserve(&ctx, "policies", 2).await.unwrap().commit();
+    assert_eq!(
+        seen(),
+        vec![(50, 5)],
+        "re-crossing the same day is silent on every instance"
+    );
+    b.reserve(&ctx, "policies", 4).await.unwrap().commit();
+    assert_eq!(seen(), vec![(50, 5), (90, 9)]);
+}

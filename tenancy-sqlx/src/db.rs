@@ -5,6 +5,9 @@ use std::ops::{Deref, DerefMut};
 use sqlx::postgres::{PgArguments, PgConnection, PgPool, PgPoolOptions, PgQueryResult};
 use sqlx::query::Query;
 use sqlx::{Postgres, Transaction};
+use std::sync::Arc;
+
+use tenancy_core::quota::{QuotaEvents, ThresholdCrossed, TracingEvents};
 use tenancy_core::{TenantContext, TenantId, TenantScoped};
 use tracing::Instrument;
 
@@ -78,6 +81,30 @@ async fn leaked_setting(conn: &mut PgConnection) -> Result<Option<String>, sqlx:
 #[derive(Debug, Clone)]
 pub struct TenantDb {
     pool: PgPool,
+    quota: Arc<QuotaConfig>,
+}
+
+/// Where quota threshold events go, and at which percentages.
+pub(crate) struct QuotaConfig {
+    pub(crate) thresholds: Vec<u8>,
+    pub(crate) events: Arc<dyn QuotaEvents>,
+}
+
+impl std::fmt::Debug for QuotaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaConfig")
+            .field("thresholds", &self.thresholds)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: vec![80, 95],
+            events: Arc::new(TracingEvents),
+        }
+    }
 }
 
 impl TenantDb {
@@ -141,7 +168,24 @@ impl TenantDb {
 
     /// Wraps a pool. Prefer one built from [`TenantDb::pool_options`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            quota: Arc::new(QuotaConfig::default()),
+        }
+    }
+
+    /// Sends quota threshold events (default: tracing, at 80 % and 95 %) to
+    /// `events`. Each threshold fires once per resource and day across all
+    /// instances, and only after the transaction that crossed it commits.
+    pub fn with_quota_events(mut self, events: Arc<dyn QuotaEvents>, thresholds: &[u8]) -> Self {
+        let mut t: Vec<u8> = thresholds.iter().map(|p| (*p).clamp(1, 100)).collect();
+        t.sort_unstable();
+        t.dedup();
+        self.quota = Arc::new(QuotaConfig {
+            thresholds: t,
+            events,
+        });
+        self
     }
 
     /// Connects with [`TenantDb::pool_options`] defaults.
@@ -169,6 +213,8 @@ impl TenantDb {
             Ok(TenantTx {
                 tx,
                 ctx: ctx.clone(),
+                quota: self.quota.clone(),
+                pending: Vec::new(),
             })
         }
         .instrument(span)
@@ -212,6 +258,9 @@ fn begin_sql(tenant: TenantId) -> String {
 pub struct TenantTx {
     tx: Transaction<'static, Postgres>,
     ctx: TenantContext,
+    pub(crate) quota: Arc<QuotaConfig>,
+    /// Threshold events to announce once the transaction commits.
+    pub(crate) pending: Vec<ThresholdCrossed>,
 }
 
 impl std::fmt::Debug for TenantTx {
@@ -235,7 +284,11 @@ impl TenantTx {
 
     /// Commits.
     pub async fn commit(self) -> Result<(), DbError> {
-        Ok(self.tx.commit().await?)
+        self.tx.commit().await?;
+        for event in &self.pending {
+            self.quota.events.threshold_crossed(event);
+        }
+        Ok(())
     }
 
     /// Rolls back.

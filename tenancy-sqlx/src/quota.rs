@@ -22,7 +22,8 @@ use chrono::{DateTime, Utc};
 use tenancy_core::TenantContext;
 use tenancy_core::plan::{Limit, ResourceKind};
 use tenancy_core::quota::{
-    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, entitled_limit,
+    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, ThresholdCrossed, entitled_limit,
+    reached_thresholds,
 };
 
 use crate::{DbError, TenantDb, TenantTx};
@@ -60,6 +61,48 @@ fn day_start(now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl TenantTx {
+    /// Claims every threshold `used` of `limit` has reached for today; the
+    /// ones this transaction is first to claim are announced after commit.
+    async fn note_thresholds(
+        &mut self,
+        resource: &str,
+        used: u64,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), QuotaError> {
+        let due: Vec<i16> = reached_thresholds(&self.quota.thresholds, used, limit)
+            .into_iter()
+            .map(i16::from)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let period = day_start(now);
+        let tenant = self.tenant_id();
+        let fresh: Vec<i16> = sqlx::query_scalar(
+            "INSERT INTO tenancy.quota_thresholds (tenant_id, resource, period_start, percent) \
+             SELECT $1, $2, $3, unnest($4::smallint[]) ON CONFLICT DO NOTHING RETURNING percent",
+        )
+        .bind(tenant.as_uuid())
+        .bind(resource)
+        .bind(period)
+        .bind(&due)
+        .fetch_all(&mut **self)
+        .await
+        .map_err(backend)?;
+        for p in fresh {
+            self.pending.push(ThresholdCrossed::new(
+                tenant,
+                resource,
+                u8::try_from(p).unwrap_or(100),
+                used,
+                limit,
+                period,
+            ));
+        }
+        Ok(())
+    }
+
     /// Consumes `amount` of a stock resource in this transaction.
     ///
     /// Refused with [`QuotaExceeded`] (nothing consumed) when it would pass
@@ -126,7 +169,13 @@ impl TenantTx {
         .await
         .map_err(backend)?;
         match used {
-            Some(used) => Ok(u64_of(used)),
+            Some(used) => {
+                let used = u64_of(used);
+                if let Some(l) = limit {
+                    self.note_thresholds(resource, used, l, Utc::now()).await?;
+                }
+                Ok(used)
+            }
             None => {
                 let used = self.stock_used(resource).await?;
                 Err(exceeded(
@@ -337,6 +386,11 @@ impl PgRateLimiter {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        if let Some((limit, backlog, emission, _)) = tightest {
+            let used = u64_of((backlog + emission - 1) / emission).min(limit);
+            let now = DateTime::from_timestamp_micros(now_us).unwrap_or_else(Utc::now);
+            tx.note_thresholds(resource, used, limit, now).await?;
+        }
         tx.commit().await.map_err(backend)?;
         Ok(match tightest {
             Some((limit, backlog, emission, _)) => RateDecision::new(

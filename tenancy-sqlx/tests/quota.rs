@@ -236,3 +236,52 @@ async fn shared_rate_windows_on_a_controlled_clock() {
         .unwrap();
     assert_eq!(records.values().sum::<u64>(), 101);
 }
+
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<(u8, u64)>>);
+impl tenancy_core::quota::QuotaEvents for Recorded {
+    fn threshold_crossed(&self, e: &tenancy_core::quota::ThresholdCrossed) {
+        self.0.lock().unwrap().push((e.percent, e.used));
+    }
+}
+
+#[tokio::test]
+async fn thresholds_fire_once_across_instances_and_only_after_commit() {
+    let (_env, plain) = db(4).await;
+    let events = Arc::new(Recorded::default());
+    // Two "instances" sharing the database and the event sink.
+    let a = plain.clone().with_quota_events(events.clone(), &[50, 90]);
+    let b = plain.with_quota_events(events.clone(), &[50, 90]);
+    let ctx = ctx_for(TenantId::new_v4());
+    let seen = || events.0.lock().unwrap().clone();
+
+    let mut tx = a.begin(&ctx).await.unwrap();
+    tx.consume_stock("policies", 4).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(seen().is_empty(), "40 % crosses nothing");
+
+    // Crossing 50 % in a transaction that rolls back announces nothing...
+    let mut tx = a.begin(&ctx).await.unwrap();
+    tx.consume_stock("policies", 1).await.unwrap();
+    assert!(seen().is_empty(), "nothing is announced before commit");
+    tx.rollback().await.unwrap();
+    assert!(seen().is_empty());
+
+    // ...and the next crossing, on the other instance, does.
+    let mut tx = b.begin(&ctx).await.unwrap();
+    tx.consume_stock("policies", 1).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seen(), vec![(50, 5)]);
+
+    // Dipping and re-crossing in the same day is silent, on either instance.
+    let mut tx = a.begin(&ctx).await.unwrap();
+    tx.release_stock("policies", 2).await.unwrap();
+    tx.consume_stock("policies", 2).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seen(), vec![(50, 5)]);
+
+    let mut tx = a.begin(&ctx).await.unwrap();
+    tx.consume_stock("policies", 4).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seen(), vec![(50, 5), (90, 9)]);
+}

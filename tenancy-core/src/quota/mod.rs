@@ -262,6 +262,52 @@ pub struct ThresholdCrossed {
     pub period_start: DateTime<Utc>,
 }
 
+impl ThresholdCrossed {
+    /// An event (for backends outside this crate).
+    pub fn new(
+        tenant: TenantId,
+        resource: &str,
+        percent: u8,
+        used: u64,
+        limit: u64,
+        period_start: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            tenant,
+            resource: resource.into(),
+            percent,
+            used,
+            limit,
+            period_start,
+        }
+    }
+}
+
+/// The start of a usage period, as carried in [`ThresholdCrossed`] and [`UsageRecord`].
+pub type PeriodStart = DateTime<Utc>;
+
+/// The period start `secs` seconds after the Unix epoch.
+pub fn period_start_from_secs(secs: u64) -> PeriodStart {
+    DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0).unwrap_or_default()
+}
+
+/// The thresholds in `percents` that `used` of `limit` has reached.
+///
+/// ```
+/// assert_eq!(tenancy_core::quota::reached_thresholds(&[80, 95], 9, 10), vec![80]);
+/// assert!(tenancy_core::quota::reached_thresholds(&[80, 95], 7, 10).is_empty());
+/// ```
+pub fn reached_thresholds(percents: &[u8], used: u64, limit: u64) -> Vec<u8> {
+    if limit == 0 {
+        return Vec::new();
+    }
+    percents
+        .iter()
+        .copied()
+        .filter(|p| u128::from(used) * 100 >= u128::from(*p) * u128::from(limit))
+        .collect()
+}
+
 /// Receives quota events (wire it to the audit log or notifications).
 pub trait QuotaEvents: Send + Sync {
     /// A threshold was crossed (once per threshold, resource and period).
