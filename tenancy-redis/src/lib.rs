@@ -12,7 +12,7 @@
 //!   [`RedisReservation`] is given back when dropped.
 //!
 //! Limits come from the tenant's entitlements in its
-//! [`TenantContext`](tenancy_core::TenantContext), exactly as for the
+//! `TenantContext`, exactly as for the
 //! in-memory and PostgreSQL backends. Keys are
 //! `tenancy:{<tenant id>}:...`: the braces keep one tenant's keys in one
 //! Redis Cluster slot.

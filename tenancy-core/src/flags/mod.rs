@@ -34,6 +34,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "openfeature")]
+mod openfeature;
+#[cfg(feature = "openfeature")]
+pub use openfeature::TenancyFlagProvider;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -179,6 +184,11 @@ impl FlagEngine {
                 .collect(),
             state: RwLock::default(),
         }
+    }
+
+    /// Whether `flag` is declared.
+    pub fn is_declared(&self, flag: &str) -> bool {
+        self.definitions.contains_key(flag)
     }
 
     fn definition(&self, flag: &str) -> Result<&FlagDefinition, FlagError> {
