@@ -457,6 +457,19 @@ impl PlanCatalog {
         self.kinds.get(resource).copied()
     }
 
+    /// A tenant's entitlements from its record: its plan and its overrides.
+    /// `Ok(None)` for a tenant without a plan.
+    pub fn entitlements_of(
+        &self,
+        tenant: &crate::Tenant,
+    ) -> Result<Option<Entitlements>, PlanError> {
+        tenant
+            .plan
+            .as_ref()
+            .map(|p| self.entitlements(p, &tenant.plan_overrides))
+            .transpose()
+    }
+
     /// A tenant's entitlements: `plan` with `overrides` applied and checked.
     pub fn entitlements(
         &self,
@@ -585,6 +598,14 @@ impl PlanCatalog {
             new: new_plan.clone(),
             over_limit,
         };
+        tracing::info!(
+            target: "tenancy::audit",
+            event = "plan.changed",
+            tenant = %tenant,
+            old = ?event.old.as_ref().map(PlanId::as_str),
+            new = %event.new,
+            over_limit = event.over_limit.len(),
+        );
         Ok((next, event))
     }
 }

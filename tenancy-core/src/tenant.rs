@@ -145,6 +145,9 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// The plan the tenant is on, if plans are used.
     pub plan: Option<PlanId>,
+    /// Per-tenant overrides of the plan's limits and features.
+    #[serde(default)]
+    pub plan_overrides: crate::plan::Overrides,
     /// Custom domains that identify this tenant (normalised, unique among tenants).
     pub domains: Vec<DomainName>,
     /// Free-form settings and branding.
@@ -170,6 +173,7 @@ impl Tenant {
             parent: None,
             status: TenantStatus::Active,
             plan: None,
+            plan_overrides: crate::plan::Overrides::default(),
             domains: Vec::new(),
             settings: serde_json::Value::Object(serde_json::Map::new()),
             placement: Placement::default(),
@@ -199,6 +203,12 @@ impl Tenant {
     /// Sets the plan.
     pub fn with_plan(mut self, plan: PlanId) -> Self {
         self.plan = Some(plan);
+        self
+    }
+
+    /// Sets the plan overrides.
+    pub fn with_plan_overrides(mut self, overrides: crate::plan::Overrides) -> Self {
+        self.plan_overrides = overrides;
         self
     }
 

@@ -258,3 +258,25 @@ fn downgrade_below_usage_is_refused_or_marked_over_limit() {
     quota.release(&ctx, "users", 8);
     quota.reserve(&ctx, "users", 1).unwrap().commit();
 }
+
+#[test]
+fn entitlements_come_from_the_tenant_record() {
+    let c = catalog();
+    let mut o = Overrides::default();
+    o.set("limits.users", json!(7));
+    let t = Tenant::new(TenantId::new_v4(), "acme".parse().unwrap(), "Acme")
+        .with_plan("free".into())
+        .with_plan_overrides(o);
+    assert_eq!(
+        c.entitlements_of(&t).unwrap().unwrap().stock_limit("users"),
+        Some(7)
+    );
+    let planless = Tenant::new(TenantId::new_v4(), "b".parse().unwrap(), "B");
+    assert!(c.entitlements_of(&planless).unwrap().is_none());
+    let mut bad = Overrides::default();
+    bad.set("limits.nope", json!(1));
+    assert!(
+        c.entitlements_of(&t.clone().with_plan_overrides(bad))
+            .is_err()
+    );
+}

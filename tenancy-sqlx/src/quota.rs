@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tenancy_core::TenantContext;
-use tenancy_core::plan::{Limit, ResourceKind};
+use tenancy_core::plan::{Limit, ResourceKey, ResourceKind};
 use tenancy_core::quota::{
-    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, ThresholdCrossed, entitled_limit,
-    reached_thresholds,
+    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, ThresholdCrossed, Usage,
+    entitled_limit, reached_thresholds,
 };
 
 use crate::{DbError, TenantDb, TenantTx};
@@ -236,6 +236,82 @@ impl TenantTx {
         .await
         .map_err(backend)?;
         Ok(())
+    }
+
+    /// Usage of every stock and rate resource the tenant's plan meters (for a
+    /// usage endpoint). Concurrency is in-process state: take it from
+    /// `MemoryQuota::usage`.
+    pub async fn usage(&mut self) -> Result<BTreeMap<ResourceKey, Usage>, QuotaError> {
+        let ctx = self.context().clone();
+        let e = ctx
+            .entitlements()
+            .ok_or(QuotaError::NoEntitlements)?
+            .clone();
+        let tenant = ctx.tenant_id().as_uuid();
+        let stock: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT resource, used FROM tenancy.quota_usage WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_all(&mut **self)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .collect();
+        let rate: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT resource, period_ms, tat_us FROM tenancy.quota_rate WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_all(&mut **self)
+        .await
+        .map_err(backend)?;
+        let now_us = i64::try_from(SystemClock.now().as_micros()).unwrap_or(i64::MAX);
+        let mut out = BTreeMap::new();
+        for (resource, limit) in &e.limits {
+            let usage = match limit {
+                Limit::Stock(n) => Usage {
+                    kind: ResourceKind::Stock,
+                    used: stock.get(&**resource).copied().map(u64_of).unwrap_or(0),
+                    limit: Some(*n),
+                },
+                Limit::Rate(spec) => {
+                    let mut u = Usage {
+                        kind: ResourceKind::Rate,
+                        used: 0,
+                        limit: None,
+                    };
+                    let mut worst = -1.0f64;
+                    for (limit, period) in spec.windows() {
+                        let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX);
+                        let tat = rate
+                            .iter()
+                            .find(|(r, p, _)| r.as_str() == &**resource && *p == period_ms)
+                            .map_or(0, |(_, _, t)| *t);
+                        let emission = (period_ms * 1000 / i64_of(limit.max(1))).max(1);
+                        let backlog = (tat - now_us).max(0);
+                        let used = u64_of((backlog + emission - 1) / emission).min(limit);
+                        let ratio = used as f64 / limit.max(1) as f64;
+                        if ratio > worst {
+                            worst = ratio;
+                            u.used = used;
+                            u.limit = Some(limit);
+                        }
+                    }
+                    u
+                }
+                Limit::Concurrency(n) => Usage {
+                    kind: ResourceKind::Concurrency,
+                    used: 0,
+                    limit: Some(u64::from(*n)),
+                },
+                _ => Usage {
+                    kind: ResourceKind::Stock,
+                    used: stock.get(&**resource).copied().map(u64_of).unwrap_or(0),
+                    limit: None,
+                },
+            };
+            out.insert(resource.clone(), usage);
+        }
+        Ok(out)
     }
 
     /// Consumption per resource and daily period since `since`, for billing.

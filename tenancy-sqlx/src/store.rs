@@ -49,6 +49,7 @@ struct TenantRow {
     trial_ends_at: Option<DateTime<Utc>>,
     purge_after: Option<DateTime<Utc>>,
     plan_id: Option<String>,
+    plan_overrides: serde_json::Value,
     settings: serde_json::Value,
     placement: serde_json::Value,
     created_at: DateTime<Utc>,
@@ -100,6 +101,8 @@ impl TryFrom<TenantRow> for Tenant {
         if let Some(plan) = r.plan_id {
             t = t.with_plan(PlanId::new(plan));
         }
+        t.plan_overrides = serde_json::from_value(r.plan_overrides)
+            .map_err(|e| invalid("tenants.plan_overrides", e))?;
         for d in r.domains {
             t = t.with_domain(DomainName::parse(&d).map_err(|e| invalid("tenant_domains", e))?);
         }
@@ -120,7 +123,7 @@ macro_rules! select_tenant {
         concat!(
             r#"
     SELECT t.id, t.slug, t.display_name, t.kind, t.parent_id, t.status, t.status_reason,
-           t.trial_ends_at, t.purge_after, t.plan_id, t.settings, t.placement,
+           t.trial_ends_at, t.purge_after, t.plan_id, t.plan_overrides, t.settings, t.placement,
            t.created_at, t.updated_at,
            COALESCE((SELECT array_agg(d.domain ORDER BY d.domain)
                      FROM tenancy.tenant_domains d WHERE d.tenant_id = t.id), '{}') AS domains
@@ -188,8 +191,8 @@ impl PgTenantStore {
         let (status, reason, trial, purge) = status_columns(&tenant.status);
         sqlx::query(
             "INSERT INTO tenancy.tenants (id, slug, display_name, kind, parent_id, status, \
-             status_reason, trial_ends_at, purge_after, plan_id, settings, placement, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             status_reason, trial_ends_at, purge_after, plan_id, settings, placement, created_at, updated_at, \
+             plan_overrides) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(tenant.id.as_uuid())
         .bind(tenant.slug.as_str())
@@ -205,6 +208,7 @@ impl PgTenantStore {
         .bind(serde_json::to_value(&tenant.placement).map_err(|e| invalid("placement", e))?)
         .bind(tenant.created_at)
         .bind(tenant.updated_at)
+        .bind(serde_json::to_value(&tenant.plan_overrides).map_err(|e| invalid("plan_overrides", e))?)
         .execute(&mut *tx)
         .await
         .map_err(map_unique)?;
@@ -227,7 +231,7 @@ impl PgTenantStore {
         let updated = sqlx::query(
             "UPDATE tenancy.tenants SET slug = $2, display_name = $3, kind = $4, parent_id = $5, \
              status = $6, status_reason = $7, trial_ends_at = $8, purge_after = $9, plan_id = $10, \
-             settings = $11, placement = $12, updated_at = now() WHERE id = $1",
+             settings = $11, placement = $12, plan_overrides = $13, updated_at = now() WHERE id = $1",
         )
         .bind(tenant.id.as_uuid())
         .bind(tenant.slug.as_str())
@@ -241,6 +245,7 @@ impl PgTenantStore {
         .bind(tenant.plan.as_ref().map(PlanId::as_str))
         .bind(&tenant.settings)
         .bind(serde_json::to_value(&tenant.placement).map_err(|e| invalid("placement", e))?)
+        .bind(serde_json::to_value(&tenant.plan_overrides).map_err(|e| invalid("plan_overrides", e))?)
         .execute(&mut *tx)
         .await
         .map_err(map_unique)?;

@@ -101,6 +101,17 @@ async fn quota_follows_the_transaction() {
     assert!(matches!(refused, Err(QuotaError::Exceeded(ref q)) if q.used == 10));
     tx.release_stock("policies", 3).await.unwrap();
     assert_eq!(tx.consume_stock("policies", 3).await.unwrap(), 10);
+    let usage = tx.usage().await.unwrap();
+    assert_eq!(
+        (usage["policies"].used, usage["policies"].limit),
+        (10, Some(10))
+    );
+    assert_eq!((usage["seats"].used, usage["seats"].limit), (0, Some(50)));
+    assert_eq!(
+        usage["api_calls"].limit,
+        Some(60),
+        "the most loaded (here: first) window"
+    );
     tx.commit().await.unwrap();
     // Another tenant's counter is separate and invisible.
     let other = ctx_for(TenantId::new_v4());
