@@ -34,8 +34,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tenancy_core::plan::{Limit, ResourceKind};
 use tenancy_core::quota::{
-    Clock, QuotaError, QuotaEvents, QuotaExceeded, RateDecision, SystemClock, ThresholdCrossed,
-    TracingEvents, entitled_limit, reached_thresholds,
+    Clock, QuotaError, QuotaEvents, RateDecision, SystemClock, ThresholdCrossed, TracingEvents,
+    entitled_limit, reached_thresholds,
 };
 use tenancy_core::{StoreError, TenantContext, TenantId};
 
@@ -111,20 +111,6 @@ fn backend(e: redis::RedisError) -> QuotaError {
 
 fn key(tenant: TenantId, kind: &str, resource: &str) -> String {
     format!("tenancy:{{{tenant}}}:{kind}:{resource}")
-}
-
-fn exceeded(
-    ctx: &TenantContext,
-    resource: &str,
-    kind: ResourceKind,
-    used: u64,
-    limit: u64,
-    requested: u64,
-    retry_after: Option<Duration>,
-) -> QuotaError {
-    let mut e = QuotaExceeded::new(ctx.tenant_id(), resource, kind, used, limit, requested);
-    e.retry_after = retry_after;
-    QuotaError::Exceeded(e)
 }
 
 fn micros(d: Duration) -> i64 {
@@ -284,7 +270,7 @@ impl RedisQuota {
                 let wait = backlog + inc - period;
                 let retry = (cost <= limit && wait > 0)
                     .then(|| Duration::from_micros(u64::try_from(wait).unwrap_or(0)));
-                Err(exceeded(
+                Err(QuotaError::exceeded(
                     ctx,
                     resource,
                     ResourceKind::Rate,
@@ -340,7 +326,7 @@ impl RedisQuota {
                     done: false,
                 })
             }
-            [0, used] => Err(exceeded(
+            [0, used] => Err(QuotaError::exceeded(
                 ctx,
                 resource,
                 ResourceKind::Stock,

@@ -22,28 +22,14 @@ use chrono::{DateTime, Utc};
 use tenancy_core::TenantContext;
 use tenancy_core::plan::{Limit, ResourceKey, ResourceKind};
 use tenancy_core::quota::{
-    Clock, QuotaError, QuotaExceeded, RateDecision, SystemClock, ThresholdCrossed, Usage,
-    entitled_limit, reached_thresholds,
+    Clock, QuotaError, RateDecision, SystemClock, ThresholdCrossed, Usage, entitled_limit,
+    reached_thresholds,
 };
 
 use crate::{DbError, TenantDb, TenantTx};
 
 fn backend(e: impl Into<DbError>) -> QuotaError {
     QuotaError::Backend(tenancy_core::StoreError::new(e.into()))
-}
-
-fn exceeded(
-    ctx: &TenantContext,
-    resource: &str,
-    kind: ResourceKind,
-    used: u64,
-    limit: u64,
-    requested: u64,
-    retry_after: Option<Duration>,
-) -> QuotaError {
-    let mut e = QuotaExceeded::new(ctx.tenant_id(), resource, kind, used, limit, requested);
-    e.retry_after = retry_after;
-    QuotaError::Exceeded(e)
 }
 
 fn i64_of(n: u64) -> i64 {
@@ -132,7 +118,7 @@ impl TenantTx {
             && amount > l
         {
             let used = self.stock_used(resource).await?;
-            return Err(exceeded(
+            return Err(QuotaError::exceeded(
                 &ctx,
                 resource,
                 ResourceKind::Stock,
@@ -178,7 +164,7 @@ impl TenantTx {
             }
             None => {
                 let used = self.stock_used(resource).await?;
-                Err(exceeded(
+                Err(QuotaError::exceeded(
                     &ctx,
                     resource,
                     ResourceKind::Stock,
@@ -436,7 +422,7 @@ impl PgRateLimiter {
                     let wait = backlog + inc - period_us;
                     let retry =
                         (cost <= *limit && wait > 0).then(|| Duration::from_micros(u64_of(wait)));
-                    return Err(exceeded(
+                    return Err(QuotaError::exceeded(
                         ctx,
                         resource,
                         ResourceKind::Rate,

@@ -8,8 +8,8 @@ use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
 use super::{
-    Clock, QuotaError, QuotaEvents, QuotaExceeded, SystemClock, ThresholdCrossed, TracingEvents,
-    Usage, UsageRecord, entitled_limit, nanos,
+    Clock, QuotaError, QuotaEvents, SystemClock, ThresholdCrossed, TracingEvents, Usage,
+    UsageRecord, entitled_limit, nanos,
 };
 use crate::plan::{Limit, RateSpec, ResourceKey, ResourceKind};
 use crate::{TenantContext, TenantId};
@@ -377,26 +377,6 @@ impl MemoryQuota {
             .clone()
     }
 
-    fn exceeded(
-        ctx: &TenantContext,
-        resource: &str,
-        kind: ResourceKind,
-        used: u64,
-        limit: u64,
-        requested: u64,
-        retry_after: Option<Duration>,
-    ) -> QuotaError {
-        QuotaError::Exceeded(QuotaExceeded {
-            tenant: ctx.tenant_id(),
-            resource: resource.into(),
-            kind,
-            used,
-            limit,
-            requested,
-            retry_after,
-        })
-    }
-
     fn thresholds(&self, tenant: TenantId, state: &ResourceState, now: u64, used: u64, limit: u64) {
         // Fast reject: below the lowest threshold (one multiplication).
         match self.thresholds.first() {
@@ -470,7 +450,7 @@ impl MemoryQuota {
                 }
             });
         if ok.is_err() {
-            return Err(Self::exceeded(
+            return Err(QuotaError::exceeded(
                 ctx,
                 resource,
                 ResourceKind::Stock,
@@ -526,7 +506,7 @@ impl MemoryQuota {
                 }
             });
         if ok.is_err() {
-            return Err(Self::exceeded(
+            return Err(QuotaError::exceeded(
                 ctx,
                 resource,
                 ResourceKind::Concurrency,
@@ -676,7 +656,7 @@ impl MemoryQuota {
                     } else {
                         refused.map(Duration::from_nanos)
                     };
-                    return Err(Self::exceeded(
+                    return Err(QuotaError::exceeded(
                         ctx,
                         resource,
                         ResourceKind::Rate,

@@ -233,6 +233,23 @@ pub fn entitled_limit(
     }
 }
 
+impl QuotaError {
+    /// A refusal for the context's tenant (shared by every backend).
+    pub fn exceeded(
+        ctx: &crate::TenantContext,
+        resource: &str,
+        kind: ResourceKind,
+        used: u64,
+        limit: u64,
+        requested: u64,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut e = QuotaExceeded::new(ctx.tenant_id(), resource, kind, used, limit, requested);
+        e.retry_after = retry_after;
+        QuotaError::Exceeded(e)
+    }
+}
+
 /// A resource's usage against its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
