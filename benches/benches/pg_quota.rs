@@ -11,6 +11,10 @@
 //! - `pg_stock/insert_and_consume_1_tenant`: plus the quota, all clients on
 //!   one tenant's counter (its row lock serialises them: the worst case).
 //!
+//! `pg_stock` uses the default pool (`PoolHygiene::Verify`: one check query
+//! per released connection); `pg_stock_hygiene_off` repeats the three with
+//! the check off, to show what it costs under load.
+//!
 //! After the measurements an exactness run (not timed) lets 16 clients make
 //! 3 200 attempts against a limit of 2 000 and prints
 //! `pg-stock: attempts=.. granted=.. used=.. overshoot=..`.
@@ -28,7 +32,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tenancy_core::plan::{Overrides, PlanCatalog};
 use tenancy_core::{Tenant, TenantContext, TenantId};
 use tenancy_sqlx::rls::TenantTable;
-use tenancy_sqlx::{TenantDb, migrate};
+use tenancy_sqlx::{PoolHygiene, TenantDb, migrate};
 use tenancy_testkit::TestDb;
 use uuid::Uuid;
 
@@ -74,7 +78,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (db, table) = rt.block_on(async {
+    let (dbs, table) = rt.block_on(async {
         let env = TestDb::from_env().expect("run with scripts/bench");
         let owner = env.owner_pool(1).await.unwrap();
         let mut conn = owner.acquire().await.unwrap();
@@ -95,46 +99,54 @@ fn bench(c: &mut Criterion) {
             .apply(&mut conn)
             .await
             .unwrap();
-        let pool = TenantDb::pool_options()
-            .max_connections(CLIENTS as u32)
-            .min_connections(CLIENTS as u32)
-            .connect(&env.app_url)
-            .await
-            .unwrap();
-        (TenantDb::new(pool), table)
+        let mut dbs = Vec::new();
+        for hygiene in [PoolHygiene::Verify, PoolHygiene::Off] {
+            let pool = TenantDb::pool_options_with(hygiene)
+                .max_connections(CLIENTS as u32)
+                .min_connections(CLIENTS as u32)
+                .connect(&env.app_url)
+                .await
+                .unwrap();
+            dbs.push(TenantDb::new(pool));
+        }
+        (dbs, table)
     });
+    let (db, db_no_hygiene) = (dbs[0].clone(), dbs[1].clone());
 
     let many: Vec<TenantContext> = (0..CLIENTS).map(|_| ctx(u64::MAX / 2)).collect();
     let one = ctx(u64::MAX / 2);
-    let mut g = c.benchmark_group("pg_stock");
-    g.throughput(Throughput::Elements(CLIENTS as u64))
-        .sample_size(30)
-        .measurement_time(Duration::from_secs(8));
-    for (name, quota, shared) in [
-        ("insert_only", false, false),
-        ("insert_and_consume_16_tenants", true, false),
-        ("insert_and_consume_1_tenant", true, true),
-    ] {
-        g.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
-                let (db, table, many, one) = (db.clone(), table.clone(), many.clone(), one.clone());
-                async move {
-                    let mut tasks = Vec::with_capacity(CLIENTS);
-                    for own in many.iter().take(CLIENTS) {
-                        let (db, table) = (db.clone(), table.clone());
-                        let ctx = if shared { one.clone() } else { own.clone() };
-                        tasks.push(tokio::spawn(
-                            async move { op(&db, &ctx, &table, quota).await },
-                        ));
+    for (group, db) in [("pg_stock", &db), ("pg_stock_hygiene_off", &db_no_hygiene)] {
+        let mut g = c.benchmark_group(group);
+        g.throughput(Throughput::Elements(CLIENTS as u64))
+            .sample_size(30)
+            .measurement_time(Duration::from_secs(8));
+        for (name, quota, shared) in [
+            ("insert_only", false, false),
+            ("insert_and_consume_16_tenants", true, false),
+            ("insert_and_consume_1_tenant", true, true),
+        ] {
+            g.bench_function(name, |b| {
+                b.to_async(&rt).iter(|| {
+                    let (db, table, many, one) =
+                        (db.clone(), table.clone(), many.clone(), one.clone());
+                    async move {
+                        let mut tasks = Vec::with_capacity(CLIENTS);
+                        for own in many.iter().take(CLIENTS) {
+                            let (db, table) = (db.clone(), table.clone());
+                            let ctx = if shared { one.clone() } else { own.clone() };
+                            tasks.push(tokio::spawn(
+                                async move { op(&db, &ctx, &table, quota).await },
+                            ));
+                        }
+                        for t in tasks {
+                            assert!(t.await.unwrap());
+                        }
                     }
-                    for t in tasks {
-                        assert!(t.await.unwrap());
-                    }
-                }
+                });
             });
-        });
+        }
+        g.finish();
     }
-    g.finish();
 
     // Exactness under the same load: 3 200 attempts, limit 2 000.
     rt.block_on(async {
