@@ -91,7 +91,7 @@ impl TenantTx {
 
     /// Consumes `amount` of a stock resource in this transaction.
     ///
-    /// Refused with [`QuotaExceeded`] (nothing consumed) when it would pass
+    /// Refused with [`QuotaExceeded`](tenancy_core::quota::QuotaExceeded) (nothing consumed) when it would pass
     /// the limit in the context's entitlements — including when a downgrade
     /// left usage above the limit. Returns usage after the consumption.
     /// Commit the transaction to keep it; rolling back gives it back.

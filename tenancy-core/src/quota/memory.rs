@@ -424,7 +424,7 @@ impl MemoryQuota {
     }
 
     /// Reserves `amount` of a stock resource. Fails with
-    /// [`QuotaExceeded`] if that would pass the limit (including after a
+    /// [`QuotaExceeded`](super::QuotaExceeded) if that would pass the limit (including after a
     /// downgrade left usage above it).
     pub fn reserve(
         &self,
