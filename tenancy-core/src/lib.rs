@@ -5,6 +5,7 @@
 mod authorize;
 pub mod cache;
 mod context;
+pub mod crypto;
 mod domain;
 mod error;
 pub mod flags;
