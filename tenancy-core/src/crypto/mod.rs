@@ -28,7 +28,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::Tag;
+use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -199,21 +200,17 @@ pub fn encrypt(
     let mut nonce = [0u8; 12];
     OsRng.fill_bytes(&mut nonce);
     let aad = aad(tenant, key.version, context);
-    let sealed = key
-        .cipher()
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| CryptoError::Authentication)?;
-    let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+    // One buffer, encrypted in place: no second allocation, no copy.
+    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     out.push(FORMAT_VERSION);
     out.extend_from_slice(&key.version.to_be_bytes());
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .cipher()
+        .encrypt_in_place_detached(&Nonce::from(nonce), &aad, &mut out[HEADER_LEN..])
+        .map_err(|_| CryptoError::Authentication)?;
+    out.extend_from_slice(&tag);
     Ok(out)
 }
 
@@ -247,16 +244,14 @@ pub fn decrypt<'k>(
     let aad = aad(tenant, version, context);
     let mut nonce = [0u8; 12];
     nonce.copy_from_slice(&ciphertext[5..HEADER_LEN]);
+    let (body, tag) = ciphertext[HEADER_LEN..].split_at(ciphertext.len() - HEADER_LEN - TAG_LEN);
+    let mut tag_bytes = [0u8; TAG_LEN];
+    tag_bytes.copy_from_slice(tag);
+    let mut plain = Zeroizing::new(body.to_vec());
     key.cipher()
-        .decrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: &ciphertext[HEADER_LEN..],
-                aad: &aad,
-            },
-        )
-        .map(Zeroizing::new)
-        .map_err(|_| CryptoError::Authentication)
+        .decrypt_in_place_detached(&Nonce::from(nonce), &aad, &mut plain, &Tag::from(tag_bytes))
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(plain)
 }
 
 /// The text form of a ciphertext: `tnc1:` + unpadded base64url.
