@@ -28,6 +28,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod keys;
+
 use aes_gcm::Tag;
 use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Nonce};

@@ -1,0 +1,533 @@
+//! The key hierarchy: a key-encryption key (KEK) per tenant held by a
+//! [`KeyProvider`], data keys (DEKs) per tenant and version stored only
+//! wrapped by that KEK in a [`KeyStore`], and a [`Keyring`] that ties them
+//! together with a cache of unwrapped keys.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use zeroize::Zeroizing;
+
+use super::{BlindIndexKey, CryptoError, DataKey, NONCE_BUDGET};
+use crate::TenantId;
+
+/// A 32-byte secret that is wiped when dropped.
+pub type Secret = Zeroizing<[u8; 32]>;
+
+/// Holds tenants' key-encryption keys and wraps and unwraps data keys with
+/// them. The tenant id is bound into every wrap (associated data, or the KMS
+/// encryption context), so one tenant's wrapped key never opens as another's.
+#[async_trait]
+pub trait KeyProvider: Send + Sync {
+    /// A fresh random data key for `tenant`: the key, and the key wrapped by the tenant's KEK.
+    async fn generate(&self, tenant: TenantId) -> Result<(Secret, Vec<u8>), CryptoError>;
+    /// Unwraps a data key of `tenant`.
+    async fn unwrap(&self, tenant: TenantId, wrapped: &[u8]) -> Result<Secret, CryptoError>;
+    /// Starts a new KEK version for `tenant` (older versions still unwrap).
+    async fn rotate_kek(&self, tenant: TenantId) -> Result<(), CryptoError>;
+    /// Re-wraps a data key under the tenant's current KEK, without exposing data.
+    async fn rewrap(&self, tenant: TenantId, wrapped: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    /// Destroys every KEK of `tenant`: its wrapped keys can never be unwrapped again.
+    async fn destroy(&self, tenant: TenantId) -> Result<(), CryptoError>;
+}
+
+fn seal(key: &[u8; 32], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; 12];
+    OsRng.fill_bytes(&mut nonce);
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .encrypt_in_place_detached(&Nonce::from(nonce), aad, &mut out[12..])
+        .map_err(|_| CryptoError::Authentication)?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Secret, CryptoError> {
+    if sealed.len() != 12 + 32 + 16 {
+        return Err(CryptoError::Truncated);
+    }
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&sealed[..12]);
+    let mut tag = [0u8; 16];
+    tag.copy_from_slice(&sealed[44..]);
+    let mut out: Secret = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&sealed[12..44]);
+    cipher
+        .decrypt_in_place_detached(
+            &Nonce::from(nonce),
+            aad,
+            out.as_mut_slice(),
+            &Tag::from(tag),
+        )
+        .map_err(|_| CryptoError::Authentication)?;
+    Ok(out)
+}
+
+fn aad(label: &str, tenant: TenantId, version: u32) -> Vec<u8> {
+    let mut a = label.as_bytes().to_vec();
+    a.extend_from_slice(tenant.as_uuid().as_bytes());
+    a.extend_from_slice(&version.to_be_bytes());
+    a
+}
+
+/// A [`KeyProvider`] with a master key from configuration: per-tenant KEKs
+/// are random and kept only wrapped by the master key. For development and
+/// single-box deployments; use a KMS in production.
+///
+/// Wrapped data keys are `kek version (u32 BE) ‖ nonce ‖ key ‖ tag`.
+///
+/// ```
+/// use tenancy_core::crypto::keys::{KeyProvider, LocalKeyProvider};
+/// use tenancy_core::TenantId;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let master = LocalKeyProvider::master_from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?;
+/// let provider = LocalKeyProvider::new(master);
+/// let tenant = TenantId::new_v4();
+/// let (key, wrapped) = provider.generate(tenant).await?;
+/// assert_eq!(*provider.unwrap(tenant, &wrapped).await?, *key);
+/// assert!(provider.unwrap(TenantId::new_v4(), &wrapped).await.is_err());
+/// # Ok(()) }
+/// ```
+pub struct LocalKeyProvider {
+    master: Secret,
+    /// Wrapped KEKs by tenant and version.
+    keks: RwLock<HashMap<TenantId, BTreeMap<u32, Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for LocalKeyProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKeyProvider").finish_non_exhaustive()
+    }
+}
+
+impl LocalKeyProvider {
+    /// A provider with this master key.
+    pub fn new(master: Secret) -> Self {
+        Self {
+            master,
+            keks: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Reads a 32-byte master key from unpadded base64url (as kept in an
+    /// environment variable or secrets file).
+    pub fn master_from_base64(text: &str) -> Result<Secret, CryptoError> {
+        use base64::Engine as _;
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(text.trim())
+                .map_err(|_| CryptoError::BadKeyLength)?,
+        );
+        let mut out: Secret = Zeroizing::new([0u8; 32]);
+        if bytes.len() != 32 {
+            return Err(CryptoError::BadKeyLength);
+        }
+        out.copy_from_slice(&bytes);
+        Ok(out)
+    }
+
+    fn kek(&self, tenant: TenantId, version: Option<u32>) -> Result<(u32, Secret), CryptoError> {
+        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
+        let versions = keks.get(&tenant).ok_or(CryptoError::UnknownKeyVersion(0))?;
+        let (v, wrapped) = match version {
+            Some(v) => (
+                v,
+                versions.get(&v).ok_or(CryptoError::UnknownKeyVersion(v))?,
+            ),
+            None => versions
+                .iter()
+                .next_back()
+                .map(|(v, w)| (*v, w))
+                .ok_or(CryptoError::UnknownKeyVersion(0))?,
+        };
+        Ok((
+            v,
+            open(&self.master, &aad("tenancy-rs/kek/v1", tenant, v), wrapped)?,
+        ))
+    }
+
+    fn ensure_kek(&self, tenant: TenantId) -> Result<(), CryptoError> {
+        if self
+            .keks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&tenant)
+        {
+            return Ok(());
+        }
+        self.add_kek(tenant).map(|_| ())
+    }
+
+    fn add_kek(&self, tenant: TenantId) -> Result<u32, CryptoError> {
+        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+        let versions = keks.entry(tenant).or_default();
+        let v = versions.keys().next_back().map_or(1, |v| v + 1);
+        let mut kek: Secret = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(kek.as_mut_slice());
+        versions.insert(
+            v,
+            seal(
+                &self.master,
+                &aad("tenancy-rs/kek/v1", tenant, v),
+                kek.as_slice(),
+            )?,
+        );
+        Ok(v)
+    }
+
+    fn wrap_with_current(&self, tenant: TenantId, key: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
+        let (v, kek) = self.kek(tenant, None)?;
+        let mut out = v.to_be_bytes().to_vec();
+        out.extend(seal(&kek, &aad("tenancy-rs/dek/v1", tenant, v), key)?);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl KeyProvider for LocalKeyProvider {
+    async fn generate(&self, tenant: TenantId) -> Result<(Secret, Vec<u8>), CryptoError> {
+        self.ensure_kek(tenant)?;
+        let mut key: Secret = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(key.as_mut_slice());
+        let wrapped = self.wrap_with_current(tenant, &key)?;
+        Ok((key, wrapped))
+    }
+
+    async fn unwrap(&self, tenant: TenantId, wrapped: &[u8]) -> Result<Secret, CryptoError> {
+        if wrapped.len() < 4 {
+            return Err(CryptoError::Truncated);
+        }
+        let mut v = [0u8; 4];
+        v.copy_from_slice(&wrapped[..4]);
+        let v = u32::from_be_bytes(v);
+        let (_, kek) = self.kek(tenant, Some(v))?;
+        open(&kek, &aad("tenancy-rs/dek/v1", tenant, v), &wrapped[4..])
+    }
+
+    async fn rotate_kek(&self, tenant: TenantId) -> Result<(), CryptoError> {
+        self.add_kek(tenant).map(|_| ())
+    }
+
+    async fn rewrap(&self, tenant: TenantId, wrapped: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let key = self.unwrap(tenant, wrapped).await?;
+        self.wrap_with_current(tenant, &key)
+    }
+
+    async fn destroy(&self, tenant: TenantId) -> Result<(), CryptoError> {
+        self.keks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&tenant);
+        Ok(())
+    }
+}
+
+/// The lifecycle state of a stored data key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Encrypts new values (the primary version) and decrypts.
+    Primary,
+    /// Decrypts only (an older version after rotation).
+    Retired,
+    /// Gone: nothing it encrypted can be read.
+    Destroyed,
+}
+
+/// A wrapped data key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The version (1, 2, ...). Version 0 is the tenant's blind-index root.
+    pub version: u32,
+    /// The key wrapped by the tenant's KEK.
+    pub wrapped: Vec<u8>,
+    /// Its state.
+    pub state: KeyState,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where wrapped data keys live. Plaintext keys are never stored.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Every key of `tenant`, oldest first.
+    async fn keys(&self, tenant: TenantId) -> Result<Vec<StoredKey>, CryptoError>;
+    /// Inserts a key (a new version, or the index root).
+    async fn insert(&self, key: StoredKey) -> Result<(), CryptoError>;
+    /// Replaces a key's wrapped bytes and state.
+    async fn update(&self, key: StoredKey) -> Result<(), CryptoError>;
+}
+
+/// A [`KeyStore`] in memory (tests, examples).
+#[derive(Debug, Default)]
+pub struct InMemoryKeyStore {
+    keys: RwLock<HashMap<TenantId, BTreeMap<u32, StoredKey>>>,
+}
+
+#[async_trait]
+impl KeyStore for InMemoryKeyStore {
+    async fn keys(&self, tenant: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        Ok(self
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&tenant)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn insert(&self, key: StoredKey) -> Result<(), CryptoError> {
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        let versions = keys.entry(key.tenant).or_default();
+        if versions.contains_key(&key.version) {
+            return Err(CryptoError::UnknownKeyVersion(key.version));
+        }
+        versions.insert(key.version, key);
+        Ok(())
+    }
+
+    async fn update(&self, key: StoredKey) -> Result<(), CryptoError> {
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        let slot = keys
+            .get_mut(&key.tenant)
+            .and_then(|m| m.get_mut(&key.version))
+            .ok_or(CryptoError::UnknownKeyVersion(key.version))?;
+        *slot = key;
+        Ok(())
+    }
+}
+
+/// Per-tenant keys, ready to use: creates, caches, rotates and shreds.
+///
+/// Unwrapped keys are cached (moka: TTL, capacity) so a hit makes no
+/// provider call; evicted keys are zeroized when their last user drops them.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tenancy_core::crypto::keys::{InMemoryKeyStore, Keyring, LocalKeyProvider};
+/// use tenancy_core::TenantId;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let provider = LocalKeyProvider::new(LocalKeyProvider::master_from_base64(
+///     "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8")?);
+/// let keys = Keyring::new(Arc::new(provider), Arc::new(InMemoryKeyStore::default()));
+/// let tenant = TenantId::new_v4();
+/// let sealed = keys.encrypt(tenant, b"customers.pan:1", b"ABCDE1234F").await?;
+/// assert_eq!(keys.decrypt(tenant, b"customers.pan:1", &sealed).await?.as_slice(), b"ABCDE1234F");
+///
+/// keys.shred(tenant).await?; // crypto-shredding
+/// assert!(keys.decrypt(tenant, b"customers.pan:1", &sealed).await.is_err());
+/// # Ok(()) }
+/// ```
+pub struct Keyring {
+    provider: Arc<dyn KeyProvider>,
+    store: Arc<dyn KeyStore>,
+    cache: moka::future::Cache<(TenantId, u32), Arc<DataKey>>,
+    rotate_after: u64,
+    max_age: Option<Duration>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// A keyring caching up to 10 000 unwrapped keys for 10 minutes.
+    pub fn new(provider: Arc<dyn KeyProvider>, store: Arc<dyn KeyStore>) -> Self {
+        Self {
+            provider,
+            store,
+            cache: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(600))
+                .support_invalidation_closures()
+                .build(),
+            rotate_after: NONCE_BUDGET / 2,
+            max_age: None,
+        }
+    }
+
+    /// Rotates a tenant's data key once it has encrypted `n` values in this
+    /// process (default: half the nonce budget, 2^31).
+    pub fn with_rotation_after(mut self, n: u64) -> Self {
+        self.rotate_after = n.clamp(1, NONCE_BUDGET);
+        self
+    }
+
+    /// Rotates a tenant's data key once it is older than `age` (for example 90 days).
+    pub fn with_max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    async fn load(&self, tenant: TenantId, version: u32) -> Result<Arc<DataKey>, CryptoError> {
+        if let Some(k) = self.cache.get(&(tenant, version)).await {
+            return Ok(k);
+        }
+        let stored = self
+            .store
+            .keys(tenant)
+            .await?
+            .into_iter()
+            .find(|k| k.version == version && k.state != KeyState::Destroyed)
+            .ok_or(CryptoError::UnknownKeyVersion(version))?;
+        let secret = self.provider.unwrap(tenant, &stored.wrapped).await?;
+        let key = Arc::new(DataKey::from_bytes(version, *secret));
+        self.cache.insert((tenant, version), key.clone()).await;
+        Ok(key)
+    }
+
+    async fn create(&self, tenant: TenantId, version: u32) -> Result<(), CryptoError> {
+        let (_, wrapped) = self.provider.generate(tenant).await?;
+        self.store
+            .insert(StoredKey {
+                tenant,
+                version,
+                wrapped,
+                state: if version == 0 {
+                    KeyState::Retired
+                } else {
+                    KeyState::Primary
+                },
+                created_at: Utc::now(),
+            })
+            .await
+    }
+
+    /// The primary data key of `tenant`, created on first use.
+    pub async fn primary(&self, tenant: TenantId) -> Result<Arc<DataKey>, CryptoError> {
+        let keys = self.store.keys(tenant).await?;
+        if keys.iter().any(|k| k.state == KeyState::Destroyed) {
+            return Err(CryptoError::UnknownKeyVersion(0));
+        }
+        let too_old = |k: &StoredKey| {
+            self.max_age.is_some_and(|age| {
+                chrono::Duration::from_std(age).is_ok_and(|age| Utc::now() - k.created_at > age)
+            })
+        };
+        let version = match keys.iter().find(|k| k.state == KeyState::Primary) {
+            Some(k) if too_old(k) => self.rotate(tenant).await?,
+            Some(k) => k.version,
+            None => {
+                // A concurrent first use may have created it: then load it.
+                if let Err(e) = self.create(tenant, 1).await {
+                    tracing::debug!(error = %e, "first data key created concurrently");
+                }
+                1
+            }
+        };
+        let key = self.load(tenant, version).await?;
+        if key.encryptions() >= self.rotate_after {
+            self.rotate(tenant).await?;
+            return Box::pin(self.primary(tenant)).await;
+        }
+        Ok(key)
+    }
+
+    /// Makes a new data key version primary; older versions still decrypt.
+    pub async fn rotate(&self, tenant: TenantId) -> Result<u32, CryptoError> {
+        let keys = self.store.keys(tenant).await?;
+        let next = keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+        for mut k in keys.into_iter().filter(|k| k.state == KeyState::Primary) {
+            k.state = KeyState::Retired;
+            self.store.update(k).await?;
+        }
+        self.create(tenant, next).await?;
+        Ok(next)
+    }
+
+    /// Rotates the tenant's KEK and re-wraps every stored key under it,
+    /// without touching any encrypted data.
+    pub async fn rotate_kek(&self, tenant: TenantId) -> Result<(), CryptoError> {
+        self.provider.rotate_kek(tenant).await?;
+        for mut k in self.store.keys(tenant).await? {
+            if k.state != KeyState::Destroyed {
+                k.wrapped = self.provider.rewrap(tenant, &k.wrapped).await?;
+                self.store.update(k).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Crypto-shredding: destroys the tenant's KEKs and marks every data key
+    /// destroyed, so nothing the tenant ever encrypted can be read again.
+    pub async fn shred(&self, tenant: TenantId) -> Result<(), CryptoError> {
+        self.provider.destroy(tenant).await?;
+        for mut k in self.store.keys(tenant).await? {
+            k.state = KeyState::Destroyed;
+            k.wrapped.clear();
+            self.store.update(k).await?;
+        }
+        // Cannot fail (the cache supports invalidation closures); should it
+        // ever, drop every cached key rather than keep the tenant's.
+        if self
+            .cache
+            .invalidate_entries_if(move |(t, _), _| *t == tenant)
+            .is_err()
+        {
+            self.cache.invalidate_all();
+        }
+        Ok(())
+    }
+
+    /// Encrypts a field value for `tenant` with its primary key.
+    pub async fn encrypt(
+        &self,
+        tenant: TenantId,
+        context: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let key = self.primary(tenant).await?;
+        super::encrypt(&key, tenant, context, plaintext)
+    }
+
+    /// Decrypts a field value of `tenant` with whichever version made it.
+    pub async fn decrypt(
+        &self,
+        tenant: TenantId,
+        context: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let version = super::key_version(ciphertext)?;
+        let key = self.load(tenant, version).await?;
+        super::decrypt(|_| Some(&key), tenant, context, ciphertext)
+    }
+
+    /// The tenant's blind-index key for `purpose`, derived from its index
+    /// root (a separate wrapped secret, version 0, shredded with the rest).
+    pub async fn blind_index(
+        &self,
+        tenant: TenantId,
+        purpose: &str,
+        truncate: usize,
+    ) -> Result<BlindIndexKey, CryptoError> {
+        let keys = self.store.keys(tenant).await?;
+        if keys.iter().any(|k| k.state == KeyState::Destroyed) {
+            return Err(CryptoError::UnknownKeyVersion(0));
+        }
+        if !keys.iter().any(|k| k.version == 0) {
+            self.create(tenant, 0).await?;
+        }
+        let root = self.load(tenant, 0).await?;
+        Ok(BlindIndexKey::derive(
+            root.expose_bytes(),
+            tenant,
+            purpose,
+            truncate,
+        ))
+    }
+}

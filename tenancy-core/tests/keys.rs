@@ -1,0 +1,226 @@
+//! The key hierarchy: provider, store, keyring — rotation, KEK rotation,
+//! crypto-shredding, caching, blind indexes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use tenancy_core::TenantId;
+use tenancy_core::crypto::keys::{
+    InMemoryKeyStore, KeyProvider, KeyState, KeyStore, Keyring, LocalKeyProvider, Secret,
+};
+use tenancy_core::crypto::{CryptoError, key_version};
+
+const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+/// Counts unwrap calls on the way to a real provider.
+struct Counting {
+    inner: LocalKeyProvider,
+    unwraps: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyProvider for Counting {
+    async fn generate(&self, t: TenantId) -> Result<(Secret, Vec<u8>), CryptoError> {
+        self.inner.generate(t).await
+    }
+    async fn unwrap(&self, t: TenantId, w: &[u8]) -> Result<Secret, CryptoError> {
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.inner.unwrap(t, w).await
+    }
+    async fn rotate_kek(&self, t: TenantId) -> Result<(), CryptoError> {
+        self.inner.rotate_kek(t).await
+    }
+    async fn rewrap(&self, t: TenantId, w: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.inner.rewrap(t, w).await
+    }
+    async fn destroy(&self, t: TenantId) -> Result<(), CryptoError> {
+        self.inner.destroy(t).await
+    }
+}
+
+fn provider() -> Arc<Counting> {
+    Arc::new(Counting {
+        inner: LocalKeyProvider::new(LocalKeyProvider::master_from_base64(MASTER).unwrap()),
+        unwraps: AtomicUsize::new(0),
+    })
+}
+
+#[tokio::test]
+async fn cache_hits_make_no_provider_calls() {
+    let p = provider();
+    let keys = Keyring::new(p.clone(), Arc::new(InMemoryKeyStore::default()));
+    let t = TenantId::new_v4();
+    let sealed = keys.encrypt(t, b"c", b"v").await.unwrap();
+    let after_first = p.unwraps.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        keys.encrypt(t, b"c", b"v").await.unwrap();
+        keys.decrypt(t, b"c", &sealed).await.unwrap();
+    }
+    assert_eq!(p.unwraps.load(Ordering::SeqCst), after_first, "all hits");
+    // A fresh keyring (cold cache) has to unwrap once.
+    let cold = Keyring::new(p.clone(), Arc::new(InMemoryKeyStore::default()));
+    let other = TenantId::new_v4();
+    cold.encrypt(other, b"c", b"v").await.unwrap();
+    assert_eq!(p.unwraps.load(Ordering::SeqCst), after_first + 1);
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_versions_readable() {
+    let store = Arc::new(InMemoryKeyStore::default());
+    let keys = Keyring::new(provider(), store.clone());
+    let t = TenantId::new_v4();
+    let v1 = keys.encrypt(t, b"c", b"one").await.unwrap();
+    assert_eq!(keys.rotate(t).await.unwrap(), 2);
+    let v2 = keys.encrypt(t, b"c", b"two").await.unwrap();
+    assert_eq!(
+        (key_version(&v1).unwrap(), key_version(&v2).unwrap()),
+        (1, 2)
+    );
+    assert_eq!(keys.decrypt(t, b"c", &v1).await.unwrap().as_slice(), b"one");
+    assert_eq!(keys.decrypt(t, b"c", &v2).await.unwrap().as_slice(), b"two");
+    let states: Vec<KeyState> = store
+        .keys(t)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.state)
+        .collect();
+    assert_eq!(states, vec![KeyState::Retired, KeyState::Primary]);
+}
+
+#[tokio::test]
+async fn nonce_budget_triggers_rotation() {
+    let keys =
+        Keyring::new(provider(), Arc::new(InMemoryKeyStore::default())).with_rotation_after(5);
+    let t = TenantId::new_v4();
+    let mut versions = Vec::new();
+    for _ in 0..12 {
+        versions.push(key_version(&keys.encrypt(t, b"c", b"v").await.unwrap()).unwrap());
+    }
+    assert_eq!(versions, vec![1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
+}
+
+#[tokio::test]
+async fn kek_rotation_rewraps_without_touching_data() {
+    let p = provider();
+    let store = Arc::new(InMemoryKeyStore::default());
+    let keys = Keyring::new(p.clone(), store.clone());
+    let t = TenantId::new_v4();
+    let mut rows = Vec::new();
+    for i in 0..20 {
+        if i == 10 {
+            keys.rotate(t).await.unwrap();
+        }
+        rows.push(
+            keys.encrypt(t, format!("row:{i}").as_bytes(), b"secret")
+                .await
+                .unwrap(),
+        );
+    }
+    let before: Vec<Vec<u8>> = store
+        .keys(t)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.wrapped)
+        .collect();
+    keys.rotate_kek(t).await.unwrap();
+    let after: Vec<Vec<u8>> = store
+        .keys(t)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.wrapped)
+        .collect();
+    assert_ne!(before, after, "wrapped keys changed");
+    assert_eq!(&after[0][..4], &2u32.to_be_bytes(), "wrapped under KEK v2");
+    // A cold keyring must unwrap through the new KEK and still read every row.
+    let cold = Keyring::new(p, store);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(
+            cold.decrypt(t, format!("row:{i}").as_bytes(), row)
+                .await
+                .unwrap()
+                .as_slice(),
+            b"secret"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shredding_makes_one_tenant_unreadable_forever_and_spares_others() {
+    let p = provider();
+    let store = Arc::new(InMemoryKeyStore::default());
+    let keys = Keyring::new(p.clone(), store.clone());
+    let (a, b) = (TenantId::new_v4(), TenantId::new_v4());
+    let a_rows: Vec<Vec<u8>> = {
+        let mut v = Vec::new();
+        for i in 0..5 {
+            if i == 3 {
+                keys.rotate(a).await.unwrap();
+            }
+            v.push(keys.encrypt(a, b"c", b"a-secret").await.unwrap());
+        }
+        v
+    };
+    let b_row = keys.encrypt(b, b"c", b"b-secret").await.unwrap();
+    keys.blind_index(a, "pan", 16).await.unwrap();
+    keys.shred(a).await.unwrap();
+    for row in &a_rows {
+        assert!(keys.decrypt(a, b"c", row).await.is_err());
+    }
+    assert!(
+        keys.encrypt(a, b"c", b"new").await.is_err(),
+        "no new keys for a shredded tenant"
+    );
+    assert!(keys.blind_index(a, "pan", 16).await.is_err());
+    // Not even a cold keyring, nor the raw provider, can recover them.
+    let cold = Keyring::new(p.clone(), store.clone());
+    for row in &a_rows {
+        assert!(cold.decrypt(a, b"c", row).await.is_err());
+    }
+    assert!(
+        store
+            .keys(a)
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| k.state == KeyState::Destroyed && k.wrapped.is_empty())
+    );
+    // The other tenant is untouched.
+    assert_eq!(
+        cold.decrypt(b, b"c", &b_row).await.unwrap().as_slice(),
+        b"b-secret"
+    );
+}
+
+#[tokio::test]
+async fn wrapped_keys_are_bound_to_tenant_and_master() {
+    let p = LocalKeyProvider::new(LocalKeyProvider::master_from_base64(MASTER).unwrap());
+    let (a, b) = (TenantId::new_v4(), TenantId::new_v4());
+    let (_, wrapped) = p.generate(a).await.unwrap();
+    p.generate(b).await.unwrap();
+    assert!(p.unwrap(b, &wrapped).await.is_err(), "another tenant's KEK");
+    let mut tampered = wrapped.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert_eq!(
+        p.unwrap(a, &tampered).await,
+        Err(CryptoError::Authentication)
+    );
+    assert!(LocalKeyProvider::master_from_base64("c2hvcnQ").is_err());
+    assert!(LocalKeyProvider::master_from_base64("!!!").is_err());
+}
+
+#[tokio::test]
+async fn blind_indexes_through_the_keyring() {
+    let keys = Keyring::new(provider(), Arc::new(InMemoryKeyStore::default()));
+    let (a, b) = (TenantId::new_v4(), TenantId::new_v4());
+    let ia = keys.blind_index(a, "customers.pan", 16).await.unwrap();
+    let ia2 = keys.blind_index(a, "customers.pan", 16).await.unwrap();
+    let ib = keys.blind_index(b, "customers.pan", 16).await.unwrap();
+    assert_eq!(ia.index(b"ABCDE1234F"), ia2.index(b"ABCDE1234F"));
+    assert_ne!(ia.index(b"ABCDE1234F"), ib.index(b"ABCDE1234F"));
+}
