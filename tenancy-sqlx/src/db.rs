@@ -221,6 +221,16 @@ impl TenantDb {
         .await
     }
 
+    /// A transaction scoped to `tenant` for the crate's own system tables
+    /// (key store) where no request context exists. Not public: application
+    /// code always goes through [`TenantDb::begin`].
+    pub(crate) async fn begin_for_id(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Transaction<'static, Postgres>, DbError> {
+        Ok(self.pool.begin_with(begin_sql(tenant)).await?)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -4,6 +4,7 @@
 pub mod audit;
 mod db;
 mod error;
+mod keys;
 pub mod migrate;
 mod notify;
 mod privileged;
@@ -13,6 +14,7 @@ mod store;
 
 pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};
 pub use error::DbError;
+pub use keys::PgKeyStore;
 pub use notify::{InvalidationListener, TENANT_CHANGED_CHANNEL};
 pub use privileged::{CrossTenantAccess, PrivilegedDb};
 pub use quota::PgRateLimiter;

@@ -259,6 +259,25 @@ pub struct StoredKey {
     pub created_at: DateTime<Utc>,
 }
 
+impl StoredKey {
+    /// A stored key (for key stores outside this crate).
+    pub fn new(
+        tenant: TenantId,
+        version: u32,
+        wrapped: Vec<u8>,
+        state: KeyState,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            tenant,
+            version,
+            wrapped,
+            state,
+            created_at,
+        }
+    }
+}
+
 /// Where wrapped data keys live. Plaintext keys are never stored.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
@@ -292,7 +311,10 @@ impl KeyStore for InMemoryKeyStore {
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         let versions = keys.entry(key.tenant).or_default();
         if versions.contains_key(&key.version) {
-            return Err(CryptoError::UnknownKeyVersion(key.version));
+            return Err(CryptoError::KeyStore(format!(
+                "key version {} already exists",
+                key.version
+            )));
         }
         versions.insert(key.version, key);
         Ok(())

@@ -82,6 +82,9 @@ pub enum CryptoError {
     /// Key material had the wrong length.
     #[error("key material must be 32 bytes")]
     BadKeyLength,
+    /// The key store failed (details are logged).
+    #[error("key store failed: {0}")]
+    KeyStore(String),
 }
 
 /// A 256-bit data-encryption key of one tenant, at one version.
