@@ -29,6 +29,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod keys;
+pub mod reencrypt;
 
 use aes_gcm::Tag;
 use aes_gcm::aead::{AeadInPlace, KeyInit, OsRng, rand_core::RngCore};
