@@ -35,7 +35,7 @@ use redis::{AsyncCommands, Script};
 use tenancy_core::plan::{Limit, ResourceKind};
 use tenancy_core::quota::{
     Clock, QuotaError, QuotaEvents, RateDecision, SystemClock, ThresholdCrossed, TracingEvents,
-    entitled_limit, reached_thresholds,
+    entitled_limit, rate_windows, reached_thresholds,
 };
 use tenancy_core::{StoreError, TenantContext, TenantId};
 
@@ -202,16 +202,8 @@ impl RedisQuota {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
-        let windows = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
-            Some(Limit::Rate(spec)) => spec.windows(),
-            Some(_) => {
-                return Ok(RateDecision::new(
-                    u64::MAX,
-                    Duration::ZERO,
-                    Duration::from_nanos(1),
-                ));
-            }
-            None => vec![(0, Duration::from_secs(1))],
+        let Some(windows) = rate_windows(ctx, resource)? else {
+            return Ok(RateDecision::UNLIMITED);
         };
         let now = micros(self.clock.now());
         let mut invocation = self.rate.prepare_invoke();

@@ -23,7 +23,7 @@ use tenancy_core::TenantContext;
 use tenancy_core::plan::{Limit, ResourceKey, ResourceKind};
 use tenancy_core::quota::{
     Clock, QuotaError, RateDecision, SystemClock, ThresholdCrossed, Usage, entitled_limit,
-    reached_thresholds,
+    rate_windows, reached_thresholds,
 };
 
 use crate::{DbError, TenantDb, TenantTx};
@@ -356,16 +356,8 @@ impl PgRateLimiter {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
-        let windows = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
-            Some(Limit::Rate(spec)) => spec.windows(),
-            Some(_) => {
-                return Ok(RateDecision::new(
-                    u64::MAX,
-                    Duration::ZERO,
-                    Duration::from_nanos(1),
-                ));
-            }
-            None => vec![(0, Duration::from_secs(1))],
+        let Some(windows) = rate_windows(ctx, resource)? else {
+            return Ok(RateDecision::UNLIMITED);
         };
         let now_us = i64::try_from(self.clock.now().as_micros()).unwrap_or(i64::MAX);
         let mut tx = self.db.begin(ctx).await.map_err(backend)?;

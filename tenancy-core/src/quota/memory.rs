@@ -177,7 +177,8 @@ impl RateDecision {
         }
     }
 
-    const UNLIMITED: RateDecision = RateDecision {
+    /// The decision for an unlimited resource.
+    pub const UNLIMITED: RateDecision = RateDecision {
         limit: u64::MAX,
         backlog: 0,
         emission: 1,

@@ -250,6 +250,21 @@ impl QuotaError {
     }
 }
 
+/// The rate windows `(limit, period)` that apply to `resource` for the
+/// context's tenant: `Ok(None)` when it is unlimited, a single zero-limit
+/// window when the plan does not meter it (refused, never unlimited).
+/// Shared by the rate-limiting backends.
+pub fn rate_windows(
+    ctx: &crate::TenantContext,
+    resource: &str,
+) -> Result<Option<Vec<(u64, Duration)>>, QuotaError> {
+    match entitled_limit(ctx, resource, ResourceKind::Rate)? {
+        Some(crate::plan::Limit::Rate(spec)) => Ok(Some(spec.windows())),
+        Some(_) => Ok(None),
+        None => Ok(Some(vec![(0, Duration::from_secs(1))])),
+    }
+}
+
 /// A resource's usage against its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
