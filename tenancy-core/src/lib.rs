@@ -18,6 +18,7 @@ pub mod plan;
 pub mod quota;
 pub mod resolve;
 mod scoped;
+pub mod settings;
 pub mod store;
 mod tenant;
 

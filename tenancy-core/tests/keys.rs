@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use tenancy_core::TenantId;
 use tenancy_core::crypto::keys::{
-    InMemoryKeyStore, KeyProvider, KeyState, KeyStore, Keyring, LocalKeyProvider, Secret,
+    InMemoryKeyStore, KeyProvider, KeyState, KeyStore, Keyring, LocalKeyProvider, Secret, StoredKey,
 };
 use tenancy_core::crypto::{CryptoError, key_version};
 
@@ -40,6 +40,27 @@ impl KeyProvider for Counting {
     }
 }
 
+/// Counts reads on the way to an in-memory key store.
+#[derive(Default)]
+struct CountingStore {
+    inner: InMemoryKeyStore,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyStore for CountingStore {
+    async fn keys(&self, t: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.keys(t).await
+    }
+    async fn insert(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.insert(k).await
+    }
+    async fn update(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.update(k).await
+    }
+}
+
 fn provider() -> Arc<Counting> {
     Arc::new(Counting {
         inner: LocalKeyProvider::new(LocalKeyProvider::master_from_base64(MASTER).unwrap()),
@@ -48,22 +69,51 @@ fn provider() -> Arc<Counting> {
 }
 
 #[tokio::test]
-async fn cache_hits_make_no_provider_calls() {
+async fn cache_hits_make_no_provider_or_store_calls() {
     let p = provider();
-    let keys = Keyring::new(p.clone(), Arc::new(InMemoryKeyStore::default()));
+    let store = Arc::new(CountingStore::default());
+    let keys = Keyring::new(p.clone(), store.clone());
     let t = TenantId::new_v4();
     let sealed = keys.encrypt(t, b"c", b"v").await.unwrap();
     let after_first = p.unwraps.load(Ordering::SeqCst);
+    let reads_after_first = store.reads.load(Ordering::SeqCst);
+    assert_eq!(after_first, 1, "the first use unwraps the new key once");
     for _ in 0..100 {
         keys.encrypt(t, b"c", b"v").await.unwrap();
         keys.decrypt(t, b"c", &sealed).await.unwrap();
     }
     assert_eq!(p.unwraps.load(Ordering::SeqCst), after_first, "all hits");
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        reads_after_first,
+        "a warm encrypt or decrypt reads no key store"
+    );
     // A fresh keyring (cold cache) has to unwrap once.
     let cold = Keyring::new(p.clone(), Arc::new(InMemoryKeyStore::default()));
     let other = TenantId::new_v4();
     cold.encrypt(other, b"c", b"v").await.unwrap();
     assert_eq!(p.unwraps.load(Ordering::SeqCst), after_first + 1);
+}
+
+#[tokio::test]
+async fn an_expired_cache_entry_is_unwrapped_again() {
+    let p = provider();
+    let keys = Keyring::new(p.clone(), Arc::new(InMemoryKeyStore::default()))
+        .with_cache(100, std::time::Duration::from_millis(50));
+    let t = TenantId::new_v4();
+    let sealed = keys.encrypt(t, b"c", b"v").await.unwrap();
+    keys.decrypt(t, b"c", &sealed).await.unwrap();
+    assert_eq!(p.unwraps.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert_eq!(
+        keys.decrypt(t, b"c", &sealed).await.unwrap().as_slice(),
+        b"v"
+    );
+    assert_eq!(
+        p.unwraps.load(Ordering::SeqCst),
+        2,
+        "evicted, so unwrapped again"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod notify;
 mod privileged;
 mod quota;
 pub mod rls;
+mod settings;
 mod store;
 
 pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};
@@ -18,4 +19,5 @@ pub use keys::PgKeyStore;
 pub use notify::{InvalidationListener, TENANT_CHANGED_CHANNEL};
 pub use privileged::{CrossTenantAccess, PrivilegedDb};
 pub use quota::PgRateLimiter;
+pub use settings::PgSettingsStore;
 pub use store::{PgMembershipStore, PgTenantStore};

@@ -1,11 +1,13 @@
-//! The PostgreSQL key store under the crypto key hierarchy.
+//! The PostgreSQL key store under the crypto key hierarchy, and the settings
+//! store whose secrets it seals.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use std::sync::Arc;
 
 use tenancy_core::TenantId;
 use tenancy_core::crypto::keys::{KeyState, KeyStore, Keyring, LocalKeyProvider};
-use tenancy_sqlx::{PgKeyStore, TenantDb, migrate};
+use tenancy_core::settings::{Setting, SettingsStore, StoredValue, TenantSettings};
+use tenancy_sqlx::{PgKeyStore, PgSettingsStore, TenantDb, migrate};
 use tenancy_testkit::TestDb;
 
 const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
@@ -91,4 +93,112 @@ async fn stores_are_separate_per_tenant_and_refuse_duplicates() {
     assert!(store.keys(b).await.unwrap().is_empty());
     let dup = store.keys(a).await.unwrap().remove(0);
     assert!(store.insert(dup).await.is_err());
+}
+
+#[tokio::test]
+async fn settings_in_postgres_keep_secrets_sealed_and_tenants_apart() {
+    let (env, store, provider) = setup().await;
+    let keys = Arc::new(Keyring::new(provider, Arc::new(store)));
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let pg = Arc::new(PgSettingsStore::new(db));
+    let settings = TenantSettings::new(pg.clone(), keys.clone());
+    let (a, b) = (TenantId::new_v4(), TenantId::new_v4());
+
+    settings
+        .set(a, "commission.renewal_bps", &500)
+        .await
+        .unwrap();
+    settings
+        .set_secret(a, "bank.account", "0012345678")
+        .await
+        .unwrap();
+    settings
+        .set_secret(a, "bank.account", "0099999999")
+        .await
+        .unwrap(); // upsert
+    settings
+        .set_secret(b, "bank.account", "0055555555")
+        .await
+        .unwrap();
+
+    assert_eq!(
+        settings
+            .get::<String>(a, "bank.account")
+            .await
+            .unwrap()
+            .unwrap(),
+        "0099999999"
+    );
+    assert_eq!(
+        settings
+            .get::<String>(b, "bank.account")
+            .await
+            .unwrap()
+            .unwrap(),
+        "0055555555"
+    );
+    assert_eq!(
+        settings
+            .get::<i64>(b, "commission.renewal_bps")
+            .await
+            .unwrap(),
+        None
+    );
+    let listed = settings.list(a).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(matches!(
+        listed.get("bank.account"),
+        Some(Setting::Secret { .. })
+    ));
+
+    // The table holds ciphertext only; read as the owner (bypassing nothing
+    // but seeing raw bytes), no plaintext appears.
+    let owner = env.owner_pool(1).await.unwrap();
+    let mut tx = owner.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let raw: Vec<u8> =
+        sqlx::query_scalar("SELECT secret FROM tenancy.tenant_settings WHERE key = 'bank.account'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("0099999999"));
+    let StoredValue::Secret(sealed) = pg.get(a, "bank.account").await.unwrap().unwrap().value
+    else {
+        panic!("secret stored in plain")
+    };
+    assert_eq!(sealed.as_bytes(), raw.as_slice());
+
+    // Without a tenant the application role sees no settings at all.
+    let app = env.app_pool(1).await.unwrap();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.tenant_settings")
+        .fetch_one(&app)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0);
+
+    // Shredding tenant a leaves its secret unreadable and b's intact.
+    keys.shred(a).await.unwrap();
+    assert!(settings.get::<String>(a, "bank.account").await.is_err());
+    assert_eq!(
+        settings
+            .get::<i64>(a, "commission.renewal_bps")
+            .await
+            .unwrap(),
+        Some(500)
+    );
+    assert_eq!(
+        settings
+            .get::<String>(b, "bank.account")
+            .await
+            .unwrap()
+            .unwrap(),
+        "0055555555"
+    );
+    assert!(settings.delete(b, "bank.account").await.unwrap());
+    assert!(!settings.delete(b, "bank.account").await.unwrap());
 }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
-use super::{BlindIndexKey, CryptoError, DataKey, NONCE_BUDGET};
+use super::{BlindIndexKey, CryptoError, DataKey, NONCE_BUDGET, Plaintext};
 use crate::TenantId;
 
 /// A 32-byte secret that is wiped when dropped.
@@ -357,6 +357,9 @@ pub struct Keyring {
     provider: Arc<dyn KeyProvider>,
     store: Arc<dyn KeyStore>,
     cache: moka::future::Cache<(TenantId, u32), Arc<DataKey>>,
+    /// Each tenant's primary version and its creation time, so the hot
+    /// encrypt path reads neither the store nor the provider.
+    primaries: moka::future::Cache<TenantId, (u32, DateTime<Utc>)>,
     rotate_after: u64,
     max_age: Option<Duration>,
 }
@@ -378,9 +381,38 @@ impl Keyring {
                 .time_to_live(Duration::from_secs(600))
                 .support_invalidation_closures()
                 .build(),
+            primaries: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
             rotate_after: NONCE_BUDGET / 2,
             max_age: None,
         }
+    }
+
+    /// Caches up to `capacity` unwrapped keys, each for at most `ttl`
+    /// (defaults: 10 000, 10 minutes). A shorter TTL bounds how long a key
+    /// lives in memory; evicted keys are wiped once no encryption in flight
+    /// still holds them.
+    pub fn with_cache(mut self, capacity: u64, ttl: Duration) -> Self {
+        self.cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .support_invalidation_closures()
+            .build();
+        self
+    }
+
+    /// How long a tenant's primary key version is cached (default 30 s): the
+    /// longest another process may keep encrypting with a version this one
+    /// has just retired. Retired versions still decrypt, so this is never a
+    /// correctness issue, only the delay before a rotation takes effect everywhere.
+    pub fn with_primary_ttl(mut self, ttl: Duration) -> Self {
+        self.primaries = moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(ttl)
+            .build();
+        self
     }
 
     /// Rotates a tenant's data key once it has encrypted `n` values in this
@@ -431,33 +463,58 @@ impl Keyring {
     }
 
     /// The primary data key of `tenant`, created on first use.
+    ///
+    /// A warm call reads two in-memory caches and makes no store or provider
+    /// call; it rotates first when the key reached its encryption budget or
+    /// its maximum age.
     pub async fn primary(&self, tenant: TenantId) -> Result<Arc<DataKey>, CryptoError> {
+        let (version, created_at) = match self.primaries.get(&tenant).await {
+            Some(p) => p,
+            None => {
+                let p = self.primary_from_store(tenant).await?;
+                self.primaries.insert(tenant, p).await;
+                p
+            }
+        };
+        let too_old = self.max_age.is_some_and(|age| {
+            chrono::Duration::from_std(age).is_ok_and(|age| Utc::now() - created_at > age)
+        });
+        let key = if too_old {
+            None
+        } else {
+            Some(self.load(tenant, version).await?)
+        };
+        match key {
+            Some(key) if key.encryptions() < self.rotate_after => Ok(key),
+            _ => {
+                self.rotate(tenant).await?;
+                Box::pin(self.primary(tenant)).await
+            }
+        }
+    }
+
+    async fn primary_from_store(
+        &self,
+        tenant: TenantId,
+    ) -> Result<(u32, DateTime<Utc>), CryptoError> {
         let keys = self.store.keys(tenant).await?;
         if keys.iter().any(|k| k.state == KeyState::Destroyed) {
             return Err(CryptoError::UnknownKeyVersion(0));
         }
-        let too_old = |k: &StoredKey| {
-            self.max_age.is_some_and(|age| {
-                chrono::Duration::from_std(age).is_ok_and(|age| Utc::now() - k.created_at > age)
-            })
-        };
-        let version = match keys.iter().find(|k| k.state == KeyState::Primary) {
-            Some(k) if too_old(k) => self.rotate(tenant).await?,
-            Some(k) => k.version,
-            None => {
-                // A concurrent first use may have created it: then load it.
-                if let Err(e) = self.create(tenant, 1).await {
-                    tracing::debug!(error = %e, "first data key created concurrently");
-                }
-                1
-            }
-        };
-        let key = self.load(tenant, version).await?;
-        if key.encryptions() >= self.rotate_after {
-            self.rotate(tenant).await?;
-            return Box::pin(self.primary(tenant)).await;
+        if let Some(k) = keys.iter().find(|k| k.state == KeyState::Primary) {
+            return Ok((k.version, k.created_at));
         }
-        Ok(key)
+        // A concurrent first use may have created it: then read it back.
+        if let Err(e) = self.create(tenant, 1).await {
+            tracing::debug!(error = %e, "first data key created concurrently");
+        }
+        self.store
+            .keys(tenant)
+            .await?
+            .into_iter()
+            .find(|k| k.state == KeyState::Primary)
+            .map(|k| (k.version, k.created_at))
+            .ok_or(CryptoError::UnknownKeyVersion(1))
     }
 
     /// Makes a new data key version primary; older versions still decrypt.
@@ -469,6 +526,8 @@ impl Keyring {
             self.store.update(k).await?;
         }
         self.create(tenant, next).await?;
+        self.primaries.invalidate(&tenant).await;
+        tracing::info!(tenant.id = %tenant, version = next, "tenant data key rotated");
         Ok(next)
     }
 
@@ -482,6 +541,7 @@ impl Keyring {
                 self.store.update(k).await?;
             }
         }
+        tracing::info!(tenant.id = %tenant, "tenant key-encryption key rotated; data keys re-wrapped");
         Ok(())
     }
 
@@ -494,6 +554,15 @@ impl Keyring {
             k.wrapped.clear();
             self.store.update(k).await?;
         }
+        self.evict(tenant).await;
+        tracing::warn!(tenant.id = %tenant, "tenant keys destroyed (crypto-shredding)");
+        Ok(())
+    }
+
+    /// Drops the tenant's unwrapped keys and primary version from the caches
+    /// (for example when another process rotated or shredded them); the next
+    /// use reads the store and unwraps again.
+    pub async fn evict(&self, tenant: TenantId) {
         // Cannot fail (the cache supports invalidation closures); should it
         // ever, drop every cached key rather than keep the tenant's.
         if self
@@ -503,7 +572,8 @@ impl Keyring {
         {
             self.cache.invalidate_all();
         }
-        Ok(())
+        self.cache.run_pending_tasks().await;
+        self.primaries.invalidate(&tenant).await;
     }
 
     /// Encrypts a field value for `tenant` with its primary key.
@@ -523,7 +593,7 @@ impl Keyring {
         tenant: TenantId,
         context: &[u8],
         ciphertext: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    ) -> Result<Plaintext, CryptoError> {
         let version = super::key_version(ciphertext)?;
         let key = self.load(tenant, version).await?;
         super::decrypt(|_| Some(&key), tenant, context, ciphertext)
