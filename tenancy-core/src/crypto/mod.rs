@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 mod field;
 pub mod keys;
+#[cfg(feature = "aws-kms")]
+pub mod kms;
 pub mod reencrypt;
 
 pub use field::Encrypted;
@@ -90,6 +92,10 @@ pub enum CryptoError {
     /// decrypted bytes are not a value of the expected type.
     #[error("encrypted value does not match the expected type: {0}")]
     Value(String),
+    /// The key provider (for example KMS) failed or could not be reached;
+    /// details are logged. Retry later; nothing was decrypted.
+    #[error("key provider failed: {0}")]
+    Provider(String),
     /// The key store failed (details are logged).
     #[error("key store failed: {0}")]
     KeyStore(String),
