@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+mod audit_log;
 mod db;
 mod error;
 mod keys;
@@ -13,6 +14,7 @@ pub mod rls;
 mod settings;
 mod store;
 
+pub use audit_log::{ActivityLine, AuditPage, AuditQuery, PgAuditLog};
 pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};
 pub use error::DbError;
 pub use keys::PgKeyStore;

@@ -319,7 +319,7 @@ impl AuditEvent {
     }
 
     /// Sets the resource id.
-    pub fn with_resource_id(mut self, id: impl ToString) -> Self {
+    pub fn with_resource_id(mut self, id: impl std::fmt::Display) -> Self {
         self.resource_id = Some(id.to_string());
         self
     }
