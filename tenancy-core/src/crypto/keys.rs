@@ -362,6 +362,7 @@ pub struct Keyring {
     primaries: moka::future::Cache<TenantId, (u32, DateTime<Utc>)>,
     rotate_after: u64,
     max_age: Option<Duration>,
+    audit: Option<Arc<dyn crate::audit::AuditSink>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -387,6 +388,23 @@ impl Keyring {
                 .build(),
             rotate_after: NONCE_BUDGET / 2,
             max_age: None,
+            audit: None,
+        }
+    }
+
+    /// Records key rotations (`key.rotated`, `kek.rotated`) and destruction
+    /// (`keys.destroyed`) as audit events of the tenant, actor `system:keyring`.
+    pub fn with_audit(mut self, sink: Arc<dyn crate::audit::AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    async fn audit(&self, tenant: TenantId, action: &str, details: serde_json::Value) {
+        let Some(sink) = &self.audit else { return };
+        let event = crate::audit::AuditEvent::system(tenant, "keyring", action, "tenant_keys")
+            .with_details(details);
+        if let Err(e) = sink.record(event).await {
+            tracing::error!(tenant.id = %tenant, error = %e, action, "key audit event not recorded");
         }
     }
 
@@ -528,6 +546,12 @@ impl Keyring {
         self.create(tenant, next).await?;
         self.primaries.invalidate(&tenant).await;
         tracing::info!(tenant.id = %tenant, version = next, "tenant data key rotated");
+        self.audit(
+            tenant,
+            "key.rotated",
+            serde_json::json!({ "version": next }),
+        )
+        .await;
         Ok(next)
     }
 
@@ -542,6 +566,8 @@ impl Keyring {
             }
         }
         tracing::info!(tenant.id = %tenant, "tenant key-encryption key rotated; data keys re-wrapped");
+        self.audit(tenant, "kek.rotated", serde_json::Value::Null)
+            .await;
         Ok(())
     }
 
@@ -556,6 +582,8 @@ impl Keyring {
         }
         self.evict(tenant).await;
         tracing::warn!(tenant.id = %tenant, "tenant keys destroyed (crypto-shredding)");
+        self.audit(tenant, "keys.destroyed", serde_json::Value::Null)
+            .await;
         Ok(())
     }
 

@@ -161,6 +161,17 @@ impl TenantStore for InMemoryTenantStore {
     }
 }
 
+#[async_trait::async_trait]
+impl super::TenantWriter for InMemoryTenantStore {
+    async fn create(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.insert(tenant.clone()).map_err(StoreError::new)
+    }
+
+    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.update(tenant.clone()).map_err(StoreError::new)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,17 @@ pub trait TenantStore: Send + Sync {
     async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError>;
 }
 
+/// Creates and changes tenant records (lifecycle, provisioning). Only
+/// operations code needs it; the request path reads through [`TenantStore`].
+#[async_trait]
+pub trait TenantWriter: TenantStore {
+    /// Adds a new tenant; an existing id, slug or domain is an error.
+    async fn create(&self, tenant: &Tenant) -> Result<(), StoreError>;
+
+    /// Replaces an existing tenant's record.
+    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError>;
+}
+
 #[async_trait]
 impl<T: TenantStore + ?Sized> TenantStore for Arc<T> {
     async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
