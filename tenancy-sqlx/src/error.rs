@@ -42,6 +42,12 @@ pub enum DbError {
     /// A cross-tenant capability was requested without a reason.
     #[error("cross-tenant access needs a non-empty reason for the audit trail")]
     MissingReason,
+    /// A lifecycle step of (de)provisioning was refused or failed.
+    #[error("lifecycle: {0}")]
+    Lifecycle(String),
+    /// Writing an export file failed.
+    #[error("export failed: {0}")]
+    Export(String),
     /// A write would break a uniqueness rule (slug, domain, id).
     #[error("conflict: {0}")]
     Conflict(String),

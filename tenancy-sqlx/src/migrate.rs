@@ -76,7 +76,25 @@ pub async fn grant_system_write(conn: &mut PgConnection, role: &str) -> Result<(
     conn.execute(
         format!(
             "GRANT INSERT, UPDATE, DELETE ON tenancy.tenants, tenancy.tenant_domains, \
-             tenancy.memberships TO {role}"
+             tenancy.memberships TO {role}; \
+             GRANT SELECT, INSERT, UPDATE ON tenancy.provisioning_log TO {role}"
+        )
+        .as_str(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lets `role` delete tenant rows of the library's tables (settings, quota
+/// state) — what [`crate::Deprovisioner::purge`] needs besides DELETE on the
+/// application's own tenant tables. Row-level security still confines it to
+/// the tenant of each transaction.
+pub async fn grant_purge(conn: &mut PgConnection, role: &str) -> Result<(), DbError> {
+    let role = quote_ident(role);
+    conn.execute(
+        format!(
+            "GRANT DELETE ON tenancy.tenant_settings, tenancy.quota_usage, tenancy.quota_rate, \
+             tenancy.quota_records, tenancy.quota_thresholds TO {role}"
         )
         .as_str(),
     )

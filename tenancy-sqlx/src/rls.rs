@@ -83,6 +83,19 @@ impl TenantTable {
         }
     }
 
+    /// The tenant column's name.
+    pub fn tenant_column_name(&self) -> &str {
+        &self.column
+    }
+
+    /// The table name as `schema.table` (or `table`), unquoted, for file names and reports.
+    pub fn display_name(&self) -> String {
+        match &self.schema {
+            Some(s) => format!("{s}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
     /// Qualifies the table with a schema.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = Some(schema.into());

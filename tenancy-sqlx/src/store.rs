@@ -310,6 +310,19 @@ impl TenantStore for PgTenantStore {
     }
 }
 
+#[async_trait]
+impl tenancy_core::store::TenantWriter for PgTenantStore {
+    async fn create(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        PgTenantStore::create(self, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
+
+    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.update(tenant).await.map_err(StoreError::new)
+    }
+}
+
 /// Memberships in `tenancy.memberships`.
 ///
 /// Reads need `SELECT`; [`PgMembershipStore::upsert`] and

@@ -1,0 +1,294 @@
+//! Lifecycle, provisioning and deprovisioning against PostgreSQL: the
+//! pipeline log survives and resumes; offboarding exports the tenant's rows,
+//! then purging leaves no row and no usable key of it, and spares others.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::Duration;
+use tenancy_core::audit::AuditSink;
+use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
+use tenancy_core::lifecycle::{Lifecycle, Transition};
+use tenancy_core::provision::{
+    CreateKeysStep, CreateRecordStep, FnStep, Pipeline, ProvisioningLog, StepStatus,
+};
+use tenancy_core::settings::TenantSettings;
+use tenancy_core::store::TenantStore;
+use tenancy_core::{Membership, Role, Tenant, TenantContext, TenantId, TenantStatus, UserId};
+use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::{
+    AuditQuery, DbError, Deprovisioner, PgAuditLog, PgKeyStore, PgMembershipStore,
+    PgProvisioningLog, PgSettingsStore, PgTenantStore, TenantDb, migrate,
+};
+use tenancy_testkit::TestDb;
+use uuid::Uuid;
+
+const MASTER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+
+fn tenant(slug: &str) -> Tenant {
+    let id = TenantId::new_v4();
+    Tenant::new(
+        id,
+        format!("{slug}-{}", &id.to_string()[..8]).parse().unwrap(),
+        slug,
+    )
+}
+
+#[tokio::test]
+async fn offboarding_exports_then_purges_one_tenant_and_spares_the_other() {
+    let env = TestDb::from_env().unwrap();
+    let owner = env.owner_pool(2).await.unwrap();
+    {
+        let mut conn = owner.acquire().await.unwrap();
+        migrate::run(&mut conn).await.unwrap();
+        migrate::grant_system_read(&mut conn, "tenancy_app")
+            .await
+            .unwrap();
+        migrate::grant_purge(&mut conn, "tenancy_app")
+            .await
+            .unwrap();
+    }
+    let schema = env.fresh_schema("deprov").await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE \"{schema}\".policies (tenant_id uuid NOT NULL, id uuid NOT NULL, number text NOT NULL, PRIMARY KEY (tenant_id, id))"
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    let policies = TenantTable::new("policies")
+        .schema(&schema)
+        .index_on(["id"])
+        .grant_to("tenancy_app");
+    policies
+        .apply(&mut owner.acquire().await.unwrap())
+        .await
+        .unwrap();
+
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let store = Arc::new(PgTenantStore::new(owner.clone()));
+    let audit = Arc::new(PgAuditLog::new(db.clone(), [9u8; 32]));
+    let lifecycle = Lifecycle::new(store.clone()).with_audit(audit.clone());
+    let provider = Arc::new(LocalKeyProvider::new(
+        LocalKeyProvider::master_from_base64(MASTER).unwrap(),
+    ));
+    let keys = Arc::new(Keyring::new(
+        provider.clone(),
+        Arc::new(PgKeyStore::new(db.clone())),
+    ));
+    let settings = TenantSettings::new(Arc::new(PgSettingsStore::new(db.clone())), keys.clone());
+    let members = PgMembershipStore::new(owner.clone());
+
+    // Provision both through a pipeline logged in PostgreSQL; the seed step
+    // fails once, and the second run resumes there.
+    let seed_fails = Arc::new(AtomicBool::new(true));
+    let log = Arc::new(PgProvisioningLog::new(owner.clone()));
+    let flag = seed_fails.clone();
+    let pipeline = Pipeline::new(log.clone())
+        .step(CreateRecordStep::new(lifecycle.clone(), store.clone()))
+        .step(CreateKeysStep::new(keys.clone()))
+        .step(FnStep::new("seed", move |_t: Tenant| {
+            let fail = flag.swap(false, Ordering::SeqCst);
+            async move {
+                if fail {
+                    Err("seed data unavailable".to_string())
+                } else {
+                    Ok(())
+                }
+            }
+        }));
+    let (a, b) = (tenant("a"), tenant("b"));
+    assert!(pipeline.run(&a).await.is_err());
+    let logged = log.steps(a.id).await.unwrap();
+    assert_eq!(
+        logged.last().map(|r| (r.step.as_str(), r.status)),
+        Some(("seed", StepStatus::Failed))
+    );
+    let resumed = pipeline.run(&a).await.unwrap();
+    assert_eq!(resumed.ran, vec!["seed"]);
+    pipeline.run(&b).await.unwrap();
+
+    // Data for both.
+    let mut sealed = Vec::new();
+    for (t, n) in [(&a, 3), (&b, 2)] {
+        let ctx = TenantContext::new(t.clone());
+        let mut tx = db.begin(&ctx).await.unwrap();
+        for i in 0..n {
+            sqlx::query(&format!(
+                "INSERT INTO {} (tenant_id, id, number) VALUES ($1, $2, $3)",
+                policies.qualified_name()
+            ))
+            .bind(t.id.as_uuid())
+            .bind(Uuid::new_v4())
+            .bind(format!("POL-{i}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        settings
+            .set_secret(t.id, "bank.account", "0012345678")
+            .await
+            .unwrap();
+        sealed.push(
+            keys.encrypt(t.id, b"customers.pan:1", b"ABCDE1234F")
+                .await
+                .unwrap(),
+        );
+        members
+            .upsert(&Membership::new(UserId::new("u1"), t.id, Role::Admin))
+            .await
+            .unwrap();
+    }
+
+    // Not offboarding yet: purge refuses and deletes nothing.
+    let job = Deprovisioner::new(db.clone(), lifecycle.clone(), vec![policies.clone()])
+        .with_keys(keys.clone())
+        .with_audit(audit.clone() as Arc<dyn AuditSink>)
+        .with_system_pool(owner.clone());
+    let a_now = store.by_id(a.id).await.unwrap().unwrap();
+    assert!(matches!(
+        job.purge(&a_now).await,
+        Err(DbError::Lifecycle(_))
+    ));
+    // Offboarding with 30 days of grace: still refused.
+    let a_off = lifecycle
+        .apply(
+            &a_now,
+            Transition::Offboard {
+                grace: Duration::days(30),
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        job.purge(&a_off).await,
+        Err(DbError::Lifecycle(_))
+    ));
+    let a_off = lifecycle
+        .apply(&a_off, Transition::Restore, "ops")
+        .await
+        .unwrap();
+    let a_off = lifecycle
+        .apply(
+            &a_off,
+            Transition::Offboard {
+                grace: Duration::zero(),
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+
+    // Export: A's rows only, one JSON object per line.
+    let dir = std::env::temp_dir().join(format!("tenancy-export-{}", Uuid::new_v4()));
+    let report = job.export(a.id, &dir).await.unwrap();
+    let policies_file = dir.join(format!("{schema}.policies.jsonl"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&policies_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["tenant_id"] == a.id.to_string()));
+    assert!(report.files.contains(&(policies_file, 3)));
+    let settings_export =
+        std::fs::read_to_string(dir.join("tenancy.tenant_settings.jsonl")).unwrap();
+    assert_eq!(settings_export.lines().count(), 1);
+    assert!(
+        !settings_export.contains("0012345678"),
+        "secrets leave sealed"
+    );
+
+    // Purge.
+    let purged = job.purge(&a_off).await.unwrap();
+    assert!(purged.deleted.contains(&(format!("{schema}.policies"), 3)));
+    let count = |t: &Tenant| {
+        let (db, table, t) = (db.clone(), policies.qualified_name(), t.clone());
+        async move {
+            let mut tx = db.begin(&TenantContext::new(t)).await.unwrap();
+            let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(count(&a).await, 0);
+    assert_eq!(count(&b).await, 2);
+    let admin = env.admin_pool(1).await.unwrap();
+    let left: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} WHERE tenant_id = $1",
+        policies.qualified_name()
+    ))
+    .bind(a.id.as_uuid())
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "seen by a superuser too");
+
+    // No usable key: a cold keyring cannot open A's data; B's still opens.
+    let cold = Keyring::new(provider.clone(), Arc::new(PgKeyStore::new(db.clone())));
+    assert!(
+        cold.decrypt(a.id, b"customers.pan:1", &sealed[0])
+            .await
+            .is_err()
+    );
+    assert!(cold.encrypt(a.id, b"x", b"y").await.is_err());
+    assert_eq!(
+        cold.decrypt(b.id, b"customers.pan:1", &sealed[1])
+            .await
+            .unwrap()
+            .as_slice(),
+        b"ABCDE1234F"
+    );
+    assert_eq!(
+        settings.get::<String>(a.id, "bank.account").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        settings
+            .get::<String>(b.id, "bank.account")
+            .await
+            .unwrap()
+            .unwrap(),
+        "0012345678"
+    );
+    let memberships: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenancy.memberships WHERE tenant_id = $1")
+            .bind(a.id.as_uuid())
+            .fetch_one(&owner)
+            .await
+            .unwrap();
+    assert_eq!(memberships, 0);
+
+    // Deleted, with the whole story in A's audit log, chain intact.
+    assert_eq!(
+        store.by_id(a.id).await.unwrap().unwrap().status,
+        TenantStatus::Deleted
+    );
+    assert!(matches!(
+        store.by_id(b.id).await.unwrap().unwrap().status,
+        TenantStatus::Active
+    ));
+    let events = audit.query(a.id, &AuditQuery::new()).await.unwrap().events;
+    let actions: Vec<&str> = events
+        .iter()
+        .rev()
+        .map(|(_, e)| e.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "tenant.created",
+            "tenant.offboard",
+            "tenant.restore",
+            "tenant.offboard",
+            "tenant.purge",
+            "tenant.deprovisioned"
+        ]
+    );
+    assert!(audit.verify_chain(a.id).await.unwrap().is_intact());
+    std::fs::remove_dir_all(dir).unwrap();
+}
