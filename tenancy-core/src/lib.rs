@@ -12,6 +12,7 @@ mod error;
 pub mod flags;
 pub mod gate;
 mod id;
+pub mod invite;
 pub mod job;
 pub mod lifecycle;
 mod membership;
@@ -33,7 +34,9 @@ pub use context::{
 pub use domain::{DomainName, HostError, MAX_DOMAIN_LEN};
 pub use error::{Result, StoreError, TenantError};
 pub use id::{MAX_SLUG_LEN, MAX_TENANT_ID_LEN, SlugError, TenantId, TenantIdError, TenantSlug};
-pub use membership::{InMemoryMembershipStore, Membership, MembershipStore, UserId};
+pub use membership::{
+    InMemoryMembershipStore, Membership, MembershipStore, MembershipWriter, UserId,
+};
 pub use permission::{Permission, PermissionError, Role, RolePermissions};
 pub use scoped::{TenantMismatch, TenantScoped};
 pub use tenant::{Placement, PlanId, Tenant, TenantKind, TenantStatus};

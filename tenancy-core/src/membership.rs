@@ -124,6 +124,21 @@ impl<T: MembershipStore + ?Sized> MembershipStore for Arc<T> {
     }
 }
 
+/// Creates and changes memberships (invitations, administration).
+#[async_trait]
+pub trait MembershipWriter: MembershipStore {
+    /// Inserts or replaces a membership.
+    async fn put(&self, membership: &Membership) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+impl MembershipWriter for InMemoryMembershipStore {
+    async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
+        self.upsert(membership.clone());
+        Ok(())
+    }
+}
+
 /// A [`MembershipStore`] held in memory.
 ///
 /// ```

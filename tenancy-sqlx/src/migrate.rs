@@ -60,7 +60,8 @@ pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<()
              GRANT SELECT, INSERT, UPDATE ON tenancy.quota_usage, tenancy.quota_rate, \
                    tenancy.quota_records, tenancy.quota_thresholds, tenancy.tenant_keys TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.tenant_settings TO {role}; \
-             GRANT SELECT, INSERT ON tenancy.audit_log TO {role}"
+             GRANT SELECT, INSERT ON tenancy.audit_log TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}"
         )
         .as_str(),
     )

@@ -425,3 +425,10 @@ impl MembershipStore for PgMembershipStore {
             .map_err(StoreError::new)
     }
 }
+
+#[async_trait]
+impl tenancy_core::MembershipWriter for PgMembershipStore {
+    async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
+        self.upsert(membership).await.map_err(StoreError::new)
+    }
+}

@@ -292,3 +292,129 @@ async fn offboarding_exports_then_purges_one_tenant_and_spares_the_other() {
     assert!(audit.verify_chain(a.id).await.unwrap().is_intact());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn invitations_in_postgres_are_single_use_and_tenant_bound() {
+    use tenancy_core::MembershipStore;
+    use tenancy_core::invite::{Invitations, InviteError};
+    use tenancy_sqlx::PgInvitationStore;
+
+    let env = TestDb::from_env().unwrap();
+    let owner = env.owner_pool(4).await.unwrap();
+    {
+        let mut conn = owner.acquire().await.unwrap();
+        migrate::run(&mut conn).await.unwrap();
+        migrate::grant_system_read(&mut conn, "tenancy_app")
+            .await
+            .unwrap();
+    }
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let store = PgTenantStore::new(owner.clone());
+    let (a, b) = (tenant("inv-a"), tenant("inv-b"));
+    store.create(&a).await.unwrap();
+    store.create(&b).await.unwrap();
+    let members = Arc::new(PgMembershipStore::new(owner.clone()));
+    let inv = Invitations::new(
+        Arc::new(PgInvitationStore::new(db.clone())),
+        members.clone(),
+    );
+    let admin = UserId::new("admin");
+
+    let (_, token) = inv
+        .invite(
+            a.id,
+            "asha@example.com",
+            Role::Member,
+            &admin,
+            Duration::days(1),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        inv.accept(b.id, token.expose(), &UserId::new("asha")).await,
+        Err(InviteError::WrongTenant)
+    ));
+    let m = inv
+        .accept(a.id, token.expose(), &UserId::new("asha"))
+        .await
+        .unwrap();
+    assert_eq!(m.role, Role::Member);
+    assert_eq!(
+        members
+            .membership(&UserId::new("asha"), a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Member
+    );
+    assert!(matches!(
+        inv.accept(a.id, token.expose(), &UserId::new("eve")).await,
+        Err(InviteError::AlreadyUsed)
+    ));
+
+    // Eight concurrent acceptances of a fresh token: exactly one wins.
+    let (_, token) = inv
+        .invite(
+            a.id,
+            "team@example.com",
+            Role::Viewer,
+            &admin,
+            Duration::days(1),
+        )
+        .await
+        .unwrap();
+    let token = Arc::new(token.expose().to_owned());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (inv, token, t) = (inv.clone(), token.clone(), a.id);
+        tasks.push(tokio::spawn(async move {
+            inv.accept(t, &token, &UserId::new(format!("racer-{i}")))
+                .await
+                .is_ok()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        winners += usize::from(task.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+
+    // Expired tokens are refused by the database's own check too.
+    let (_, old) = inv
+        .invite(
+            a.id,
+            "late@example.com",
+            Role::Viewer,
+            &admin,
+            Duration::milliseconds(1),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(matches!(
+        inv.accept(a.id, old.expose(), &UserId::new("late")).await,
+        Err(InviteError::Expired(_))
+    ));
+
+    // Only hashes are stored, and without a tenant nothing is visible.
+    let admin_pool = env.admin_pool(1).await.unwrap();
+    let hashes: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT token_hash FROM tenancy.invitations WHERE tenant_id = $1")
+            .bind(a.id.as_uuid())
+            .fetch_all(&admin_pool)
+            .await
+            .unwrap();
+    assert_eq!(hashes.len(), 3);
+    assert!(
+        hashes
+            .iter()
+            .all(|h| h.len() == 32 && !token.as_bytes().windows(32).any(|w| w == h.as_slice()))
+    );
+    let app = env.app_pool(1).await.unwrap();
+    let visible: i64 = sqlx::query_scalar("SELECT count(*) FROM tenancy.invitations")
+        .fetch_one(&app)
+        .await
+        .unwrap();
+    assert_eq!(visible, 0);
+}

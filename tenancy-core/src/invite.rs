@@ -1,0 +1,374 @@
+//! Invitations: a single-use, expiring token that makes its holder a member
+//! of a tenant with a given role.
+//!
+//! The token is `<tenant id>.<256 random bits, base64url>`. Only its
+//! SHA-256 is stored, so a leaked invitations table reveals no usable
+//! token. The tenant id in the token lets [`Invitations::accept`] tell a
+//! token of another tenant (a clear [`InviteError::WrongTenant`]) from one
+//! that does not exist.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use chrono::Duration;
+//! use tenancy_core::invite::{InMemoryInvitationStore, InviteError, Invitations};
+//! use tenancy_core::{InMemoryMembershipStore, MembershipStore, Role, TenantId, UserId};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let members = Arc::new(InMemoryMembershipStore::new());
+//! let invites = Invitations::new(Arc::new(InMemoryInvitationStore::default()), members.clone());
+//! let tenant = TenantId::new_v4();
+//!
+//! let (invitation, token) = invites
+//!     .invite(tenant, "asha@example.com", Role::Member, &UserId::new("admin-1"), Duration::days(7))
+//!     .await?;
+//! // Send `token.expose()` by email; it is never stored.
+//! let m = invites.accept(tenant, token.expose(), &UserId::new("asha")).await?;
+//! assert_eq!(m.role, Role::Member);
+//! assert!(members.membership(&UserId::new("asha"), tenant).await?.is_some());
+//! // Single use.
+//! assert!(matches!(
+//!     invites.accept(tenant, token.expose(), &UserId::new("mallory")).await,
+//!     Err(InviteError::AlreadyUsed)
+//! ));
+//! # let _ = invitation;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use aes_gcm::aead::{OsRng, rand_core::RngCore};
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::{Membership, MembershipWriter, Role, StoreError, TenantId, UserId};
+
+/// A secret invitation token. Its `Debug` output is redacted.
+pub struct InviteToken(Zeroizing<String>);
+
+impl std::fmt::Debug for InviteToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InviteToken(..)")
+    }
+}
+
+impl InviteToken {
+    fn generate(tenant: TenantId) -> Self {
+        let mut random = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(random.as_mut_slice());
+        let mut s = Zeroizing::new(format!("{tenant}."));
+        URL_SAFE_NO_PAD.encode_string(random.as_slice(), &mut s);
+        Self(s)
+    }
+
+    /// The token text, to send to the invitee.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses a token: its tenant and the SHA-256 that is stored.
+pub fn parse_token(token: &str) -> Result<(TenantId, [u8; 32]), InviteError> {
+    let (tenant, random) = token.trim().split_once('.').ok_or(InviteError::Malformed)?;
+    let tenant: TenantId = tenant.parse().map_err(|_| InviteError::Malformed)?;
+    let bytes = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(random)
+            .map_err(|_| InviteError::Malformed)?,
+    );
+    if bytes.len() != 32 {
+        return Err(InviteError::Malformed);
+    }
+    Ok((tenant, token_hash(token.trim())))
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A stored invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Invitation {
+    /// Its id.
+    pub id: Uuid,
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Who is invited (for display and matching; not verified here).
+    pub email: String,
+    /// The role the membership gets.
+    pub role: Role,
+    /// SHA-256 of the token.
+    pub token_hash: [u8; 32],
+    /// Who invited.
+    pub invited_by: UserId,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// When and by whom it was accepted.
+    pub accepted: Option<(DateTime<Utc>, UserId)>,
+}
+
+impl Invitation {
+    /// An invitation record (for stores outside this crate).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: Uuid,
+        tenant: TenantId,
+        email: String,
+        role: Role,
+        token_hash: [u8; 32],
+        invited_by: UserId,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        accepted: Option<(DateTime<Utc>, UserId)>,
+    ) -> Self {
+        Self {
+            id,
+            tenant,
+            email,
+            role,
+            token_hash,
+            invited_by,
+            created_at,
+            expires_at,
+            accepted,
+        }
+    }
+}
+
+/// Why an invitation could not be created or accepted.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteError {
+    /// The text is not an invitation token.
+    #[error("not an invitation token; copy the whole link from the invitation email")]
+    Malformed,
+    /// The token belongs to another tenant than the one being joined.
+    #[error("this invitation is for another organisation; open it from the link in the email")]
+    WrongTenant,
+    /// No such invitation (never issued, or revoked).
+    #[error("unknown invitation; ask for a new one")]
+    NotFound,
+    /// The invitation expired.
+    #[error("this invitation expired at {0}; ask for a new one")]
+    Expired(DateTime<Utc>),
+    /// The invitation was already used.
+    #[error("this invitation was already used")]
+    AlreadyUsed,
+    /// The email address is empty or not plausible, or the lifetime is not positive.
+    #[error("invalid invitation: {0}")]
+    Invalid(&'static str),
+    /// A store failed.
+    #[error("invitation store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl InviteError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Malformed | Self::Invalid(_) => 400,
+            Self::WrongTenant => 403,
+            Self::NotFound => 404,
+            Self::AlreadyUsed => 409,
+            Self::Expired(_) => 410,
+            Self::Store(_) => 500,
+        }
+    }
+}
+
+/// Where invitations are kept.
+#[async_trait]
+pub trait InvitationStore: Send + Sync {
+    /// Stores a new invitation.
+    async fn insert(&self, invitation: &Invitation) -> Result<(), StoreError>;
+    /// The invitation of `tenant` with this token hash.
+    async fn by_hash(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+    ) -> Result<Option<Invitation>, StoreError>;
+    /// Marks it accepted if it is neither accepted nor expired at `now`,
+    /// atomically; whether this call did it.
+    async fn mark_accepted(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Removes an unaccepted invitation; whether it existed.
+    async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError>;
+}
+
+/// An [`InvitationStore`] in memory.
+#[derive(Debug, Default)]
+pub struct InMemoryInvitationStore {
+    map: RwLock<HashMap<[u8; 32], Invitation>>,
+}
+
+#[async_trait]
+impl InvitationStore for InMemoryInvitationStore {
+    async fn insert(&self, inv: &Invitation) -> Result<(), StoreError> {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(inv.token_hash, inv.clone());
+        Ok(())
+    }
+
+    async fn by_hash(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+    ) -> Result<Option<Invitation>, StoreError> {
+        Ok(self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hash)
+            .filter(|i| i.tenant == tenant)
+            .cloned())
+    }
+
+    async fn mark_accepted(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        match map.get_mut(hash) {
+            Some(i) if i.tenant == tenant && i.accepted.is_none() && now < i.expires_at => {
+                i.accepted = Some((now, user.clone()));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError> {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let key = map
+            .iter()
+            .find(|(_, i)| i.tenant == tenant && i.id == id && i.accepted.is_none())
+            .map(|(k, _)| *k);
+        Ok(key.and_then(|k| map.remove(&k)).is_some())
+    }
+}
+
+/// Issues and accepts invitations. See the [module docs](self).
+#[derive(Clone)]
+pub struct Invitations {
+    store: Arc<dyn InvitationStore>,
+    members: Arc<dyn MembershipWriter>,
+}
+
+impl std::fmt::Debug for Invitations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invitations").finish_non_exhaustive()
+    }
+}
+
+impl Invitations {
+    /// Invitations kept in `store`, creating memberships in `members`.
+    pub fn new(store: Arc<dyn InvitationStore>, members: Arc<dyn MembershipWriter>) -> Self {
+        Self { store, members }
+    }
+
+    /// Invites `email` into `tenant` with `role`, valid for `ttl`. Returns the
+    /// stored invitation and the token to send (shown once, never stored).
+    pub async fn invite(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        invited_by: &UserId,
+        ttl: Duration,
+    ) -> Result<(Invitation, InviteToken), InviteError> {
+        let email = email.trim();
+        if email.len() > 254
+            || !email.contains('@')
+            || email.starts_with('@')
+            || email.ends_with('@')
+        {
+            return Err(InviteError::Invalid("the email address is not valid"));
+        }
+        if ttl <= Duration::zero() {
+            return Err(InviteError::Invalid("the lifetime must be positive"));
+        }
+        let token = InviteToken::generate(tenant);
+        let now = Utc::now();
+        let invitation = Invitation::new(
+            Uuid::new_v4(),
+            tenant,
+            email.to_lowercase(),
+            role,
+            token_hash(token.expose()),
+            invited_by.clone(),
+            now,
+            now + ttl,
+            None,
+        );
+        self.store.insert(&invitation).await?;
+        tracing::info!(tenant.id = %tenant, invitation = %invitation.id, role = role.as_str(), "invitation issued");
+        Ok((invitation, token))
+    }
+
+    /// Accepts `token` while joining `tenant` as `user`: creates the
+    /// membership and uses the invitation up.
+    pub async fn accept(
+        &self,
+        tenant: TenantId,
+        token: &str,
+        user: &UserId,
+    ) -> Result<Membership, InviteError> {
+        self.accept_at(tenant, token, user, Utc::now()).await
+    }
+
+    /// [`Invitations::accept`] at a given time (tests, replays).
+    pub async fn accept_at(
+        &self,
+        tenant: TenantId,
+        token: &str,
+        user: &UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Membership, InviteError> {
+        let (token_tenant, hash) = parse_token(token)?;
+        if token_tenant != tenant {
+            return Err(InviteError::WrongTenant);
+        }
+        let invitation = self
+            .store
+            .by_hash(tenant, &hash)
+            .await?
+            .ok_or(InviteError::NotFound)?;
+        if invitation.accepted.is_some() {
+            return Err(InviteError::AlreadyUsed);
+        }
+        if now >= invitation.expires_at {
+            return Err(InviteError::Expired(invitation.expires_at));
+        }
+        if !self.store.mark_accepted(tenant, &hash, user, now).await? {
+            // Lost a race with another acceptance (or it just expired).
+            return Err(InviteError::AlreadyUsed);
+        }
+        let membership = Membership::new(user.clone(), tenant, invitation.role);
+        self.members.put(&membership).await?;
+        tracing::info!(tenant.id = %tenant, invitation = %invitation.id, user = %user.as_str(), "invitation accepted");
+        Ok(membership)
+    }
+
+    /// Revokes an unaccepted invitation.
+    pub async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, InviteError> {
+        Ok(self.store.revoke(tenant, id).await?)
+    }
+}
