@@ -11,6 +11,7 @@ mod domain;
 mod error;
 pub mod flags;
 pub mod gate;
+pub mod health;
 mod id;
 pub mod invite;
 pub mod job;
@@ -24,6 +25,8 @@ pub mod resolve;
 mod scoped;
 pub mod settings;
 pub mod store;
+#[cfg(feature = "metrics")]
+pub mod telemetry;
 mod tenant;
 
 pub use authorize::{Actor, Authorizer, HierarchyRule, authorize};

@@ -418,3 +418,20 @@ async fn invitations_in_postgres_are_single_use_and_tenant_bound() {
         .unwrap();
     assert_eq!(visible, 0);
 }
+
+#[tokio::test]
+async fn the_database_probe_checks_the_tenant_data_path() {
+    use std::time::Duration;
+    use tenancy_core::health::{Status, TenantHealth};
+    use tenancy_sqlx::DatabaseProbe;
+
+    let env = TestDb::from_env().unwrap();
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let t = tenant("probe");
+    let health = TenantHealth::new(Duration::from_secs(5)).probe(DatabaseProbe::new(db.clone()));
+    let r = health.check(&t).await;
+    assert_eq!(r.status, Status::Healthy, "{r:?}");
+    db.close().await;
+    let r = health.check(&t).await;
+    assert_eq!(r.status, Status::Unhealthy, "{r:?}");
+}
