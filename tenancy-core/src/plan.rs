@@ -364,6 +364,35 @@ pub struct PlanChanged {
     pub over_limit: Vec<OverLimit>,
 }
 
+impl PlanChanged {
+    /// The audit event of this change (`plan.changed`, resource `tenant`),
+    /// by `actor`, with old and new plan and any resource left over its
+    /// new limit. Record it in the same transaction as the change.
+    pub fn audit_event(&self, actor: &crate::audit::AuditActor) -> crate::audit::AuditEvent {
+        let over: Vec<serde_json::Value> = self
+            .over_limit
+            .iter()
+            .map(
+                |o| serde_json::json!({"resource": &*o.resource, "used": o.used, "limit": o.limit}),
+            )
+            .collect();
+        let details = serde_json::json!({
+            "from": self.old.as_ref().map(PlanId::as_str),
+            "to": self.new.as_str(),
+            "over_limit": over,
+        });
+        let event = match actor {
+            crate::audit::AuditActor::User(u) => {
+                crate::audit::AuditEvent::user(self.tenant, u, "plan.changed", "tenant")
+            }
+            other => {
+                crate::audit::AuditEvent::system(self.tenant, other.id(), "plan.changed", "tenant")
+            }
+        };
+        event.with_resource_id(self.tenant).with_details(details)
+    }
+}
+
 /// Every plan an application offers, validated together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlanCatalog {

@@ -207,6 +207,16 @@ fn plan_change_swaps_limits_and_features_together_and_reports_old_and_new() {
     assert_eq!(event.old, Some(PlanId::new("free")));
     assert_eq!(event.new, PlanId::new("professional"));
     assert!(event.over_limit.is_empty());
+
+    // The change as an audit event.
+    let audit = event.audit_event(&tenancy_core::audit::AuditActor::User("owner-1".into()));
+    assert_eq!(
+        (audit.tenant, audit.action.as_str()),
+        (tenant, "plan.changed")
+    );
+    assert_eq!(audit.actor.id(), "owner-1");
+    assert_eq!(audit.details["from"], "free");
+    assert_eq!(audit.details["to"], "professional");
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub enum DbError {
     /// A lifecycle step of (de)provisioning was refused or failed.
     #[error("lifecycle: {0}")]
     Lifecycle(String),
+    /// An audit event that must accompany the operation could not be
+    /// recorded; the operation did not proceed past this point.
+    #[error("audit event not recorded: {0}")]
+    AuditLog(String),
     /// Writing an export file failed.
     #[error("export failed: {0}")]
     Export(String),

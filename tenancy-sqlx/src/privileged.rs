@@ -14,12 +14,22 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use tenancy_core::TenantId;
+use tenancy_core::audit::{AuditEvent, AuditSink};
+
 use crate::DbError;
 
 /// A pool for a privileged role, reachable only through [`CrossTenantAccess`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PrivilegedDb {
     pool: PgPool,
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl std::fmt::Debug for PrivilegedDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivilegedDb").finish_non_exhaustive()
+    }
 }
 
 /// Permission to work across tenants, carrying why and for whom.
@@ -37,19 +47,37 @@ pub struct PrivilegedDb {
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CrossTenantAccess {
     pool: PgPool,
     reason: Arc<str>,
     actor: Arc<str>,
     granted_at: DateTime<Utc>,
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl std::fmt::Debug for CrossTenantAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrossTenantAccess")
+            .field("reason", &self.reason)
+            .field("actor", &self.actor)
+            .field("granted_at", &self.granted_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PrivilegedDb {
     /// Wraps a pool connected as a role that may bypass row-level security.
     /// Never pass the application's pool here.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, audit: None }
+    }
+
+    /// Also records in each touched tenant's audit log (see
+    /// [`CrossTenantAccess::touching`]).
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
     }
 
     /// The one way to obtain cross-tenant access. `reason` and `actor` must
@@ -63,6 +91,7 @@ impl PrivilegedDb {
             reason: reason.into(),
             actor: actor.into(),
             granted_at: Utc::now(),
+            audit: self.audit.clone(),
         };
         tracing::warn!(
             target: "tenancy::audit",
@@ -89,6 +118,32 @@ impl CrossTenantAccess {
     /// When it was granted.
     pub fn granted_at(&self) -> DateTime<Utc> {
         self.granted_at
+    }
+
+    /// Records, in `tenant`'s own audit log, that this capability is about
+    /// to touch its data (`cross_tenant.access`, with reason and actor), so
+    /// the tenant's history shows every crossing. Fails — and the caller
+    /// should not proceed — when the event cannot be recorded.
+    pub async fn touching(&self, tenant: TenantId) -> Result<(), DbError> {
+        tracing::warn!(
+            target: "tenancy::audit",
+            event = "cross_tenant.access",
+            tenant.id = %tenant,
+            reason = %self.reason,
+            actor = %self.actor,
+        );
+        let Some(sink) = &self.audit else {
+            return Ok(());
+        };
+        let event = AuditEvent::system(tenant, &self.actor, "cross_tenant.access", "tenant")
+            .with_resource_id(tenant)
+            .with_details(serde_json::json!({
+                "reason": &*self.reason,
+                "granted_at": self.granted_at,
+            }));
+        sink.record(event)
+            .await
+            .map_err(|e| DbError::AuditLog(e.to_string()))
     }
 
     /// Opens a transaction on the privileged pool (recorded as a

@@ -291,7 +291,7 @@ impl Deprovisioner {
             .with_details(details);
             sink.record(event)
                 .await
-                .map_err(|e| DbError::Lifecycle(format!("final audit event not recorded: {e}")))?;
+                .map_err(|e| DbError::AuditLog(e.to_string()))?;
         }
         tracing::warn!(tenant.id = %tenant.id, "tenant purged");
         Ok(PurgeReport { deleted })

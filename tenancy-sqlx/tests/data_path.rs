@@ -246,3 +246,20 @@ async fn cross_tenant_access_needs_a_reason_and_is_audited() {
     assert!(events[0].contains("cross_tenant.granted") && events[0].contains("ticket 4711"));
     assert!(events[1].contains("cross_tenant.transaction") && events[1].contains("support:ana"));
 }
+
+#[tokio::test]
+async fn cross_tenant_access_is_recorded_in_each_touched_tenants_audit_log() {
+    let f = fixture().await;
+    let sink = std::sync::Arc::new(tenancy_core::audit::MemorySink::default());
+    let ops = PrivilegedDb::new(f.env.ops_pool(1).await.unwrap()).with_audit(sink.clone());
+    let access = ops
+        .cross_tenant("ticket 4712: refund", "support:ben")
+        .unwrap();
+    access.touching(f.a.tenant_id()).await.unwrap();
+    let events = sink.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].tenant, f.a.tenant_id());
+    assert_eq!(events[0].action, "cross_tenant.access");
+    assert_eq!(events[0].actor.id(), "support:ben");
+    assert_eq!(events[0].details["reason"], "ticket 4712: refund");
+}
