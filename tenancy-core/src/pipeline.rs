@@ -1,0 +1,240 @@
+//! The request pipeline, once for every web framework: resolve → load →
+//! status gate → membership → entitlements and flags → rate quota → scope.
+//!
+//! Web adapters (tenancy-axum, tenancy-actix) turn their request into a
+//! [`RequestView`], call [`RequestPipeline::admit`] and translate the
+//! outcome: an [`Admitted`] context to put in the request and scope the
+//! handler with, or a [`Rejected`] with its RFC 9457 [`Problem`] and
+//! headers. Nothing here knows about HTTP types.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tenancy_core::pipeline::RequestPipeline;
+//! use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+//! use tenancy_core::store::InMemoryTenantStore;
+//! use tenancy_core::{RequestMeta, Tenant, TenantId};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
+//! let store = Arc::new(InMemoryTenantStore::with_tenants([acme.clone()])?);
+//! let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store);
+//!
+//! let req = SimpleRequest::new("/").with_header("x-tenant-id", acme.id.to_string());
+//! let admitted = pipeline.admit(&req, None, RequestMeta::default()).await.map_err(|r| r.error)?;
+//! assert_eq!(admitted.ctx.tenant_id(), acme.id);
+//!
+//! let rejected = pipeline.admit(&SimpleRequest::new("/"), None, RequestMeta::default()).await.unwrap_err();
+//! assert_eq!(rejected.problem().status, 400); // no tenant named
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use crate::flags::FlagEngine;
+use crate::gate::Admission;
+use crate::plan::PlanCatalog;
+use crate::problem::Problem;
+use crate::quota::{MemoryQuota, QuotaError, RateDecision};
+use crate::resolve::{RequestView, ResolverChain};
+use crate::store::TenantStore;
+use crate::{Authorizer, RequestMeta, StoreError, TenantContext, TenantError, TenantId, UserId};
+
+/// A rate limiter the pipeline can consult (in-memory, Redis, PostgreSQL).
+#[async_trait]
+pub trait RateCheck: Send + Sync {
+    /// Consumes `cost` from the tenant's `resource` rate limit.
+    async fn check_rate(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError>;
+}
+
+#[async_trait]
+impl RateCheck for MemoryQuota {
+    async fn check_rate(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        MemoryQuota::check_rate(self, ctx, resource, cost)
+    }
+}
+
+/// A request that may proceed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Admitted {
+    /// The tenant context: tenant, actor, request metadata, entitlements and flags.
+    pub ctx: TenantContext,
+    /// The rate decision, when a rate limit was checked (for `RateLimit-*` headers).
+    pub rate: Option<RateDecision>,
+}
+
+impl Admitted {
+    /// Headers to add to the response (`X-Tenant-ID`, `RateLimit-*`).
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![("X-Tenant-ID", self.ctx.tenant_id().to_string())];
+        if let Some(rate) = &self.rate {
+            h.extend(crate::problem::rate_headers(rate));
+        }
+        h
+    }
+}
+
+/// A request that is refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Rejected {
+    /// Why.
+    pub error: TenantError,
+    /// The rate decision, when the refusal came from the rate limit.
+    pub rate: Option<RateDecision>,
+    /// The tenant, when it was resolved before the refusal.
+    pub tenant: Option<TenantId>,
+}
+
+impl Rejected {
+    fn new(error: TenantError) -> Self {
+        Self {
+            error,
+            rate: None,
+            tenant: None,
+        }
+    }
+
+    /// The RFC 9457 response: status, body and headers.
+    pub fn problem(&self) -> Problem {
+        Problem::from_error(&self.error, self.rate.as_ref())
+    }
+}
+
+/// The tenant pipeline. See the [module docs](self).
+#[derive(Clone)]
+pub struct RequestPipeline {
+    resolver: ResolverChain,
+    store: Arc<dyn TenantStore>,
+    authorizer: Option<Arc<Authorizer>>,
+    catalog: Option<Arc<PlanCatalog>>,
+    flags: Option<Arc<FlagEngine>>,
+    rate: Option<(Arc<dyn RateCheck>, Arc<str>)>,
+    admission: Admission,
+}
+
+impl std::fmt::Debug for RequestPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestPipeline")
+            .field("resolver", &self.resolver)
+            .field("membership", &self.authorizer.is_some())
+            .field("plans", &self.catalog.is_some())
+            .field("flags", &self.flags.is_some())
+            .field("rate", &self.rate.as_ref().map(|(_, r)| r.clone()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestPipeline {
+    /// Resolution through `resolver`, tenants loaded from `store` (wrap it
+    /// in a `CachedStore`), every status gated. Nothing else until added.
+    pub fn new(resolver: ResolverChain, store: Arc<dyn TenantStore>) -> Self {
+        Self {
+            resolver,
+            store,
+            authorizer: None,
+            catalog: None,
+            flags: None,
+            rate: None,
+            admission: Admission::Serving,
+        }
+    }
+
+    /// Requires an authenticated user who is a member of the tenant (401
+    /// without a user, 403 for a non-member); the actor goes in the context.
+    pub fn require_membership(mut self, authorizer: Arc<Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Attaches the tenant's plan entitlements to the context.
+    pub fn with_plans(mut self, catalog: Arc<PlanCatalog>) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// Evaluates every flag once per request into the context.
+    pub fn with_flags(mut self, flags: Arc<FlagEngine>) -> Self {
+        self.flags = Some(flags);
+        self
+    }
+
+    /// Charges one unit of `resource` per request (needs [`Self::with_plans`]).
+    pub fn with_rate_limit(mut self, limiter: Arc<dyn RateCheck>, resource: &str) -> Self {
+        self.rate = Some((limiter, resource.into()));
+        self
+    }
+
+    /// Runs the pipeline for one request.
+    pub async fn admit(
+        &self,
+        req: &dyn RequestView,
+        user: Option<&UserId>,
+        meta: RequestMeta,
+    ) -> Result<Admitted, Rejected> {
+        let resolved = self
+            .resolver
+            .resolve(req, &*self.store)
+            .await
+            .map_err(Rejected::new)?;
+        let tenant = resolved.tenant;
+        let in_tenant = |error: TenantError| Rejected {
+            error,
+            rate: None,
+            tenant: Some(tenant.id),
+        };
+        crate::gate::check_for(&tenant, Utc::now(), self.admission).map_err(in_tenant)?;
+        let mut ctx = TenantContext::new(tenant.clone()).with_request(meta);
+        if let Some(authorizer) = &self.authorizer {
+            let user = user
+                .ok_or(TenantError::Unauthenticated)
+                .map_err(in_tenant)?;
+            let actor = authorizer.actor(user, &tenant).await.map_err(in_tenant)?;
+            ctx = ctx.with_actor(actor);
+        }
+        let entitlements = match &self.catalog {
+            Some(catalog) => catalog
+                .entitlements_of(&tenant)
+                .map_err(|e| in_tenant(TenantError::Store(StoreError::new(e))))?
+                .map(Arc::new),
+            None => None,
+        };
+        if let Some(e) = &entitlements {
+            ctx = ctx.with_entitlements(e.clone());
+        }
+        if let Some(flags) = &self.flags {
+            let ancestors: Vec<TenantId> = tenant.parent.into_iter().collect();
+            ctx = ctx.with_flags(flags.snapshot(&tenant, &ancestors, entitlements.as_deref()));
+        }
+        let mut rate = None;
+        if let Some((limiter, resource)) = &self.rate {
+            match limiter.check_rate(&ctx, resource, 1).await {
+                Ok(decision) => rate = Some(decision),
+                Err(QuotaError::Exceeded(q)) => {
+                    return Err(Rejected {
+                        error: TenantError::Quota(q),
+                        rate: None,
+                        tenant: Some(tenant.id),
+                    });
+                }
+                Err(e) => {
+                    return Err(in_tenant(TenantError::Store(StoreError::new(e))));
+                }
+            }
+        }
+        Ok(Admitted { ctx, rate })
+    }
+}

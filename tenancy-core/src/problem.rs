@@ -1,0 +1,141 @@
+//! RFC 9457 problem details for every [`TenantError`], with the response
+//! headers that go with them — the one place web adapters take their error
+//! responses from, so every framework answers the same.
+//!
+//! The `type` is a stable URN, `urn:tenancy-rs:problem:<code>`, where
+//! `<code>` is [`TenantError::code`]. Server errors (5xx) carry no detail
+//! beyond "internal error".
+//!
+//! ```
+//! use tenancy_core::problem::Problem;
+//! use tenancy_core::TenantError;
+//!
+//! let p = Problem::from_error(&TenantError::NotFound, None);
+//! assert_eq!(p.status, 404);
+//! assert_eq!(p.type_uri, "urn:tenancy-rs:problem:tenant-not-found");
+//! let body = p.to_json();
+//! assert_eq!(body["status"], 404);
+//! ```
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::TenantError;
+use crate::plan::ResourceKind;
+use crate::quota::RateDecision;
+
+/// The media type of a problem body.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// The prefix of every problem `type`.
+pub const TYPE_PREFIX: &str = "urn:tenancy-rs:problem:";
+
+/// A problem details object and its response headers.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Problem {
+    /// `type`: a stable URN per error kind.
+    pub type_uri: String,
+    /// `title`: the HTTP reason phrase.
+    pub title: &'static str,
+    /// `status`.
+    pub status: u16,
+    /// `detail`: what went wrong and what to do (never internals).
+    pub detail: String,
+    /// The machine-readable code (also the last part of `type`).
+    pub code: &'static str,
+    /// Extra members (`upgrade`, `retry_after`, …).
+    pub extensions: Map<String, Value>,
+    /// Response headers besides `Content-Type`.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        _ => "Internal Server Error",
+    }
+}
+
+fn secs_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The `RateLimit-*` headers of a rate decision (IETF draft
+/// `ratelimit-headers`: limit, remaining, seconds until reset).
+pub fn rate_headers(rate: &RateDecision) -> Vec<(&'static str, String)> {
+    vec![
+        ("RateLimit-Limit", rate.limit().to_string()),
+        ("RateLimit-Remaining", rate.remaining().to_string()),
+        ("RateLimit-Reset", secs_up(rate.reset_after()).to_string()),
+    ]
+}
+
+impl Problem {
+    /// The problem for `error`; `rate` is the rate decision of the request,
+    /// if a rate limit was checked (its headers are added).
+    pub fn from_error(error: &TenantError, rate: Option<&RateDecision>) -> Self {
+        let status = error.status();
+        let code = error.code();
+        let mut extensions = Map::new();
+        let mut headers = Vec::new();
+        match error {
+            TenantError::FeatureDisabled { flag } => {
+                extensions.insert("feature".into(), json!(&**flag));
+                extensions.insert(
+                    "upgrade".into(),
+                    json!("this feature is not in the tenant's plan; upgrade the plan to use it"),
+                );
+            }
+            TenantError::Quota(q) => {
+                extensions.insert("resource".into(), json!(&*q.resource));
+                extensions.insert("limit".into(), json!(q.limit));
+                extensions.insert("used".into(), json!(q.used));
+                if let Some(wait) = q.retry_after {
+                    let secs = secs_up(wait);
+                    extensions.insert("retry_after".into(), json!(secs));
+                    headers.push(("Retry-After", secs.to_string()));
+                } else if q.kind == ResourceKind::Rate {
+                    headers.push(("Retry-After", "1".to_owned()));
+                }
+            }
+            TenantError::MissingPermission { permission } => {
+                extensions.insert("permission".into(), json!(&**permission));
+            }
+            _ => {}
+        }
+        if let Some(rate) = rate {
+            headers.extend(rate_headers(rate));
+        }
+        Self {
+            type_uri: format!("{TYPE_PREFIX}{code}"),
+            title: reason(status),
+            status,
+            detail: error.public_message(),
+            code,
+            extensions,
+            headers,
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("type".into(), json!(self.type_uri));
+        body.insert("title".into(), json!(self.title));
+        body.insert("status".into(), json!(self.status));
+        body.insert("detail".into(), json!(self.detail));
+        body.insert("code".into(), json!(self.code));
+        for (k, v) in &self.extensions {
+            body.insert(k.clone(), v.clone());
+        }
+        Value::Object(body)
+    }
+}

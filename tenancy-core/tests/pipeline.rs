@@ -1,0 +1,333 @@
+//! The framework-neutral request pipeline and its problem responses: the
+//! behaviour table the web adapters (issue 7) will share.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{Duration, Utc};
+use tenancy_core::flags::FlagEngine;
+use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::plan::PlanCatalog;
+use tenancy_core::quota::MemoryQuota;
+use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest, SubdomainStrategy};
+use tenancy_core::store::{InMemoryTenantStore, TenantStore};
+use tenancy_core::{
+    Authorizer, DomainName, InMemoryMembershipStore, Membership, PlanId, RequestMeta, Role,
+    StoreError, Tenant, TenantId, TenantSlug, TenantStatus, UserId,
+};
+
+const CATALOG: &str = r#"{"plans": [{"id": "pro", "name": "Pro",
+    "limits": {"api_calls": {"rate": {"per_minute": 2}}},
+    "features": {"analytics": true}}]}"#;
+
+struct World {
+    pipeline: RequestPipeline,
+    members_only: RequestPipeline,
+    active: Tenant,
+    other: Tenant,
+    ids: Vec<(&'static str, TenantId)>,
+}
+
+fn world() -> World {
+    let now = Utc::now();
+    let t = |slug: &str| {
+        Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), slug).with_plan(PlanId::new("pro"))
+    };
+    let active = t("acme");
+    let other = t("globex");
+    let suspended = t("frozen").with_status(TenantStatus::Suspended {
+        reason: "unpaid invoice".into(),
+    });
+    let expired = t("lapsed").with_status(TenantStatus::Trial {
+        ends_at: now - Duration::days(1),
+    });
+    let deleted = t("gone").with_status(TenantStatus::Deleted);
+    let offboarding = t("leaving").with_status(TenantStatus::Offboarding {
+        purge_after: now + Duration::days(9),
+    });
+    let ids = vec![
+        ("suspended", suspended.id),
+        ("expired", expired.id),
+        ("deleted", deleted.id),
+        ("offboarding", offboarding.id),
+    ];
+    let store = Arc::new(
+        InMemoryTenantStore::with_tenants([
+            active.clone(),
+            other.clone(),
+            suspended,
+            expired,
+            deleted,
+            offboarding,
+        ])
+        .unwrap(),
+    );
+    let catalog = Arc::new(PlanCatalog::from_json(CATALOG).unwrap());
+    let resolver =
+        ResolverChain::new()
+            .with(HeaderStrategy::tenant_id())
+            .with(SubdomainStrategy::new(
+                "example.com".parse::<DomainName>().unwrap(),
+            ));
+    let pipeline = RequestPipeline::new(resolver.clone(), store.clone())
+        .with_plans(catalog.clone())
+        .with_flags(Arc::new(FlagEngine::new([
+            tenancy_core::flags::FlagDefinition::boolean("analytics"),
+        ])))
+        .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls");
+    let members = Arc::new(InMemoryMembershipStore::new());
+    members.upsert(Membership::new(UserId::new("ann"), active.id, Role::Member));
+    let members_only = RequestPipeline::new(resolver, store.clone())
+        .require_membership(Arc::new(Authorizer::new(members, store)));
+    World {
+        pipeline,
+        members_only,
+        active,
+        other,
+        ids,
+    }
+}
+
+fn header(id: impl std::fmt::Display) -> SimpleRequest {
+    SimpleRequest::new("/").with_header("x-tenant-id", id.to_string())
+}
+
+#[tokio::test]
+async fn the_behaviour_table() {
+    let w = world();
+    let id = |name: &str| w.ids.iter().find(|(n, _)| *n == name).unwrap().1;
+    // (case, request, status, problem code)
+    let cases: Vec<(&str, SimpleRequest, u16, &str)> = vec![
+        (
+            "no tenant named",
+            SimpleRequest::new("/"),
+            400,
+            "tenant-missing",
+        ),
+        (
+            "malformed id",
+            header("not-a-uuid"),
+            400,
+            "tenant-id-malformed",
+        ),
+        (
+            "nil id",
+            header("00000000-0000-0000-0000-000000000000"),
+            400,
+            "tenant-id-malformed",
+        ),
+        (
+            "duplicate header",
+            header(w.active.id).with_header("x-tenant-id", w.active.id.to_string()),
+            400,
+            "tenant-header-duplicated",
+        ),
+        (
+            "sql-looking",
+            header("1' OR '1'='1"),
+            400,
+            "tenant-id-malformed",
+        ),
+        (
+            "header over 8 KiB",
+            header("a".repeat(9000)),
+            400,
+            "tenant-id-malformed",
+        ),
+        (
+            "non-utf8 header",
+            SimpleRequest::new("/").with_header("x-tenant-id", vec![0xff, 0xfe]),
+            400,
+            "tenant-id-malformed",
+        ),
+        (
+            "unknown",
+            header(TenantId::new_v4()),
+            404,
+            "tenant-not-found",
+        ),
+        ("deleted", header(id("deleted")), 404, "tenant-not-found"),
+        (
+            "suspended",
+            header(id("suspended")),
+            403,
+            "tenant-suspended",
+        ),
+        ("trial over", header(id("expired")), 402, "trial-expired"),
+        (
+            "offboarding",
+            header(id("offboarding")),
+            403,
+            "tenant-offboarding",
+        ),
+        (
+            "header and subdomain disagree",
+            header(w.other.id).with_host("acme.example.com"),
+            403,
+            "tenant-conflict",
+        ),
+    ];
+    for (name, req, status, code) in cases {
+        let rejected = w
+            .pipeline
+            .admit(&req, None, RequestMeta::default())
+            .await
+            .unwrap_err();
+        let p = rejected.problem();
+        assert_eq!(
+            (p.status, p.code),
+            (status, code),
+            "{name}: {}",
+            rejected.error
+        );
+        assert_eq!(
+            p.type_uri,
+            format!("urn:tenancy-rs:problem:{code}"),
+            "{name}"
+        );
+        let body = p.to_json();
+        assert_eq!(body["status"], status, "{name}");
+        assert_eq!(body["title"], p.title, "{name}");
+    }
+    // Unknown and deleted tenants are indistinguishable on the wire.
+    let unknown = w
+        .pipeline
+        .admit(&header(TenantId::new_v4()), None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    let deleted = w
+        .pipeline
+        .admit(&header(id("deleted")), None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.problem().to_json(), deleted.problem().to_json());
+    // The suspension reason reaches the tenant's users.
+    let suspended = w
+        .pipeline
+        .admit(&header(id("suspended")), None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    assert!(suspended.problem().detail.contains("unpaid invoice"));
+}
+
+#[tokio::test]
+async fn admitted_requests_carry_context_flags_and_rate_headers_then_429() {
+    let w = world();
+    let req = SimpleRequest::new("/").with_host("acme.example.com");
+    let ip = "198.51.100.4".parse().unwrap();
+    let ok = w
+        .pipeline
+        .admit(&req, None, RequestMeta::default().with_ip(ip))
+        .await
+        .unwrap();
+    assert_eq!(ok.ctx.tenant_id(), w.active.id);
+    assert_eq!(ok.ctx.request().ip, Some(ip));
+    assert!(
+        ok.ctx.feature_enabled("analytics"),
+        "flags evaluated with the plan"
+    );
+    let headers = ok.headers();
+    assert!(headers.contains(&("X-Tenant-ID", w.active.id.to_string())));
+    assert!(headers.contains(&("RateLimit-Limit", "2".to_string())));
+    assert!(headers.contains(&("RateLimit-Remaining", "1".to_string())));
+
+    w.pipeline
+        .admit(&req, None, RequestMeta::default())
+        .await
+        .unwrap();
+    let limited = w
+        .pipeline
+        .admit(&req, None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    let p = limited.problem();
+    assert_eq!((p.status, p.code), (429, "rate-limited"));
+    let retry: u64 = p
+        .headers
+        .iter()
+        .find(|(h, _)| *h == "Retry-After")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(p.to_json()["resource"], "api_calls");
+    // Another tenant has its own allowance.
+    assert!(
+        w.pipeline
+            .admit(&header(w.other.id), None, RequestMeta::default())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn membership_is_required_when_configured() {
+    let w = world();
+    let req = header(w.active.id);
+    let p = w
+        .members_only
+        .admit(&req, None, RequestMeta::default())
+        .await
+        .unwrap_err()
+        .problem();
+    assert_eq!((p.status, p.code), (401, "unauthenticated"));
+    let p = w
+        .members_only
+        .admit(&req, Some(&UserId::new("bob")), RequestMeta::default())
+        .await
+        .unwrap_err()
+        .problem();
+    assert_eq!((p.status, p.code), (403, "not-a-member"));
+    let ok = w
+        .members_only
+        .admit(&req, Some(&UserId::new("ann")), RequestMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(ok.ctx.actor().unwrap().role, Role::Member);
+    // A member of acme is not a member of globex.
+    let p = w
+        .members_only
+        .admit(
+            &header(w.other.id),
+            Some(&UserId::new("ann")),
+            RequestMeta::default(),
+        )
+        .await
+        .unwrap_err()
+        .problem();
+    assert_eq!(p.status, 403);
+}
+
+/// A store that is down.
+struct Down;
+
+#[async_trait]
+impl TenantStore for Down {
+    async fn by_id(&self, _: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        Err(StoreError::msg("connection refused by 10.0.0.7:5432"))
+    }
+    async fn by_slug(&self, _: &TenantSlug) -> Result<Option<Arc<Tenant>>, StoreError> {
+        Err(StoreError::msg("connection refused by 10.0.0.7:5432"))
+    }
+    async fn by_domain(&self, _: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
+        Err(StoreError::msg("connection refused by 10.0.0.7:5432"))
+    }
+}
+
+#[tokio::test]
+async fn server_errors_carry_no_internals() {
+    let pipeline = RequestPipeline::new(
+        ResolverChain::new().with(HeaderStrategy::tenant_id()),
+        Arc::new(Down),
+    );
+    let rejected = pipeline
+        .admit(&header(TenantId::new_v4()), None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    let body = rejected.problem().to_json().to_string();
+    assert_eq!(rejected.problem().status, 500);
+    assert!(!body.contains("10.0.0.7"), "{body}");
+    assert!(body.contains("internal error"));
+}
