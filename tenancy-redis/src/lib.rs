@@ -421,3 +421,15 @@ impl Drop for RedisReservation {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl tenancy_core::pipeline::RateCheck for RedisQuota {
+    async fn check_rate(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        RedisQuota::check_rate(self, ctx, resource, cost).await
+    }
+}

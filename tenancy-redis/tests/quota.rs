@@ -227,3 +227,33 @@ async fn thresholds_fire_once_per_day_across_instances() {
     b.reserve(&ctx, "policies", 4).await.unwrap().commit();
     assert_eq!(seen(), vec![(50, 5), (90, 9)]);
 }
+
+#[tokio::test]
+async fn the_request_pipeline_can_rate_limit_through_redis() {
+    use tenancy_core::pipeline::RequestPipeline;
+    use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    use tenancy_core::store::InMemoryTenantStore;
+    use tenancy_core::{PlanId, RequestMeta};
+
+    let tenant = Tenant::new(TenantId::new_v4(), "acme".parse().unwrap(), "Acme")
+        .with_plan(PlanId::new("p"));
+    let store = Arc::new(InMemoryTenantStore::with_tenants([tenant.clone()]).unwrap());
+    let pipeline = RequestPipeline::new(
+        ResolverChain::new().with(HeaderStrategy::tenant_id()),
+        store,
+    )
+    .with_plans(Arc::new(PlanCatalog::from_json(CATALOG).unwrap()))
+    .with_rate_limit(Arc::new(quota().await), "api_calls");
+    let req = SimpleRequest::new("/").with_header("x-tenant-id", tenant.id.to_string());
+    for _ in 0..60 {
+        pipeline
+            .admit(&req, None, RequestMeta::default())
+            .await
+            .unwrap();
+    }
+    let refused = pipeline
+        .admit(&req, None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.problem().status, 429);
+}

@@ -456,3 +456,15 @@ impl PgRateLimiter {
         })
     }
 }
+
+#[async_trait::async_trait]
+impl tenancy_core::pipeline::RateCheck for PgRateLimiter {
+    async fn check_rate(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        self.check(ctx, resource, cost).await
+    }
+}

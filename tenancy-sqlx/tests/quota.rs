@@ -296,3 +296,50 @@ async fn thresholds_fire_once_across_instances_and_only_after_commit() {
     tx.commit().await.unwrap();
     assert_eq!(seen(), vec![(50, 5), (90, 9)]);
 }
+
+#[tokio::test]
+async fn the_request_pipeline_can_rate_limit_through_postgres() {
+    use tenancy_core::pipeline::{RateCheck, RequestPipeline};
+    use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    use tenancy_core::store::InMemoryTenantStore;
+    use tenancy_core::{PlanId, RequestMeta, Tenant};
+
+    let (_env, db) = db(2).await;
+    let tenant = Tenant::new(TenantId::new_v4(), "acme".parse().unwrap(), "Acme")
+        .with_plan(PlanId::new("p"));
+    let store = Arc::new(InMemoryTenantStore::with_tenants([tenant.clone()]).unwrap());
+    let limiter: Arc<dyn RateCheck> = Arc::new(PgRateLimiter::new(db));
+    let pipeline = RequestPipeline::new(
+        ResolverChain::new().with(HeaderStrategy::tenant_id()),
+        store,
+    )
+    .with_plans(Arc::new(
+        tenancy_core::plan::PlanCatalog::from_json(CATALOG).unwrap(),
+    ))
+    .with_rate_limit(limiter, "api_calls");
+    let req = SimpleRequest::new("/").with_header("x-tenant-id", tenant.id.to_string());
+    let first = pipeline
+        .admit(&req, None, RequestMeta::default())
+        .await
+        .unwrap();
+    assert!(
+        first
+            .headers()
+            .iter()
+            .any(|(h, _)| *h == "RateLimit-Remaining")
+    );
+    let mut refused = None;
+    for _ in 0..200 {
+        if let Err(r) = pipeline.admit(&req, None, RequestMeta::default()).await {
+            refused = Some(r);
+            break;
+        }
+    }
+    assert_eq!(
+        refused
+            .expect("the plan's rate limit bites")
+            .problem()
+            .status,
+        429
+    );
+}
