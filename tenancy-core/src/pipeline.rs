@@ -181,7 +181,7 @@ impl RequestPipeline {
     /// Runs the pipeline for one request.
     pub async fn admit(
         &self,
-        req: &dyn RequestView,
+        req: &(dyn RequestView + Sync),
         user: Option<&UserId>,
         meta: RequestMeta,
     ) -> Result<Admitted, Rejected> {

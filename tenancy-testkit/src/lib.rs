@@ -20,7 +20,9 @@
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+pub mod http;
 pub mod isolation;
+pub mod web;
 
 /// The environment variable holding the superuser URL.
 pub const ADMIN_URL_VAR: &str = "TENANCY_TEST_ADMIN_URL";

@@ -228,7 +228,7 @@ impl ResolverChain {
     /// matching strategy agrees.
     pub async fn resolve<S: TenantStore + ?Sized>(
         &self,
-        req: &dyn RequestView,
+        req: &(dyn RequestView + Sync),
         store: &S,
     ) -> Result<Resolved, TenantError> {
         let mut found: Option<(Arc<Tenant>, &'static str, TenantRef)> = None;

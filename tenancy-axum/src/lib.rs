@@ -1,0 +1,340 @@
+//! axum integration for [tenancy-rs](https://github.com/tenancy-rs/tenancy-rs).
+//!
+//! - [`TenantLayer`]: a tower `Layer` that runs the framework-neutral
+//!   [`RequestPipeline`] (resolve → load → gate → membership → plan and
+//!   flags → rate quota) for every request. Admitted requests run inside the
+//!   tenant's task-local scope and tracing span, with the [`TenantContext`]
+//!   in the request extensions and `X-Tenant-ID` (and `RateLimit-*`) on the
+//!   response. Refused requests get an RFC 9457 `application/problem+json`
+//!   response with the status and headers the core chose.
+//! - Extractors: [`Tenant`] (the context, with its own rejection),
+//!   [`RequireFeature`] and [`RequirePermission`] guards.
+//! - [`ProblemResponse`]: turn any [`TenantError`] returned by a handler
+//!   into the same problem response.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use axum::{Router, routing::get};
+//! use tenancy_axum::{Tenant, TenantLayer};
+//! use tenancy_core::pipeline::RequestPipeline;
+//! use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
+//! use tenancy_core::store::InMemoryTenantStore;
+//!
+//! async fn whoami(Tenant(ctx): Tenant) -> String {
+//!     ctx.slug().to_string()
+//! }
+//!
+//! let store = Arc::new(InMemoryTenantStore::new());
+//! let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store);
+//! let app: Router = Router::new()
+//!     .route("/whoami", get(whoami))
+//!     .layer(TenantLayer::new(pipeline));
+//! ```
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Request, StatusCode};
+use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::problem::{CONTENT_TYPE, Problem};
+use tenancy_core::resolve::{HeaderLookup, RequestView};
+use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
+
+/// Reads the authenticated user of a request (set by your authentication
+/// layer, e.g. from a verified session or token in the extensions).
+pub type UserSource = Arc<dyn Fn(&Parts) -> Option<UserId> + Send + Sync>;
+
+struct Shared {
+    pipeline: RequestPipeline,
+    user: Option<UserSource>,
+}
+
+/// The tower layer. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct TenantLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TenantLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantLayer")
+            .field("pipeline", &self.shared.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantLayer {
+    /// A layer running `pipeline`.
+    pub fn new(pipeline: RequestPipeline) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pipeline,
+                user: None,
+            }),
+        }
+    }
+
+    /// Where the authenticated user comes from (needed when the pipeline
+    /// requires membership).
+    pub fn with_user(
+        self,
+        source: impl Fn(&Parts) -> Option<UserId> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pipeline: self.shared.pipeline.clone(),
+                user: Some(Arc::new(source)),
+            }),
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for TenantLayer {
+    type Service = TenantService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TenantService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`TenantLayer`] wraps around yours.
+#[derive(Clone)]
+pub struct TenantService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for TenantService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantService").finish_non_exhaustive()
+    }
+}
+
+/// The request parts as the core's [`RequestView`].
+struct PartsView<'a>(&'a Parts);
+
+impl RequestView for PartsView<'_> {
+    fn host(&self) -> Option<&[u8]> {
+        match self.0.headers.get(http::header::HOST) {
+            Some(h) => Some(h.as_bytes()),
+            None => self.0.uri.host().map(str::as_bytes),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri.path()
+    }
+
+    fn header(&self, name: &str) -> HeaderLookup<'_> {
+        let mut values = self.0.headers.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => HeaderLookup::Absent,
+            (Some(v), None) => HeaderLookup::One(v.as_bytes()),
+            (Some(_), Some(_)) => HeaderLookup::Many,
+        }
+    }
+}
+
+fn meta(parts: &Parts) -> RequestMeta {
+    let mut meta = RequestMeta::default();
+    if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        meta = meta.with_ip(addr.ip());
+    }
+    if let Some(agent) = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        meta = meta.with_user_agent(agent);
+    }
+    meta
+}
+
+fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(lower(name)), value);
+        }
+    }
+}
+
+/// Header names as `HeaderName::from_static` wants them (lower case).
+fn lower(name: &'static str) -> &'static str {
+    match name {
+        "X-Tenant-ID" => "x-tenant-id",
+        "Retry-After" => "retry-after",
+        "RateLimit-Limit" => "ratelimit-limit",
+        "RateLimit-Remaining" => "ratelimit-remaining",
+        "RateLimit-Reset" => "ratelimit-reset",
+        _ => "x-tenancy-unknown",
+    }
+}
+
+/// A problem response (RFC 9457) for a [`TenantError`] or a [`Problem`].
+///
+/// Return it (or a `TenantError` converted with `?`) from handlers:
+///
+/// ```no_run
+/// use tenancy_axum::{ProblemResponse, Tenant};
+///
+/// async fn admin(Tenant(ctx): Tenant) -> Result<&'static str, ProblemResponse> {
+///     tenancy_core::authorize(&ctx, "tenant:manage")?;
+///     Ok("welcome")
+/// }
+/// ```
+#[derive(Debug)]
+pub struct ProblemResponse(pub Problem);
+
+impl From<TenantError> for ProblemResponse {
+    fn from(e: TenantError) -> Self {
+        if e.status() >= 500 {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self(Problem::from_error(&e, None))
+    }
+}
+
+impl IntoResponse for ProblemResponse {
+    fn into_response(self) -> Response {
+        let p = self.0;
+        let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (
+            status,
+            [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
+            p.to_json().to_string(),
+        )
+            .into_response();
+        add_headers(&mut response, &p.headers);
+        response
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower_service::Service<Request<B>> for TenantService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The clone that was driven to readiness is the one that serves.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            let user = shared.user.as_ref().and_then(|f| f(&parts));
+            let outcome = shared
+                .pipeline
+                .admit(&PartsView(&parts), user.as_ref(), meta(&parts))
+                .await;
+            match outcome {
+                Ok(admitted) => {
+                    let ctx = admitted.ctx.clone();
+                    parts.extensions.insert(ctx.clone());
+                    let req = Request::from_parts(parts, body);
+                    let mut response = ctx.scope(inner.call(req)).await?;
+                    add_headers(&mut response, &admitted.headers());
+                    Ok(response)
+                }
+                Err(rejected) => {
+                    if rejected.error.status() >= 500 {
+                        tracing::error!(error = %rejected.error, "tenant pipeline failed");
+                    }
+                    Ok(ProblemResponse(rejected.problem()).into_response())
+                }
+            }
+        })
+    }
+}
+
+/// The request's [`TenantContext`]. Without [`TenantLayer`] in front the
+/// request is refused with the `tenant-missing` problem (400), never a 500.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub TenantContext);
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = ProblemResponse;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<TenantContext>()
+            .cloned()
+            .map(Tenant)
+            .ok_or_else(|| TenantError::Missing.into())
+    }
+}
+
+/// Names a feature flag for [`RequireFeature`].
+pub trait FeatureName: Send + Sync + 'static {
+    /// The flag key.
+    const NAME: &'static str;
+}
+
+/// Names a permission for [`RequirePermission`].
+pub trait PermissionName: Send + Sync + 'static {
+    /// The permission (`resource:action`).
+    const NAME: &'static str;
+}
+
+/// Refuses the request (403 `feature-not-in-plan`, with an upgrade hint)
+/// unless the tenant has feature `F`.
+///
+/// ```no_run
+/// use tenancy_axum::{FeatureName, RequireFeature};
+///
+/// struct Analytics;
+/// impl FeatureName for Analytics { const NAME: &'static str = "analytics"; }
+///
+/// async fn report(_: RequireFeature<Analytics>) -> &'static str { "numbers" }
+/// ```
+#[derive(Debug)]
+pub struct RequireFeature<F>(PhantomData<F>);
+
+impl<S: Send + Sync, F: FeatureName> FromRequestParts<S> for RequireFeature<F> {
+    type Rejection = ProblemResponse;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Tenant(ctx) = Tenant::from_request_parts(parts, state).await?;
+        ctx.require_feature(F::NAME)?;
+        Ok(Self(PhantomData))
+    }
+}
+
+/// Refuses the request (403 `permission-missing`) unless the acting user
+/// holds permission `P` in the tenant.
+#[derive(Debug)]
+pub struct RequirePermission<P>(PhantomData<P>);
+
+impl<S: Send + Sync, P: PermissionName> FromRequestParts<S> for RequirePermission<P> {
+    type Rejection = ProblemResponse;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Tenant(ctx) = Tenant::from_request_parts(parts, state).await?;
+        tenancy_core::authorize(&ctx, P::NAME)?;
+        Ok(Self(PhantomData))
+    }
+}

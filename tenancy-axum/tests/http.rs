@@ -1,0 +1,104 @@
+//! The shared web behaviour table over real HTTP against an axum server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use tenancy_axum::{
+    FeatureName, PermissionName, ProblemResponse, RequireFeature, RequirePermission, Tenant,
+    TenantLayer,
+};
+use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::{StoreError, TenantError, UserId};
+use tenancy_testkit::web::{SECRET_DETAIL, World, run_table};
+
+struct Analytics;
+impl FeatureName for Analytics {
+    const NAME: &'static str = "analytics";
+}
+
+struct Manage;
+impl PermissionName for Manage {
+    const NAME: &'static str = "tenant:manage";
+}
+
+async fn whoami(Tenant(ctx): Tenant) -> Result<String, ProblemResponse> {
+    let scoped = tenancy_core::current()?;
+    assert_eq!(
+        scoped.tenant_id(),
+        ctx.tenant_id(),
+        "task-local scope = extension"
+    );
+    Ok(scoped.tenant_id().to_string())
+}
+
+async fn spawned() -> Result<String, ProblemResponse> {
+    let handle =
+        tenancy_core::spawn_current(async { tenancy_core::current().map(|c| c.tenant_id()) })?;
+    let id = handle
+        .await
+        .map_err(|e| TenantError::Store(StoreError::new(e)))??;
+    Ok(id.to_string())
+}
+
+async fn analytics(_: RequireFeature<Analytics>) -> &'static str {
+    "numbers"
+}
+
+async fn admin(_: RequirePermission<Manage>) -> &'static str {
+    "welcome"
+}
+
+async fn boom() -> Result<&'static str, ProblemResponse> {
+    Err(TenantError::Store(StoreError::msg(SECRET_DETAIL)).into())
+}
+
+async fn serve(pipeline: RequestPipeline) -> SocketAddr {
+    let layer = TenantLayer::new(pipeline).with_user(|parts| {
+        parts
+            .headers
+            .get("x-test-user")
+            .and_then(|v| v.to_str().ok())
+            .map(UserId::new)
+    });
+    let app = Router::new()
+        .route("/whoami", get(whoami))
+        .route("/spawned", get(spawned))
+        .route("/analytics", get(analytics))
+        .route("/admin", get(admin))
+        .route("/boom", get(boom))
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_behaviour_table_over_http() {
+    let world = World::new();
+    let open = serve(world.pipeline.clone()).await;
+    let members = serve(world.members_only.clone()).await;
+    run_table(&world, open, members).await;
+}
+
+#[tokio::test]
+async fn the_extractor_without_the_layer_is_a_400_problem_not_a_500() {
+    let app = Router::new().route("/whoami", get(whoami));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let r = tenancy_testkit::http::send(addr, &tenancy_testkit::http::get("/whoami", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "tenant-missing");
+}
