@@ -245,21 +245,21 @@ async fn cross_tenant_access_needs_a_reason_and_is_audited() {
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events[0].contains("cross_tenant.granted") && events[0].contains("ticket 4711"));
     assert!(events[1].contains("cross_tenant.transaction") && events[1].contains("support:ana"));
-}
 
-#[tokio::test]
-async fn cross_tenant_access_is_recorded_in_each_touched_tenants_audit_log() {
-    let f = fixture().await;
+    // With an audit sink, each touched tenant's own log records the crossing.
+    // (Kept in this test: tracing callsites used by two tests at once, one
+    // with a thread-local subscriber and one without, race on their cached
+    // interest and lose events.)
     let sink = std::sync::Arc::new(tenancy_core::audit::MemorySink::default());
     let ops = PrivilegedDb::new(f.env.ops_pool(1).await.unwrap()).with_audit(sink.clone());
     let access = ops
         .cross_tenant("ticket 4712: refund", "support:ben")
         .unwrap();
     access.touching(f.a.tenant_id()).await.unwrap();
-    let events = sink.events();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].tenant, f.a.tenant_id());
-    assert_eq!(events[0].action, "cross_tenant.access");
-    assert_eq!(events[0].actor.id(), "support:ben");
-    assert_eq!(events[0].details["reason"], "ticket 4712: refund");
+    let recorded = sink.events();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].tenant, f.a.tenant_id());
+    assert_eq!(recorded[0].action, "cross_tenant.access");
+    assert_eq!(recorded[0].actor.id(), "support:ben");
+    assert_eq!(recorded[0].details["reason"], "ticket 4712: refund");
 }
