@@ -185,8 +185,22 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
     }
 }
 
+/// Tests here capture tracing output with a thread-local subscriber while
+/// other tests run in parallel threads without one. A callsite first hit on
+/// such a thread can have its interest cached as "never", and the capturing
+/// test then loses events (seen on CI). A global no-op registry keeps every
+/// callsite enabled; dispatch still goes to the thread-local subscriber
+/// where one is set.
+fn keep_callsites_enabled() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
+}
+
 #[tokio::test]
 async fn scope_opens_a_span_carrying_tenant_id() {
+    keep_callsites_enabled();
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
     let _guard = tracing::subscriber::set_default(subscriber);

@@ -25,7 +25,21 @@ fn tenant(slug: &str) -> TenantContext {
     TenantContext::new(Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), slug))
 }
 
+/// Tests here capture tracing output with a thread-local subscriber while
+/// other tests run in parallel threads without one. A callsite first hit on
+/// such a thread can have its interest cached as "never", and the capturing
+/// test then loses events (seen on CI). A global no-op registry keeps every
+/// callsite enabled; dispatch still goes to the thread-local subscriber
+/// where one is set.
+fn keep_callsites_enabled() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
+}
+
 async fn fixture() -> Fixture {
+    keep_callsites_enabled();
     let env = TestDb::from_env().unwrap();
     let schema = env.fresh_schema("path").await.unwrap();
     let owner = env.owner_pool(1).await.unwrap();
