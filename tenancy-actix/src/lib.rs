@@ -1,0 +1,340 @@
+//! actix-web integration for [tenancy-rs](https://github.com/tenancy-rs/tenancy-rs).
+//!
+//! The same behaviour as `tenancy-axum`, through actix's own traits:
+//!
+//! - [`TenantMiddleware`]: a `Transform` that runs the framework-neutral
+//!   [`RequestPipeline`] for every request. Admitted requests run inside the
+//!   tenant's task-local scope and tracing span, with the [`TenantContext`]
+//!   in the request extensions and `X-Tenant-ID` (and `RateLimit-*`) on the
+//!   response; refused requests get the core's RFC 9457 problem response.
+//! - Extractors ([`FromRequest`]): [`Tenant`], [`RequireFeature`],
+//!   [`RequirePermission`], each rejecting with a problem response.
+//! - [`ProblemError`]: return a [`TenantError`] from a handler as the same
+//!   problem response (`ResponseError`).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use actix_web::{App, HttpServer, web};
+//! use tenancy_actix::{Tenant, TenantMiddleware};
+//! use tenancy_core::pipeline::RequestPipeline;
+//! use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
+//! use tenancy_core::store::InMemoryTenantStore;
+//!
+//! async fn whoami(Tenant(ctx): Tenant) -> String {
+//!     ctx.slug().to_string()
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let store = Arc::new(InMemoryTenantStore::new());
+//! let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store);
+//! HttpServer::new(move || {
+//!     App::new()
+//!         .wrap(TenantMiddleware::new(pipeline.clone()))
+//!         .route("/whoami", web::get().to(whoami))
+//! })
+//! .bind(("127.0.0.1", 8080))?
+//! .run()
+//! .await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::future::{Ready, ready};
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use futures_util::future::LocalBoxFuture;
+use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::problem::{CONTENT_TYPE, Problem};
+use tenancy_core::resolve::{HeaderLookup, RequestView};
+use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
+
+/// Reads the authenticated user of a request (set by your authentication
+/// middleware).
+pub type UserSource = Arc<dyn Fn(&ServiceRequest) -> Option<UserId> + Send + Sync>;
+
+/// The `Transform` that runs the tenant pipeline. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct TenantMiddleware {
+    pipeline: RequestPipeline,
+    user: Option<UserSource>,
+}
+
+impl std::fmt::Debug for TenantMiddleware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantMiddleware")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantMiddleware {
+    /// Middleware running `pipeline`.
+    pub fn new(pipeline: RequestPipeline) -> Self {
+        Self {
+            pipeline,
+            user: None,
+        }
+    }
+
+    /// Where the authenticated user comes from (needed when the pipeline
+    /// requires membership).
+    pub fn with_user(
+        mut self,
+        source: impl Fn(&ServiceRequest) -> Option<UserId> + Send + Sync + 'static,
+    ) -> Self {
+        self.user = Some(Arc::new(source));
+        self
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for TenantMiddleware
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = TenantService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(TenantService {
+            service: Rc::new(service),
+            pipeline: self.pipeline.clone(),
+            user: self.user.clone(),
+        }))
+    }
+}
+
+/// The service [`TenantMiddleware`] wraps around yours.
+pub struct TenantService<S> {
+    service: Rc<S>,
+    pipeline: RequestPipeline,
+    user: Option<UserSource>,
+}
+
+impl<S> std::fmt::Debug for TenantService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantService").finish_non_exhaustive()
+    }
+}
+
+/// The request head as the core's [`RequestView`].
+struct HeadView<'a> {
+    headers: &'a header::HeaderMap,
+    uri: &'a actix_web::http::Uri,
+}
+
+impl RequestView for HeadView<'_> {
+    fn host(&self) -> Option<&[u8]> {
+        match self.headers.get(header::HOST) {
+            Some(h) => Some(h.as_bytes()),
+            None => self.uri.host().map(str::as_bytes),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn header(&self, name: &str) -> HeaderLookup<'_> {
+        let mut values = self.headers.get_all(name);
+        match (values.next(), values.next()) {
+            (None, _) => HeaderLookup::Absent,
+            (Some(v), None) => HeaderLookup::One(v.as_bytes()),
+            (Some(_), Some(_)) => HeaderLookup::Many,
+        }
+    }
+}
+
+fn header_name(name: &'static str) -> HeaderName {
+    HeaderName::from_static(match name {
+        "X-Tenant-ID" => "x-tenant-id",
+        "Retry-After" => "retry-after",
+        "RateLimit-Limit" => "ratelimit-limit",
+        "RateLimit-Remaining" => "ratelimit-remaining",
+        "RateLimit-Reset" => "ratelimit-reset",
+        _ => "x-tenancy-unknown",
+    })
+}
+
+fn problem_response(p: &Problem) -> HttpResponse {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = HttpResponse::build(status);
+    builder.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
+    for (name, value) in &p.headers {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            builder.insert_header((header_name(name), value));
+        }
+    }
+    builder.body(p.to_json().to_string())
+}
+
+impl<S, B> Service<ServiceRequest> for TenantService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = self.service.clone();
+        let pipeline = self.pipeline.clone();
+        let user = self.user.as_ref().and_then(|f| f(&req));
+        let mut meta = RequestMeta::default();
+        if let Some(addr) = req.peer_addr() {
+            meta = meta.with_ip(addr.ip());
+        }
+        if let Some(agent) = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+        {
+            meta = meta.with_user_agent(agent);
+        }
+        Box::pin(async move {
+            let view = HeadView {
+                headers: req.headers(),
+                uri: req.uri(),
+            };
+            let outcome = pipeline.admit(&view, user.as_ref(), meta).await;
+            match outcome {
+                Ok(admitted) => {
+                    let ctx = admitted.ctx.clone();
+                    req.extensions_mut().insert(ctx.clone());
+                    let mut response = ctx.scope(service.call(req)).await?;
+                    for (name, value) in admitted.headers() {
+                        if let Ok(value) = HeaderValue::from_str(&value) {
+                            response.headers_mut().insert(header_name(name), value);
+                        }
+                    }
+                    Ok(response.map_into_left_body())
+                }
+                Err(rejected) => {
+                    if rejected.error.status() >= 500 {
+                        tracing::error!(error = %rejected.error, "tenant pipeline failed");
+                    }
+                    let response = problem_response(&rejected.problem());
+                    Ok(req.into_response(response).map_into_right_body())
+                }
+            }
+        })
+    }
+}
+
+/// A [`TenantError`] as an actix error: the core's problem response.
+///
+/// ```no_run
+/// use tenancy_actix::{ProblemError, Tenant};
+///
+/// async fn admin(Tenant(ctx): Tenant) -> Result<&'static str, ProblemError> {
+///     tenancy_core::authorize(&ctx, "tenant:manage")?;
+///     Ok("welcome")
+/// }
+/// ```
+#[derive(Debug)]
+pub struct ProblemError(pub Box<Problem>);
+
+impl std::fmt::Display for ProblemError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0.detail, self.0.code)
+    }
+}
+
+impl From<TenantError> for ProblemError {
+    fn from(e: TenantError) -> Self {
+        if e.status() >= 500 {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self(Box::new(Problem::from_error(&e, None)))
+    }
+}
+
+impl ResponseError for ProblemError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        problem_response(&self.0)
+    }
+}
+
+fn context(req: &HttpRequest) -> Result<TenantContext, ProblemError> {
+    req.extensions()
+        .get::<TenantContext>()
+        .cloned()
+        .ok_or_else(|| TenantError::Missing.into())
+}
+
+/// The request's [`TenantContext`]. Without [`TenantMiddleware`] the request
+/// is refused with the `tenant-missing` problem (400), never a 500.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub TenantContext);
+
+impl FromRequest for Tenant {
+    type Error = ProblemError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(context(req).map(Tenant))
+    }
+}
+
+/// Names a feature flag for [`RequireFeature`].
+pub trait FeatureName: 'static {
+    /// The flag key.
+    const NAME: &'static str;
+}
+
+/// Names a permission for [`RequirePermission`].
+pub trait PermissionName: 'static {
+    /// The permission (`resource:action`).
+    const NAME: &'static str;
+}
+
+/// Refuses the request (403 `feature-not-in-plan`, with an upgrade hint)
+/// unless the tenant has feature `F`.
+#[derive(Debug)]
+pub struct RequireFeature<F>(PhantomData<F>);
+
+impl<F: FeatureName> FromRequest for RequireFeature<F> {
+    type Error = ProblemError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(context(req).and_then(|ctx| {
+            ctx.require_feature(F::NAME)?;
+            Ok(Self(PhantomData))
+        }))
+    }
+}
+
+/// Refuses the request (403 `permission-missing`) unless the acting user
+/// holds permission `P` in the tenant.
+#[derive(Debug)]
+pub struct RequirePermission<P>(PhantomData<P>);
+
+impl<P: PermissionName> FromRequest for RequirePermission<P> {
+    type Error = ProblemError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(context(req).and_then(|ctx| {
+            tenancy_core::authorize(&ctx, P::NAME)?;
+            Ok(Self(PhantomData))
+        }))
+    }
+}

@@ -1,0 +1,107 @@
+//! The shared web behaviour table over real HTTP against an actix-web server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+
+use actix_web::{App, HttpServer, web};
+use tenancy_actix::{
+    FeatureName, PermissionName, ProblemError, RequireFeature, RequirePermission, Tenant,
+    TenantMiddleware,
+};
+use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::{StoreError, TenantError, UserId};
+use tenancy_testkit::web::{SECRET_DETAIL, World, run_table};
+
+struct Analytics;
+impl FeatureName for Analytics {
+    const NAME: &'static str = "analytics";
+}
+
+struct Manage;
+impl PermissionName for Manage {
+    const NAME: &'static str = "tenant:manage";
+}
+
+async fn whoami(Tenant(ctx): Tenant) -> Result<String, ProblemError> {
+    let scoped = tenancy_core::current()?;
+    assert_eq!(
+        scoped.tenant_id(),
+        ctx.tenant_id(),
+        "task-local scope = extension"
+    );
+    Ok(scoped.tenant_id().to_string())
+}
+
+async fn spawned() -> Result<String, ProblemError> {
+    let handle =
+        tenancy_core::spawn_current(async { tenancy_core::current().map(|c| c.tenant_id()) })?;
+    let id = handle
+        .await
+        .map_err(|e| TenantError::Store(StoreError::new(e)))??;
+    Ok(id.to_string())
+}
+
+async fn analytics(_: RequireFeature<Analytics>) -> &'static str {
+    "numbers"
+}
+
+async fn admin(_: RequirePermission<Manage>) -> &'static str {
+    "welcome"
+}
+
+async fn boom() -> Result<&'static str, ProblemError> {
+    Err(TenantError::Store(StoreError::msg(SECRET_DETAIL)).into())
+}
+
+fn serve(pipeline: RequestPipeline) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        let middleware = TenantMiddleware::new(pipeline.clone()).with_user(|req| {
+            req.headers()
+                .get("x-test-user")
+                .and_then(|v| v.to_str().ok())
+                .map(UserId::new)
+        });
+        App::new()
+            .wrap(middleware)
+            .route("/whoami", web::get().to(whoami))
+            .route("/spawned", web::get().to(spawned))
+            .route("/analytics", web::get().to(analytics))
+            .route("/admin", web::get().to(admin))
+            .route("/boom", web::get().to(boom))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    addr
+}
+
+#[actix_web::test]
+async fn the_behaviour_table_over_http() {
+    let world = World::new();
+    let open = serve(world.pipeline.clone());
+    let members = serve(world.members_only.clone());
+    run_table(&world, open, members).await;
+}
+
+#[actix_web::test]
+async fn the_extractor_without_the_middleware_is_a_400_problem_not_a_500() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(|| App::new().route("/whoami", web::get().to(whoami)))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+    actix_web::rt::spawn(server);
+    let r = tenancy_testkit::http::send(addr, &tenancy_testkit::http::get("/whoami", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "tenant-missing");
+}
