@@ -10,7 +10,7 @@ use tenancy_actix::{
 };
 use tenancy_core::pipeline::RequestPipeline;
 use tenancy_core::{StoreError, TenantError, UserId};
-use tenancy_testkit::web::{SECRET_DETAIL, World, run_table};
+use tenancy_testkit::web::{SECRET_DETAIL, World, run_table, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -53,7 +53,7 @@ async fn boom() -> Result<&'static str, ProblemError> {
     Err(TenantError::Store(StoreError::msg(SECRET_DETAIL)).into())
 }
 
-fn serve(pipeline: RequestPipeline) -> SocketAddr {
+fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = HttpServer::new(move || {
@@ -70,6 +70,15 @@ fn serve(pipeline: RequestPipeline) -> SocketAddr {
             .route("/analytics", web::get().to(analytics))
             .route("/admin", web::get().to(admin))
             .route("/boom", web::get().to(boom))
+            .app_data(web::Data::new(world.clone()))
+            .route(
+                "/upload",
+                web::get().to(|Tenant(ctx): Tenant, world: web::Data<World>| async move {
+                    upload(&world, &ctx)
+                        .map_err(ProblemError::from)
+                        .map(|()| "stored")
+                }),
+            )
     })
     .workers(1)
     .disable_signals()
@@ -83,8 +92,8 @@ fn serve(pipeline: RequestPipeline) -> SocketAddr {
 #[actix_web::test]
 async fn the_behaviour_table_over_http() {
     let world = World::new();
-    let open = serve(world.pipeline.clone());
-    let members = serve(world.members_only.clone());
+    let open = serve(world.clone(), world.pipeline.clone());
+    let members = serve(world.clone(), world.members_only.clone());
     run_table(&world, open, members).await;
 }
 

@@ -11,7 +11,7 @@ use tenancy_axum::{
 };
 use tenancy_core::pipeline::RequestPipeline;
 use tenancy_core::{StoreError, TenantError, UserId};
-use tenancy_testkit::web::{SECRET_DETAIL, World, run_table};
+use tenancy_testkit::web::{SECRET_DETAIL, World, run_table, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -54,7 +54,7 @@ async fn boom() -> Result<&'static str, ProblemResponse> {
     Err(TenantError::Store(StoreError::msg(SECRET_DETAIL)).into())
 }
 
-async fn serve(pipeline: RequestPipeline) -> SocketAddr {
+async fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
     let layer = TenantLayer::new(pipeline).with_user(|parts| {
         parts
             .headers
@@ -68,6 +68,14 @@ async fn serve(pipeline: RequestPipeline) -> SocketAddr {
         .route("/analytics", get(analytics))
         .route("/admin", get(admin))
         .route("/boom", get(boom))
+        .route(
+            "/upload",
+            get(move |Tenant(ctx): Tenant| async move {
+                upload(&world, &ctx)
+                    .map_err(ProblemResponse::from)
+                    .map(|()| "stored")
+            }),
+        )
         .layer(layer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -85,8 +93,8 @@ async fn serve(pipeline: RequestPipeline) -> SocketAddr {
 #[tokio::test]
 async fn the_behaviour_table_over_http() {
     let world = World::new();
-    let open = serve(world.pipeline.clone()).await;
-    let members = serve(world.members_only.clone()).await;
+    let open = serve(world.clone(), world.pipeline.clone()).await;
+    let members = serve(world.clone(), world.members_only.clone()).await;
     run_table(&world, open, members).await;
 }
 

@@ -13,11 +13,12 @@ use tenancy_core::flags::{FlagDefinition, FlagEngine};
 use tenancy_core::pipeline::RequestPipeline;
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::quota::MemoryQuota;
-use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SubdomainStrategy};
+use tenancy_core::quota::QuotaError;
+use tenancy_core::resolve::{HeaderStrategy, JwtStrategy, ResolverChain, SubdomainStrategy};
 use tenancy_core::store::InMemoryTenantStore;
 use tenancy_core::{
-    Authorizer, InMemoryMembershipStore, Membership, PlanId, Role, Tenant, TenantId, TenantStatus,
-    UserId,
+    Authorizer, InMemoryMembershipStore, Membership, PlanId, Role, Tenant, TenantContext,
+    TenantError, TenantId, TenantStatus, UserId,
 };
 
 use crate::http::{RawResponse, get, send};
@@ -27,15 +28,63 @@ use crate::http::{RawResponse, get, send};
 /// - `/spawned`: the same, read inside a task started with `tenancy_core::spawn_current`;
 /// - `/analytics`: guarded by the feature `analytics` (only plan `pro` has it);
 /// - `/admin`: guarded by the permission `tenant:manage`;
-/// - `/boom`: a handler returning a server error with internal details.
-pub const ROUTES: [&str; 5] = ["/whoami", "/spawned", "/analytics", "/admin", "/boom"];
+/// - `/boom`: a handler returning a server error with internal details;
+/// - `/upload`: reserves 1 000 `storage_bytes` through [`upload`] (the plans allow 100).
+pub const ROUTES: [&str; 6] = [
+    "/whoami",
+    "/spawned",
+    "/analytics",
+    "/admin",
+    "/boom",
+    "/upload",
+];
+
+/// The HS256 secret of the JWT strategy in the world's resolver.
+pub const JWT_SECRET: &[u8] = b"behaviour-table-secret-0123456789abcdef";
+
+/// What `/upload` does: reserve 1 000 bytes of `storage_bytes` for the
+/// request's tenant (a quota refusal becomes [`TenantError::Quota`]: 413).
+pub fn upload(w: &World, ctx: &TenantContext) -> Result<(), TenantError> {
+    match w.storage.reserve(ctx, "storage_bytes", 1000) {
+        Ok(reservation) => {
+            reservation.commit();
+            Ok(())
+        }
+        Err(QuotaError::Exceeded(q)) => Err(TenantError::Quota(q)),
+        Err(e) => Err(TenantError::Store(tenancy_core::StoreError::new(e))),
+    }
+}
+
+/// An HS256 JWT with `claims`, signed with `secret` (`alg` as given, so
+/// `none` can be forged).
+pub fn jwt(alg: &str, claims: &serde_json::Value, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::Mac as _;
+    let header = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": alg, "typ": "JWT"}).to_string());
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    if alg == "none" {
+        return format!("{signing_input}.");
+    }
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        unreachable!("HMAC takes keys of any length")
+    };
+    mac.update(signing_input.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{sig}")
+}
+
+fn claims(tenant: TenantId, exp_from_now: i64) -> serde_json::Value {
+    serde_json::json!({"sub": "user-1", "tenant_id": tenant.to_string(), "exp": Utc::now().timestamp() + exp_from_now})
+}
 
 /// The internal detail `/boom` fails with; it must never reach a client.
 pub const SECRET_DETAIL: &str = "db at 10.9.8.7 refused password for app_user";
 
 const CATALOG: &str = r#"{"plans": [
-  {"id": "pro", "name": "Pro", "limits": {"api_calls": {"rate": {"per_minute": 1000}}}, "features": {"analytics": true}},
-  {"id": "free", "name": "Free", "limits": {"api_calls": {"rate": {"per_minute": 3}}}, "features": {"analytics": false}}
+  {"id": "pro", "name": "Pro", "limits": {"api_calls": {"rate": {"per_minute": 1000}}, "storage_bytes": {"stock": 100}}, "features": {"analytics": true}},
+  {"id": "free", "name": "Free", "limits": {"api_calls": {"rate": {"per_minute": 3}}, "storage_bytes": {"stock": 100}}, "features": {"analytics": false}}
 ]}"#;
 
 /// Tenants and pipelines for the table.
@@ -57,6 +106,8 @@ pub struct World {
     pub leaving: Tenant,
     /// Deleted.
     pub deleted: Tenant,
+    /// The stock quota `/upload` reserves from.
+    pub storage: Arc<MemoryQuota>,
 }
 
 impl World {
@@ -95,12 +146,12 @@ impl World {
             .unwrap_or_else(|_| unreachable!()),
         );
         let catalog = Arc::new(PlanCatalog::from_json(CATALOG).unwrap_or_else(|_| unreachable!()));
-        let resolver =
-            ResolverChain::new()
-                .with(HeaderStrategy::tenant_id())
-                .with(SubdomainStrategy::new(
-                    "example.test".parse().unwrap_or_else(|_| unreachable!()),
-                ));
+        let resolver = ResolverChain::new()
+            .with(HeaderStrategy::tenant_id())
+            .with(SubdomainStrategy::new(
+                "example.test".parse().unwrap_or_else(|_| unreachable!()),
+            ))
+            .with(JwtStrategy::hs256(JWT_SECRET));
         let pipeline = RequestPipeline::new(resolver.clone(), store.clone())
             .with_plans(catalog.clone())
             .with_flags(Arc::new(FlagEngine::new([FlagDefinition::boolean(
@@ -122,6 +173,7 @@ impl World {
             expired,
             leaving,
             deleted,
+            storage: Arc::new(MemoryQuota::new()),
         }
     }
 }
@@ -145,6 +197,10 @@ pub struct Case {
     pub status: u16,
     /// Expected problem code (`None` for a success).
     pub code: Option<&'static str>,
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 fn case(
@@ -347,6 +403,72 @@ pub fn table(w: &World) -> Vec<Case> {
             &[("X-Tenant-ID", &id(&w.small))],
             403,
             Some("feature-not-in-plan"),
+        ),
+        case(
+            "valid JWT",
+            false,
+            "/whoami",
+            &[(
+                "Authorization",
+                bearer(&jwt("HS256", &claims(w.acme.id, 300), JWT_SECRET)).as_bytes(),
+            )],
+            200,
+            None,
+        ),
+        case(
+            "JWT alg none",
+            false,
+            "/whoami",
+            &[(
+                "Authorization",
+                bearer(&jwt("none", &claims(w.acme.id, 300), b"")).as_bytes(),
+            )],
+            401,
+            Some("token-invalid"),
+        ),
+        case(
+            "JWT wrong key",
+            false,
+            "/whoami",
+            &[(
+                "Authorization",
+                bearer(&jwt("HS256", &claims(w.acme.id, 300), b"not-the-secret")).as_bytes(),
+            )],
+            401,
+            Some("token-invalid"),
+        ),
+        case(
+            "JWT expired",
+            false,
+            "/whoami",
+            &[(
+                "Authorization",
+                bearer(&jwt("HS256", &claims(w.acme.id, -3600), JWT_SECRET)).as_bytes(),
+            )],
+            401,
+            Some("token-invalid"),
+        ),
+        case(
+            "JWT tenant differs from header",
+            false,
+            "/whoami",
+            &[
+                (
+                    "Authorization",
+                    bearer(&jwt("HS256", &claims(w.acme.id, 300), JWT_SECRET)).as_bytes(),
+                ),
+                ("X-Tenant-ID", &id(&w.small)),
+            ],
+            403,
+            Some("tenant-conflict"),
+        ),
+        case(
+            "storage quota",
+            false,
+            "/upload",
+            &[("X-Tenant-ID", &acme)],
+            413,
+            Some("quota-exceeded"),
         ),
         case(
             "server error hides details",
