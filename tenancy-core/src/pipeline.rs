@@ -117,6 +117,9 @@ impl Rejected {
 /// The tenant pipeline. See the [module docs](self).
 #[derive(Clone)]
 pub struct RequestPipeline {
+    /// Entitlements and flag snapshots per tenant, reused while the store
+    /// returns the same tenant record and the flag engine has not changed.
+    derived: Arc<dashmap::DashMap<TenantId, Derived>>,
     resolver: ResolverChain,
     store: Arc<dyn TenantStore>,
     authorizer: Option<Arc<Authorizer>>,
@@ -124,6 +127,13 @@ pub struct RequestPipeline {
     flags: Option<Arc<FlagEngine>>,
     rate: Option<(Arc<dyn RateCheck>, Arc<str>)>,
     admission: Admission,
+}
+
+#[derive(Clone)]
+struct Derived {
+    tenant: Arc<crate::Tenant>,
+    entitlements: Option<Arc<crate::plan::Entitlements>>,
+    flags: Option<(u64, crate::flags::FlagSnapshot)>,
 }
 
 impl std::fmt::Debug for RequestPipeline {
@@ -143,6 +153,7 @@ impl RequestPipeline {
     /// in a `CachedStore`), every status gated. Nothing else until added.
     pub fn new(resolver: ResolverChain, store: Arc<dyn TenantStore>) -> Self {
         Self {
+            derived: Arc::new(dashmap::DashMap::new()),
             resolver,
             store,
             authorizer: None,
@@ -205,19 +216,47 @@ impl RequestPipeline {
             let actor = authorizer.actor(user, &tenant).await.map_err(in_tenant)?;
             ctx = ctx.with_actor(actor);
         }
-        let entitlements = match &self.catalog {
-            Some(catalog) => catalog
+        let cached = self
+            .derived
+            .get(&tenant.id)
+            .filter(|d| Arc::ptr_eq(&d.tenant, &tenant))
+            .map(|d| d.clone());
+        let entitlements = match (&self.catalog, &cached) {
+            (None, _) => None,
+            (Some(_), Some(d)) => d.entitlements.clone(),
+            (Some(catalog), None) => catalog
                 .entitlements_of(&tenant)
                 .map_err(|e| in_tenant(TenantError::Store(StoreError::new(e))))?
                 .map(Arc::new),
-            None => None,
         };
         if let Some(e) = &entitlements {
             ctx = ctx.with_entitlements(e.clone());
         }
-        if let Some(flags) = &self.flags {
-            let ancestors: Vec<TenantId> = tenant.parent.into_iter().collect();
-            ctx = ctx.with_flags(flags.snapshot(&tenant, &ancestors, entitlements.as_deref()));
+        let mut flags = None;
+        if let Some(engine) = &self.flags {
+            let generation = engine.generation();
+            let snapshot = match cached.as_ref().and_then(|d| d.flags.clone()) {
+                Some((g, snap)) if g == generation => snap,
+                _ => {
+                    let ancestors: Vec<TenantId> = tenant.parent.into_iter().collect();
+                    engine.snapshot(&tenant, &ancestors, entitlements.as_deref())
+                }
+            };
+            ctx = ctx.with_flags(snapshot.clone());
+            flags = Some((generation, snapshot));
+        }
+        let fresh = cached
+            .as_ref()
+            .is_none_or(|d| d.flags.as_ref().map(|(g, _)| *g) != flags.as_ref().map(|(g, _)| *g));
+        if fresh {
+            self.derived.insert(
+                tenant.id,
+                Derived {
+                    tenant: tenant.clone(),
+                    entitlements: entitlements.clone(),
+                    flags,
+                },
+            );
         }
         let mut rate = None;
         if let Some((limiter, resource)) = &self.rate {

@@ -331,3 +331,48 @@ async fn server_errors_carry_no_internals() {
     assert!(!body.contains("10.0.0.7"), "{body}");
     assert!(body.contains("internal error"));
 }
+
+#[tokio::test]
+async fn cached_flag_snapshots_follow_engine_changes() {
+    let acme = Tenant::new(TenantId::new_v4(), "acme".parse().unwrap(), "Acme")
+        .with_plan(PlanId::new("pro"));
+    let store = Arc::new(tenancy_core::store::CachedStore::new(
+        InMemoryTenantStore::with_tenants([acme.clone()]).unwrap(),
+    ));
+    let engine = Arc::new(FlagEngine::new([
+        tenancy_core::flags::FlagDefinition::boolean("analytics"),
+    ]));
+    let pipeline = RequestPipeline::new(
+        ResolverChain::new().with(HeaderStrategy::tenant_id()),
+        store,
+    )
+    .with_plans(Arc::new(PlanCatalog::from_json(CATALOG).unwrap()))
+    .with_flags(engine.clone());
+    let req = header(acme.id);
+    let on = |p: &RequestPipeline| {
+        let (p, req) = (p.clone(), req.clone());
+        async move {
+            p.admit(&req, None, RequestMeta::default())
+                .await
+                .unwrap()
+                .ctx
+                .feature_enabled("analytics")
+        }
+    };
+    assert!(on(&pipeline).await);
+    assert!(on(&pipeline).await, "served from the per-tenant cache");
+    engine.set_kill_switch("analytics", true).unwrap();
+    assert!(
+        !on(&pipeline).await,
+        "a kill switch applies to the next request"
+    );
+    engine.set_kill_switch("analytics", false).unwrap();
+    engine
+        .set_tenant_override(
+            acme.id,
+            "analytics",
+            tenancy_core::plan::FlagValue::Bool(false),
+        )
+        .unwrap();
+    assert!(!on(&pipeline).await, "so does a tenant override");
+}

@@ -145,6 +145,8 @@ pub enum FlagError {
 pub struct FlagEngine {
     definitions: BTreeMap<FlagKey, FlagDefinition>,
     state: RwLock<State>,
+    /// Bumped on every change of kill switches or overrides.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -183,6 +185,7 @@ impl FlagEngine {
                 .map(|d| (d.key.clone(), d))
                 .collect(),
             state: RwLock::default(),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -197,6 +200,17 @@ impl FlagEngine {
             .ok_or_else(|| FlagError::UnknownFlag(flag.to_owned()))
     }
 
+    /// A counter that changes whenever a kill switch or override changes, so
+    /// callers may cache a [`FlagSnapshot`] until it moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Turns the global kill switch of `flag` on or off.
     pub fn set_kill_switch(&self, flag: &str, killed: bool) -> Result<(), FlagError> {
         let key = self.definition(flag)?.key.clone();
@@ -206,6 +220,8 @@ impl FlagEngine {
         } else {
             s.killed.remove(&key);
         }
+        drop(s);
+        self.bump();
         Ok(())
     }
 
@@ -227,6 +243,7 @@ impl FlagEngine {
             .entry(tenant)
             .or_default()
             .insert(def.key.clone(), value);
+        self.bump();
         Ok(())
     }
 
@@ -241,6 +258,7 @@ impl FlagEngine {
         {
             m.remove(flag);
         }
+        self.bump();
     }
 
     /// Evaluates one flag. `ancestors` are the tenant's ancestors, nearest
