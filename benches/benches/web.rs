@@ -10,7 +10,8 @@
 //! - `actix/bare` (**baseline**) vs `actix/tenant`: the same through
 //!   `actix_web::test::call_service` on an initialised `App`.
 //!
-//! The difference of each pair is the pipeline's added time per request.
+//! The difference of each pair is the pipeline's added time per request;
+//! `pipeline/admit` is the core pipeline alone (no HTTP types).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -56,6 +57,18 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // The core pipeline alone, no HTTP: how much of the added time is ours.
+    let p = pipeline();
+    let req = tenancy_core::resolve::SimpleRequest::new("/").with_header("x-tenant-id", TENANT_ID);
+    c.bench_function("pipeline/admit", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(
+                p.admit(&req, None, tenancy_core::RequestMeta::default())
+                    .await
+                    .unwrap(),
+            )
+        });
+    });
     let mut g = c.benchmark_group("axum");
     for (name, tenant) in [("bare", false), ("tenant", true)] {
         let app = axum_app(tenant);

@@ -16,7 +16,7 @@
 //! use std::sync::Arc;
 //! use actix_web::{App, HttpServer, web};
 //! use tenancy_actix::{Tenant, TenantMiddleware};
-//! use tenancy_core::pipeline::RequestPipeline;
+//! use tenancy_core::pipeline::{Admitted, RequestPipeline};
 //! use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
 //! use tenancy_core::store::InMemoryTenantStore;
 //!
@@ -50,7 +50,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
-use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::pipeline::{Admitted, RequestPipeline};
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
 use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
@@ -166,6 +166,28 @@ fn header_name(name: &'static str) -> HeaderName {
     })
 }
 
+/// `X-Tenant-ID` and `RateLimit-*` on an admitted request's response,
+/// formatted without allocating strings.
+fn success_headers(headers: &mut header::HeaderMap, admitted: &Admitted) {
+    let mut buf = [0u8; 36];
+    if let Ok(v) = HeaderValue::from_str(admitted.ctx.tenant_id().encode(&mut buf)) {
+        headers.insert(header_name("X-Tenant-ID"), v);
+    }
+    if let Some(rate) = &admitted.rate {
+        let reset = rate.reset_after();
+        let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+        headers.insert(
+            header_name("RateLimit-Limit"),
+            HeaderValue::from(rate.limit()),
+        );
+        headers.insert(
+            header_name("RateLimit-Remaining"),
+            HeaderValue::from(rate.remaining()),
+        );
+        headers.insert(header_name("RateLimit-Reset"), HeaderValue::from(reset));
+    }
+}
+
 fn problem_response(p: &Problem) -> HttpResponse {
     let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut builder = HttpResponse::build(status);
@@ -215,11 +237,7 @@ where
                     let ctx = admitted.ctx.clone();
                     req.extensions_mut().insert(ctx.clone());
                     let mut response = ctx.scope(service.call(req)).await?;
-                    for (name, value) in admitted.headers() {
-                        if let Ok(value) = HeaderValue::from_str(&value) {
-                            response.headers_mut().insert(header_name(name), value);
-                        }
-                    }
+                    success_headers(response.headers_mut(), &admitted);
                     Ok(response.map_into_left_body())
                 }
                 Err(rejected) => {

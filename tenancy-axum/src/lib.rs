@@ -16,7 +16,7 @@
 //! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use tenancy_axum::{Tenant, TenantLayer};
-//! use tenancy_core::pipeline::RequestPipeline;
+//! use tenancy_core::pipeline::{Admitted, RequestPipeline};
 //! use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
 //! use tenancy_core::store::InMemoryTenantStore;
 //!
@@ -43,7 +43,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
-use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::pipeline::{Admitted, RequestPipeline};
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
 use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
@@ -171,6 +171,32 @@ fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
     }
 }
 
+/// `X-Tenant-ID` and `RateLimit-*` on an admitted request's response,
+/// formatted without allocating strings.
+fn success_headers(response: &mut Response, admitted: &Admitted) {
+    let headers = response.headers_mut();
+    let mut buf = [0u8; 36];
+    if let Ok(v) = HeaderValue::from_str(admitted.ctx.tenant_id().encode(&mut buf)) {
+        headers.insert(HeaderName::from_static("x-tenant-id"), v);
+    }
+    if let Some(rate) = &admitted.rate {
+        let reset = rate.reset_after();
+        let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+        headers.insert(
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(rate.limit()),
+        );
+        headers.insert(
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(rate.remaining()),
+        );
+        headers.insert(
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(reset),
+        );
+    }
+}
+
 /// Header names as `HeaderName::from_static` wants them (lower case).
 fn lower(name: &'static str) -> &'static str {
     match name {
@@ -256,7 +282,7 @@ where
                     parts.extensions.insert(ctx.clone());
                     let req = Request::from_parts(parts, body);
                     let mut response = ctx.scope(inner.call(req)).await?;
-                    add_headers(&mut response, &admitted.headers());
+                    success_headers(&mut response, &admitted);
                     Ok(response)
                 }
                 Err(rejected) => {

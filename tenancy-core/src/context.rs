@@ -94,12 +94,12 @@ pub struct TenantContext {
 }
 
 #[derive(Debug, Clone)]
-struct Inner {
-    tenant: Arc<Tenant>,
-    actor: Option<Actor>,
-    request: RequestMeta,
-    entitlements: Option<Arc<Entitlements>>,
-    flags: FlagSnapshot,
+pub(crate) struct Inner {
+    pub(crate) tenant: Arc<Tenant>,
+    pub(crate) actor: Option<Actor>,
+    pub(crate) request: RequestMeta,
+    pub(crate) entitlements: Option<Arc<Entitlements>>,
+    pub(crate) flags: FlagSnapshot,
 }
 
 impl TenantContext {
@@ -117,11 +117,14 @@ impl TenantContext {
     }
 
     fn with(&self, change: impl FnOnce(&mut Inner)) -> Self {
-        let mut inner = (*self.inner).clone();
-        change(&mut inner);
-        Self {
-            inner: Arc::new(inner),
-        }
+        self.clone().set(change)
+    }
+
+    /// Changes this context in place when it is not shared (no allocation),
+    /// else a copy: what the request pipeline uses while assembling one.
+    pub(crate) fn set(mut self, change: impl FnOnce(&mut Inner)) -> Self {
+        change(Arc::make_mut(&mut self.inner));
+        self
     }
 
     /// The same context acting as `actor`.

@@ -96,6 +96,19 @@ impl TenantId {
         self.0
     }
 
+    /// The hyphenated lower-case form written into a stack buffer (no
+    /// allocation): what response headers and logs carry.
+    ///
+    /// ```
+    /// use tenancy_core::TenantId;
+    /// let id = TenantId::new_v4();
+    /// let mut buf = [0u8; 36];
+    /// assert_eq!(id.encode(&mut buf), id.to_string());
+    /// ```
+    pub fn encode<'b>(&self, buf: &'b mut [u8; 36]) -> &'b str {
+        self.0.hyphenated().encode_lower(buf)
+    }
+
     /// Parses raw bytes (for example a header value that may not be UTF-8).
     ///
     /// ```

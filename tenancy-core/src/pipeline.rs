@@ -208,13 +208,13 @@ impl RequestPipeline {
             tenant: Some(tenant.id),
         };
         crate::gate::check_for(&tenant, Utc::now(), self.admission).map_err(in_tenant)?;
-        let mut ctx = TenantContext::new(tenant.clone()).with_request(meta);
+        let mut ctx = TenantContext::new(tenant.clone()).set(|i| i.request = meta);
         if let Some(authorizer) = &self.authorizer {
             let user = user
                 .ok_or(TenantError::Unauthenticated)
                 .map_err(in_tenant)?;
             let actor = authorizer.actor(user, &tenant).await.map_err(in_tenant)?;
-            ctx = ctx.with_actor(actor);
+            ctx = ctx.set(|i| i.actor = Some(actor));
         }
         let cached = self
             .derived
@@ -230,7 +230,7 @@ impl RequestPipeline {
                 .map(Arc::new),
         };
         if let Some(e) = &entitlements {
-            ctx = ctx.with_entitlements(e.clone());
+            ctx = ctx.set(|i| i.entitlements = Some(e.clone()));
         }
         let mut flags = None;
         if let Some(engine) = &self.flags {
@@ -242,7 +242,8 @@ impl RequestPipeline {
                     engine.snapshot(&tenant, &ancestors, entitlements.as_deref())
                 }
             };
-            ctx = ctx.with_flags(snapshot.clone());
+            let attached = snapshot.clone();
+            ctx = ctx.set(|i| i.flags = attached);
             flags = Some((generation, snapshot));
         }
         let fresh = cached

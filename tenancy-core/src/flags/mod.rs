@@ -360,9 +360,20 @@ impl FlagEngine {
 }
 
 /// Every flag evaluated for one tenant at one moment. Cheap to clone.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FlagSnapshot {
     values: Arc<HashMap<FlagKey, Evaluation>>,
+}
+
+impl Default for FlagSnapshot {
+    /// The empty snapshot (every flag off), shared: no allocation.
+    fn default() -> Self {
+        static EMPTY: std::sync::OnceLock<Arc<HashMap<FlagKey, Evaluation>>> =
+            std::sync::OnceLock::new();
+        Self {
+            values: EMPTY.get_or_init(|| Arc::new(HashMap::new())).clone(),
+        }
+    }
 }
 
 impl FlagSnapshot {
