@@ -155,37 +155,13 @@ impl RequestView for HeadView<'_> {
     }
 }
 
-fn header_name(name: &'static str) -> HeaderName {
-    HeaderName::from_static(match name {
-        "X-Tenant-ID" => "x-tenant-id",
-        "Retry-After" => "retry-after",
-        "RateLimit-Limit" => "ratelimit-limit",
-        "RateLimit-Remaining" => "ratelimit-remaining",
-        "RateLimit-Reset" => "ratelimit-reset",
-        _ => "x-tenancy-unknown",
-    })
-}
-
-/// `X-Tenant-ID` and `RateLimit-*` on an admitted request's response,
-/// formatted without allocating strings.
+/// `x-tenant-id` and `ratelimit-*` on an admitted request's response.
 fn success_headers(headers: &mut header::HeaderMap, admitted: &Admitted) {
-    let mut buf = [0u8; 36];
-    if let Ok(v) = HeaderValue::from_str(admitted.ctx.tenant_id().encode(&mut buf)) {
-        headers.insert(header_name("X-Tenant-ID"), v);
-    }
-    if let Some(rate) = &admitted.rate {
-        let reset = rate.reset_after();
-        let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-        headers.insert(
-            header_name("RateLimit-Limit"),
-            HeaderValue::from(rate.limit()),
-        );
-        headers.insert(
-            header_name("RateLimit-Remaining"),
-            HeaderValue::from(rate.remaining()),
-        );
-        headers.insert(header_name("RateLimit-Reset"), HeaderValue::from(reset));
-    }
+    admitted.write_headers(|name, value| {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    });
 }
 
 fn problem_response(p: &Problem) -> HttpResponse {
@@ -194,7 +170,7 @@ fn problem_response(p: &Problem) -> HttpResponse {
     builder.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
     for (name, value) in &p.headers {
         if let Ok(value) = HeaderValue::from_str(value) {
-            builder.insert_header((header_name(name), value));
+            builder.insert_header((HeaderName::from_static(name), value));
         }
     }
     builder.body(p.to_json().to_string())

@@ -166,47 +166,19 @@ fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
         if let Ok(value) = HeaderValue::from_str(value) {
             response
                 .headers_mut()
-                .insert(HeaderName::from_static(lower(name)), value);
+                .insert(HeaderName::from_static(name), value);
         }
     }
 }
 
-/// `X-Tenant-ID` and `RateLimit-*` on an admitted request's response,
-/// formatted without allocating strings.
+/// `x-tenant-id` and `ratelimit-*` on an admitted request's response.
 fn success_headers(response: &mut Response, admitted: &Admitted) {
     let headers = response.headers_mut();
-    let mut buf = [0u8; 36];
-    if let Ok(v) = HeaderValue::from_str(admitted.ctx.tenant_id().encode(&mut buf)) {
-        headers.insert(HeaderName::from_static("x-tenant-id"), v);
-    }
-    if let Some(rate) = &admitted.rate {
-        let reset = rate.reset_after();
-        let reset = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-        headers.insert(
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from(rate.limit()),
-        );
-        headers.insert(
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderValue::from(rate.remaining()),
-        );
-        headers.insert(
-            HeaderName::from_static("ratelimit-reset"),
-            HeaderValue::from(reset),
-        );
-    }
-}
-
-/// Header names as `HeaderName::from_static` wants them (lower case).
-fn lower(name: &'static str) -> &'static str {
-    match name {
-        "X-Tenant-ID" => "x-tenant-id",
-        "Retry-After" => "retry-after",
-        "RateLimit-Limit" => "ratelimit-limit",
-        "RateLimit-Remaining" => "ratelimit-remaining",
-        "RateLimit-Reset" => "ratelimit-reset",
-        _ => "x-tenancy-unknown",
-    }
+    admitted.write_headers(|name, value| {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    });
 }
 
 /// A problem response (RFC 9457) for a [`TenantError`] or a [`Problem`].

@@ -77,13 +77,50 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// Headers to add to the response (`X-Tenant-ID`, `RateLimit-*`).
+    /// Headers to add to the response (`x-tenant-id`, `ratelimit-*`).
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let mut h = vec![("X-Tenant-ID", self.ctx.tenant_id().to_string())];
-        if let Some(rate) = &self.rate {
-            h.extend(crate::problem::rate_headers(rate));
-        }
+        let mut h = Vec::with_capacity(4);
+        self.write_headers(|name, value| {
+            h.push((name, String::from_utf8_lossy(value).into_owned()));
+        });
         h
+    }
+
+    /// Calls `put(name, value)` for each response header, without
+    /// allocating (names lower case, values ASCII): what the web adapters use.
+    pub fn write_headers(&self, mut put: impl FnMut(&'static str, &[u8])) {
+        let mut id = [0u8; 36];
+        put(
+            crate::problem::X_TENANT_ID,
+            self.ctx.tenant_id().encode(&mut id).as_bytes(),
+        );
+        if let Some(rate) = &self.rate {
+            let mut buf = [0u8; 20];
+            put(
+                crate::problem::RATELIMIT_LIMIT,
+                decimal(rate.limit(), &mut buf),
+            );
+            put(
+                crate::problem::RATELIMIT_REMAINING,
+                decimal(rate.remaining(), &mut buf),
+            );
+            let reset = crate::problem::secs_up(rate.reset_after());
+            put(crate::problem::RATELIMIT_RESET, decimal(reset, &mut buf));
+        }
+    }
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // n % 10 < 10: the cast cannot truncate.
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 

@@ -28,6 +28,18 @@ use crate::quota::RateDecision;
 /// The media type of a problem body.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Response header names, lower case (as `http::HeaderName::from_static`
+/// wants them; HTTP header names are case-insensitive).
+pub const X_TENANT_ID: &str = "x-tenant-id";
+/// `Retry-After`.
+pub const RETRY_AFTER: &str = "retry-after";
+/// `RateLimit-Limit` (IETF draft `ratelimit-headers`).
+pub const RATELIMIT_LIMIT: &str = "ratelimit-limit";
+/// `RateLimit-Remaining`.
+pub const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
+/// `RateLimit-Reset` (seconds).
+pub const RATELIMIT_RESET: &str = "ratelimit-reset";
+
 /// The prefix of every problem `type`.
 pub const TYPE_PREFIX: &str = "urn:tenancy-rs:problem:";
 
@@ -47,7 +59,7 @@ pub struct Problem {
     pub code: &'static str,
     /// Extra members (`upgrade`, `retry_after`, …).
     pub extensions: Map<String, Value>,
-    /// Response headers besides `Content-Type`.
+    /// Response headers besides `Content-Type` (names lower case).
     pub headers: Vec<(&'static str, String)>,
 }
 
@@ -64,7 +76,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn secs_up(d: Duration) -> u64 {
+pub(crate) fn secs_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
@@ -72,9 +84,9 @@ fn secs_up(d: Duration) -> u64 {
 /// `ratelimit-headers`: limit, remaining, seconds until reset).
 pub fn rate_headers(rate: &RateDecision) -> Vec<(&'static str, String)> {
     vec![
-        ("RateLimit-Limit", rate.limit().to_string()),
-        ("RateLimit-Remaining", rate.remaining().to_string()),
-        ("RateLimit-Reset", secs_up(rate.reset_after()).to_string()),
+        (RATELIMIT_LIMIT, rate.limit().to_string()),
+        (RATELIMIT_REMAINING, rate.remaining().to_string()),
+        (RATELIMIT_RESET, secs_up(rate.reset_after()).to_string()),
     ]
 }
 
@@ -101,9 +113,9 @@ impl Problem {
                 if let Some(wait) = q.retry_after {
                     let secs = secs_up(wait);
                     extensions.insert("retry_after".into(), json!(secs));
-                    headers.push(("Retry-After", secs.to_string()));
+                    headers.push((RETRY_AFTER, secs.to_string()));
                 } else if q.kind == ResourceKind::Rate {
-                    headers.push(("Retry-After", "1".to_owned()));
+                    headers.push((RETRY_AFTER, "1".to_owned()));
                 }
             }
             TenantError::MissingPermission { permission } => {

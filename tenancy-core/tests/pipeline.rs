@@ -228,9 +228,9 @@ async fn admitted_requests_carry_context_flags_and_rate_headers_then_429() {
         "flags evaluated with the plan"
     );
     let headers = ok.headers();
-    assert!(headers.contains(&("X-Tenant-ID", w.active.id.to_string())));
-    assert!(headers.contains(&("RateLimit-Limit", "2".to_string())));
-    assert!(headers.contains(&("RateLimit-Remaining", "1".to_string())));
+    assert!(headers.contains(&("x-tenant-id", w.active.id.to_string())));
+    assert!(headers.contains(&("ratelimit-limit", "2".to_string())));
+    assert!(headers.contains(&("ratelimit-remaining", "1".to_string())));
 
     w.pipeline
         .admit(&req, None, RequestMeta::default())
@@ -246,7 +246,7 @@ async fn admitted_requests_carry_context_flags_and_rate_headers_then_429() {
     let retry: u64 = p
         .headers
         .iter()
-        .find(|(h, _)| *h == "Retry-After")
+        .find(|(h, _)| *h == "retry-after")
         .unwrap()
         .1
         .parse()

@@ -326,7 +326,7 @@ async fn the_request_pipeline_can_rate_limit_through_postgres() {
         first
             .headers()
             .iter()
-            .any(|(h, _)| *h == "RateLimit-Remaining")
+            .any(|(h, _)| *h == "ratelimit-remaining")
     );
     let mut refused = None;
     for _ in 0..200 {
