@@ -8,9 +8,9 @@ use tenancy_actix::{
     FeatureName, PermissionName, ProblemError, RequireFeature, RequirePermission, Tenant,
     TenantMiddleware,
 };
+use tenancy_core::UserId;
 use tenancy_core::pipeline::RequestPipeline;
-use tenancy_core::{StoreError, TenantError, UserId};
-use tenancy_testkit::web::{SECRET_DETAIL, World, run_table, upload};
+use tenancy_testkit::web::{self as web_table, World, run_table, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -23,22 +23,11 @@ impl PermissionName for Manage {
 }
 
 async fn whoami(Tenant(ctx): Tenant) -> Result<String, ProblemError> {
-    let scoped = tenancy_core::current()?;
-    assert_eq!(
-        scoped.tenant_id(),
-        ctx.tenant_id(),
-        "task-local scope = extension"
-    );
-    Ok(scoped.tenant_id().to_string())
+    Ok(web_table::whoami(&ctx)?)
 }
 
 async fn spawned() -> Result<String, ProblemError> {
-    let handle =
-        tenancy_core::spawn_current(async { tenancy_core::current().map(|c| c.tenant_id()) })?;
-    let id = handle
-        .await
-        .map_err(|e| TenantError::Store(StoreError::new(e)))??;
-    Ok(id.to_string())
+    Ok(web_table::spawned().await?)
 }
 
 async fn analytics(_: RequireFeature<Analytics>) -> &'static str {
@@ -50,7 +39,7 @@ async fn admin(_: RequirePermission<Manage>) -> &'static str {
 }
 
 async fn boom() -> Result<&'static str, ProblemError> {
-    Err(TenantError::Store(StoreError::msg(SECRET_DETAIL)).into())
+    Err(web_table::boom().into())
 }
 
 fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {

@@ -9,9 +9,9 @@ use tenancy_axum::{
     FeatureName, PermissionName, ProblemResponse, RequireFeature, RequirePermission, Tenant,
     TenantLayer,
 };
+use tenancy_core::UserId;
 use tenancy_core::pipeline::RequestPipeline;
-use tenancy_core::{StoreError, TenantError, UserId};
-use tenancy_testkit::web::{SECRET_DETAIL, World, run_table, upload};
+use tenancy_testkit::web::{self as web_table, World, run_table, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -24,22 +24,11 @@ impl PermissionName for Manage {
 }
 
 async fn whoami(Tenant(ctx): Tenant) -> Result<String, ProblemResponse> {
-    let scoped = tenancy_core::current()?;
-    assert_eq!(
-        scoped.tenant_id(),
-        ctx.tenant_id(),
-        "task-local scope = extension"
-    );
-    Ok(scoped.tenant_id().to_string())
+    Ok(web_table::whoami(&ctx)?)
 }
 
 async fn spawned() -> Result<String, ProblemResponse> {
-    let handle =
-        tenancy_core::spawn_current(async { tenancy_core::current().map(|c| c.tenant_id()) })?;
-    let id = handle
-        .await
-        .map_err(|e| TenantError::Store(StoreError::new(e)))??;
-    Ok(id.to_string())
+    Ok(web_table::spawned().await?)
 }
 
 async fn analytics(_: RequireFeature<Analytics>) -> &'static str {
@@ -51,7 +40,7 @@ async fn admin(_: RequirePermission<Manage>) -> &'static str {
 }
 
 async fn boom() -> Result<&'static str, ProblemResponse> {
-    Err(TenantError::Store(StoreError::msg(SECRET_DETAIL)).into())
+    Err(web_table::boom().into())
 }
 
 async fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {

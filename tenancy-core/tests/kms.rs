@@ -22,6 +22,10 @@ fn client() -> aws_sdk_kms::Client {
     let url = std::env::var("TENANCY_TEST_KMS_URL").expect(
         "TENANCY_TEST_KMS_URL is not set: run the suite with scripts/test (it starts moto)",
     );
+    client_at(&url)
+}
+
+fn client_at(url: &str) -> aws_sdk_kms::Client {
     let config = aws_sdk_kms::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -236,20 +240,9 @@ async fn keyring_over_kms_caches_rotates_and_shreds() {
 
 #[tokio::test]
 async fn an_unreachable_kms_is_a_provider_error() {
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9") // discard port: nothing listens
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "tenancy-tests",
-        ))
-        .build();
+    // The discard port: nothing listens there.
     let kms = KmsKeyProvider::new(
-        aws_sdk_kms::Client::from_conf(config),
+        client_at("http://127.0.0.1:9"),
         KmsKeys::shared("alias/none"),
     );
     assert!(matches!(

@@ -55,6 +55,34 @@ pub fn upload(w: &World, ctx: &TenantContext) -> Result<(), TenantError> {
     }
 }
 
+/// What `/whoami` does: checks the task-local scope holds the same tenant
+/// as the adapter's extractor, and returns its id.
+pub fn whoami(extracted: &TenantContext) -> Result<String, TenantError> {
+    let scoped = tenancy_core::current()?;
+    if scoped.tenant_id() != extracted.tenant_id() {
+        return Err(TenantError::Store(tenancy_core::StoreError::msg(
+            "task-local scope differs from the extracted context",
+        )));
+    }
+    Ok(scoped.tenant_id().to_string())
+}
+
+/// What `/spawned` does: reads the tenant inside a task started with
+/// `tenancy_core::spawn_current`.
+pub async fn spawned() -> Result<String, TenantError> {
+    let handle =
+        tenancy_core::spawn_current(async { tenancy_core::current().map(|c| c.tenant_id()) })?;
+    let id = handle
+        .await
+        .map_err(|e| TenantError::Store(tenancy_core::StoreError::new(e)))??;
+    Ok(id.to_string())
+}
+
+/// What `/boom` returns: a server error carrying [`SECRET_DETAIL`].
+pub fn boom() -> TenantError {
+    TenantError::Store(tenancy_core::StoreError::msg(SECRET_DETAIL))
+}
+
 /// An HS256 JWT with `claims`, signed with `secret` (`alg` as given, so
 /// `none` can be forged).
 pub fn jwt(alg: &str, claims: &serde_json::Value, secret: &[u8]) -> String {
