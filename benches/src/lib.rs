@@ -69,6 +69,24 @@ pub fn axum_app(tenant: bool) -> axum::Router {
     }
 }
 
+/// axum: the bare handler answering with the header the tenant pipeline
+/// adds (`x-tenant-id`, fixed value): how much of the difference is the
+/// bytes on the wire rather than the pipeline's code.
+pub fn axum_bare_with_header() -> axum::Router {
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    static NAME: axum::http::HeaderName = axum::http::HeaderName::from_static("x-tenant-id");
+    static VALUE: axum::http::HeaderValue = axum::http::HeaderValue::from_static(TENANT_ID);
+    axum::Router::new().route(
+        "/",
+        get(|| async {
+            let mut response = "ok".into_response();
+            response.headers_mut().insert(NAME.clone(), VALUE.clone());
+            response
+        }),
+    )
+}
+
 /// actix: configures `GET /` the same way on an `App`.
 pub fn actix_bare(cfg: &mut actix_web::web::ServiceConfig) {
     cfg.route("/", actix_web::web::get().to(|| async { "ok" }));

@@ -5,8 +5,11 @@
 //! - [`TenantMiddleware`]: a `Transform` that runs the framework-neutral
 //!   [`RequestPipeline`] for every request. Admitted requests run inside the
 //!   tenant's task-local scope and tracing span, with the [`TenantContext`]
-//!   in the request extensions and `X-Tenant-ID` (and `RateLimit-*`) on the
-//!   response; refused requests get the core's RFC 9457 problem response.
+//!   in the request extensions and `X-Tenant-ID` on the response (`RateLimit-*` too
+//!   with `RequestPipeline::rate_headers_on_success`; a 429 always has them);
+//!   refused requests get the core's RFC 9457 problem response. The response
+//!   status is reported to the pipeline's metrics, and access denials to its
+//!   audit sink, when configured.
 //! - Extractors ([`FromRequest`]): [`Tenant`], [`RequireFeature`],
 //!   [`RequirePermission`], each rejecting with a problem response.
 //! - [`ProblemError`]: return a [`TenantError`] from a handler as the same
@@ -51,7 +54,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
 use tenancy_core::pipeline::{Admitted, RequestPipeline};
-use tenancy_core::problem::{CONTENT_TYPE, Problem};
+use tenancy_core::problem::{self, CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
 use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
 
@@ -155,11 +158,29 @@ impl RequestView for HeadView<'_> {
     }
 }
 
+/// The header names the pipeline writes, validated at compile time
+/// (`HeaderName::from_static` at run time re-checks every byte).
+fn header_name(name: &'static str) -> HeaderName {
+    static X_TENANT: HeaderName = HeaderName::from_static(problem::X_TENANT_ID);
+    static LIMIT: HeaderName = HeaderName::from_static(problem::RATELIMIT_LIMIT);
+    static REMAINING: HeaderName = HeaderName::from_static(problem::RATELIMIT_REMAINING);
+    static RESET: HeaderName = HeaderName::from_static(problem::RATELIMIT_RESET);
+    static RETRY: HeaderName = HeaderName::from_static(problem::RETRY_AFTER);
+    match name {
+        problem::X_TENANT_ID => X_TENANT.clone(),
+        problem::RATELIMIT_LIMIT => LIMIT.clone(),
+        problem::RATELIMIT_REMAINING => REMAINING.clone(),
+        problem::RATELIMIT_RESET => RESET.clone(),
+        problem::RETRY_AFTER => RETRY.clone(),
+        other => HeaderName::from_static(other),
+    }
+}
+
 /// `x-tenant-id` and `ratelimit-*` on an admitted request's response.
 fn success_headers(headers: &mut header::HeaderMap, admitted: &Admitted) {
     admitted.write_headers(|name, value| {
         if let Ok(value) = HeaderValue::from_bytes(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(header_name(name), value);
         }
     });
 }
@@ -170,7 +191,7 @@ fn problem_response(p: &Problem) -> HttpResponse {
     builder.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
     for (name, value) in &p.headers {
         if let Ok(value) = HeaderValue::from_str(value) {
-            builder.insert_header((HeaderName::from_static(name), value));
+            builder.insert_header((header_name(name), value));
         }
     }
     builder.body(p.to_json().to_string())
@@ -212,15 +233,27 @@ where
                 Ok(admitted) => {
                     let ctx = admitted.ctx.clone();
                     req.extensions_mut().insert(ctx.clone());
-                    let mut response = ctx.scope(service.call(req)).await?;
-                    success_headers(response.headers_mut(), &admitted);
-                    Ok(response.map_into_left_body())
+                    let tenant = Some(ctx.tenant_id());
+                    match ctx.scope(service.call(req)).await {
+                        Ok(mut response) => {
+                            success_headers(response.headers_mut(), &admitted);
+                            pipeline.record_response(tenant, response.status().as_u16());
+                            Ok(response.map_into_left_body())
+                        }
+                        Err(e) => {
+                            let status = e.as_response_error().status_code().as_u16();
+                            pipeline.record_response(tenant, status);
+                            Err(e)
+                        }
+                    }
                 }
                 Err(rejected) => {
                     if rejected.error.status() >= 500 {
                         tracing::error!(error = %rejected.error, "tenant pipeline failed");
                     }
-                    let response = problem_response(&rejected.problem());
+                    let problem = rejected.problem();
+                    pipeline.record_response(rejected.tenant, problem.status);
+                    let response = problem_response(&problem);
                     Ok(req.into_response(response).map_into_right_body())
                 }
             }

@@ -55,6 +55,7 @@ fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
         App::new()
             .wrap(middleware)
             .route("/whoami", web::get().to(whoami))
+            .route("/t/{slug}/whoami", web::get().to(whoami))
             .route("/spawned", web::get().to(spawned))
             .route("/analytics", web::get().to(analytics))
             .route("/admin", web::get().to(admin))

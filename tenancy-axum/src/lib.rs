@@ -4,8 +4,10 @@
 //!   [`RequestPipeline`] (resolve → load → gate → membership → plan and
 //!   flags → rate quota) for every request. Admitted requests run inside the
 //!   tenant's task-local scope and tracing span, with the [`TenantContext`]
-//!   in the request extensions and `X-Tenant-ID` (and `RateLimit-*`) on the
-//!   response. Refused requests get an RFC 9457 `application/problem+json`
+//!   in the request extensions and `X-Tenant-ID` on the response (`RateLimit-*` too
+//!   with `RequestPipeline::rate_headers_on_success`; a 429 always has them).
+//!   The response status is reported to the pipeline's metrics, and
+//!   access denials to its audit sink, when configured. Refused requests get an RFC 9457 `application/problem+json`
 //!   response with the status and headers the core chose.
 //! - Extractors: [`Tenant`] (the context, with its own rejection),
 //!   [`RequireFeature`] and [`RequirePermission`] guards.
@@ -44,7 +46,7 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use tenancy_core::pipeline::{Admitted, RequestPipeline};
-use tenancy_core::problem::{CONTENT_TYPE, Problem};
+use tenancy_core::problem::{self, CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
 use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
 
@@ -164,10 +166,26 @@ fn meta(parts: &Parts) -> RequestMeta {
 fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
     for (name, value) in headers {
         if let Ok(value) = HeaderValue::from_str(value) {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(name), value);
+            response.headers_mut().insert(header_name(name), value);
         }
+    }
+}
+
+/// The header names the pipeline writes, validated at compile time
+/// (`HeaderName::from_static` at run time re-checks every byte).
+fn header_name(name: &'static str) -> HeaderName {
+    static X_TENANT: HeaderName = HeaderName::from_static(problem::X_TENANT_ID);
+    static LIMIT: HeaderName = HeaderName::from_static(problem::RATELIMIT_LIMIT);
+    static REMAINING: HeaderName = HeaderName::from_static(problem::RATELIMIT_REMAINING);
+    static RESET: HeaderName = HeaderName::from_static(problem::RATELIMIT_RESET);
+    static RETRY: HeaderName = HeaderName::from_static(problem::RETRY_AFTER);
+    match name {
+        problem::X_TENANT_ID => X_TENANT.clone(),
+        problem::RATELIMIT_LIMIT => LIMIT.clone(),
+        problem::RATELIMIT_REMAINING => REMAINING.clone(),
+        problem::RATELIMIT_RESET => RESET.clone(),
+        problem::RETRY_AFTER => RETRY.clone(),
+        other => HeaderName::from_static(other),
     }
 }
 
@@ -176,7 +194,7 @@ fn success_headers(response: &mut Response, admitted: &Admitted) {
     let headers = response.headers_mut();
     admitted.write_headers(|name, value| {
         if let Ok(value) = HeaderValue::from_bytes(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(header_name(name), value);
         }
     });
 }
@@ -255,13 +273,20 @@ where
                     let req = Request::from_parts(parts, body);
                     let mut response = ctx.scope(inner.call(req)).await?;
                     success_headers(&mut response, &admitted);
+                    shared
+                        .pipeline
+                        .record_response(Some(ctx.tenant_id()), response.status().as_u16());
                     Ok(response)
                 }
                 Err(rejected) => {
                     if rejected.error.status() >= 500 {
                         tracing::error!(error = %rejected.error, "tenant pipeline failed");
                     }
-                    Ok(ProblemResponse(rejected.problem()).into_response())
+                    let problem = rejected.problem();
+                    shared
+                        .pipeline
+                        .record_response(rejected.tenant, problem.status);
+                    Ok(ProblemResponse(problem).into_response())
                 }
             }
         })

@@ -53,6 +53,7 @@ async fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
     });
     let app = Router::new()
         .route("/whoami", get(whoami))
+        .route("/t/{slug}/whoami", get(whoami))
         .route("/spawned", get(spawned))
         .route("/analytics", get(analytics))
         .route("/admin", get(admin))

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 
+use crate::audit::{Action, AuditEvent, AuditSink};
 use crate::flags::FlagEngine;
 use crate::gate::Admission;
 use crate::plan::PlanCatalog;
@@ -72,12 +73,15 @@ impl RateCheck for MemoryQuota {
 pub struct Admitted {
     /// The tenant context: tenant, actor, request metadata, entitlements and flags.
     pub ctx: TenantContext,
-    /// The rate decision, when a rate limit was checked (for `RateLimit-*` headers).
+    /// The rate decision, when a rate limit was checked.
     pub rate: Option<RateDecision>,
+    rate_headers: bool,
 }
 
 impl Admitted {
-    /// Headers to add to the response (`x-tenant-id`, `ratelimit-*`).
+    /// Headers to add to the response: `x-tenant-id`, and `ratelimit-*`
+    /// when the pipeline was built with
+    /// [`RequestPipeline::rate_headers_on_success`].
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         let mut h = Vec::with_capacity(4);
         self.write_headers(|name, value| {
@@ -94,7 +98,7 @@ impl Admitted {
             crate::problem::X_TENANT_ID,
             self.ctx.tenant_id().encode(&mut id).as_bytes(),
         );
-        if let Some(rate) = &self.rate {
+        if let Some(rate) = self.rate.as_ref().filter(|_| self.rate_headers) {
             let mut buf = [0u8; 20];
             put(
                 crate::problem::RATELIMIT_LIMIT,
@@ -163,7 +167,11 @@ pub struct RequestPipeline {
     catalog: Option<Arc<PlanCatalog>>,
     flags: Option<Arc<FlagEngine>>,
     rate: Option<(Arc<dyn RateCheck>, Arc<str>)>,
+    rate_headers: bool,
     admission: Admission,
+    audit: Option<Arc<dyn AuditSink>>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<Arc<crate::telemetry::TenantMetrics>>,
 }
 
 #[derive(Clone)]
@@ -197,7 +205,11 @@ impl RequestPipeline {
             catalog: None,
             flags: None,
             rate: None,
+            rate_headers: false,
             admission: Admission::Serving,
+            audit: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -226,8 +238,110 @@ impl RequestPipeline {
         self
     }
 
+    /// Also sends `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset` on admitted responses, not only with a 429.
+    ///
+    /// Off by default: three more headers on every response cost about as
+    /// much as the rest of the pipeline over loopback (see
+    /// `docs/benchmarks.md`). Turn it on when clients pace themselves by
+    /// these headers.
+    pub fn rate_headers_on_success(mut self, on: bool) -> Self {
+        self.rate_headers = on;
+        self
+    }
+
+    /// Records an `access` / `denied` audit event in the tenant's log for
+    /// every request refused by access control once the tenant is known:
+    /// unauthenticated, not a member, suspended, trial over, offboarding.
+    /// Rate-limit refusals are counted by metrics instead (a flood would
+    /// otherwise flood the log).
+    ///
+    /// The request waits for `sink`; give it an
+    /// [`AuditQueue`](crate::audit::AuditQueue) to decouple the two. A sink
+    /// failure is logged and never turns a refusal into an admission.
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Counts requests per tenant and status class, and quota refusals,
+    /// through [`TenantMetrics`](crate::telemetry::TenantMetrics)
+    /// (adapters report each response with [`Self::record_response`]).
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: Arc<crate::telemetry::TenantMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Called by web adapters once the response status is known; counts the
+    /// request when the pipeline has metrics and the tenant is known.
+    #[allow(unused_variables)]
+    pub fn record_response(&self, tenant: Option<TenantId>, status: u16) {
+        #[cfg(feature = "metrics")]
+        if let (Some(m), Some(t)) = (&self.metrics, tenant) {
+            m.request(t, status);
+        }
+    }
+
     /// Runs the pipeline for one request.
     pub async fn admit(
+        &self,
+        req: &(dyn RequestView + Sync),
+        user: Option<&UserId>,
+        meta: RequestMeta,
+    ) -> Result<Admitted, Rejected> {
+        if self.audit.is_none() {
+            return self.run(req, user, meta).await;
+        }
+        let kept = meta.clone();
+        let outcome = self.run(req, user, meta).await;
+        if let Err(rejected) = &outcome {
+            self.audit_denial(rejected, user, kept, req.path()).await;
+        }
+        outcome
+    }
+
+    async fn audit_denial(
+        &self,
+        rejected: &Rejected,
+        user: Option<&UserId>,
+        meta: RequestMeta,
+        path: &str,
+    ) {
+        let (Some(sink), Some(tenant)) = (&self.audit, rejected.tenant) else {
+            return;
+        };
+        if !matches!(
+            rejected.error,
+            TenantError::Unauthenticated
+                | TenantError::NotAMember
+                | TenantError::Suspended { .. }
+                | TenantError::TrialExpired { .. }
+                | TenantError::Offboarding
+        ) {
+            return;
+        }
+        let mut event = match user {
+            Some(u) => AuditEvent::user(tenant, u.as_str(), Action::DENIED, "request"),
+            None => AuditEvent::system(tenant, "pipeline", Action::DENIED, "request"),
+        }
+        .with_details(serde_json::json!({
+            "code": rejected.error.code(),
+            "status": rejected.error.status(),
+            "path": path,
+        }));
+        if let Some(ip) = meta.ip {
+            event = event.with_ip(ip);
+        }
+        if let Some(agent) = meta.user_agent {
+            event = event.with_user_agent(agent.to_string());
+        }
+        if let Err(e) = sink.record(event).await {
+            tracing::error!(tenant.id = %tenant, error = %e, "could not record a denied request in the audit log");
+        }
+    }
+
+    async fn run(
         &self,
         req: &(dyn RequestView + Sync),
         user: Option<&UserId>,
@@ -244,7 +358,10 @@ impl RequestPipeline {
             rate: None,
             tenant: Some(tenant.id),
         };
-        crate::gate::check_for(&tenant, Utc::now(), self.admission).map_err(in_tenant)?;
+        // Only a trial depends on the clock: active tenants skip reading it.
+        if tenant.status != crate::TenantStatus::Active {
+            crate::gate::check_for(&tenant, Utc::now(), self.admission).map_err(in_tenant)?;
+        }
         let mut ctx = TenantContext::new(tenant.clone()).set(|i| i.request = meta);
         if let Some(authorizer) = &self.authorizer {
             let user = user
@@ -301,6 +418,10 @@ impl RequestPipeline {
             match limiter.check_rate(&ctx, resource, 1).await {
                 Ok(decision) => rate = Some(decision),
                 Err(QuotaError::Exceeded(q)) => {
+                    #[cfg(feature = "metrics")]
+                    if let Some(m) = &self.metrics {
+                        m.quota_refused(tenant.id, resource);
+                    }
                     return Err(Rejected {
                         error: TenantError::Quota(q),
                         rate: None,
@@ -312,6 +433,10 @@ impl RequestPipeline {
                 }
             }
         }
-        Ok(Admitted { ctx, rate })
+        Ok(Admitted {
+            ctx,
+            rate,
+            rate_headers: self.rate_headers,
+        })
     }
 }

@@ -110,12 +110,24 @@ impl Problem {
                 extensions.insert("resource".into(), json!(&*q.resource));
                 extensions.insert("limit".into(), json!(q.limit));
                 extensions.insert("used".into(), json!(q.used));
-                if let Some(wait) = q.retry_after {
-                    let secs = secs_up(wait);
-                    extensions.insert("retry_after".into(), json!(secs));
+                let wait = match q.retry_after {
+                    Some(wait) => {
+                        let secs = secs_up(wait);
+                        extensions.insert("retry_after".into(), json!(secs));
+                        Some(secs)
+                    }
+                    None if q.kind == ResourceKind::Rate => Some(1),
+                    None => None,
+                };
+                if let Some(secs) = wait {
                     headers.push((RETRY_AFTER, secs.to_string()));
-                } else if q.kind == ResourceKind::Rate {
-                    headers.push((RETRY_AFTER, "1".to_owned()));
+                }
+                // A refused rate check: the window's limit, nothing left,
+                // and when it frees up (unless the caller passed the decision).
+                if q.kind == ResourceKind::Rate && rate.is_none() {
+                    headers.push((RATELIMIT_LIMIT, q.limit.to_string()));
+                    headers.push((RATELIMIT_REMAINING, "0".to_owned()));
+                    headers.push((RATELIMIT_RESET, wait.unwrap_or(1).to_string()));
                 }
             }
             TenantError::MissingPermission { permission } => {

@@ -118,3 +118,70 @@ async fn health_reports_the_worst_probe_and_every_detail() {
     assert_eq!(r.status, Status::Unhealthy);
     assert!(r.probes[0].detail.contains("no answer within 20 ms"));
 }
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_pipeline_counts_responses_and_rate_refusals_per_tenant() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use tenancy_core::RequestMeta;
+    use tenancy_core::pipeline::RequestPipeline;
+    use tenancy_core::plan::PlanCatalog;
+    use tenancy_core::quota::MemoryQuota;
+    use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    use tenancy_core::store::InMemoryTenantStore;
+    use tenancy_core::telemetry::TenantMetrics;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let acme = Tenant::new(TenantId::new_v4(), "acme".parse().unwrap(), "Acme")
+        .with_plan(tenancy_core::PlanId::new("small"));
+    let catalog = PlanCatalog::from_json(
+        r#"{"plans": [{"id": "small", "name": "Small",
+            "limits": {"api_calls": {"rate": {"per_minute": 2}}}}]}"#,
+    )
+    .unwrap();
+    let pipeline = RequestPipeline::new(
+        ResolverChain::new().with(HeaderStrategy::tenant_id()),
+        Arc::new(InMemoryTenantStore::with_tenants([acme.clone()]).unwrap()),
+    )
+    .with_plans(Arc::new(catalog))
+    .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls")
+    .with_metrics(Arc::new(TenantMetrics::new(10)));
+    let req = SimpleRequest::new("/").with_header("x-tenant-id", acme.id.to_string());
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        // What an adapter does: admit, then report the response status.
+        let status = match pipeline.admit(&req, None, RequestMeta::default()).await {
+            Ok(_) => 200,
+            Err(r) => r.problem().status,
+        };
+        pipeline.record_response(Some(acme.id), status);
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    let mut seen = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        if let DebugValue::Counter(n) = value {
+            seen.insert(format!("{} {}", key.key().name(), labels.join(",")), n);
+        }
+    }
+    let t = acme.id;
+    assert_eq!(
+        seen[&format!("tenancy_requests_total tenant={t},status=2xx")],
+        2
+    );
+    assert_eq!(
+        seen[&format!("tenancy_requests_total tenant={t},status=4xx")],
+        1
+    );
+    assert_eq!(
+        seen[&format!("tenancy_quota_refusals_total tenant={t},resource=api_calls")],
+        1
+    );
+}

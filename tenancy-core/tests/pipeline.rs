@@ -27,6 +27,8 @@ struct World {
     active: Tenant,
     other: Tenant,
     ids: Vec<(&'static str, TenantId)>,
+    /// A pipeline over the same tenants with a rate limit and default settings.
+    quiet: RequestPipeline,
 }
 
 fn world() -> World {
@@ -75,14 +77,19 @@ fn world() -> World {
         .with_flags(Arc::new(FlagEngine::new([
             tenancy_core::flags::FlagDefinition::boolean("analytics"),
         ])))
-        .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls");
+        .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls")
+        .rate_headers_on_success(true);
     let members = Arc::new(InMemoryMembershipStore::new());
     members.upsert(Membership::new(UserId::new("ann"), active.id, Role::Member));
+    let quiet = RequestPipeline::new(resolver.clone(), store.clone())
+        .with_plans(catalog.clone())
+        .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls");
     let members_only = RequestPipeline::new(resolver, store.clone())
         .require_membership(Arc::new(Authorizer::new(members, store)));
     World {
         pipeline,
         members_only,
+        quiet,
         active,
         other,
         ids,
@@ -243,6 +250,17 @@ async fn admitted_requests_carry_context_flags_and_rate_headers_then_429() {
         .unwrap_err();
     let p = limited.problem();
     assert_eq!((p.status, p.code), (429, "rate-limited"));
+    assert!(p.headers.iter().any(|(n, _)| *n == "ratelimit-remaining"));
+
+    // Without `rate_headers_on_success` only the refusal carries them.
+    let ok = w
+        .quiet
+        .admit(&header(w.active.id), None, RequestMeta::default())
+        .await
+        .unwrap();
+    assert!(ok.rate.is_some(), "the rate is still checked");
+    let names: Vec<_> = ok.headers().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["x-tenant-id"]);
     let retry: u64 = p
         .headers
         .iter()
@@ -375,4 +393,81 @@ async fn cached_flag_snapshots_follow_engine_changes() {
         )
         .unwrap();
     assert!(!on(&pipeline).await, "so does a tenant override");
+}
+
+#[tokio::test]
+async fn access_denials_are_audited_in_the_tenant_log_rate_refusals_are_not() {
+    use tenancy_core::audit::{AuditActor, MemorySink};
+    let w = world();
+    let sink = Arc::new(MemorySink::default());
+    let members_only = w.members_only.clone().with_audit(sink.clone());
+    let ip = "203.0.113.9".parse().unwrap();
+    // No user: 401. A user who is not a member: 403. A member: admitted.
+    let anonymous = members_only
+        .admit(
+            &header(w.active.id),
+            None,
+            RequestMeta::default().with_ip(ip),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.problem().status, 401);
+    let stranger = members_only
+        .admit(
+            &header(w.active.id),
+            Some(&UserId::new("eve")),
+            RequestMeta::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.problem().status, 403);
+    members_only
+        .admit(
+            &header(w.active.id),
+            Some(&UserId::new("ann")),
+            RequestMeta::default(),
+        )
+        .await
+        .unwrap();
+    // A malformed id names no tenant: nothing to record it in.
+    members_only
+        .admit(&header("not-a-uuid"), None, RequestMeta::default())
+        .await
+        .unwrap_err();
+
+    let events = sink.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.tenant == w.active.id && e.action == "denied")
+    );
+    assert_eq!(events[0].actor, AuditActor::System("pipeline".into()));
+    assert_eq!(events[0].ip, Some(ip));
+    assert_eq!(events[0].details["status"], 401);
+    assert_eq!(events[1].actor, AuditActor::User("eve".into()));
+    assert_eq!(events[1].details["code"], "not-a-member");
+
+    // A suspended tenant's refusal is recorded; hitting the rate limit is not.
+    let sink = Arc::new(MemorySink::default());
+    let open = w.pipeline.clone().with_audit(sink.clone());
+    let suspended = w.ids.iter().find(|(n, _)| *n == "suspended").unwrap().1;
+    open.admit(&header(suspended), None, RequestMeta::default())
+        .await
+        .unwrap_err();
+    let mut refused = None;
+    for _ in 0..5 {
+        if let Err(r) = open
+            .admit(&header(w.other.id), None, RequestMeta::default())
+            .await
+        {
+            refused = Some(r);
+            break;
+        }
+    }
+    assert_eq!(refused.unwrap().problem().status, 429);
+    let events = sink.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].tenant, suspended);
+    assert_eq!(events[0].details["code"], "tenant-suspended");
 }

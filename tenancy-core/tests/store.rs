@@ -230,3 +230,43 @@ async fn capacity_is_bounded() {
     }
     assert!(backend.loads() >= 200 + 150, "{} loads", backend.loads());
 }
+
+#[tokio::test]
+async fn a_load_overtaken_by_an_invalidation_is_not_cached() {
+    let acme = tenant("acme");
+    let backend = counting(std::slice::from_ref(&acme), Duration::from_millis(100));
+    let store = Arc::new(CachedStore::new(backend.clone()));
+    // A load starts, reading the old record...
+    let slow = tokio::spawn({
+        let store = store.clone();
+        async move { store.by_id(acme.id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // ...the tenant changes and the cache is told while the load is in flight.
+    let mut renamed = acme.clone();
+    renamed.display_name = "Acme Renamed".into();
+    backend.inner.update(renamed).unwrap();
+    store.invalidate(acme.id).await;
+    slow.await.unwrap().unwrap();
+    // The next read goes to the backend again and sees the change.
+    let now = store.by_id(acme.id).await.unwrap().unwrap();
+    assert_eq!(now.display_name, "Acme Renamed");
+    assert_eq!(backend.loads(), 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_load_does_not_stall_the_next_caller() {
+    let acme = tenant("acme");
+    let backend = counting(std::slice::from_ref(&acme), Duration::from_millis(50));
+    let store = CachedStore::new(backend.clone());
+    // The first caller gives up before the backend answers.
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), store.by_id(acme.id)).await;
+    assert!(gave_up.is_err());
+    // The next caller joins (and drives) the same load rather than waiting forever.
+    let found = tokio::time::timeout(Duration::from_secs(2), store.by_id(acme.id))
+        .await
+        .expect("the load must complete")
+        .unwrap();
+    assert_eq!(found.unwrap().id, acme.id);
+    assert_eq!(backend.loads(), 1);
+}

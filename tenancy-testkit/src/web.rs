@@ -9,12 +9,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
+use tenancy_core::audit::MemorySink;
 use tenancy_core::flags::{FlagDefinition, FlagEngine};
 use tenancy_core::pipeline::RequestPipeline;
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::quota::MemoryQuota;
 use tenancy_core::quota::QuotaError;
-use tenancy_core::resolve::{HeaderStrategy, JwtStrategy, ResolverChain, SubdomainStrategy};
+use tenancy_core::resolve::{
+    HeaderStrategy, JwtStrategy, PathPrefixStrategy, ResolverChain, SubdomainStrategy,
+};
 use tenancy_core::store::InMemoryTenantStore;
 use tenancy_core::{
     Authorizer, InMemoryMembershipStore, Membership, PlanId, Role, Tenant, TenantContext,
@@ -30,8 +33,9 @@ use crate::http::{RawResponse, get, send};
 /// - `/admin`: guarded by the permission `tenant:manage`;
 /// - `/boom`: a handler returning a server error with internal details;
 /// - `/upload`: reserves 1 000 `storage_bytes` through [`upload`] (the plans allow 100).
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 7] = [
     "/whoami",
+    "/t/{slug}/whoami",
     "/spawned",
     "/analytics",
     "/admin",
@@ -120,8 +124,10 @@ const CATALOG: &str = r#"{"plans": [
 pub struct World {
     /// Header and subdomain (`*.example.test`) resolution, plans, flags, rate limit `api_calls`.
     pub pipeline: RequestPipeline,
-    /// The same resolution, requiring membership.
+    /// The same resolution, requiring membership; denials audited to [`World::denials`].
     pub members_only: RequestPipeline,
+    /// The audit sink of [`World::members_only`].
+    pub denials: Arc<MemorySink>,
     /// Active, plan `pro`, slug `acme`.
     pub acme: Tenant,
     /// Active, plan `free` (3 requests a minute), slug `small`.
@@ -179,22 +185,27 @@ impl World {
             .with(SubdomainStrategy::new(
                 "example.test".parse().unwrap_or_else(|_| unreachable!()),
             ))
-            .with(JwtStrategy::hs256(JWT_SECRET));
+            .with(JwtStrategy::hs256(JWT_SECRET))
+            .with(PathPrefixStrategy::new("t"));
         let pipeline = RequestPipeline::new(resolver.clone(), store.clone())
             .with_plans(catalog.clone())
             .with_flags(Arc::new(FlagEngine::new([FlagDefinition::boolean(
                 "analytics",
             )])))
-            .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls");
+            .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls")
+            .rate_headers_on_success(true);
         let members = Arc::new(InMemoryMembershipStore::new());
         members.upsert(Membership::new(UserId::new("ann"), acme.id, Role::Admin));
         members.upsert(Membership::new(UserId::new("bob"), acme.id, Role::Viewer));
+        let denials = Arc::new(MemorySink::default());
         let members_only = RequestPipeline::new(resolver, store.clone())
             .with_plans(catalog)
-            .require_membership(Arc::new(Authorizer::new(members, store)));
+            .require_membership(Arc::new(Authorizer::new(members, store)))
+            .with_audit(denials.clone());
         Self {
             pipeline,
             members_only,
+            denials,
             acme,
             small,
             suspended,
@@ -367,6 +378,39 @@ pub fn table(w: &World) -> Vec<Case> {
             &[("X-Tenant-ID", &id(&w.deleted))],
             404,
             Some("tenant-not-found"),
+        ),
+        case("by path prefix", false, "/t/acme/whoami", &[], 200, None),
+        case(
+            "path traversal in the slug",
+            false,
+            "/t/../whoami",
+            &[],
+            400,
+            Some("tenant-slug-malformed"),
+        ),
+        case(
+            "percent-encoded traversal in the slug",
+            false,
+            "/t/%2e%2e/whoami",
+            &[],
+            400,
+            Some("tenant-slug-malformed"),
+        ),
+        case(
+            "SQL-looking slug",
+            false,
+            "/t/acme'%20OR%201=1--/whoami",
+            &[],
+            400,
+            Some("tenant-slug-malformed"),
+        ),
+        case(
+            "path prefix and header disagree",
+            false,
+            "/t/acme/whoami",
+            &[("X-Tenant-ID", &id(&w.small))],
+            403,
+            Some("tenant-conflict"),
         ),
         case(
             "unknown subdomain (punycode)",
@@ -560,6 +604,22 @@ pub async fn run_table(w: &World, open: SocketAddr, members: SocketAddr) {
         check(&c, &r);
     }
     rate_limit(w, open).await;
+    // The adapter handed the pipeline the user: denials name who was refused.
+    let denied: Vec<(String, serde_json::Value)> = w
+        .denials
+        .events()
+        .into_iter()
+        .filter(|e| e.tenant == w.acme.id && e.action == "denied")
+        .map(|e| (e.actor.id().to_owned(), e.details["status"].clone()))
+        .collect();
+    assert!(
+        denied.contains(&("pipeline".to_owned(), 401.into())),
+        "401 audited: {denied:?}"
+    );
+    assert!(
+        denied.contains(&("eve".to_owned(), 403.into())),
+        "403 audited: {denied:?}"
+    );
 }
 
 fn check(c: &Case, r: &RawResponse) {
@@ -632,4 +692,15 @@ async fn rate_limit(w: &World, open: SocketAddr) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(
+        r.header("ratelimit-limit"),
+        Some("3"),
+        "RateLimit-Limit on 429"
+    );
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    let reset: u64 = r
+        .header("ratelimit-reset")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=60).contains(&reset), "RateLimit-Reset {reset}");
 }

@@ -1,13 +1,15 @@
-//! A server for `scripts/bench-web`: `web-bench-server <axum|actix> <bare|tenant> <port>`,
-//! one worker thread, `GET /` answering `ok`.
+//! A server for `scripts/bench-web`: `web-bench-server <axum|actix> <bare|header|tenant> <port>`,
+//! one worker thread, `GET /` answering `ok` (`header`: axum only, the bare
+//! handler plus the `x-tenant-id` response header the pipeline adds).
 #![allow(clippy::print_stderr)]
 
 use actix_web::{App, HttpServer, web};
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        || std::io::Error::other("usage: web-bench-server <axum|actix> <bare|tenant> <port>");
+    let usage = || {
+        std::io::Error::other("usage: web-bench-server <axum|actix> <bare|header|tenant> <port>")
+    };
     let (framework, mode, port) = match args.as_slice() {
         [_, f, m, p] => (
             f.as_str(),
@@ -16,8 +18,11 @@ fn main() -> std::io::Result<()> {
         ),
         _ => return Err(usage()),
     };
+    if framework == "actix" && mode == "header" {
+        return Err(usage());
+    }
     let tenant = match mode {
-        "bare" => false,
+        "bare" | "header" => false,
         "tenant" => true,
         _ => return Err(usage()),
     };
@@ -27,7 +32,12 @@ fn main() -> std::io::Result<()> {
             .build()?
             .block_on(async {
                 let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-                axum::serve(listener, tenancy_benches::axum_app(tenant)).await
+                let app = if mode == "header" {
+                    tenancy_benches::axum_bare_with_header()
+                } else {
+                    tenancy_benches::axum_app(tenant)
+                };
+                axum::serve(listener, app).await
             }),
         "actix" => actix_web::rt::System::new().block_on(async move {
             HttpServer::new(move || {

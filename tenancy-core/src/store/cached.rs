@@ -1,14 +1,19 @@
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use moka::Expiry;
-use moka::future::Cache;
+use dashmap::DashMap;
+use foldhash::fast::RandomState;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use moka::sync::Cache;
 
 use super::{TenantRef, TenantStore};
 use crate::{DomainName, StoreError, Tenant, TenantId, TenantSlug};
 
 type Entry = Option<Arc<Tenant>>;
+type Flight = Shared<BoxFuture<'static, Result<Entry, StoreError>>>;
 
 /// A moka cache in front of any [`TenantStore`].
 ///
@@ -45,15 +50,31 @@ type Entry = Option<Arc<Tenant>>;
 /// store.invalidate(acme.id).await;
 /// # Ok(()) }
 /// ```
+///
+/// # Design
+///
+/// A hit is one lookup in a synchronous moka cache (no future, no
+/// allocation; foldhash instead of SipHash since keys are not
+/// attacker-chosen beyond names the resolver has already validated), which
+/// is what every request pays. Found tenants and misses live in two caches
+/// with their own TTL rather than one cache with per-entry expiry, which
+/// is measurably slower to read. Loads are coalesced by an in-flight map of
+/// shared futures; an invalidation bumps an epoch so that a load that
+/// started before it never publishes its (possibly stale) result.
 pub struct CachedStore<S> {
-    inner: S,
-    cache: Cache<TenantRef, Entry>,
+    inner: Arc<S>,
+    found: Cache<TenantRef, Arc<Tenant>, RandomState>,
+    missing: Cache<TenantRef, (), RandomState>,
+    negative: bool,
+    inflight: DashMap<TenantRef, (u64, Flight), RandomState>,
+    epoch: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for CachedStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CachedStore")
-            .field("entries", &self.cache.entry_count())
+            .field("found", &self.found.entry_count())
+            .field("missing", &self.missing.entry_count())
             .finish_non_exhaustive()
     }
 }
@@ -66,31 +87,6 @@ pub struct CachedStoreBuilder<S> {
     ttl: Duration,
     negative_ttl: Duration,
     max_capacity: u64,
-}
-
-struct TtlByOutcome {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl Expiry<TenantRef, Entry> for TtlByOutcome {
-    fn expire_after_create(&self, _: &TenantRef, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(if value.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        })
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &TenantRef,
-        value: &Entry,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, now)
-    }
 }
 
 impl<S> CachedStoreBuilder<S> {
@@ -106,7 +102,8 @@ impl<S> CachedStoreBuilder<S> {
         self
     }
 
-    /// The most entries kept (each tenant may take one entry per id, slug and domain).
+    /// The most found entries kept (each tenant may take one entry per id,
+    /// slug and domain); misses are bounded by the same number separately.
     pub fn max_capacity(mut self, n: u64) -> Self {
         self.max_capacity = n;
         self
@@ -114,22 +111,27 @@ impl<S> CachedStoreBuilder<S> {
 
     /// Builds the cache.
     pub fn build(self) -> CachedStore<S> {
-        let cache = Cache::builder()
+        let found = Cache::builder()
             .max_capacity(self.max_capacity)
-            .expire_after(TtlByOutcome {
-                ttl: self.ttl,
-                negative_ttl: self.negative_ttl,
-            })
+            .time_to_live(self.ttl)
             .support_invalidation_closures()
-            .build();
+            .build_with_hasher(RandomState::default());
+        let missing = Cache::builder()
+            .max_capacity(self.max_capacity)
+            .time_to_live(self.negative_ttl.max(Duration::from_nanos(1)))
+            .build_with_hasher(RandomState::default());
         CachedStore {
-            inner: self.inner,
-            cache,
+            inner: Arc::new(self.inner),
+            found,
+            missing,
+            negative: !self.negative_ttl.is_zero(),
+            inflight: DashMap::with_hasher(RandomState::default()),
+            epoch: AtomicU64::new(0),
         }
     }
 }
 
-impl<S: TenantStore> CachedStore<S> {
+impl<S: TenantStore + 'static> CachedStore<S> {
     /// A cache over `inner` with default settings.
     pub fn new(inner: S) -> Self {
         Self::builder(inner).build()
@@ -151,15 +153,50 @@ impl<S: TenantStore> CachedStore<S> {
     }
 
     async fn get(&self, key: TenantRef) -> Result<Entry, StoreError> {
-        // Fast path: a plain read is much cheaper than setting up a loader.
-        if let Some(hit) = self.cache.get(&key).await {
-            return Ok(hit);
+        if let Some(hit) = self.found.get(&key) {
+            return Ok(Some(hit));
         }
-        let loader_key = key.clone();
-        self.cache
-            .try_get_with(key, async move { loader_key.load(&self.inner).await })
-            .await
-            .map_err(|e: Arc<StoreError>| (*e).clone())
+        if self.negative && self.missing.contains_key(&key) {
+            return Ok(None);
+        }
+        self.load(key).await
+    }
+
+    /// Loads `key` once however many callers ask at the same time.
+    async fn load(&self, key: TenantRef) -> Result<Entry, StoreError> {
+        let (epoch, flight) = match self.inflight.entry(key.clone()) {
+            dashmap::Entry::Occupied(e) => e.get().clone(),
+            dashmap::Entry::Vacant(v) => {
+                let inner = self.inner.clone();
+                let load_key = key.clone();
+                let flight = async move { load_key.load(&*inner).await }.boxed().shared();
+                v.insert((self.epoch.load(Ordering::Acquire), flight.clone()))
+                    .clone()
+            }
+        };
+        // Any waiter may drive the load: a cancelled caller does not stall the others.
+        let result = flight.clone().await;
+        // The first waiter back publishes the result and ends the flight,
+        // unless an invalidation happened meanwhile. Errors are not cached.
+        if self
+            .inflight
+            .remove_if(&key, |_, (_, f)| f.ptr_eq(&flight))
+            .is_some()
+            && self.epoch.load(Ordering::Acquire) == epoch
+        {
+            match &result {
+                Ok(Some(tenant)) => self.found.insert(key, tenant.clone()),
+                Ok(None) if self.negative => self.missing.insert(key, ()),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    /// Makes loads in flight unpublishable and forgets them.
+    fn new_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.inflight.clear();
     }
 
     /// Drops every cached entry that refers to tenant `id`, whether it was
@@ -169,15 +206,17 @@ impl<S: TenantStore> CachedStore<S> {
     /// or domain the tenant has *just acquired* are dropped by
     /// [`CachedStore::invalidate_tenant`], which knows the new names.
     pub async fn invalidate(&self, id: TenantId) {
-        self.cache.invalidate(&TenantRef::Id(id)).await;
+        self.new_epoch();
+        self.found.invalidate(&TenantRef::Id(id));
+        self.missing.invalidate(&TenantRef::Id(id));
         // Cannot fail: the cache is built with `support_invalidation_closures`.
         // Should that ever change, drop everything rather than serve stale data.
         if self
-            .cache
-            .invalidate_entries_if(move |_, v| v.as_ref().is_some_and(|t| t.id == id))
+            .found
+            .invalidate_entries_if(move |_, t| t.id == id)
             .is_err()
         {
-            self.cache.invalidate_all();
+            self.found.invalidate_all();
         }
     }
 
@@ -185,30 +224,34 @@ impl<S: TenantStore> CachedStore<S> {
     /// (including cached misses for them), and any entry holding an older
     /// snapshot of it.
     pub async fn invalidate_tenant(&self, tenant: &Tenant) {
-        self.cache
-            .invalidate(&TenantRef::Slug(tenant.slug.clone()))
-            .await;
+        self.drop_key(&TenantRef::Slug(tenant.slug.clone()));
         for d in &tenant.domains {
-            self.cache.invalidate(&TenantRef::Domain(d.clone())).await;
+            self.drop_key(&TenantRef::Domain(d.clone()));
         }
         self.invalidate(tenant.id).await;
     }
 
     /// Drops the entry (hit or miss) for a slug.
     pub async fn invalidate_slug(&self, slug: &TenantSlug) {
-        self.cache.invalidate(&TenantRef::Slug(slug.clone())).await;
+        self.drop_key(&TenantRef::Slug(slug.clone()));
     }
 
     /// Drops the entry (hit or miss) for a domain.
     pub async fn invalidate_domain(&self, domain: &DomainName) {
-        self.cache
-            .invalidate(&TenantRef::Domain(domain.clone()))
-            .await;
+        self.drop_key(&TenantRef::Domain(domain.clone()));
+    }
+
+    fn drop_key(&self, key: &TenantRef) {
+        self.new_epoch();
+        self.found.invalidate(key);
+        self.missing.invalidate(key);
     }
 
     /// Drops everything.
     pub fn invalidate_all(&self) {
-        self.cache.invalidate_all();
+        self.new_epoch();
+        self.found.invalidate_all();
+        self.missing.invalidate_all();
     }
 
     /// Runs the cache's pending maintenance (evictions, expirations) now.
@@ -216,17 +259,18 @@ impl<S: TenantStore> CachedStore<S> {
     /// The cache does this by itself as it is used; call it when you need
     /// [`CachedStore::entry_count`] to be exact, as in tests.
     pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+        self.found.run_pending_tasks();
+        self.missing.run_pending_tasks();
     }
 
     /// Approximate number of cached entries (hits and misses).
     pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
+        self.found.entry_count() + self.missing.entry_count()
     }
 }
 
 #[async_trait]
-impl<S: TenantStore> TenantStore for CachedStore<S> {
+impl<S: TenantStore + 'static> TenantStore for CachedStore<S> {
     async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
         self.get(TenantRef::Id(id)).await
     }
