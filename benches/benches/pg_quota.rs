@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tenancy_core::plan::{Overrides, PlanCatalog};
 use tenancy_core::{Tenant, TenantContext, TenantId};
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_sqlx::{PoolHygiene, TenantDb, migrate};
 use tenancy_testkit::TestDb;
 use uuid::Uuid;

@@ -20,13 +20,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tenancy_benches::interleaved;
 use tenancy_core::{Tenant, TenantContext, TenantId};
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_sqlx::{PoolHygiene, TenantDb};
 use tenancy_testkit::TestDb;
 use uuid::Uuid;
@@ -237,38 +237,10 @@ fn bench(c: &mut Criterion) {
     // verified variant's after_release check runs in the background and can
     // overlap the request that follows it (unscoped_autocommit), never the
     // baseline.
-    let mut group = |name: &str, variants: &[(&str, Variant)]| {
-        let mut g = c.benchmark_group(name);
-        g.warm_up_time(Duration::from_millis(500))
-            .measurement_time(Duration::from_secs(5))
-            .sample_size(60);
-        for (label, timed) in variants {
-            g.bench_function(*label, |b| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let (s, point, list) = (&s, &point, &list);
-                    let all: Vec<Variant> = variants.iter().map(|(_, v)| *v).collect();
-                    let timed = *timed;
-                    async move {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            for v in &all {
-                                if *v == timed {
-                                    let start = Instant::now();
-                                    s.run(*v, point, list).await;
-                                    total += start.elapsed();
-                                } else {
-                                    s.run(*v, point, list).await;
-                                }
-                            }
-                        }
-                        total
-                    }
-                });
-            });
-        }
-        g.finish();
-    };
-    group(
+    let run = |v| s.run(v, &point, &list);
+    interleaved(
+        c,
+        &rt,
         "point_read",
         &[
             ("unscoped_autocommit", Variant::UnscopedAutocommit),
@@ -276,13 +248,17 @@ fn bench(c: &mut Criterion) {
             ("scoped_tx", Variant::ScopedTx),
             ("scoped_tx_verified", Variant::ScopedTxVerified),
         ],
+        run,
     );
-    group(
+    interleaved(
+        c,
+        &rt,
         "list_100",
         &[
             ("unscoped_tx", Variant::ListUnscopedTx),
             ("scoped_tx", Variant::ListScopedTx),
         ],
+        run,
     );
 }
 

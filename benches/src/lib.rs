@@ -1,11 +1,17 @@
 //! Benchmarks live in `benches/`; run them with `cargo bench -p tenancy-benches`.
 //!
-//! This library holds the web fixture shared by the `web` criterion bench and
-//! the `web-bench-server` binary that `scripts/bench-web` drives with wrk: a
-//! trivial handler, bare or behind the full tenant pipeline (header
-//! strategy, cached store, plan, rate quota and one flag check).
+//! This library holds what several benchmarks share:
+//!
+//! - [`interleaved`]: a criterion group whose variants run round-robin, each
+//!   benchmark timing only its own (the database benches use it).
+//! - The web fixture of the `web` criterion bench and of the
+//!   `web-bench-server` binary that `scripts/bench-web` drives with wrk: a
+//!   trivial handler, bare or behind the full tenant pipeline (header
+//!   strategy, cached store, plan, rate quota and one flag check).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tenancy_core::flags::{FlagDefinition, FlagEngine};
 use tenancy_core::pipeline::RequestPipeline;
@@ -101,4 +107,51 @@ pub async fn actix_tenant_handler(
     } else {
         "no"
     }
+}
+
+/// A criterion group `name` with one benchmark per variant, where every
+/// iteration runs **all** variants round-robin through `run` and each
+/// benchmark times only its own.
+///
+/// On a small shared machine loopback latency drifts by tens of percent over
+/// seconds; interleaving makes baseline and contenders see the same
+/// conditions, so their ratio stays meaningful.
+pub fn interleaved<V, F, Fut>(
+    c: &mut criterion::Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    variants: &[(&str, V)],
+    run: F,
+) where
+    V: Copy + PartialEq,
+    F: Fn(V) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(60);
+    for (label, timed) in variants {
+        g.bench_function(*label, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let run = &run;
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        for (_, v) in variants {
+                            if v == timed {
+                                let start = Instant::now();
+                                run(*v).await;
+                                total += start.elapsed();
+                            } else {
+                                run(*v).await;
+                            }
+                        }
+                    }
+                    total
+                }
+            });
+        });
+    }
+    g.finish();
 }

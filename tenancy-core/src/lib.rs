@@ -24,6 +24,7 @@ pub mod problem;
 pub mod provision;
 pub mod quota;
 pub mod resolve;
+pub mod rls;
 mod scoped;
 pub mod settings;
 pub mod store;

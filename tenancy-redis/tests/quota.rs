@@ -243,7 +243,8 @@ async fn the_request_pipeline_can_rate_limit_through_redis() {
         store,
     )
     .with_plans(Arc::new(PlanCatalog::from_json(CATALOG).unwrap()))
-    .with_rate_limit(Arc::new(quota().await), "api_calls");
+    .with_rate_limit(Arc::new(quota().await), "api_calls")
+    .rate_headers_on_success(true);
     let req = SimpleRequest::new("/").with_header("x-tenant-id", tenant.id.to_string());
     // 60 a minute: the burst admits about 60, then refusals begin (a slow
     // machine may earn back a token or two meanwhile, never 200).

@@ -13,9 +13,7 @@ use tracing::Instrument;
 
 use crate::DbError;
 
-/// The PostgreSQL setting that carries the tenant id into row-level security
-/// policies. It is only ever set with transaction scope.
-pub const TENANT_SETTING: &str = "app.tenant_id";
+pub use tenancy_core::rls::TENANT_SETTING;
 
 /// Whether pooled connections are checked for a leaked tenant setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -255,10 +253,7 @@ fn is_connection_loss(e: &sqlx::Error) -> bool {
 /// the id is a parsed UUID formatted by `uuid` (hex digits and hyphens only),
 /// so the literal is injection-safe.
 fn begin_sql(tenant: TenantId) -> String {
-    format!(
-        "BEGIN; SET LOCAL {TENANT_SETTING} = '{}'",
-        tenant.as_uuid().hyphenated()
-    )
+    tenancy_core::rls::begin_sql(tenant)
 }
 
 /// A transaction bound to one tenant.

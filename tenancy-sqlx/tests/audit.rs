@@ -4,7 +4,7 @@
 use sqlx::PgPool;
 use tenancy_sqlx::DbError;
 use tenancy_sqlx::audit::{Audit, AuditReport, Finding};
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_testkit::TestDb;
 
 /// A schema with one correctly isolated table `t`, then `breakage` applied by the owner.

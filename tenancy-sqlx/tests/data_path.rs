@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use tenancy_core::{Tenant, TenantContext, TenantId, TenantScoped};
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_sqlx::{DbError, PrivilegedDb, TenantDb};
 use tenancy_testkit::TestDb;
 use tracing::field::{Field, Visit};

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use tenancy_core::{Tenant, TenantContext, TenantId};
 use tenancy_sqlx::TenantDb;
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_testkit::TestDb;
 use tenancy_testkit::isolation::{self, Row, TABLES, Target};
 use uuid::Uuid;
@@ -174,18 +174,7 @@ async fn isolation_property_suite_over_tenant_db() {
         .collect();
     let config = isolation::Config::from_env();
     let report = isolation::run(target, &tenants, &config).await;
-    report.emit("sqlx");
-    assert!(
-        report.failures.is_empty(),
-        "failures: {:#?}",
-        report.failures
-    );
-    assert_eq!(report.leaks, 0, "leaks: {:#?}", report.leak_samples);
-    assert!(
-        report.ops >= config.ops as u64 - 8,
-        "ran {} ops",
-        report.ops
-    );
+    report.assert_clean(&config, "sqlx");
 }
 
 /// Negative control: the same suite against tables *without* row-level

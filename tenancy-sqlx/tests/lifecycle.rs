@@ -16,7 +16,7 @@ use tenancy_core::provision::{
 use tenancy_core::settings::TenantSettings;
 use tenancy_core::store::TenantStore;
 use tenancy_core::{Membership, Role, Tenant, TenantContext, TenantId, TenantStatus, UserId};
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_sqlx::{
     AuditQuery, DbError, Deprovisioner, PgAuditLog, PgKeyStore, PgMembershipStore,
     PgProvisioningLog, PgSettingsStore, PgTenantStore, TenantDb, migrate,

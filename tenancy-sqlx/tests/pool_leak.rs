@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::{PgPool, Row};
 use tenancy_core::{Tenant, TenantContext, TenantId};
 use tenancy_sqlx::TenantDb;
-use tenancy_sqlx::rls::TenantTable;
+use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_testkit::TestDb;
 
 fn tenant(slug: &str) -> TenantContext {

@@ -316,7 +316,8 @@ async fn the_request_pipeline_can_rate_limit_through_postgres() {
     .with_plans(Arc::new(
         tenancy_core::plan::PlanCatalog::from_json(CATALOG).unwrap(),
     ))
-    .with_rate_limit(limiter, "api_calls");
+    .with_rate_limit(limiter, "api_calls")
+    .rate_headers_on_success(true);
     let req = SimpleRequest::new("/").with_header("x-tenant-id", tenant.id.to_string());
     let first = pipeline
         .admit(&req, None, RequestMeta::default())

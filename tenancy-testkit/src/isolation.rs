@@ -146,6 +146,21 @@ impl Report {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{self} path={label} seed={}", self.seed);
     }
+
+    /// Emits the line, then panics unless the run had no failure, no leak,
+    /// and executed (nearly) the configured number of operations.
+    pub fn assert_clean(&self, config: &Config, label: &str) {
+        self.emit(label);
+        assert!(self.failures.is_empty(), "failures: {:#?}", self.failures);
+        assert_eq!(self.leaks, 0, "leaks: {:#?}", self.leak_samples);
+        // Each tenant's last op may be cut short by the shared budget.
+        assert!(
+            self.ops + 8 >= config.ops as u64,
+            "ran {} ops of {}",
+            self.ops,
+            config.ops
+        );
+    }
 }
 
 impl fmt::Display for Report {
