@@ -45,7 +45,7 @@ pub use membership::{
 };
 pub use permission::{Permission, PermissionError, Role, RolePermissions};
 pub use scoped::{TenantMismatch, TenantScoped};
-pub use tenant::{Placement, PlanId, Tenant, TenantKind, TenantStatus};
+pub use tenant::{Placement, PlacementError, PlanId, Tenant, TenantKind, TenantStatus};
 
 /// The workspace README's example, compiled and run as a doc test so that it
 /// stays true to the code.

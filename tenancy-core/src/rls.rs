@@ -46,6 +46,30 @@ pub fn begin_sql(tenant: crate::TenantId) -> String {
 /// The name of the policy [`TenantTable`] creates.
 pub const POLICY_NAME: &str = "tenant_isolation";
 
+/// [`begin_sql`] for a tenant placed in a schema of its own: the same
+/// message also sets `search_path` to that schema (only), with transaction
+/// scope. `schema` is quoted; pass a name checked by
+/// [`Placement::checked_name`](crate::Placement::checked_name).
+///
+/// ```
+/// use tenancy_core::TenantId;
+///
+/// let id: TenantId = "6f1c0c8e-2d5b-4c1a-9a57-3f8e2b7d9c41".parse()?;
+/// assert_eq!(
+///     tenancy_core::rls::begin_sql_in_schema(id, "t_acme"),
+///     "BEGIN; SET LOCAL search_path TO \"t_acme\"; \
+///      SET LOCAL app.tenant_id = '6f1c0c8e-2d5b-4c1a-9a57-3f8e2b7d9c41'"
+/// );
+/// # Ok::<(), tenancy_core::TenantIdError>(())
+/// ```
+pub fn begin_sql_in_schema(tenant: crate::TenantId, schema: &str) -> String {
+    format!(
+        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} = '{}'",
+        quote_ident(schema),
+        tenant.as_uuid().hyphenated()
+    )
+}
+
 /// Quotes an SQL identifier (`my "table"` → `"my ""table"""`).
 ///
 /// ```

@@ -79,6 +79,110 @@ pub enum Placement {
     /// Shared tables, rows tagged with `tenant_id`, enforced by row-level security.
     #[default]
     Shared,
+    /// A PostgreSQL schema of the tenant's own in the shared database; the
+    /// scoped transaction sets `search_path` to it with transaction scope.
+    Schema {
+        /// The schema name (see [`Placement::schema`] for the rules).
+        schema: String,
+    },
+    /// A database of the tenant's own (a PostgreSQL database or a SQLite
+    /// file); the data layer maps the name to a connection.
+    Database {
+        /// The database name (same rules as a schema name).
+        database: String,
+    },
+}
+
+/// A placement name that is not a safe identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid placement name {name:?}: use 1-63 characters a-z, 0-9 and _, starting with a letter or _"
+)]
+pub struct PlacementError {
+    /// The refused name.
+    pub name: String,
+}
+
+impl Placement {
+    /// The schema placement `name`, checked: 1–63 characters of `a-z`,
+    /// `0-9`, `_`, not starting with a digit, and not `pg_`-prefixed or
+    /// `public`/`information_schema`. Quoting still happens at use; the rule
+    /// keeps names portable (PostgreSQL schema, database and file names).
+    ///
+    /// ```
+    /// use tenancy_core::Placement;
+    ///
+    /// assert!(Placement::schema("tenant_acme").is_ok());
+    /// assert!(Placement::schema("Acme; DROP SCHEMA public").is_err());
+    /// assert!(Placement::schema("pg_catalog").is_err());
+    /// ```
+    pub fn schema(name: &str) -> Result<Self, PlacementError> {
+        check_name(name)?;
+        Ok(Self::Schema {
+            schema: name.to_owned(),
+        })
+    }
+
+    /// The database placement `name`, checked like [`Placement::schema`].
+    pub fn database(name: &str) -> Result<Self, PlacementError> {
+        check_name(name)?;
+        Ok(Self::Database {
+            database: name.to_owned(),
+        })
+    }
+
+    /// The conventional name for a tenant's schema or database:
+    /// `t_<id without hyphens>` (34 characters).
+    ///
+    /// ```
+    /// let id: tenancy_core::TenantId = "6f1c0c8e-2d5b-4c1a-9a57-3f8e2b7d9c41".parse()?;
+    /// assert_eq!(tenancy_core::Placement::name_for(id), "t_6f1c0c8e2d5b4c1a9a573f8e2b7d9c41");
+    /// # Ok::<(), tenancy_core::TenantIdError>(())
+    /// ```
+    pub fn name_for(tenant: crate::TenantId) -> String {
+        format!("t_{}", tenant.as_uuid().simple())
+    }
+
+    /// The placement's name (`None` for [`Placement::Shared`]), re-checked:
+    /// data layers call this rather than reading the field, so a name that
+    /// bypassed [`Placement::schema`] is refused before it reaches SQL.
+    pub fn checked_name(&self) -> Result<Option<&str>, PlacementError> {
+        match self {
+            Self::Shared => Ok(None),
+            Self::Schema { schema: name } | Self::Database { database: name } => {
+                check_name(name)?;
+                Ok(Some(name))
+            }
+        }
+    }
+
+    /// `"shared"`, `"schema"` or `"database"`.
+    pub fn model(&self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Schema { .. } => "schema",
+            Self::Database { .. } => "database",
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), PlacementError> {
+    let bytes = name.as_bytes();
+    let ok = (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+        && !bytes[0].is_ascii_digit()
+        && !name.starts_with("pg_")
+        && name != "public"
+        && name != "information_schema";
+    if ok {
+        Ok(())
+    } else {
+        Err(PlacementError {
+            name: name.to_owned(),
+        })
+    }
 }
 
 /// Where a tenant is in its lifecycle.

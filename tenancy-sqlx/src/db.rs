@@ -8,7 +8,7 @@ use sqlx::{Postgres, Transaction};
 use std::sync::Arc;
 
 use tenancy_core::quota::{QuotaEvents, ThresholdCrossed, TracingEvents};
-use tenancy_core::{TenantContext, TenantId, TenantScoped};
+use tenancy_core::{Placement, TenantContext, TenantId, TenantScoped};
 use tracing::Instrument;
 
 use crate::DbError;
@@ -196,15 +196,23 @@ impl TenantDb {
     /// A connection that turns out to be dead (for example its backend was
     /// terminated) is discarded and the transaction is retried once on
     /// another connection.
+    ///
+    /// The tenant's [`Placement`] chooses the isolation model behind the
+    /// same call: shared tables (`app.tenant_id` for the policies), or a
+    /// schema of its own (`search_path` set to it **with transaction scope**,
+    /// plus `app.tenant_id` for the policies its tables carry too). A
+    /// database placement is refused with [`DbError::Placement`]: this
+    /// `TenantDb` is one database.
     pub async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, DbError> {
         let tenant = ctx.tenant_id();
         let span = tracing::debug_span!("tenant_tx", tenant.id = %tenant);
         async {
-            let tx = match self.pool.begin_with(begin_sql(tenant)).await {
+            let sql = placement_begin_sql(ctx)?;
+            let tx = match self.pool.begin_with(sql.clone()).await {
                 Ok(tx) => tx,
                 Err(e) if is_connection_loss(&e) => {
                     tracing::warn!(error = %e, "connection lost at BEGIN; retrying once");
-                    self.pool.begin_with(begin_sql(tenant)).await?
+                    self.pool.begin_with(sql).await?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -254,6 +262,29 @@ fn is_connection_loss(e: &sqlx::Error) -> bool {
 /// so the literal is injection-safe.
 fn begin_sql(tenant: TenantId) -> String {
     tenancy_core::rls::begin_sql(tenant)
+}
+
+/// The opening message for `ctx`'s tenant according to its placement.
+fn placement_begin_sql(ctx: &TenantContext) -> Result<String, DbError> {
+    let tenant = ctx.tenant();
+    let placement = &tenant.placement;
+    let name = placement.checked_name().map_err(|e| DbError::Placement {
+        tenant: tenant.id,
+        reason: e.to_string(),
+    })?;
+    match (placement, name) {
+        (Placement::Shared, _) => Ok(begin_sql(tenant.id)),
+        (Placement::Schema { .. }, Some(schema)) => {
+            Ok(tenancy_core::rls::begin_sql_in_schema(tenant.id, schema))
+        }
+        _ => Err(DbError::Placement {
+            tenant: tenant.id,
+            reason: format!(
+                "placement model {:?} is not served by a single-database TenantDb",
+                placement.model()
+            ),
+        }),
+    }
 }
 
 /// A transaction bound to one tenant.

@@ -39,6 +39,24 @@ pub enum DbError {
         /// Why it is invalid.
         reason: String,
     },
+    /// A tenant migration is invalid, was edited after being applied, or
+    /// failed in a tenant's schema (which was left at its previous version).
+    #[error("tenant migration {version}: {reason}")]
+    TenantMigration {
+        /// The migration's version (0 when the list itself is invalid).
+        version: i64,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// The tenant's placement cannot be served here (an unchecked schema
+    /// name, or a model this database handle does not route).
+    #[error("tenant {tenant} cannot be opened: {reason}")]
+    Placement {
+        /// The tenant.
+        tenant: tenancy_core::TenantId,
+        /// Why.
+        reason: String,
+    },
     /// A cross-tenant capability was requested without a reason.
     #[error("cross-tenant access needs a non-empty reason for the audit trail")]
     MissingReason,

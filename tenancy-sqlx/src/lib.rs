@@ -16,6 +16,7 @@ mod quota;
 pub mod rls;
 mod settings;
 mod store;
+pub mod tenant_migrate;
 
 pub use audit_log::{ActivityLine, AuditPage, AuditQuery, PgAuditLog};
 pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};

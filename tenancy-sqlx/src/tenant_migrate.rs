@@ -1,0 +1,458 @@
+//! Tenant migrations: the schema of every tenant placed in a schema of its
+//! own, brought to the same version — in parallel, resumably, canary first,
+//! with failing tenants quarantined while the rest continue.
+//!
+//! These are distinct from the system schema (`tenancy.*`, see
+//! [`crate::migrate`]): a [`TenantMigration`] is SQL that runs with
+//! `search_path` set (with transaction scope) to one tenant's schema, so it
+//! names tables unqualified.
+//!
+//! - **State** lives in `tenancy.tenant_migrations` (tenant, version, name,
+//!   checksum). Each tenant is migrated in **one transaction** (PostgreSQL
+//!   DDL is transactional): a crash leaves a tenant either before or after,
+//!   never half-way, and the next run resumes where the last stopped.
+//! - **No-op check**: one query reads every tenant's applied versions and
+//!   checksums; tenants already at the latest version are skipped without
+//!   opening a transaction in their schema. This is what makes "nothing to
+//!   do" across thousands of tenants take milliseconds.
+//! - **Canary**: the first `canary` tenants are migrated one by one before
+//!   anyone else; if one fails, the rollout stops there.
+//! - **Quarantine**: after the canary, a failing tenant is recorded in
+//!   `tenancy.tenant_migration_quarantine` (and reported) while the others
+//!   continue; a later successful run clears its record.
+//! - **Edited migrations**: an applied version whose SQL changed
+//!   (checksum) quarantines the tenant instead of silently diverging.
+//!
+//! ```no_run
+//! use tenancy_sqlx::tenant_migrate::{TenantMigration, TenantMigrator, MigrationTarget};
+//!
+//! # async fn f(owner: sqlx::PgPool, targets: Vec<MigrationTarget>) -> Result<(), tenancy_sqlx::DbError> {
+//! let migrator = TenantMigrator::new(vec![
+//!     TenantMigration::new(1, "customers", "CREATE TABLE customers (tenant_id uuid NOT NULL, id uuid PRIMARY KEY)"),
+//!     TenantMigration::new(2, "customer names", "ALTER TABLE customers ADD COLUMN name text"),
+//! ])?
+//! .concurrency(8)
+//! .canary(2);
+//! let report = migrator.run(&owner, &targets, |p| tracing::info!(?p, "tenant migration")).await?;
+//! assert!(report.canary_failure.is_none());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::{FutureExt, StreamExt};
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, Executor, PgPool};
+use tenancy_core::rls::quote_ident;
+use tenancy_core::{Placement, TenantId};
+
+use crate::DbError;
+
+/// One step of the tenant schema.
+#[derive(Debug, Clone)]
+pub struct TenantMigration {
+    version: i64,
+    name: String,
+    sql: String,
+    checksum: String,
+}
+
+impl TenantMigration {
+    /// Version `version` (> 0, increasing), a short `name`, and the SQL to
+    /// run in the tenant's schema (several statements allowed).
+    pub fn new(version: i64, name: &str, sql: &str) -> Self {
+        let checksum = Sha256::digest(sql.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self {
+            version,
+            name: name.to_owned(),
+            sql: sql.to_owned(),
+            checksum,
+        }
+    }
+
+    /// The version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// A tenant to migrate and its schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationTarget {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its schema (checked like [`Placement::schema`]).
+    pub schema: String,
+}
+
+impl MigrationTarget {
+    /// The target for a tenant placed in a schema; `None` for other placements.
+    pub fn from_tenant(tenant: &tenancy_core::Tenant) -> Option<Self> {
+        match &tenant.placement {
+            Placement::Schema { schema } => Some(Self {
+                tenant: tenant.id,
+                schema: schema.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What the rollout is doing, for the progress callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Progress {
+    /// The tenant was already at the latest version (no transaction opened).
+    UpToDate(TenantId),
+    /// The tenant was brought from `from` to `to`.
+    Migrated {
+        /// The tenant.
+        tenant: TenantId,
+        /// Its version before (0 = none).
+        from: i64,
+        /// Its version now.
+        to: i64,
+    },
+    /// The tenant failed and was quarantined.
+    Quarantined {
+        /// The tenant.
+        tenant: TenantId,
+        /// Why.
+        error: String,
+    },
+}
+
+/// The outcome of [`TenantMigrator::run`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RolloutReport {
+    /// Tenants migrated in this run.
+    pub migrated: Vec<TenantId>,
+    /// Tenants already at the latest version.
+    pub up_to_date: usize,
+    /// Tenants that failed (recorded in the quarantine table), with the error.
+    pub quarantined: Vec<(TenantId, String)>,
+    /// Set when a canary tenant failed: the rollout stopped before the rest.
+    pub canary_failure: Option<(TenantId, String)>,
+}
+
+/// Runs [`TenantMigration`]s across tenants. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct TenantMigrator {
+    migrations: Arc<Vec<TenantMigration>>,
+    concurrency: usize,
+    canary: usize,
+}
+
+impl TenantMigrator {
+    /// A migrator for `migrations` (versions strictly increasing, > 0).
+    pub fn new(migrations: Vec<TenantMigration>) -> Result<Self, DbError> {
+        let mut last = 0;
+        for m in &migrations {
+            if m.version <= last {
+                return Err(DbError::TenantMigration {
+                    version: m.version,
+                    reason: format!(
+                        "comes after {last}: versions must be > 0 and strictly increasing"
+                    ),
+                });
+            }
+            last = m.version;
+        }
+        Ok(Self {
+            migrations: Arc::new(migrations),
+            concurrency: 4,
+            canary: 1,
+        })
+    }
+
+    /// How many tenants migrate at once after the canary (default 4; keep it
+    /// below the pool size).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// How many tenants migrate first, one by one (default 1; 0 = no canary).
+    pub fn canary(mut self, n: usize) -> Self {
+        self.canary = n;
+        self
+    }
+
+    /// The latest version.
+    pub fn latest(&self) -> i64 {
+        self.migrations.last().map_or(0, |m| m.version)
+    }
+
+    /// Creates `target`'s schema if needed, grants `USAGE` on it to `roles`,
+    /// and migrates it to the latest version: a tenant's provisioning step.
+    pub async fn provision(
+        &self,
+        pool: &PgPool,
+        target: &MigrationTarget,
+        roles: &[&str],
+    ) -> Result<i64, DbError> {
+        let schema = checked(target)?;
+        let mut ddl = format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema));
+        for role in roles {
+            ddl.push_str(&format!(
+                "; GRANT USAGE ON SCHEMA {} TO {}",
+                quote_ident(schema),
+                quote_ident(role)
+            ));
+        }
+        sqlx::raw_sql(&ddl).execute(pool).await?;
+        let applied = self.applied(pool, Some(target.tenant)).await?;
+        self.migrate_one(pool, target, applied.get(&target.tenant))
+            .await
+            .map(|(_, to)| to)
+    }
+
+    /// Brings every target to the latest version. `progress` hears about
+    /// each tenant as it finishes.
+    pub async fn run(
+        &self,
+        pool: &PgPool,
+        targets: &[MigrationTarget],
+        progress: impl Fn(&Progress) + Send + Sync,
+    ) -> Result<RolloutReport, DbError> {
+        let applied = self.applied(pool, None).await?;
+        let mut report = RolloutReport::default();
+        let mut pending = Vec::new();
+        for t in targets {
+            let done = applied.get(&t.tenant);
+            if done.is_some_and(|d| self.is_current(d)) {
+                report.up_to_date += 1;
+                progress(&Progress::UpToDate(t.tenant));
+            } else {
+                pending.push(t);
+            }
+        }
+        let canaries = pending.len().min(self.canary);
+        for t in &pending[..canaries] {
+            let outcome = self.migrate_one(pool, t, applied.get(&t.tenant)).await;
+            if let Some(error) = self
+                .settle(pool, t, outcome, &mut report, &progress)
+                .await?
+            {
+                report.canary_failure = Some((t.tenant, error));
+                return Ok(report);
+            }
+        }
+        // Boxed per tenant: keeps the rollout future `Send` (spawnable).
+        let rest: Vec<_> = pending[canaries..]
+            .iter()
+            .map(|t| {
+                let (this, pool, target) = (self.clone(), pool.clone(), (*t).clone());
+                let done = applied.get(&t.tenant).cloned();
+                async move {
+                    let outcome = this.migrate_one(&pool, &target, done.as_ref()).await;
+                    (target, outcome)
+                }
+                .boxed()
+            })
+            .collect();
+        let mut outcomes = futures_util::stream::iter(rest).buffer_unordered(self.concurrency);
+        while let Some((target, outcome)) = outcomes.next().await {
+            if let Some(error) = self
+                .settle(pool, &target, outcome, &mut report, &progress)
+                .await?
+            {
+                report.quarantined.push((target.tenant, error));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Records one tenant's outcome: success clears its quarantine record;
+    /// failure quarantines it. Returns the error text on failure.
+    async fn settle(
+        &self,
+        pool: &PgPool,
+        t: &MigrationTarget,
+        outcome: Result<(i64, i64), DbError>,
+        report: &mut RolloutReport,
+        progress: &(impl Fn(&Progress) + Send + Sync),
+    ) -> Result<Option<String>, DbError> {
+        match outcome {
+            Ok((from, to)) => {
+                sqlx::query("DELETE FROM tenancy.tenant_migration_quarantine WHERE tenant_id = $1")
+                    .bind(t.tenant.as_uuid())
+                    .execute(pool)
+                    .await?;
+                report.migrated.push(t.tenant);
+                progress(&Progress::Migrated {
+                    tenant: t.tenant,
+                    from,
+                    to,
+                });
+                Ok(None)
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.quarantine(pool, t, &error).await?;
+                progress(&Progress::Quarantined {
+                    tenant: t.tenant,
+                    error: error.clone(),
+                });
+                Ok(Some(error))
+            }
+        }
+    }
+
+    /// Whether `applied` (version → checksum) holds every migration, unchanged.
+    fn is_current(&self, applied: &HashMap<i64, String>) -> bool {
+        self.migrations
+            .iter()
+            .all(|m| applied.get(&m.version) == Some(&m.checksum))
+    }
+
+    /// Applied versions and checksums per tenant, in one query.
+    async fn applied(
+        &self,
+        pool: &PgPool,
+        only: Option<TenantId>,
+    ) -> Result<HashMap<TenantId, HashMap<i64, String>>, DbError> {
+        let rows: Vec<(uuid::Uuid, i64, String)> = sqlx::query_as(
+            "SELECT tenant_id, version, checksum FROM tenancy.tenant_migrations \
+             WHERE $1::uuid IS NULL OR tenant_id = $1",
+        )
+        .bind(only.map(|t| t.as_uuid()))
+        .fetch_all(pool)
+        .await?;
+        let mut out: HashMap<TenantId, HashMap<i64, String>> = HashMap::new();
+        for (tenant, version, checksum) in rows {
+            let tenant = TenantId::from_uuid(tenant).map_err(|e| DbError::InvalidData {
+                what: "tenancy.tenant_migrations.tenant_id",
+                reason: e.to_string(),
+            })?;
+            out.entry(tenant).or_default().insert(version, checksum);
+        }
+        Ok(out)
+    }
+
+    /// Migrates one tenant in one transaction; returns (from, to).
+    async fn migrate_one(
+        &self,
+        pool: &PgPool,
+        target: &MigrationTarget,
+        applied: Option<&HashMap<i64, String>>,
+    ) -> Result<(i64, i64), DbError> {
+        let schema = checked(target)?;
+        let empty = HashMap::new();
+        let applied = applied.unwrap_or(&empty);
+        for m in self.migrations.iter() {
+            if let Some(sum) = applied.get(&m.version).filter(|s| **s != m.checksum) {
+                return Err(DbError::TenantMigration {
+                    version: m.version,
+                    reason: format!(
+                        "({}) changed since it was applied (checksum {sum}); \
+                         add a new migration instead of editing an applied one",
+                        m.name
+                    ),
+                });
+            }
+        }
+        let from = applied.keys().copied().max().unwrap_or(0);
+        let mut conn = pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        (&mut *tx)
+            .execute(format!("SET LOCAL search_path TO {}", quote_ident(schema)).as_str())
+            .await?;
+        // One migrator per tenant at a time, across processes.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('tenancy.tenant_migrate'), hashtext($1))",
+        )
+        .bind(target.tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+        // Re-read under the lock: another process may have migrated it.
+        let done: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM tenancy.tenant_migrations WHERE tenant_id = $1",
+        )
+        .bind(target.tenant.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut to = from;
+        // Collected first: an iterator adaptor's closure held across the
+        // awaits below would make this future not `Send`.
+        let todo: Vec<&TenantMigration> = self
+            .migrations
+            .iter()
+            .filter(|m| !done.contains(&m.version))
+            .collect();
+        for m in todo {
+            (&mut *tx)
+                .execute(m.sql.as_str())
+                .await
+                .map_err(|e| DbError::TenantMigration {
+                    version: m.version,
+                    reason: format!("({}) failed in schema {schema}: {e}", m.name),
+                })?;
+            sqlx::query(
+                "INSERT INTO tenancy.tenant_migrations (tenant_id, version, name, checksum) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(target.tenant.as_uuid())
+            .bind(m.version)
+            .bind(&m.name)
+            .bind(&m.checksum)
+            .execute(&mut *tx)
+            .await?;
+            to = m.version;
+        }
+        tx.commit().await?;
+        Ok((from, to.max(from)))
+    }
+
+    async fn quarantine(
+        &self,
+        pool: &PgPool,
+        t: &MigrationTarget,
+        error: &str,
+    ) -> Result<(), DbError> {
+        tracing::error!(tenant.id = %t.tenant, error, "tenant migration failed; tenant quarantined");
+        sqlx::query(
+            "INSERT INTO tenancy.tenant_migration_quarantine (tenant_id, version, error) \
+             VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE \
+             SET version = EXCLUDED.version, error = EXCLUDED.error, at = now()",
+        )
+        .bind(t.tenant.as_uuid())
+        .bind(self.latest())
+        .bind(error)
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Tenants whose last rollout failed, with the error.
+    pub async fn quarantined(pool: &PgPool) -> Result<Vec<(TenantId, String)>, DbError> {
+        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT tenant_id, error FROM tenancy.tenant_migration_quarantine ORDER BY at",
+        )
+        .fetch_all(pool)
+        .await?;
+        rows.into_iter()
+            .map(|(t, e)| {
+                TenantId::from_uuid(t)
+                    .map(|t| (t, e))
+                    .map_err(|e| DbError::InvalidData {
+                        what: "tenancy.tenant_migration_quarantine.tenant_id",
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
+fn checked(target: &MigrationTarget) -> Result<&str, DbError> {
+    Placement::schema(&target.schema).map_err(|e| DbError::Placement {
+        tenant: target.tenant,
+        reason: e.to_string(),
+    })?;
+    Ok(&target.schema)
+}
