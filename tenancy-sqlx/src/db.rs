@@ -80,6 +80,7 @@ async fn leaked_setting(conn: &mut PgConnection) -> Result<Option<String>, sqlx:
 pub struct TenantDb {
     pool: PgPool,
     quota: Arc<QuotaConfig>,
+    databases: Option<crate::DatabaseRouter>,
 }
 
 /// Where quota threshold events go, and at which percentages.
@@ -169,7 +170,16 @@ impl TenantDb {
         Self {
             pool,
             quota: Arc::new(QuotaConfig::default()),
+            databases: None,
         }
+    }
+
+    /// Serves tenants placed in a database of their own through `router`
+    /// (one pool per tenant database, bounded and idle-evicted). Shared and
+    /// schema tenants keep using this handle's pool.
+    pub fn with_databases(mut self, router: crate::DatabaseRouter) -> Self {
+        self.databases = Some(router);
+        self
     }
 
     /// Sends quota threshold events (default: tracing, at 80 % and 95 %) to
@@ -200,19 +210,20 @@ impl TenantDb {
     /// The tenant's [`Placement`] chooses the isolation model behind the
     /// same call: shared tables (`app.tenant_id` for the policies), or a
     /// schema of its own (`search_path` set to it **with transaction scope**,
-    /// plus `app.tenant_id` for the policies its tables carry too). A
-    /// database placement is refused with [`DbError::Placement`]: this
-    /// `TenantDb` is one database.
+    /// plus `app.tenant_id` for the policies its tables carry too), or a
+    /// database of its own (a pool from the [`DatabaseRouter`](crate::DatabaseRouter)
+    /// given to [`TenantDb::with_databases`]; without one, the tenant is
+    /// refused with [`DbError::Placement`]).
     pub async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, DbError> {
         let tenant = ctx.tenant_id();
         let span = tracing::debug_span!("tenant_tx", tenant.id = %tenant);
         async {
-            let sql = placement_begin_sql(ctx)?;
-            let tx = match self.pool.begin_with(sql.clone()).await {
+            let (pool, sql) = self.route(ctx).await?;
+            let tx = match pool.begin_with(sql.clone()).await {
                 Ok(tx) => tx,
                 Err(e) if is_connection_loss(&e) => {
                     tracing::warn!(error = %e, "connection lost at BEGIN; retrying once");
-                    self.pool.begin_with(sql).await?
+                    pool.begin_with(sql).await?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -225,6 +236,40 @@ impl TenantDb {
         }
         .instrument(span)
         .await
+    }
+
+    /// The pool and opening message for `ctx`'s tenant, by placement.
+    async fn route(&self, ctx: &TenantContext) -> Result<(PgPool, String), DbError> {
+        let tenant = ctx.tenant();
+        let placement = &tenant.placement;
+        let refuse = |reason: String| DbError::Placement {
+            tenant: tenant.id,
+            reason,
+        };
+        let name = placement
+            .checked_name()
+            .map_err(|e| refuse(e.to_string()))?;
+        match (placement, name) {
+            (Placement::Shared, _) => Ok((self.pool.clone(), begin_sql(tenant.id))),
+            (Placement::Schema { .. }, Some(schema)) => Ok((
+                self.pool.clone(),
+                tenancy_core::rls::begin_sql_in_schema(tenant.id, schema),
+            )),
+            (Placement::Database { .. }, Some(database)) => match &self.databases {
+                // The tenant's own database: its tables still carry the
+                // policy, so the tenant setting is set there too.
+                Some(router) => Ok((router.pool(database).await, begin_sql(tenant.id))),
+                None => Err(refuse(
+                    "placed in a database of its own, but this TenantDb has no DatabaseRouter \
+                     (TenantDb::with_databases)"
+                        .into(),
+                )),
+            },
+            _ => Err(refuse(format!(
+                "placement model {:?} is not supported here",
+                placement.model()
+            ))),
+        }
     }
 
     /// A transaction scoped to `tenant` for the crate's own system tables
@@ -262,29 +307,6 @@ fn is_connection_loss(e: &sqlx::Error) -> bool {
 /// so the literal is injection-safe.
 fn begin_sql(tenant: TenantId) -> String {
     tenancy_core::rls::begin_sql(tenant)
-}
-
-/// The opening message for `ctx`'s tenant according to its placement.
-fn placement_begin_sql(ctx: &TenantContext) -> Result<String, DbError> {
-    let tenant = ctx.tenant();
-    let placement = &tenant.placement;
-    let name = placement.checked_name().map_err(|e| DbError::Placement {
-        tenant: tenant.id,
-        reason: e.to_string(),
-    })?;
-    match (placement, name) {
-        (Placement::Shared, _) => Ok(begin_sql(tenant.id)),
-        (Placement::Schema { .. }, Some(schema)) => {
-            Ok(tenancy_core::rls::begin_sql_in_schema(tenant.id, schema))
-        }
-        _ => Err(DbError::Placement {
-            tenant: tenant.id,
-            reason: format!(
-                "placement model {:?} is not served by a single-database TenantDb",
-                placement.model()
-            ),
-        }),
-    }
 }
 
 /// A transaction bound to one tenant.

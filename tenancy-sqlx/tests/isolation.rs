@@ -47,6 +47,7 @@ async fn isolation_property_suite_over_tenant_db() {
         admin: env.admin_pool(2).await.unwrap(),
         qualify: Some(schema.clone()),
         oracle_schemas: vec![schema],
+        oracle_databases: Vec::new(),
     });
     let tenants: Vec<TenantContext> = (0..8)
         .map(|i| {
@@ -90,6 +91,7 @@ async fn suite_detects_a_data_path_without_rls() {
         admin: env.admin_pool(1).await.unwrap(),
         qualify: Some(schema.clone()),
         oracle_schemas: vec![schema],
+        oracle_databases: Vec::new(),
     });
     let tenants: Vec<TenantContext> = (0..3)
         .map(|i| {

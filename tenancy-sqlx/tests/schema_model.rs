@@ -86,6 +86,7 @@ async fn isolation_suite_schema_per_tenant() {
         admin: env.admin_pool(2).await.unwrap(),
         qualify: None,
         oracle_schemas: tenants.iter().map(|t| target(t).schema).collect(),
+        oracle_databases: Vec::new(),
     });
     let mut config = isolation::Config::from_env();
     config.ops = config.ops.min(50_000);

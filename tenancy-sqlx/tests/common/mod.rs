@@ -20,6 +20,9 @@ pub struct SqlxTarget {
     pub qualify: Option<String>,
     /// The schemas whose tables the oracle reads (one per tenant, or the shared one).
     pub oracle_schemas: Vec<String>,
+    /// Database-per-tenant: superuser pools on each tenant database, whose
+    /// `public` tables the oracle reads instead.
+    pub oracle_databases: Vec<PgPool>,
 }
 
 impl SqlxTarget {
@@ -127,21 +130,35 @@ impl Target for SqlxTarget {
     }
 
     async fn oracle(&self, table: usize) -> Result<Vec<Row>, String> {
-        let union = self
-            .oracle_schemas
-            .iter()
-            .map(|s| {
-                format!(
-                    "SELECT tenant_id, id, value FROM \"{s}\".\"{}\"",
-                    TABLES[table]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        let rows: Vec<R> = sqlx::query_as(&union)
-            .fetch_all(&self.admin)
+        let mut rows: Vec<R> = Vec::new();
+        for db in &self.oracle_databases {
+            let part: Vec<R> = sqlx::query_as(&format!(
+                "SELECT tenant_id, id, value FROM public.\"{}\"",
+                TABLES[table]
+            ))
+            .fetch_all(db)
             .await
             .map_err(|e| e.to_string())?;
+            rows.extend(part);
+        }
+        if !self.oracle_schemas.is_empty() {
+            let union = self
+                .oracle_schemas
+                .iter()
+                .map(|s| {
+                    format!(
+                        "SELECT tenant_id, id, value FROM \"{s}\".\"{}\"",
+                        TABLES[table]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let part: Vec<R> = sqlx::query_as(&union)
+                .fetch_all(&self.admin)
+                .await
+                .map_err(|e| e.to_string())?;
+            rows.extend(part);
+        }
         Ok(rows.into_iter().map(row).collect())
     }
 }

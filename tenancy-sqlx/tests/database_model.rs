@@ -1,0 +1,201 @@
+//! Database-per-tenant through the same `TenantDb::begin`: the isolation
+//! suite across tenant databases, and the router's bounds — at most
+//! `max_pools` pools open, evicted and idle pools closed, connections within
+//! the budget.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::SqlxTarget;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tenancy_core::rls::TenantTable;
+use tenancy_core::{Placement, Tenant, TenantContext, TenantId};
+use tenancy_sqlx::{DatabaseRouter, TenantDb};
+use tenancy_testkit::TestDb;
+use tenancy_testkit::isolation::{self, TABLES};
+
+/// A tenant with a database of its own, created with the suite's tables
+/// (RLS kept inside as a second wall). Returns the context and a superuser
+/// pool on that database for the oracle.
+async fn database_tenant(env: &TestDb, admin: &PgPool, slug: &str) -> (TenantContext, PgPool) {
+    let id = TenantId::new_v4();
+    let name = Placement::name_for(id);
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER tenancy_owner"))
+        .execute(admin)
+        .await
+        .unwrap();
+    let owner_opts: PgConnectOptions = env.owner_url.parse().unwrap();
+    let owner = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(owner_opts.database(&name))
+        .await
+        .unwrap();
+    for stmt in isolation::create_tables_sql("public") {
+        sqlx::raw_sql(&stmt).execute(&owner).await.unwrap();
+    }
+    for t in TABLES {
+        sqlx::raw_sql(
+            &TenantTable::new(t)
+                .schema("public")
+                .index_on(["id"])
+                .grant_to("tenancy_app")
+                .ddl(),
+        )
+        .execute(&owner)
+        .await
+        .unwrap();
+    }
+    owner.close().await;
+    let admin_opts: PgConnectOptions = env.admin_url.parse().unwrap();
+    let oracle = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin_opts.database(&name))
+        .await
+        .unwrap();
+    let ctx = TenantContext::new(
+        Tenant::new(id, slug.parse().unwrap(), slug)
+            .with_placement(Placement::database(&name).unwrap()),
+    );
+    (ctx, oracle)
+}
+
+fn router(env: &TestDb) -> DatabaseRouter {
+    DatabaseRouter::new(env.app_url.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolation_suite_database_per_tenant() {
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    let mut tenants = Vec::new();
+    let mut oracles = Vec::new();
+    for i in 0..8 {
+        let (ctx, oracle) = database_tenant(&env, &admin, &format!("db-{i}")).await;
+        tenants.push(ctx);
+        oracles.push(oracle);
+    }
+    let db = TenantDb::connect(&env.app_url)
+        .await
+        .unwrap()
+        .with_databases(router(&env).max_pools(8).connection_budget(16));
+    let target = Arc::new(SqlxTarget {
+        db,
+        admin: admin.clone(),
+        qualify: None,
+        oracle_schemas: Vec::new(),
+        oracle_databases: oracles,
+    });
+    let mut config = isolation::Config::from_env();
+    config.ops = config.ops.min(20_000);
+    let report = isolation::run(target, &tenants, &config).await;
+    report.assert_clean(&config, "sqlx-database");
+}
+
+/// Connections the application role holds, per tenant database.
+async fn app_connections(admin: &PgPool, databases: &[String]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for d in databases {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tenancy_app' AND datname = $1",
+        )
+        .bind(d)
+        .fetch_one(admin)
+        .await
+        .unwrap();
+        out.push(n);
+    }
+    out
+}
+
+async fn touch(db: &TenantDb, ctx: &TenantContext) {
+    let mut tx = db.begin(ctx).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_router_bounds_open_pools_closes_evicted_ones_and_keeps_the_budget() {
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    let mut tenants = Vec::new();
+    // More tenants than the budget has connections: only closing evicted
+    // pools keeps the total within it.
+    for i in 0..6 {
+        tenants.push(database_tenant(&env, &admin, &format!("bound-{i}")).await.0);
+    }
+    let names: Vec<String> = tenants
+        .iter()
+        .map(|t| {
+            t.tenant()
+                .placement
+                .checked_name()
+                .unwrap()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let router = router(&env).max_pools(2).connection_budget(4);
+    assert_eq!(router.per_pool(), 2);
+    let db = TenantDb::connect(&env.app_url)
+        .await
+        .unwrap()
+        .with_databases(router.clone());
+    for round in 0..3 {
+        for t in &tenants {
+            touch(&db, t).await;
+            router.run_pending_tasks().await;
+            assert!(
+                router.open_pools() <= 2,
+                "round {round}: {} pools open",
+                router.open_pools()
+            );
+            // Evicted pools are closed: never more than the budget connected.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let total: i64 = app_connections(&admin, &names).await.iter().sum();
+            assert!(total <= 4, "round {round}: {total} connections, budget 4");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_pool_is_closed() {
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    let (ctx, _) = database_tenant(&env, &admin, "idle").await;
+    let name = ctx
+        .tenant()
+        .placement
+        .checked_name()
+        .unwrap()
+        .unwrap()
+        .to_owned();
+    let router = router(&env).idle_timeout(Duration::from_millis(300));
+    let db = TenantDb::connect(&env.app_url)
+        .await
+        .unwrap()
+        .with_databases(router.clone());
+    touch(&db, &ctx).await;
+    assert_eq!(
+        app_connections(&admin, std::slice::from_ref(&name)).await,
+        [1]
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    router.run_pending_tasks().await;
+    assert_eq!(router.open_pools(), 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        app_connections(&admin, &[name]).await,
+        [0],
+        "the idle pool's connections are closed"
+    );
+    // The tenant is still served: a fresh pool opens on demand.
+    touch(&db, &ctx).await;
+}
