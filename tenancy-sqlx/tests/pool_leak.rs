@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use sqlx::{PgPool, Row};
-use tenancy_core::{Tenant, TenantContext, TenantId};
+use tenancy_core::{Placement, Tenant, TenantContext, TenantId};
 use tenancy_sqlx::TenantDb;
 use tenancy_sqlx::rls::{ApplyTenantTable, TenantTable};
 use tenancy_testkit::TestDb;
@@ -22,9 +22,35 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_for(Model::Shared).await
+}
+
+async fn fixture_for(model: Model) -> Fixture {
     let env = TestDb::from_env().unwrap();
-    let schema = env.fresh_schema("leak").await.unwrap();
     let owner = env.owner_pool(1).await.unwrap();
+    let tenant = match model {
+        Model::Shared => tenant("leaky"),
+        Model::Schema => {
+            let id = TenantId::new_v4();
+            TenantContext::new(
+                Tenant::new(id, "leaky".parse().unwrap(), "leaky")
+                    .with_placement(Placement::schema(&Placement::name_for(id)).unwrap()),
+            )
+        }
+    };
+    let schema = match model {
+        Model::Shared => env.fresh_schema("leak").await.unwrap(),
+        Model::Schema => {
+            let schema = Placement::name_for(tenant.tenant_id());
+            sqlx::raw_sql(&format!(
+                "CREATE SCHEMA \"{schema}\"; GRANT USAGE ON SCHEMA \"{schema}\" TO tenancy_app"
+            ))
+            .execute(&owner)
+            .await
+            .unwrap();
+            schema
+        }
+    };
     let table = format!("\"{schema}\".\"items\"");
     sqlx::query(&format!(
         "CREATE TABLE {table} (tenant_id uuid NOT NULL, id uuid NOT NULL DEFAULT gen_random_uuid(), \
@@ -41,7 +67,6 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     // Data that could leak: rows of the tenant used in every scenario.
-    let tenant = tenant("leaky");
     let db = TenantDb::connect(&env.app_url).await.unwrap();
     let mut tx = db.begin(&tenant).await.unwrap();
     for v in 0..5 {
@@ -59,17 +84,29 @@ async fn fixture() -> Fixture {
 }
 
 /// What the next user of a pooled connection observes outside any tenant
-/// transaction: (tenant setting, visible rows, backend pid). Simple-query
-/// protocol, so the check itself works through pgbouncer.
-async fn next_user(pool: &PgPool, table: &str) -> (String, i64, i32) {
+/// transaction: (tenant setting, visible rows, backend pid, search_path).
+/// Simple-query protocol, so the check itself works through pgbouncer.
+async fn next_user(pool: &PgPool, table: &str) -> (String, i64, i32, String) {
     let row = sqlx::raw_sql(&format!(
         "SELECT coalesce(current_setting('app.tenant_id', true), ''), \
-                (SELECT count(*) FROM {table}), pg_backend_pid()"
+                (SELECT count(*) FROM {table}), pg_backend_pid(), current_setting('search_path')"
     ))
     .fetch_one(pool)
     .await
     .unwrap();
-    (row.get(0), row.get(1), row.get(2))
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+/// The application role's search_path outside any transaction.
+const DEFAULT_SEARCH_PATH: &str = "\"$user\", public";
+
+/// Which isolation model the fixture's tenant uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Model {
+    /// Shared table, row-level security.
+    Shared,
+    /// A schema of its own (`search_path` per transaction), table still under RLS.
+    Schema,
 }
 
 async fn backend_pid(tx: &mut tenancy_sqlx::TenantTx) -> i32 {
@@ -187,9 +224,13 @@ async fn run_scenario(s: Scenario, db: &TenantDb, f: &Fixture) -> Option<i32> {
 }
 
 async fn matrix(url: &str, same_backend_expected: bool) {
+    matrix_for(url, same_backend_expected, Model::Shared).await;
+}
+
+async fn matrix_for(url: &str, same_backend_expected: bool, model: Model) {
     // `same_backend_expected`: the next user must land on the very backend the
     // scenario used (proves the connection really was shared).
-    let f = fixture().await;
+    let f = fixture_for(model).await;
     for s in ALL {
         // One connection: the next user gets the very same client connection.
         let pool = TenantDb::pool_options()
@@ -199,10 +240,14 @@ async fn matrix(url: &str, same_backend_expected: bool) {
             .unwrap();
         let db = TenantDb::new(pool.clone());
         let pid = run_scenario(s, &db, &f).await;
-        let (setting, rows, next_pid) = next_user(&pool, &f.table).await;
+        let (setting, rows, next_pid, search_path) = next_user(&pool, &f.table).await;
         assert_eq!(
             setting, "",
             "{s:?}: tenant setting survived on the pooled connection"
+        );
+        assert_eq!(
+            search_path, DEFAULT_SEARCH_PATH,
+            "{model:?} {s:?}: search_path survived on the pooled connection"
         );
         assert_eq!(rows, 0, "{s:?}: next user without a tenant saw rows");
         if same_backend_expected && let Some(pid) = pid {
@@ -242,6 +287,19 @@ async fn pool_leak_matrix_through_pgbouncer_transaction_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_leak_matrix_schema_per_tenant_direct() {
+    let env = TestDb::from_env().unwrap();
+    matrix_for(&env.app_url, true, Model::Schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_leak_matrix_schema_per_tenant_through_pgbouncer() {
+    let env = TestDb::from_env().unwrap();
+    let url = format!("{}?statement-cache-capacity=0", env.pgbouncer_app_url);
+    matrix_for(&url, true, Model::Schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_level_setting_is_caught_by_pool_hygiene() {
     let f = fixture().await;
     let pool = TenantDb::pool_options()
@@ -266,7 +324,7 @@ async fn session_level_setting_is_caught_by_pool_hygiene() {
             .get(0)
     };
     // The release check closes that connection; the next user gets a clean one.
-    let (setting, rows, next_pid) = next_user(&pool, &f.table).await;
+    let (setting, rows, next_pid, _) = next_user(&pool, &f.table).await;
     assert_eq!((setting.as_str(), rows), ("", 0));
     assert_ne!(pid, next_pid, "the polluted connection must not be reused");
 }
@@ -288,7 +346,7 @@ async fn without_hygiene_the_same_misuse_leaks() {
     .execute(&pool)
     .await
     .unwrap();
-    let (setting, rows, _) = next_user(&pool, &f.table).await;
+    let (setting, rows, _, _) = next_user(&pool, &f.table).await;
     assert_eq!(setting, f.tenant.tenant_id().to_string());
     assert_eq!(rows, 5);
 }
