@@ -449,6 +449,77 @@ impl TenantMigrator {
     }
 }
 
+/// The provisioning step that allocates a new tenant's storage for its
+/// placement (`allocate_storage`, for [`tenancy_core::provision::Pipeline`]):
+///
+/// - shared: nothing to allocate (rows go into the shared tables);
+/// - schema: creates the schema, grants `USAGE` to the given roles and
+///   applies the tenant migrations ([`TenantMigrator::provision`]);
+///   idempotent, so a resumed pipeline can run it again;
+/// - database: refused with a message — create tenant databases from a
+///   template database (`CREATE DATABASE .. TEMPLATE ..`) and serve them with
+///   [`DatabaseRouter`](crate::DatabaseRouter); this step does not do it yet.
+///
+/// ```no_run
+/// use tenancy_core::provision::Pipeline;
+/// use tenancy_sqlx::tenant_migrate::{AllocateStorageStep, TenantMigration, TenantMigrator};
+///
+/// # fn f(owner: sqlx::PgPool, pipeline: Pipeline) -> Result<(), tenancy_sqlx::DbError> {
+/// let migrator = TenantMigrator::new(vec![TenantMigration::new(1, "customers", "CREATE TABLE customers (id uuid)")])?;
+/// let pipeline = pipeline.step(AllocateStorageStep::new(owner, migrator, ["app"]));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AllocateStorageStep {
+    pool: PgPool,
+    migrator: TenantMigrator,
+    roles: Vec<String>,
+}
+
+impl AllocateStorageStep {
+    /// The step over `pool` (a role that may create schemas), applying
+    /// `migrator`'s migrations and granting schema usage to `roles`.
+    pub fn new<I, S>(pool: PgPool, migrator: TenantMigrator, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            pool,
+            migrator,
+            roles: roles.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl tenancy_core::provision::ProvisionStep for AllocateStorageStep {
+    fn name(&self) -> &str {
+        "allocate_storage"
+    }
+
+    async fn run(&self, tenant: &tenancy_core::Tenant) -> Result<(), String> {
+        match &tenant.placement {
+            Placement::Shared => Ok(()),
+            Placement::Schema { .. } => {
+                let target = MigrationTarget::from_tenant(tenant)
+                    .ok_or_else(|| "schema placement without a schema".to_owned())?;
+                let roles: Vec<&str> = self.roles.iter().map(String::as_str).collect();
+                self.migrator
+                    .provision(&self.pool, &target, &roles)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            other => Err(format!(
+                "placement model {:?} is not allocated by AllocateStorageStep yet: create the tenant \
+                 database from a template and serve it with DatabaseRouter",
+                other.model()
+            )),
+        }
+    }
+}
+
 fn checked(target: &MigrationTarget) -> Result<&str, DbError> {
     Placement::schema(&target.schema).map_err(|e| DbError::Placement {
         tenant: target.tenant,

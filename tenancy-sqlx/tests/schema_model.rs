@@ -425,3 +425,39 @@ async fn an_edited_migration_quarantines_instead_of_diverging() {
         report.quarantined[0].1
     );
 }
+
+#[tokio::test]
+async fn the_allocate_storage_step_provisions_by_placement() {
+    use tenancy_core::provision::ProvisionStep;
+    use tenancy_sqlx::tenant_migrate::AllocateStorageStep;
+    let env = TestDb::from_env().unwrap();
+    let owner = owner_with_system_schema(&env).await;
+    let step = AllocateStorageStep::new(
+        owner.clone(),
+        TenantMigrator::new(suite_migrations()).unwrap(),
+        ["tenancy_app"],
+    );
+    assert_eq!(step.name(), "allocate_storage");
+    // Schema: created, migrated, usable through the door; running it again
+    // (a resumed pipeline) changes nothing.
+    let ctx = schema_tenant("allocated");
+    step.run(ctx.tenant()).await.unwrap();
+    step.run(ctx.tenant()).await.unwrap();
+    assert_eq!(versions(&owner, &ctx).await, [1]);
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let mut tx = db.begin(&ctx).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    tx.commit().await.unwrap();
+    // Shared: nothing to allocate.
+    let shared = Tenant::new(TenantId::new_v4(), "shared".parse().unwrap(), "shared");
+    step.run(&shared).await.unwrap();
+    // Database: refused with what to do instead.
+    let elsewhere = Tenant::new(TenantId::new_v4(), "db".parse().unwrap(), "db")
+        .with_placement(Placement::database("t_somewhere").unwrap());
+    let err = step.run(&elsewhere).await.unwrap_err();
+    assert!(err.contains("DatabaseRouter"), "{err}");
+}
