@@ -212,6 +212,50 @@ impl TenantTable {
         out
     }
 
+    /// Statements that convert an **existing single-tenant table** into this
+    /// tenant table, in order (run them in one transaction, as the owner):
+    ///
+    /// 1. add the tenant column, nullable;
+    /// 2. backfill every existing row with `existing_rows_belong_to`;
+    /// 3. default the column to the transaction's tenant
+    ///    (`NULLIF(current_setting('app.tenant_id', true), '')::uuid`), so
+    ///    application `INSERT`s that do not name it yet are stamped with the
+    ///    right tenant — and fail `NOT NULL` outside a tenant transaction;
+    /// 4. then [`TenantTable::statements`]: `NOT NULL`, row-level security
+    ///    enabled and forced, the policy, the tenant-leading index, grants.
+    ///
+    /// Unique constraints and foreign keys that should become per tenant
+    /// (`UNIQUE (tenant_id, code)` instead of `UNIQUE (code)`) are yours to
+    /// change: which ones is a product decision.
+    ///
+    /// ```
+    /// use tenancy_core::rls::TenantTable;
+    ///
+    /// let default: tenancy_core::TenantId = "6f1c0c8e-2d5b-4c1a-9a57-3f8e2b7d9c41".parse()?;
+    /// let steps = TenantTable::new("customers").grant_to("app").conversion_statements(default);
+    /// assert!(steps[0].contains("ADD COLUMN IF NOT EXISTS \"tenant_id\" uuid"));
+    /// assert!(steps[1].starts_with("UPDATE"));
+    /// assert!(steps.iter().any(|s| s.contains("FORCE ROW LEVEL SECURITY")));
+    /// # Ok::<(), tenancy_core::TenantIdError>(())
+    /// ```
+    pub fn conversion_statements(&self, existing_rows_belong_to: crate::TenantId) -> Vec<String> {
+        let table = self.qualified_name();
+        let column = quote_ident(&self.column);
+        let mut out = vec![
+            format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} uuid"),
+            format!(
+                "UPDATE {table} SET {column} = '{}' WHERE {column} IS NULL",
+                existing_rows_belong_to.as_uuid().hyphenated()
+            ),
+            format!(
+                "ALTER TABLE {table} ALTER COLUMN {column} SET DEFAULT \
+                 NULLIF(current_setting('{TENANT_SETTING}', true), '')::uuid"
+            ),
+        ];
+        out.extend(self.statements());
+        out
+    }
+
     /// The DDL as one script.
     pub fn ddl(&self) -> String {
         let mut s = self.statements().join(";\n");

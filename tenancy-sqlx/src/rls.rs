@@ -33,17 +33,38 @@ use crate::DbError;
 pub trait ApplyTenantTable {
     /// Applies the DDL on `conn` (connected as the table owner), in one transaction.
     async fn apply(&self, conn: &mut PgConnection) -> Result<(), DbError>;
+
+    /// Converts an existing single-tenant table in place, in one
+    /// transaction: its rows go to `existing_rows_belong_to`; see
+    /// [`TenantTable::conversion_statements`] for the steps.
+    async fn convert_from_single_tenant(
+        &self,
+        conn: &mut PgConnection,
+        existing_rows_belong_to: tenancy_core::TenantId,
+    ) -> Result<(), DbError>;
 }
 
 #[async_trait]
 impl ApplyTenantTable for TenantTable {
     async fn apply(&self, conn: &mut PgConnection) -> Result<(), DbError> {
-        use sqlx::Connection;
-        let mut tx = conn.begin().await?;
-        for statement in self.statements() {
-            sqlx::query(&statement).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        run_in_tx(conn, self.statements()).await
     }
+
+    async fn convert_from_single_tenant(
+        &self,
+        conn: &mut PgConnection,
+        existing_rows_belong_to: tenancy_core::TenantId,
+    ) -> Result<(), DbError> {
+        run_in_tx(conn, self.conversion_statements(existing_rows_belong_to)).await
+    }
+}
+
+async fn run_in_tx(conn: &mut PgConnection, statements: Vec<String>) -> Result<(), DbError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
