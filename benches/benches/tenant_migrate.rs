@@ -13,7 +13,9 @@
 //!   concurrency 4 (each iteration adds the next column).
 //! - `provision/schema_tenant`: one tenant's schema created and migrated
 //!   (`TenantMigrator::provision`); `provision/row_level_tenant`: one tenant
-//!   record created (`PgTenantStore::create`), the shared model's provisioning.
+//!   record created (`PgTenantStore::create`), the shared model's provisioning;
+//!   `provision/database_tenant`: one tenant database created from a template
+//!   holding the tenant schema (`AllocateStorageStep::with_database_template`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -26,9 +28,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sqlx::PgPool;
+use tenancy_core::provision::ProvisionStep;
 use tenancy_core::rls::TenantTable;
 use tenancy_core::{Placement, Tenant, TenantId};
-use tenancy_sqlx::tenant_migrate::{MigrationTarget, TenantMigration, TenantMigrator};
+use tenancy_sqlx::tenant_migrate::{
+    AllocateStorageStep, MigrationTarget, TenantMigration, TenantMigrator,
+};
 use tenancy_sqlx::{PgTenantStore, migrate};
 use tenancy_testkit::TestDb;
 
@@ -133,6 +138,42 @@ fn bench(c: &mut Criterion) {
             m.provision(&owner, &schema_target(), &["tenancy_app"])
                 .await
                 .unwrap()
+        });
+    });
+    let admin = rt.block_on(env.admin_pool(1)).unwrap();
+    let template = "bench_tenant_template";
+    rt.block_on(async {
+        sqlx::raw_sql(&format!("CREATE DATABASE {template}")).execute(&admin).await.unwrap();
+        let opts: sqlx::postgres::PgConnectOptions = env.admin_url.parse().unwrap();
+        let t = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.database(template))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE customers (tenant_id uuid NOT NULL, id uuid NOT NULL, name text, PRIMARY KEY (tenant_id, id))",
+        )
+        .execute(&t)
+        .await
+        .unwrap();
+        sqlx::raw_sql(&TenantTable::new("customers").index_on(["id"]).grant_to("tenancy_app").ddl())
+            .execute(&t)
+            .await
+            .unwrap();
+        t.close().await;
+    });
+    g.bench_function("database_tenant", |b| {
+        let step = AllocateStorageStep::new(
+            admin.clone(),
+            TenantMigrator::new(Vec::new()).unwrap(),
+            ["tenancy_app"],
+        )
+        .with_database_template(template);
+        b.to_async(&rt).iter(|| async {
+            let id = TenantId::new_v4();
+            let t = Tenant::new(id, "db".parse().unwrap(), "db")
+                .with_placement(Placement::database(&Placement::name_for(id)).unwrap());
+            step.run(&t).await.unwrap();
         });
     });
     g.bench_function("row_level_tenant", |b| {

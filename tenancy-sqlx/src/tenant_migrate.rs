@@ -456,9 +456,13 @@ impl TenantMigrator {
 /// - schema: creates the schema, grants `USAGE` to the given roles and
 ///   applies the tenant migrations ([`TenantMigrator::provision`]);
 ///   idempotent, so a resumed pipeline can run it again;
-/// - database: refused with a message — create tenant databases from a
-///   template database (`CREATE DATABASE .. TEMPLATE ..`) and serve them with
-///   [`DatabaseRouter`](crate::DatabaseRouter); this step does not do it yet.
+/// - database: with [`AllocateStorageStep::with_database_template`], creates
+///   the tenant's database as a copy of a template database that holds the
+///   tenant schema (`CREATE DATABASE .. TEMPLATE ..`; the pool's role needs
+///   `CREATEDB`, and nobody may be connected to the template); an existing
+///   database is left as is. Serve it with
+///   [`DatabaseRouter`](crate::DatabaseRouter). Without a template the step
+///   refuses database tenants with a message.
 ///
 /// ```no_run
 /// use tenancy_core::provision::Pipeline;
@@ -474,6 +478,7 @@ pub struct AllocateStorageStep {
     pool: PgPool,
     migrator: TenantMigrator,
     roles: Vec<String>,
+    template: Option<String>,
 }
 
 impl AllocateStorageStep {
@@ -488,6 +493,43 @@ impl AllocateStorageStep {
             pool,
             migrator,
             roles: roles.into_iter().map(Into::into).collect(),
+            template: None,
+        }
+    }
+
+    /// Creates database tenants as copies of `template` (a database name,
+    /// checked like a placement name when the step runs).
+    pub fn with_database_template(mut self, template: &str) -> Self {
+        self.template = Some(template.to_owned());
+        self
+    }
+
+    async fn create_database(&self, database: &str) -> Result<(), String> {
+        let Some(template) = &self.template else {
+            return Err("placement model \"database\" needs a template: \
+                        AllocateStorageStep::with_database_template, then serve it with DatabaseRouter"
+                .to_owned());
+        };
+        Placement::database(template).map_err(|e| format!("database template: {e}"))?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        if exists {
+            return Ok(());
+        }
+        let create = format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote_ident(database),
+            quote_ident(template)
+        );
+        match sqlx::raw_sql(&create).execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            // 42P04 duplicate_database: a concurrent run created it.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+            Err(e) => Err(format!("creating database {database} from {template}: {e}")),
         }
     }
 }
@@ -511,9 +553,16 @@ impl tenancy_core::provision::ProvisionStep for AllocateStorageStep {
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
+            Placement::Database { .. } => {
+                let name = tenant
+                    .placement
+                    .checked_name()
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "database placement without a name".to_owned())?;
+                self.create_database(name).await
+            }
             other => Err(format!(
-                "placement model {:?} is not allocated by AllocateStorageStep yet: create the tenant \
-                 database from a template and serve it with DatabaseRouter",
+                "placement model {:?} is not allocated by AllocateStorageStep",
                 other.model()
             )),
         }

@@ -199,3 +199,65 @@ async fn an_idle_pool_is_closed() {
     // The tenant is still served: a fresh pool opens on demand.
     touch(&db, &ctx).await;
 }
+
+#[tokio::test]
+async fn database_tenants_are_provisioned_from_a_template() {
+    use tenancy_core::provision::ProvisionStep;
+    use tenancy_sqlx::tenant_migrate::{AllocateStorageStep, TenantMigrator};
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    // The template: a database holding the tenant schema, nobody connected.
+    let (template_ctx, template_pool) = database_tenant(&env, &admin, "template").await;
+    template_pool.close().await;
+    let template = template_ctx
+        .tenant()
+        .placement
+        .checked_name()
+        .unwrap()
+        .unwrap()
+        .to_owned();
+    let step = AllocateStorageStep::new(
+        admin.clone(),
+        TenantMigrator::new(Vec::new()).unwrap(),
+        ["tenancy_app"],
+    )
+    .with_database_template(&template);
+    let db = TenantDb::connect(&env.app_url)
+        .await
+        .unwrap()
+        .with_databases(router(&env));
+    let id = TenantId::new_v4();
+    let ctx = TenantContext::new(
+        Tenant::new(id, "from-template".parse().unwrap(), "t")
+            .with_placement(Placement::database(&Placement::name_for(id)).unwrap()),
+    );
+    step.run(ctx.tenant()).await.unwrap();
+    step.run(ctx.tenant()).await.unwrap(); // a resumed pipeline: nothing to do
+    // The copy has the tables and policies: the tenant writes and reads its rows.
+    let mut tx = db.begin(&ctx).await.unwrap();
+    sqlx::query("INSERT INTO customers (tenant_id, id, value) VALUES ($1, gen_random_uuid(), 7)")
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    touch_count(&db, &ctx, 1).await;
+    // Without a template the step refuses with what to do.
+    let bare = AllocateStorageStep::new(
+        admin,
+        TenantMigrator::new(Vec::new()).unwrap(),
+        ["tenancy_app"],
+    );
+    let err = bare.run(ctx.tenant()).await.unwrap_err();
+    assert!(err.contains("with_database_template"), "{err}");
+}
+
+async fn touch_count(db: &TenantDb, ctx: &TenantContext, expected: i64) {
+    let mut tx = db.begin(ctx).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(n, expected);
+    tx.commit().await.unwrap();
+}

@@ -459,5 +459,5 @@ async fn the_allocate_storage_step_provisions_by_placement() {
     let elsewhere = Tenant::new(TenantId::new_v4(), "db".parse().unwrap(), "db")
         .with_placement(Placement::database("t_somewhere").unwrap());
     let err = step.run(&elsewhere).await.unwrap_err();
-    assert!(err.contains("DatabaseRouter"), "{err}");
+    assert!(err.contains("with_database_template"), "{err}");
 }
