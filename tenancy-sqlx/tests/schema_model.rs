@@ -198,6 +198,25 @@ async fn placements_the_single_database_handle_cannot_serve_are_refused() {
     assert!(err.to_string().contains("database"), "{err}");
 }
 
+/// `n` schema tenants provisioned at version 1, and their migration targets.
+async fn provisioned(
+    owner: &PgPool,
+    n: usize,
+    prefix: &str,
+) -> (Vec<TenantContext>, Vec<MigrationTarget>) {
+    let tenants: Vec<TenantContext> = (0..n)
+        .map(|i| schema_tenant(&format!("{prefix}-{i}")))
+        .collect();
+    let v1 = TenantMigrator::new(suite_migrations()).unwrap();
+    for t in &tenants {
+        v1.provision(owner, &target(t), &["tenancy_app"])
+            .await
+            .unwrap();
+    }
+    let targets = tenants.iter().map(target).collect();
+    (tenants, targets)
+}
+
 /// Version 2: a column and a constraint that fails on a tenant holding a
 /// negative value (tenant-specific data breaking a migration).
 fn two_step() -> Vec<TenantMigration> {
@@ -236,16 +255,7 @@ async fn has_note_column(owner: &PgPool, t: &TenantContext) -> bool {
 async fn a_rollout_resumes_after_a_crash_and_applies_each_step_once() {
     let env = TestDb::from_env().unwrap();
     let owner = owner_with_system_schema(&env).await;
-    let tenants: Vec<TenantContext> = (0..12)
-        .map(|i| schema_tenant(&format!("crash-{i}")))
-        .collect();
-    let v1 = TenantMigrator::new(suite_migrations()).unwrap();
-    for t in &tenants {
-        v1.provision(&owner, &target(t), &["tenancy_app"])
-            .await
-            .unwrap();
-    }
-    let targets: Vec<MigrationTarget> = tenants.iter().map(target).collect();
+    let (tenants, targets) = provisioned(&owner, 12, "crash").await;
     let v2 = TenantMigrator::new(two_step())
         .unwrap()
         .concurrency(3)
@@ -296,16 +306,7 @@ async fn a_rollout_resumes_after_a_crash_and_applies_each_step_once() {
 async fn a_failing_tenant_is_quarantined_and_the_canary_stops_a_bad_rollout() {
     let env = TestDb::from_env().unwrap();
     let owner = owner_with_system_schema(&env).await;
-    let tenants: Vec<TenantContext> = (0..6)
-        .map(|i| schema_tenant(&format!("quarantine-{i}")))
-        .collect();
-    let v1 = TenantMigrator::new(suite_migrations()).unwrap();
-    for t in &tenants {
-        v1.provision(&owner, &target(t), &["tenancy_app"])
-            .await
-            .unwrap();
-    }
-    let targets: Vec<MigrationTarget> = tenants.iter().map(target).collect();
+    let (tenants, targets) = provisioned(&owner, 6, "quarantine").await;
 
     // Tenant 3 holds data that breaks version 2 (not a canary): it is
     // quarantined, the others finish.
