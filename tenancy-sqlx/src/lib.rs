@@ -16,6 +16,8 @@ mod quota;
 pub mod rls;
 mod route;
 mod settings;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 mod store;
 pub mod tenant_migrate;
 

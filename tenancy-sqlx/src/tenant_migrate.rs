@@ -39,6 +39,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
@@ -52,10 +53,10 @@ use crate::DbError;
 /// One step of the tenant schema.
 #[derive(Debug, Clone)]
 pub struct TenantMigration {
-    version: i64,
-    name: String,
-    sql: String,
-    checksum: String,
+    pub(crate) version: i64,
+    pub(crate) name: String,
+    pub(crate) sql: String,
+    pub(crate) checksum: String,
 }
 
 impl TenantMigration {
@@ -206,8 +207,8 @@ impl TenantMigrator {
             ));
         }
         sqlx::raw_sql(&ddl).execute(pool).await?;
-        let applied = self.applied(pool, Some(target.tenant)).await?;
-        self.migrate_one(pool, target, applied.get(&target.tenant))
+        PgSchemas { pool: pool.clone() }
+            .migrate_one(self, target)
             .await
             .map(|(_, to)| to)
     }
@@ -220,26 +221,38 @@ impl TenantMigrator {
         targets: &[MigrationTarget],
         progress: impl Fn(&Progress) + Send + Sync,
     ) -> Result<RolloutReport, DbError> {
-        let applied = self.applied(pool, None).await?;
+        self.rollout(&PgSchemas { pool: pool.clone() }, targets, progress)
+            .await
+    }
+
+    /// The rollout, whatever keeps the tenants' schemas: no-op check, canary,
+    /// then the rest in parallel with failures quarantined.
+    pub(crate) async fn rollout<S: TenantSchemas>(
+        &self,
+        store: &S,
+        targets: &[S::Target],
+        progress: impl Fn(&Progress) + Send + Sync,
+    ) -> Result<RolloutReport, DbError> {
+        let applied = store.applied(targets).await?;
         let mut report = RolloutReport::default();
         let mut pending = Vec::new();
         for t in targets {
-            let done = applied.get(&t.tenant);
-            if done.is_some_and(|d| self.is_current(d)) {
+            let tenant = S::tenant(t);
+            if applied.get(&tenant).is_some_and(|d| self.is_current(d)) {
                 report.up_to_date += 1;
-                progress(&Progress::UpToDate(t.tenant));
+                progress(&Progress::UpToDate(tenant));
             } else {
                 pending.push(t);
             }
         }
         let canaries = pending.len().min(self.canary);
         for t in &pending[..canaries] {
-            let outcome = self.migrate_one(pool, t, applied.get(&t.tenant)).await;
+            let outcome = store.migrate_one(self, t).await;
             if let Some(error) = self
-                .settle(pool, t, outcome, &mut report, &progress)
+                .settle(store, t, outcome, &mut report, &progress)
                 .await?
             {
-                report.canary_failure = Some((t.tenant, error));
+                report.canary_failure = Some((S::tenant(t), error));
                 return Ok(report);
             }
         }
@@ -247,10 +260,9 @@ impl TenantMigrator {
         let rest: Vec<_> = pending[canaries..]
             .iter()
             .map(|t| {
-                let (this, pool, target) = (self.clone(), pool.clone(), (*t).clone());
-                let done = applied.get(&t.tenant).cloned();
+                let (this, store, target) = (self.clone(), store.clone(), (*t).clone());
                 async move {
-                    let outcome = this.migrate_one(&pool, &target, done.as_ref()).await;
+                    let outcome = store.migrate_one(&this, &target).await;
                     (target, outcome)
                 }
                 .boxed()
@@ -259,10 +271,10 @@ impl TenantMigrator {
         let mut outcomes = futures_util::stream::iter(rest).buffer_unordered(self.concurrency);
         while let Some((target, outcome)) = outcomes.next().await {
             if let Some(error) = self
-                .settle(pool, &target, outcome, &mut report, &progress)
+                .settle(store, &target, outcome, &mut report, &progress)
                 .await?
             {
-                report.quarantined.push((target.tenant, error));
+                report.quarantined.push((S::tenant(&target), error));
             }
         }
         Ok(report)
@@ -270,33 +282,28 @@ impl TenantMigrator {
 
     /// Records one tenant's outcome: success clears its quarantine record;
     /// failure quarantines it. Returns the error text on failure.
-    async fn settle(
+    async fn settle<S: TenantSchemas>(
         &self,
-        pool: &PgPool,
-        t: &MigrationTarget,
+        store: &S,
+        t: &S::Target,
         outcome: Result<(i64, i64), DbError>,
         report: &mut RolloutReport,
         progress: &(impl Fn(&Progress) + Send + Sync),
     ) -> Result<Option<String>, DbError> {
+        let tenant = S::tenant(t);
         match outcome {
             Ok((from, to)) => {
-                sqlx::query("DELETE FROM tenancy.tenant_migration_quarantine WHERE tenant_id = $1")
-                    .bind(t.tenant.as_uuid())
-                    .execute(pool)
-                    .await?;
-                report.migrated.push(t.tenant);
-                progress(&Progress::Migrated {
-                    tenant: t.tenant,
-                    from,
-                    to,
-                });
+                store.clear_quarantine(t).await?;
+                report.migrated.push(tenant);
+                progress(&Progress::Migrated { tenant, from, to });
                 Ok(None)
             }
             Err(e) => {
                 let error = e.to_string();
-                self.quarantine(pool, t, &error).await?;
+                tracing::error!(tenant.id = %tenant, error, "tenant migration failed; tenant quarantined");
+                store.quarantine(t, self.latest(), &error).await?;
                 progress(&Progress::Quarantined {
-                    tenant: t.tenant,
+                    tenant,
                     error: error.clone(),
                 });
                 Ok(Some(error))
@@ -311,40 +318,12 @@ impl TenantMigrator {
             .all(|m| applied.get(&m.version) == Some(&m.checksum))
     }
 
-    /// Applied versions and checksums per tenant, in one query.
-    async fn applied(
+    /// The migrations still to apply given `applied` (version → checksum),
+    /// or an error when an applied one was edited since.
+    pub(crate) fn todo(
         &self,
-        pool: &PgPool,
-        only: Option<TenantId>,
-    ) -> Result<HashMap<TenantId, HashMap<i64, String>>, DbError> {
-        let rows: Vec<(uuid::Uuid, i64, String)> = sqlx::query_as(
-            "SELECT tenant_id, version, checksum FROM tenancy.tenant_migrations \
-             WHERE $1::uuid IS NULL OR tenant_id = $1",
-        )
-        .bind(only.map(|t| t.as_uuid()))
-        .fetch_all(pool)
-        .await?;
-        let mut out: HashMap<TenantId, HashMap<i64, String>> = HashMap::new();
-        for (tenant, version, checksum) in rows {
-            let tenant = TenantId::from_uuid(tenant).map_err(|e| DbError::InvalidData {
-                what: "tenancy.tenant_migrations.tenant_id",
-                reason: e.to_string(),
-            })?;
-            out.entry(tenant).or_default().insert(version, checksum);
-        }
-        Ok(out)
-    }
-
-    /// Migrates one tenant in one transaction; returns (from, to).
-    async fn migrate_one(
-        &self,
-        pool: &PgPool,
-        target: &MigrationTarget,
-        applied: Option<&HashMap<i64, String>>,
-    ) -> Result<(i64, i64), DbError> {
-        let schema = checked(target)?;
-        let empty = HashMap::new();
-        let applied = applied.unwrap_or(&empty);
+        applied: &HashMap<i64, String>,
+    ) -> Result<Vec<&TenantMigration>, DbError> {
         for m in self.migrations.iter() {
             if let Some(sum) = applied.get(&m.version).filter(|s| **s != m.checksum) {
                 return Err(DbError::TenantMigration {
@@ -357,76 +336,11 @@ impl TenantMigrator {
                 });
             }
         }
-        let from = applied.keys().copied().max().unwrap_or(0);
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin().await?;
-        (&mut *tx)
-            .execute(format!("SET LOCAL search_path TO {}", quote_ident(schema)).as_str())
-            .await?;
-        // One migrator per tenant at a time, across processes.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtext('tenancy.tenant_migrate'), hashtext($1))",
-        )
-        .bind(target.tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
-        // Re-read under the lock: another process may have migrated it.
-        let done: Vec<i64> = sqlx::query_scalar(
-            "SELECT version FROM tenancy.tenant_migrations WHERE tenant_id = $1",
-        )
-        .bind(target.tenant.as_uuid())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut to = from;
-        // Collected first: an iterator adaptor's closure held across the
-        // awaits below would make this future not `Send`.
-        let todo: Vec<&TenantMigration> = self
+        Ok(self
             .migrations
             .iter()
-            .filter(|m| !done.contains(&m.version))
-            .collect();
-        for m in todo {
-            (&mut *tx)
-                .execute(m.sql.as_str())
-                .await
-                .map_err(|e| DbError::TenantMigration {
-                    version: m.version,
-                    reason: format!("({}) failed in schema {schema}: {e}", m.name),
-                })?;
-            sqlx::query(
-                "INSERT INTO tenancy.tenant_migrations (tenant_id, version, name, checksum) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(target.tenant.as_uuid())
-            .bind(m.version)
-            .bind(&m.name)
-            .bind(&m.checksum)
-            .execute(&mut *tx)
-            .await?;
-            to = m.version;
-        }
-        tx.commit().await?;
-        Ok((from, to.max(from)))
-    }
-
-    async fn quarantine(
-        &self,
-        pool: &PgPool,
-        t: &MigrationTarget,
-        error: &str,
-    ) -> Result<(), DbError> {
-        tracing::error!(tenant.id = %t.tenant, error, "tenant migration failed; tenant quarantined");
-        sqlx::query(
-            "INSERT INTO tenancy.tenant_migration_quarantine (tenant_id, version, error) \
-             VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE \
-             SET version = EXCLUDED.version, error = EXCLUDED.error, at = now()",
-        )
-        .bind(t.tenant.as_uuid())
-        .bind(self.latest())
-        .bind(error)
-        .execute(pool)
-        .await?;
-        Ok(())
+            .filter(|m| !applied.contains_key(&m.version))
+            .collect())
     }
 
     /// Tenants whose last rollout failed, with the error.
@@ -447,6 +361,167 @@ impl TenantMigrator {
             })
             .collect()
     }
+}
+
+/// Where a rollout keeps and changes tenant schemas: PostgreSQL schemas
+/// (state in `tenancy.tenant_migrations`) or one SQLite file per tenant
+/// (state inside each file).
+pub(crate) trait TenantSchemas: Clone + Send + Sync + 'static {
+    /// What names one tenant's schema.
+    type Target: Clone + Send + Sync + 'static;
+    /// The tenant of `t`.
+    fn tenant(t: &Self::Target) -> TenantId;
+    /// Applied versions and checksums per tenant.
+    fn applied(
+        &self,
+        targets: &[Self::Target],
+    ) -> impl Future<Output = Result<HashMap<TenantId, HashMap<i64, String>>, DbError>> + Send;
+    /// Migrates one tenant in one transaction; returns (from, to).
+    fn migrate_one(
+        &self,
+        migrator: &TenantMigrator,
+        t: &Self::Target,
+    ) -> impl Future<Output = Result<(i64, i64), DbError>> + Send;
+    /// Records a failed tenant.
+    fn quarantine(
+        &self,
+        t: &Self::Target,
+        version: i64,
+        error: &str,
+    ) -> impl Future<Output = Result<(), DbError>> + Send;
+    /// Clears a tenant's quarantine record after a success.
+    fn clear_quarantine(
+        &self,
+        t: &Self::Target,
+    ) -> impl Future<Output = Result<(), DbError>> + Send;
+}
+
+/// Schema-per-tenant on PostgreSQL.
+#[derive(Clone)]
+struct PgSchemas {
+    pool: PgPool,
+}
+
+impl TenantSchemas for PgSchemas {
+    type Target = MigrationTarget;
+
+    fn tenant(t: &MigrationTarget) -> TenantId {
+        t.tenant
+    }
+
+    async fn applied(
+        &self,
+        targets: &[MigrationTarget],
+    ) -> Result<HashMap<TenantId, HashMap<i64, String>>, DbError> {
+        // One query for everyone (a single tenant: just that one).
+        let only = match targets {
+            [one] => Some(one.tenant),
+            _ => None,
+        };
+        applied_in(&self.pool, only).await
+    }
+
+    async fn migrate_one(
+        &self,
+        migrator: &TenantMigrator,
+        target: &MigrationTarget,
+    ) -> Result<(i64, i64), DbError> {
+        let schema = checked(target)?;
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        (&mut *tx)
+            .execute(format!("SET LOCAL search_path TO {}", quote_ident(schema)).as_str())
+            .await?;
+        // One migrator per tenant at a time, across processes.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtext('tenancy.tenant_migrate'), hashtext($1))",
+        )
+        .bind(target.tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+        // Read under the lock: another process may have migrated it.
+        let done: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT version, checksum FROM tenancy.tenant_migrations WHERE tenant_id = $1",
+        )
+        .bind(target.tenant.as_uuid())
+        .fetch_all(&mut *tx)
+        .await?;
+        let applied: HashMap<i64, String> = done.into_iter().collect();
+        let from = applied.keys().copied().max().unwrap_or(0);
+        let mut to = from;
+        for m in migrator.todo(&applied)? {
+            (&mut *tx)
+                .execute(m.sql.as_str())
+                .await
+                .map_err(|e| DbError::TenantMigration {
+                    version: m.version,
+                    reason: format!("({}) failed in schema {schema}: {e}", m.name),
+                })?;
+            sqlx::query(
+                "INSERT INTO tenancy.tenant_migrations (tenant_id, version, name, checksum) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(target.tenant.as_uuid())
+            .bind(m.version)
+            .bind(&m.name)
+            .bind(&m.checksum)
+            .execute(&mut *tx)
+            .await?;
+            to = to.max(m.version);
+        }
+        tx.commit().await?;
+        Ok((from, to))
+    }
+
+    async fn quarantine(
+        &self,
+        t: &MigrationTarget,
+        version: i64,
+        error: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO tenancy.tenant_migration_quarantine (tenant_id, version, error) \
+             VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE \
+             SET version = EXCLUDED.version, error = EXCLUDED.error, at = now()",
+        )
+        .bind(t.tenant.as_uuid())
+        .bind(version)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_quarantine(&self, t: &MigrationTarget) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM tenancy.tenant_migration_quarantine WHERE tenant_id = $1")
+            .bind(t.tenant.as_uuid())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Applied versions and checksums per tenant, in one query.
+async fn applied_in(
+    pool: &PgPool,
+    only: Option<TenantId>,
+) -> Result<HashMap<TenantId, HashMap<i64, String>>, DbError> {
+    let rows: Vec<(uuid::Uuid, i64, String)> = sqlx::query_as(
+        "SELECT tenant_id, version, checksum FROM tenancy.tenant_migrations \
+         WHERE $1::uuid IS NULL OR tenant_id = $1",
+    )
+    .bind(only.map(|t| t.as_uuid()))
+    .fetch_all(pool)
+    .await?;
+    let mut out: HashMap<TenantId, HashMap<i64, String>> = HashMap::new();
+    for (tenant, version, checksum) in rows {
+        let tenant = TenantId::from_uuid(tenant).map_err(|e| DbError::InvalidData {
+            what: "tenancy.tenant_migrations.tenant_id",
+            reason: e.to_string(),
+        })?;
+        out.entry(tenant).or_default().insert(version, checksum);
+    }
+    Ok(out)
 }
 
 /// The provisioning step that allocates a new tenant's storage for its
