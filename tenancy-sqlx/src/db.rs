@@ -31,6 +31,9 @@ pub enum PoolHygiene {
     Off,
 }
 
+/// The SQLSTATE `tenancy.enter` raises for a tenant that was moved.
+const MOVED_SQLSTATE: &str = "TN001";
+
 const CHECK_SQL: &str = "SELECT coalesce(current_setting('app.tenant_id', true), '')";
 
 /// The tenant setting a connection carries outside any transaction, if any.
@@ -81,6 +84,7 @@ pub struct TenantDb {
     pool: PgPool,
     quota: Arc<QuotaConfig>,
     databases: Option<crate::DatabaseRouter>,
+    move_guard: bool,
 }
 
 /// Where quota threshold events go, and at which percentages.
@@ -171,7 +175,21 @@ impl TenantDb {
             pool,
             quota: Arc::new(QuotaConfig::default()),
             databases: None,
+            move_guard: false,
         }
+    }
+
+    /// Makes tenants movable between placements while this handle serves
+    /// them ([`crate::relocate`]): each shared or schema tenant transaction
+    /// also runs `SELECT tenancy.enter(<tenant>, <placement>)` in its
+    /// `BEGIN` message, which waits while the tenant is being moved and
+    /// refuses, with [`DbError::TenantMoved`], a context whose placement is
+    /// no longer current. Needs system migration 0011 and tenants recorded
+    /// in `tenancy.tenants`. **Every** handle that may write a tenant must
+    /// have it before that tenant is moved.
+    pub fn with_move_guard(mut self) -> Self {
+        self.move_guard = true;
+        self
     }
 
     /// Serves tenants placed in a database of their own through `router`
@@ -219,13 +237,19 @@ impl TenantDb {
         let span = tracing::debug_span!("tenant_tx", tenant.id = %tenant);
         async {
             let (pool, sql) = self.route(ctx).await?;
+            let moved = |e: sqlx::Error| match &e {
+                sqlx::Error::Database(d) if d.code().as_deref() == Some(MOVED_SQLSTATE) => {
+                    DbError::TenantMoved { tenant }
+                }
+                _ => DbError::Sqlx(e),
+            };
             let tx = match pool.begin_with(sql.clone()).await {
                 Ok(tx) => tx,
                 Err(e) if is_connection_loss(&e) => {
                     tracing::warn!(error = %e, "connection lost at BEGIN; retrying once");
-                    pool.begin_with(sql).await?
+                    pool.begin_with(sql).await.map_err(moved)?
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(moved(e)),
             };
             Ok(TenantTx {
                 tx,
@@ -249,11 +273,23 @@ impl TenantDb {
         let name = placement
             .checked_name()
             .map_err(|e| refuse(e.to_string()))?;
+        let guarded = |mut sql: String| -> Result<String, DbError> {
+            if self.move_guard {
+                let json = serde_json::to_string(placement).map_err(|e| refuse(e.to_string()))?;
+                // Placement names are checked identifiers; escape anyway.
+                sql.push_str(&format!(
+                    "; SELECT tenancy.enter('{}', '{}')",
+                    tenant.id.as_uuid().hyphenated(),
+                    json.replace('\'', "''")
+                ));
+            }
+            Ok(sql)
+        };
         match (placement, name) {
-            (Placement::Shared, _) => Ok((self.pool.clone(), begin_sql(tenant.id))),
+            (Placement::Shared, _) => Ok((self.pool.clone(), guarded(begin_sql(tenant.id))?)),
             (Placement::Schema { .. }, Some(schema)) => Ok((
                 self.pool.clone(),
-                tenancy_core::rls::begin_sql_in_schema(tenant.id, schema),
+                guarded(tenancy_core::rls::begin_sql_in_schema(tenant.id, schema))?,
             )),
             (Placement::Database { .. }, Some(database)) => match &self.databases {
                 // The tenant's own database: its tables still carry the

@@ -57,6 +57,21 @@ pub enum DbError {
         /// Why.
         reason: String,
     },
+    /// The tenant's placement changed (it was moved) after its context was
+    /// loaded; the transaction was refused before touching the old place.
+    /// Reload the tenant and retry. HTTP: 503 with a short `Retry-After`.
+    #[error(
+        "tenant {tenant} was moved to another placement while this request was in flight: \
+         reload the tenant and retry"
+    )]
+    TenantMoved {
+        /// The tenant.
+        tenant: tenancy_core::TenantId,
+    },
+    /// Moving a tenant failed verification or could not proceed; the
+    /// placement was not switched.
+    #[error("tenant move: {0}")]
+    Relocation(String),
     /// A cross-tenant capability was requested without a reason.
     #[error("cross-tenant access needs a non-empty reason for the audit trail")]
     MissingReason,
@@ -73,6 +88,25 @@ pub enum DbError {
     /// A write would break a uniqueness rule (slug, domain, id).
     #[error("conflict: {0}")]
     Conflict(String),
+}
+
+impl DbError {
+    /// The HTTP status a web handler should answer with: 403 for a write
+    /// guard mismatch, 409 for a conflict, 503 for a tenant that moved while
+    /// the request was in flight (retry shortly), 500 otherwise.
+    ///
+    /// ```
+    /// let e = tenancy_sqlx::DbError::TenantMoved { tenant: tenancy_core::TenantId::new_v4() };
+    /// assert_eq!(e.status(), 503);
+    /// ```
+    pub fn status(&self) -> u16 {
+        match self {
+            DbError::Mismatch(_) => 403,
+            DbError::Conflict(_) => 409,
+            DbError::TenantMoved { .. } => 503,
+            _ => 500,
+        }
+    }
 }
 
 impl From<DbError> for TenantError {

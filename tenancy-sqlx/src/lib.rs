@@ -13,6 +13,7 @@ mod notify;
 mod privileged;
 mod provision;
 mod quota;
+pub mod relocate;
 pub mod rls;
 mod route;
 mod settings;
