@@ -12,6 +12,8 @@
 //! - `point_read/unscoped_tx` (**baseline**): BEGIN, read, COMMIT (operations role, no RLS).
 //! - `point_read/scoped_tx`: `TenantDb::begin` (app role, RLS), read, commit; hygiene off.
 //! - `point_read/scoped_tx_verified`: the same with `PoolHygiene::Verify` (default).
+//! - `point_read/scoped_tx_move_guard`: `scoped_tx` on a handle built with
+//!   `TenantDb::with_move_guard` (the tenant recorded in `tenancy.tenants`).
 //! - `list_100/*`: 100 rows ordered by id instead of one, unscoped tx vs scoped tx.
 //!
 //! Within a group the variants are interleaved round-robin and each benchmark
@@ -46,6 +48,7 @@ struct Setup {
     scoped: TenantDb,
     scoped_list: TenantDb,
     scoped_verified: TenantDb,
+    scoped_guarded: TenantDb,
 }
 
 async fn setup() -> Setup {
@@ -104,6 +107,18 @@ async fn setup() -> Setup {
         .await
         .unwrap();
     let ctx = tenants[3].clone();
+    // The move guard reads the tenant's placement from the system schema.
+    {
+        let mut conn = owner.acquire().await.unwrap();
+        tenancy_sqlx::migrate::run(&mut conn).await.unwrap();
+        tenancy_sqlx::migrate::grant_system_read(&mut conn, "tenancy_app")
+            .await
+            .unwrap();
+    }
+    tenancy_sqlx::PgTenantStore::new(owner.clone())
+        .create(ctx.tenant())
+        .await
+        .unwrap();
     let probe: Uuid = sqlx::query_scalar(&format!(
         "SELECT id FROM {table} WHERE tenant_id = $1 ORDER BY id OFFSET 2500 LIMIT 1"
     ))
@@ -135,6 +150,7 @@ async fn setup() -> Setup {
         scoped: app(PoolHygiene::Off).await,
         scoped_list: app(PoolHygiene::Off).await,
         scoped_verified: app(PoolHygiene::Verify).await,
+        scoped_guarded: app(PoolHygiene::Off).await.with_move_guard(),
     }
 }
 
@@ -147,6 +163,7 @@ enum Variant {
     UnscopedTx,
     ScopedTx,
     ScopedTxVerified,
+    ScopedTxMoveGuard,
     ListUnscopedTx,
     ListScopedTx,
 }
@@ -175,11 +192,11 @@ impl Setup {
                 tx.commit().await.unwrap();
                 black_box(row);
             }
-            Variant::ScopedTx | Variant::ScopedTxVerified => {
-                let db = if v == Variant::ScopedTx {
-                    &self.scoped
-                } else {
-                    &self.scoped_verified
+            Variant::ScopedTx | Variant::ScopedTxVerified | Variant::ScopedTxMoveGuard => {
+                let db = match v {
+                    Variant::ScopedTx => &self.scoped,
+                    Variant::ScopedTxVerified => &self.scoped_verified,
+                    _ => &self.scoped_guarded,
                 };
                 let mut tx = db.begin(&self.ctx).await.unwrap();
                 let row: Item = sqlx::query_as(point)
@@ -247,6 +264,7 @@ fn bench(c: &mut Criterion) {
             ("unscoped_tx", Variant::UnscopedTx),
             ("scoped_tx", Variant::ScopedTx),
             ("scoped_tx_verified", Variant::ScopedTxVerified),
+            ("scoped_tx_move_guard", Variant::ScopedTxMoveGuard),
         ],
         run,
     );

@@ -1,6 +1,8 @@
-//! Tenant migrations: the schema of every tenant placed in a schema of its
-//! own, brought to the same version — in parallel, resumably, canary first,
-//! with failing tenants quarantined while the rest continue.
+//! Tenant migrations: the schema of every tenant placed in a schema (or a
+//! database, [`TenantMigrator::run_databases`]; or a SQLite file,
+//! `SqliteTenantDb::migrate` with feature `sqlite`) of its own, brought to
+//! the same version — in parallel, resumably, canary first, with failing
+//! tenants quarantined while the rest continue.
 //!
 //! These are distinct from the system schema (`tenancy.*`, see
 //! [`crate::migrate`]): a [`TenantMigration`] is SQL that runs with
@@ -44,7 +46,8 @@ use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
-use sqlx::{Connection, Executor, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool};
 use tenancy_core::rls::quote_ident;
 use tenancy_core::{Placement, TenantId};
 
@@ -97,6 +100,29 @@ impl MigrationTarget {
             Placement::Schema { schema } => Some(Self {
                 tenant: tenant.id,
                 schema: schema.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant placed in a PostgreSQL database of its own, to migrate there
+/// (state inside that database, see [`TenantMigrator::run_databases`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseTarget {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Its database (checked like [`Placement::database`]).
+    pub database: String,
+}
+
+impl DatabaseTarget {
+    /// The target for a tenant placed in a database; `None` for other placements.
+    pub fn from_tenant(tenant: &tenancy_core::Tenant) -> Option<Self> {
+        match &tenant.placement {
+            Placement::Database { database } => Some(Self {
+                tenant: tenant.id,
+                database: database.clone(),
             }),
             _ => None,
         }
@@ -223,6 +249,28 @@ impl TenantMigrator {
     ) -> Result<RolloutReport, DbError> {
         self.rollout(&PgSchemas { pool: pool.clone() }, targets, progress)
             .await
+    }
+
+    /// Brings every database tenant to the latest version: the same rollout
+    /// as [`TenantMigrator::run`], connecting to each tenant database with
+    /// `owner` (its database name replaced), one transaction per tenant.
+    /// The state lives **inside each database**
+    /// (`tenancy.tenant_migrations` there, created on first use), so a
+    /// database copied or restored carries its own version; quarantine
+    /// records go to `control` (`tenancy.tenant_migration_quarantine`).
+    /// The no-op check opens one short connection per tenant database.
+    pub async fn run_databases(
+        &self,
+        control: &PgPool,
+        owner: &PgConnectOptions,
+        targets: &[DatabaseTarget],
+        progress: impl Fn(&Progress) + Send + Sync,
+    ) -> Result<RolloutReport, DbError> {
+        let store = PgDatabases {
+            control: control.clone(),
+            owner: owner.clone(),
+        };
+        self.rollout(&store, targets, progress).await
     }
 
     /// The rollout, whatever keeps the tenants' schemas: no-op check, canary,
@@ -479,26 +527,149 @@ impl TenantSchemas for PgSchemas {
         version: i64,
         error: &str,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO tenancy.tenant_migration_quarantine (tenant_id, version, error) \
-             VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE \
-             SET version = EXCLUDED.version, error = EXCLUDED.error, at = now()",
-        )
-        .bind(t.tenant.as_uuid())
-        .bind(version)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        quarantine_in(&self.pool, t.tenant, version, error).await
     }
 
     async fn clear_quarantine(&self, t: &MigrationTarget) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM tenancy.tenant_migration_quarantine WHERE tenant_id = $1")
-            .bind(t.tenant.as_uuid())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        clear_quarantine_in(&self.pool, t.tenant).await
     }
+}
+
+/// Database-per-tenant on PostgreSQL: state inside each tenant database.
+#[derive(Clone)]
+struct PgDatabases {
+    control: PgPool,
+    owner: PgConnectOptions,
+}
+
+/// The migration ledger inside a tenant database.
+const DATABASE_LEDGER: &str = "CREATE SCHEMA IF NOT EXISTS tenancy; \
+    CREATE TABLE IF NOT EXISTS tenancy.tenant_migrations (\
+    version bigint PRIMARY KEY CHECK (version > 0), name text NOT NULL, checksum text NOT NULL, \
+    applied_at timestamptz NOT NULL DEFAULT now())";
+
+impl PgDatabases {
+    async fn connect(&self, t: &DatabaseTarget) -> Result<PgConnection, DbError> {
+        Placement::database(&t.database).map_err(|e| DbError::Placement {
+            tenant: t.tenant,
+            reason: e.to_string(),
+        })?;
+        Ok(self.owner.clone().database(&t.database).connect().await?)
+    }
+}
+
+impl TenantSchemas for PgDatabases {
+    type Target = DatabaseTarget;
+
+    fn tenant(t: &DatabaseTarget) -> TenantId {
+        t.tenant
+    }
+
+    async fn applied(
+        &self,
+        targets: &[DatabaseTarget],
+    ) -> Result<HashMap<TenantId, HashMap<i64, String>>, DbError> {
+        let mut out = HashMap::new();
+        for t in targets {
+            // A database that cannot be read is left out: the tenant is
+            // then pending, and its migration reports why.
+            let Ok(mut conn) = self.connect(t).await else {
+                continue;
+            };
+            let rows: Result<Vec<(i64, String)>, _> =
+                sqlx::query_as("SELECT version, checksum FROM tenancy.tenant_migrations")
+                    .fetch_all(&mut conn)
+                    .await;
+            conn.close().await?;
+            if let Ok(rows) = rows {
+                out.insert(t.tenant, rows.into_iter().collect());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn migrate_one(
+        &self,
+        migrator: &TenantMigrator,
+        t: &DatabaseTarget,
+    ) -> Result<(i64, i64), DbError> {
+        let mut conn = self.connect(t).await?;
+        let mut tx = conn.begin().await?;
+        // One migrator per tenant at a time (also serialises the ledger's creation).
+        (&mut *tx)
+            .execute("SELECT pg_advisory_xact_lock(hashtext('tenancy.tenant_migrate'), 0)")
+            .await?;
+        (&mut *tx).execute(DATABASE_LEDGER).await?;
+        let done: Vec<(i64, String)> =
+            sqlx::query_as("SELECT version, checksum FROM tenancy.tenant_migrations")
+                .fetch_all(&mut *tx)
+                .await?;
+        let applied: HashMap<i64, String> = done.into_iter().collect();
+        let from = applied.keys().copied().max().unwrap_or(0);
+        let mut to = from;
+        for m in migrator.todo(&applied)? {
+            (&mut *tx)
+                .execute(m.sql.as_str())
+                .await
+                .map_err(|e| DbError::TenantMigration {
+                    version: m.version,
+                    reason: format!("({}) failed in database {}: {e}", m.name, t.database),
+                })?;
+            sqlx::query(
+                "INSERT INTO tenancy.tenant_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            )
+            .bind(m.version)
+            .bind(&m.name)
+            .bind(&m.checksum)
+            .execute(&mut *tx)
+            .await?;
+            to = to.max(m.version);
+        }
+        tx.commit().await?;
+        conn.close().await?;
+        Ok((from, to))
+    }
+
+    async fn quarantine(
+        &self,
+        t: &DatabaseTarget,
+        version: i64,
+        error: &str,
+    ) -> Result<(), DbError> {
+        quarantine_in(&self.control, t.tenant, version, error).await
+    }
+
+    async fn clear_quarantine(&self, t: &DatabaseTarget) -> Result<(), DbError> {
+        clear_quarantine_in(&self.control, t.tenant).await
+    }
+}
+
+/// Records a failed tenant in the control database.
+async fn quarantine_in(
+    pool: &PgPool,
+    tenant: TenantId,
+    version: i64,
+    error: &str,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO tenancy.tenant_migration_quarantine (tenant_id, version, error) \
+         VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO UPDATE \
+         SET version = EXCLUDED.version, error = EXCLUDED.error, at = now()",
+    )
+    .bind(tenant.as_uuid())
+    .bind(version)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn clear_quarantine_in(pool: &PgPool, tenant: TenantId) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM tenancy.tenant_migration_quarantine WHERE tenant_id = $1")
+        .bind(tenant.as_uuid())
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Applied versions and checksums per tenant, in one query.

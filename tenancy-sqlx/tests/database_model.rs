@@ -261,3 +261,211 @@ async fn touch_count(db: &TenantDb, ctx: &TenantContext, expected: i64) {
     assert_eq!(n, expected);
     tx.commit().await.unwrap();
 }
+
+/// What the next transaction on a database tenant's (one-connection) pool
+/// finds: the tenant's own database, its own setting, the default
+/// `search_path`, the committed rows only. Returns the backend pid.
+async fn next_user_in_database(db: &TenantDb, ctx: &TenantContext, rows: i64) -> i32 {
+    let mut tx = db.begin(ctx).await.unwrap();
+    let (database, setting, path, pid, n): (String, String, String, i32, i64) = sqlx::query_as(
+        "SELECT current_database()::text, current_setting('app.tenant_id'), \
+         current_setting('search_path'), pg_backend_pid(), (SELECT count(*) FROM customers)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        Some(database.as_str()),
+        ctx.tenant().placement.checked_name().unwrap()
+    );
+    assert_eq!(setting, ctx.tenant_id().to_string());
+    assert_eq!(path, "\"$user\", public");
+    assert_eq!(n, rows, "only committed rows");
+    pid
+}
+
+async fn insert_customer(tx: &mut tenancy_sqlx::TenantTx) {
+    let tenant = tx.tenant_id();
+    sqlx::query("INSERT INTO customers (tenant_id, id, value) VALUES ($1, gen_random_uuid(), 1)")
+        .bind(tenant.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pool_leak_matrix_database_per_tenant() {
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    let (a, _) = database_tenant(&env, &admin, "leak-a").await;
+    let (b, _) = database_tenant(&env, &admin, "leak-b").await;
+    // One connection per tenant database: every step reuses it.
+    let router = router(&env).max_pools(2).connection_budget(2);
+    assert_eq!(router.per_pool(), 1);
+    let db = TenantDb::connect(&env.app_url)
+        .await
+        .unwrap()
+        .with_databases(router);
+    let pid = next_user_in_database(&db, &a, 0).await;
+
+    // commit
+    let mut tx = db.begin(&a).await.unwrap();
+    insert_customer(&mut tx).await;
+    tx.commit().await.unwrap();
+    assert_eq!(next_user_in_database(&db, &a, 1).await, pid);
+    next_user_in_database(&db, &b, 0).await;
+
+    // rollback
+    let mut tx = db.begin(&a).await.unwrap();
+    insert_customer(&mut tx).await;
+    tx.rollback().await.unwrap();
+    assert_eq!(next_user_in_database(&db, &a, 1).await, pid);
+
+    // SQL error, then dropped
+    let mut tx = db.begin(&a).await.unwrap();
+    insert_customer(&mut tx).await;
+    assert!(
+        sqlx::query("SELECT * FROM no_such_table")
+            .execute(&mut *tx)
+            .await
+            .is_err()
+    );
+    drop(tx);
+    assert_eq!(next_user_in_database(&db, &a, 1).await, pid);
+
+    // panic mid-transaction
+    let (db2, a2) = (db.clone(), a.clone());
+    let panicked = tokio::spawn(async move {
+        let mut tx = db2.begin(&a2).await.unwrap();
+        insert_customer(&mut tx).await;
+        panic!("handler panicked mid-transaction");
+    })
+    .await;
+    assert!(panicked.is_err());
+    assert_eq!(next_user_in_database(&db, &a, 1).await, pid);
+
+    // future dropped mid-query
+    let (db3, a3) = (db.clone(), a.clone());
+    let slow = async move {
+        let mut tx = db3.begin(&a3).await.unwrap();
+        insert_customer(&mut tx).await;
+        sqlx::query("SELECT pg_sleep(1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), slow)
+            .await
+            .is_err()
+    );
+    next_user_in_database(&db, &a, 1).await;
+
+    // backend killed mid-transaction: the next user gets a fresh connection
+    let mut tx = db.begin(&a).await.unwrap();
+    insert_customer(&mut tx).await;
+    let victim: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(victim)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(killed);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(sqlx::raw_sql("SELECT 1").execute(&mut *tx).await.is_err());
+    drop(tx);
+    assert_ne!(next_user_in_database(&db, &a, 1).await, victim);
+    next_user_in_database(&db, &b, 0).await;
+}
+
+#[tokio::test]
+async fn tenant_migrations_keep_their_state_inside_each_database() {
+    use tenancy_sqlx::tenant_migrate::{DatabaseTarget, TenantMigration, TenantMigrator};
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    let control = env.owner_pool(2).await.unwrap();
+    tenancy_sqlx::migrate::run(&mut control.acquire().await.unwrap())
+        .await
+        .unwrap();
+    let owner: PgConnectOptions = env.owner_url.parse().unwrap();
+    let mut targets = Vec::new();
+    for i in 0..3 {
+        let (ctx, oracle) = database_tenant(&env, &admin, &format!("mig-{i}")).await;
+        oracle.close().await;
+        targets.push(DatabaseTarget::from_tenant(ctx.tenant()).unwrap());
+    }
+    let notes = TenantMigration::new(1, "notes", "CREATE TABLE notes (id uuid PRIMARY KEY)");
+    let v1 = TenantMigrator::new(vec![notes.clone()]).unwrap();
+    let report = v1
+        .run_databases(&control, &owner, &targets, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.migrated.len(), 3);
+    let report = v1
+        .run_databases(&control, &owner, &targets, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        report.up_to_date, 3,
+        "the no-op check reads each database's own ledger"
+    );
+
+    // Tenant 1's database already has the column step 2 adds.
+    let in_db = |name: &str| {
+        let opts = owner.clone().database(name);
+        async move {
+            PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .unwrap()
+        }
+    };
+    let one = in_db(&targets[1].database).await;
+    sqlx::raw_sql("ALTER TABLE notes ADD COLUMN body text")
+        .execute(&one)
+        .await
+        .unwrap();
+    let v2 = TenantMigrator::new(vec![
+        notes,
+        TenantMigration::new(2, "note bodies", "ALTER TABLE notes ADD COLUMN body text"),
+    ])
+    .unwrap()
+    .canary(1);
+    let report = v2
+        .run_databases(&control, &owner, &targets, |_| {})
+        .await
+        .unwrap();
+    // targets[0] is the canary and passes; targets[1] fails and is quarantined.
+    assert!(report.canary_failure.is_none());
+    let failed: Vec<TenantId> = report.quarantined.iter().map(|q| q.0).collect();
+    assert_eq!(failed, [targets[1].tenant]);
+    let recorded = TenantMigrator::quarantined(&control).await.unwrap();
+    assert!(
+        recorded
+            .iter()
+            .any(|(t, e)| *t == targets[1].tenant && e.contains("already exists"))
+    );
+    // The failed database stayed at version 1, whole; the others reached 2.
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM tenancy.tenant_migrations ORDER BY version")
+            .fetch_all(&one)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1]);
+    one.close().await;
+    for t in [&targets[0], &targets[2]] {
+        let pool = in_db(&t.database).await;
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM tenancy.tenant_migrations ORDER BY version")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2]);
+        pool.close().await;
+    }
+}
