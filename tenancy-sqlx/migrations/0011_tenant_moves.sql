@@ -1,7 +1,7 @@
 -- Moving a tenant between placements (tenancy_sqlx::relocate::TenantMover).
 --
 -- A TenantDb built with `with_move_guard()` opens every shared or schema
--- tenant transaction with `SELECT tenancy.enter(<tenant>, <placement>)`:
+-- tenant transaction with `CALL tenancy.enter(<tenant>, <placement>)`:
 -- it takes the tenant's placement lock in shared mode (held until the
 -- transaction ends) and checks that the tenant still lives where the
 -- caller's context says. The mover takes the same lock exclusively: it waits
@@ -13,7 +13,9 @@ CREATE FUNCTION tenancy.placement_lock_key(tenant uuid) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT pg_catalog.hashtextextended('tenancy.placement:' || tenant::text, 0) $$;
 
-CREATE FUNCTION tenancy.enter(tenant uuid, expected jsonb) RETURNS void
+-- A procedure: CALL returns no result set, which measured cheaper than a
+-- SELECT of a void function in the BEGIN message.
+CREATE PROCEDURE tenancy.enter(tenant uuid, expected jsonb)
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_catalog.pg_advisory_xact_lock_shared(tenancy.placement_lock_key(tenant));

@@ -181,7 +181,7 @@ impl TenantDb {
 
     /// Makes tenants movable between placements while this handle serves
     /// them ([`crate::relocate`]): each shared or schema tenant transaction
-    /// also runs `SELECT tenancy.enter(<tenant>, <placement>)` in its
+    /// also runs `CALL tenancy.enter(<tenant>, <placement>)` in its
     /// `BEGIN` message, which waits while the tenant is being moved and
     /// refuses, with [`DbError::TenantMoved`], a context whose placement is
     /// no longer current. Needs system migration 0011 and tenants recorded
@@ -278,7 +278,7 @@ impl TenantDb {
                 let json = serde_json::to_string(placement).map_err(|e| refuse(e.to_string()))?;
                 // Placement names are checked identifiers; escape anyway.
                 sql.push_str(&format!(
-                    "; SELECT tenancy.enter('{}', '{}')",
+                    "; CALL tenancy.enter('{}', '{}')",
                     tenant.id.as_uuid().hyphenated(),
                     json.replace('\'', "''")
                 ));

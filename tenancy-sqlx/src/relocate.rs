@@ -7,7 +7,7 @@
 //! Every [`TenantDb`](crate::TenantDb) that may touch a movable tenant is built
 //! with [`TenantDb::with_move_guard`](crate::TenantDb::with_move_guard). Its
 //! transactions for shared and schema tenants start with
-//! `SELECT tenancy.enter(<tenant>, <placement>)` (system migration 0011), in
+//! `CALL tenancy.enter(<tenant>, <placement>)` (system migration 0011), in
 //! the same message as `BEGIN`, which
 //!
 //! 1. takes the tenant's *placement lock* in shared mode until the

@@ -215,6 +215,11 @@ impl<DB: Database> PoolCache<DB> {
         self.pools.run_pending_tasks().await;
     }
 
+    /// The open pool for `name`, if any.
+    pub(crate) async fn get(&self, name: &str) -> Option<OpenPool<DB>> {
+        self.pools.get(name).await
+    }
+
     /// The open pool for `name`, or one made by `open(per_pool)` (failures
     /// are not cached).
     pub(crate) async fn get_or_open<F, Fut, E>(

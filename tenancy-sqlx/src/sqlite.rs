@@ -71,7 +71,7 @@ use tenancy_core::{Placement, Tenant, TenantContext, TenantId, TenantScoped};
 use tracing::Instrument;
 
 use crate::DbError;
-use crate::route::PoolCache;
+use crate::route::{OpenPool, PoolCache};
 use crate::tenant_migrate::{Progress, RolloutReport, TenantMigrator, TenantSchemas};
 
 /// The table, inside every tenant file, that names the file's tenant.
@@ -217,9 +217,20 @@ impl SqliteTenantDb {
 
     /// The pool for `tenant`'s file, opened on first use.
     async fn pool(&self, tenant: &Tenant) -> Result<SqlitePool, DbError> {
-        let path = self.path_of(tenant)?;
         let id = tenant.id;
-        let key = path.to_string_lossy().into_owned();
+        // Hot path: an open pool, looked up by the placement name (no path
+        // or options built).
+        if let (Placement::Database { .. }, Ok(Some(name))) =
+            (&tenant.placement, tenant.placement.checked_name())
+            && let Some(open) = self.pools.get(name).await
+        {
+            return owned_by(open, id, name);
+        }
+        let path = self.path_of(tenant)?;
+        let key = match tenant.placement.checked_name() {
+            Ok(Some(name)) => name.to_owned(),
+            _ => path.to_string_lossy().into_owned(),
+        };
         let options = self.options(&path);
         let opened = self
             .pools
@@ -255,20 +266,7 @@ impl SqliteTenantDb {
                     reason: shared.to_string(),
                 },
             })?;
-        // The cache is keyed by file: a file already open for another tenant
-        // is not served to this one.
-        if opened.owner != Some(id) {
-            return Err(DbError::Placement {
-                tenant: id,
-                reason: format!(
-                    "tenant file {key} is open for tenant {}; two tenants cannot share a file",
-                    opened
-                        .owner
-                        .map_or_else(|| "?".to_owned(), |o| o.to_string())
-                ),
-            });
-        }
-        Ok(opened.pool)
+        owned_by(opened, id, &key)
     }
 
     /// Opens a transaction on `ctx`'s tenant file (`BEGIN`, deferred: it
@@ -276,25 +274,30 @@ impl SqliteTenantDb {
     /// [`SqliteTenantDb::begin_immediate`] for transactions that read and
     /// then write, so they queue for the lock rather than fail with `busy`.
     pub async fn begin(&self, ctx: &TenantContext) -> Result<SqliteTenantTx, DbError> {
-        self.begin_with(ctx, "BEGIN").await
+        self.begin_with(ctx, None).await
     }
 
     /// Opens a transaction holding the file's write lock from the start
     /// (`BEGIN IMMEDIATE`; waits up to the busy timeout for another writer).
     pub async fn begin_immediate(&self, ctx: &TenantContext) -> Result<SqliteTenantTx, DbError> {
-        self.begin_with(ctx, "BEGIN IMMEDIATE").await
+        self.begin_with(ctx, Some("BEGIN IMMEDIATE")).await
     }
 
     async fn begin_with(
         &self,
         ctx: &TenantContext,
-        statement: &'static str,
+        statement: Option<&'static str>,
     ) -> Result<SqliteTenantTx, DbError> {
         let span =
             tracing::debug_span!("tenant_tx", tenant.id = %ctx.tenant_id(), backend = "sqlite");
         async {
             let pool = self.pool(ctx.tenant()).await?;
-            let tx = pool.begin_with(statement).await?;
+            // Plain `begin` for the default: sqlx checks a custom statement's
+            // effect with one more trip to the connection's worker thread.
+            let tx = match statement {
+                None => pool.begin().await?,
+                Some(s) => pool.begin_with(s).await?,
+            };
             Ok(SqliteTenantTx {
                 tx,
                 ctx: ctx.clone(),
@@ -422,6 +425,21 @@ impl SqliteTenantDb {
         }
         Ok(conn)
     }
+}
+
+/// The cache is keyed by file: a file already open for another tenant is
+/// not served to this one.
+fn owned_by(open: OpenPool<Sqlite>, tenant: TenantId, name: &str) -> Result<SqlitePool, DbError> {
+    if open.owner == Some(tenant) {
+        return Ok(open.pool);
+    }
+    Err(DbError::Placement {
+        tenant,
+        reason: format!(
+            "tenant file {name} is open for tenant {}; two tenants cannot share a file",
+            open.owner.map_or_else(|| "?".to_owned(), |o| o.to_string())
+        ),
+    })
 }
 
 /// Tables the library keeps inside each tenant file.
