@@ -54,6 +54,10 @@
 //! # Ok(()) }
 //! ```
 
+mod control;
+
+pub use control::{SqliteControl, SqliteMembershipStore, SqliteTenantStore};
+
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};

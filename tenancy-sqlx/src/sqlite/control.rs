@@ -1,0 +1,338 @@
+//! The control database of a SQLite deployment: tenants, their domains and
+//! memberships in one file beside the tenant files ([`SqliteControl`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, SqlitePool};
+use tenancy_core::store::{TenantStore, TenantWriter};
+use tenancy_core::{
+    DomainName, Membership, MembershipStore, MembershipWriter, StoreError, Tenant, TenantId,
+    TenantSlug, UserId,
+};
+
+use crate::DbError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenancy_tenants (
+    id         TEXT PRIMARY KEY NOT NULL,
+    slug       TEXT NOT NULL UNIQUE,
+    record     TEXT NOT NULL,
+    updated_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS tenancy_tenant_domains (
+    domain    TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenancy_tenants (id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS tenancy_tenant_domains_tenant ON tenancy_tenant_domains (tenant_id);
+CREATE TABLE IF NOT EXISTS tenancy_memberships (
+    user_id   TEXT NOT NULL,
+    tenant_id TEXT NOT NULL REFERENCES tenancy_tenants (id) ON DELETE CASCADE,
+    record    TEXT NOT NULL,
+    PRIMARY KEY (user_id, tenant_id)
+);
+CREATE INDEX IF NOT EXISTS tenancy_memberships_tenant ON tenancy_memberships (tenant_id);
+";
+
+/// The control database of a SQLite deployment (one file, WAL): the tenant
+/// registry ([`SqliteTenantStore`]) and memberships
+/// ([`SqliteMembershipStore`]). Tenant data never goes here: each tenant has
+/// its own file ([`SqliteTenantDb`](super::SqliteTenantDb)).
+///
+/// Records are stored as JSON (the serde form of [`Tenant`] and
+/// [`Membership`]) beside the columns they are looked up by, so new fields
+/// of the core types need no migration.
+///
+/// ```no_run
+/// use tenancy_core::store::{CachedStore, TenantStore};
+/// use tenancy_sqlx::sqlite::SqliteControl;
+///
+/// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let control = SqliteControl::open("./data/control.sqlite3").await?;
+/// let tenants = CachedStore::new(control.tenants());
+/// let acme = tenants.by_slug(&"acme".parse()?).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteControl {
+    pool: SqlitePool,
+}
+
+impl SqliteControl {
+    /// Opens (creating if needed) the control database at `path` and
+    /// creates its tables.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| DbError::Export(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5)),
+            )
+            .await?;
+        (&pool).execute(SCHEMA).await?;
+        Ok(Self { pool })
+    }
+
+    /// The pool (for the application's own control tables, e.g. users).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The tenant registry.
+    pub fn tenants(&self) -> SqliteTenantStore {
+        SqliteTenantStore {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// The memberships.
+    pub fn memberships(&self) -> SqliteMembershipStore {
+        SqliteMembershipStore {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// Tenants in the control database: [`TenantStore`] and [`TenantWriter`].
+#[derive(Debug, Clone)]
+pub struct SqliteTenantStore {
+    pool: SqlitePool,
+}
+
+fn invalid(what: &'static str, reason: impl std::fmt::Display) -> DbError {
+    DbError::InvalidData {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+fn decode_tenant(record: &str) -> Result<Arc<Tenant>, DbError> {
+    serde_json::from_str(record)
+        .map(Arc::new)
+        .map_err(|e| invalid("tenancy_tenants.record", e))
+}
+
+fn map_unique(e: sqlx::Error) -> DbError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return DbError::Conflict(db.message().to_owned());
+    }
+    DbError::Sqlx(e)
+}
+
+impl SqliteTenantStore {
+    async fn fetch(&self, sql: &str, key: &str) -> Result<Option<Arc<Tenant>>, DbError> {
+        let record: Option<String> = sqlx::query_scalar(sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        record.as_deref().map(decode_tenant).transpose()
+    }
+
+    /// Adds a tenant; an existing id, slug or domain is [`DbError::Conflict`].
+    pub async fn create(&self, tenant: &Tenant) -> Result<(), DbError> {
+        self.write(tenant, true).await
+    }
+
+    /// Replaces an existing tenant's record (and its domains).
+    pub async fn update(&self, tenant: &Tenant) -> Result<(), DbError> {
+        self.write(tenant, false).await
+    }
+
+    /// Every tenant, by slug.
+    pub async fn list(&self) -> Result<Vec<Arc<Tenant>>, DbError> {
+        let records: Vec<String> =
+            sqlx::query_scalar("SELECT record FROM tenancy_tenants ORDER BY slug")
+                .fetch_all(&self.pool)
+                .await?;
+        records.iter().map(|r| decode_tenant(r)).collect()
+    }
+
+    async fn write(&self, tenant: &Tenant, new: bool) -> Result<(), DbError> {
+        let record = serde_json::to_string(tenant).map_err(|e| invalid("tenant", e))?;
+        let id = tenant.id.to_string();
+        let mut tx = self.pool.begin().await?;
+        let sql = if new {
+            "INSERT INTO tenancy_tenants (id, slug, record) VALUES ($1, $2, $3)"
+        } else {
+            "UPDATE tenancy_tenants SET slug = $2, record = $3, updated_at = CURRENT_TIMESTAMP \
+             WHERE id = $1"
+        };
+        let done = sqlx::query(sql)
+            .bind(&id)
+            .bind(tenant.slug.as_str())
+            .bind(&record)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_unique)?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::Conflict(format!("no tenant {id} to update")));
+        }
+        sqlx::query("DELETE FROM tenancy_tenant_domains WHERE tenant_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        for d in &tenant.domains {
+            sqlx::query("INSERT INTO tenancy_tenant_domains (domain, tenant_id) VALUES ($1, $2)")
+                .bind(d.as_str())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_unique)?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TenantStore for SqliteTenantStore {
+    async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.fetch(
+            "SELECT record FROM tenancy_tenants WHERE id = $1",
+            &id.to_string(),
+        )
+        .await
+        .map_err(StoreError::new)
+    }
+
+    async fn by_slug(&self, slug: &TenantSlug) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.fetch(
+            "SELECT record FROM tenancy_tenants WHERE slug = $1",
+            slug.as_str(),
+        )
+        .await
+        .map_err(StoreError::new)
+    }
+
+    async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
+        self.fetch(
+            "SELECT t.record FROM tenancy_tenants t \
+             JOIN tenancy_tenant_domains d ON d.tenant_id = t.id WHERE d.domain = $1",
+            domain.as_str(),
+        )
+        .await
+        .map_err(StoreError::new)
+    }
+}
+
+#[async_trait]
+impl TenantWriter for SqliteTenantStore {
+    async fn create(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        SqliteTenantStore::create(self, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
+
+    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.update(tenant).await.map_err(StoreError::new)
+    }
+}
+
+/// Memberships in the control database: [`MembershipStore`] and [`MembershipWriter`].
+#[derive(Debug, Clone)]
+pub struct SqliteMembershipStore {
+    pool: SqlitePool,
+}
+
+fn decode_membership(record: &str) -> Result<Membership, DbError> {
+    serde_json::from_str(record).map_err(|e| invalid("tenancy_memberships.record", e))
+}
+
+impl SqliteMembershipStore {
+    /// Adds or replaces a membership.
+    pub async fn upsert(&self, m: &Membership) -> Result<(), DbError> {
+        let record = serde_json::to_string(m).map_err(|e| invalid("membership", e))?;
+        sqlx::query(
+            "INSERT INTO tenancy_memberships (user_id, tenant_id, record) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, tenant_id) DO UPDATE SET record = excluded.record",
+        )
+        .bind(m.user_id.as_str())
+        .bind(m.tenant_id.to_string())
+        .bind(record)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a membership; `true` when there was one.
+    pub async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, DbError> {
+        let done =
+            sqlx::query("DELETE FROM tenancy_memberships WHERE user_id = $1 AND tenant_id = $2")
+                .bind(user.as_str())
+                .bind(tenant.to_string())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every membership of `tenant`.
+    pub async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, DbError> {
+        let records: Vec<String> = sqlx::query_scalar(
+            "SELECT record FROM tenancy_memberships WHERE tenant_id = $1 ORDER BY user_id",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        records.iter().map(|r| decode_membership(r)).collect()
+    }
+}
+
+#[async_trait]
+impl MembershipStore for SqliteMembershipStore {
+    async fn membership(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+    ) -> Result<Option<Membership>, StoreError> {
+        let record: Option<String> = sqlx::query_scalar(
+            "SELECT record FROM tenancy_memberships WHERE user_id = $1 AND tenant_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(tenant.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        record
+            .as_deref()
+            .map(decode_membership)
+            .transpose()
+            .map_err(StoreError::new)
+    }
+
+    async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        let records: Vec<String> = sqlx::query_scalar(
+            "SELECT record FROM tenancy_memberships WHERE user_id = $1 ORDER BY tenant_id",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        records
+            .iter()
+            .map(|r| decode_membership(r))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::new)
+    }
+}
+
+#[async_trait]
+impl MembershipWriter for SqliteMembershipStore {
+    async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
+        self.upsert(membership).await.map_err(StoreError::new)
+    }
+}

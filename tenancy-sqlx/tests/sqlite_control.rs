@@ -1,0 +1,118 @@
+//! The SQLite control database: tenant registry and memberships.
+#![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use tenancy_core::store::TenantStore;
+use tenancy_core::{
+    DomainName, Membership, MembershipStore, Placement, Role, Tenant, TenantId, TenantStatus,
+    UserId,
+};
+use tenancy_sqlx::DbError;
+use tenancy_sqlx::sqlite::SqliteControl;
+
+fn tenant(slug: &str) -> Tenant {
+    let id = TenantId::new_v4();
+    Tenant::new(id, slug.parse().unwrap(), slug)
+        .with_placement(Placement::database(&Placement::name_for(id)).unwrap())
+        .with_domain(DomainName::parse(&format!("{slug}.example.com")).unwrap())
+}
+
+#[tokio::test]
+async fn tenants_round_trip_by_id_slug_and_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("control.sqlite3"))
+        .await
+        .unwrap();
+    let store = control.tenants();
+    let acme = tenant("acme");
+    store.create(&acme).await.unwrap();
+    assert_eq!(*store.by_id(acme.id).await.unwrap().unwrap(), acme);
+    assert_eq!(
+        *store
+            .by_slug(&"acme".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap(),
+        acme
+    );
+    let domain = DomainName::parse("acme.example.com").unwrap();
+    assert_eq!(store.by_domain(&domain).await.unwrap().unwrap().id, acme.id);
+    assert!(store.by_id(TenantId::new_v4()).await.unwrap().is_none());
+
+    // Same slug, or same domain: a conflict, nothing written.
+    let mut twin = tenant("acme");
+    twin.domains.clear();
+    assert!(matches!(
+        store.create(&twin).await,
+        Err(DbError::Conflict(_))
+    ));
+    let mut thief = tenant("other");
+    thief.domains = vec![domain.clone()];
+    assert!(matches!(
+        store.create(&thief).await,
+        Err(DbError::Conflict(_))
+    ));
+    assert!(store.by_id(thief.id).await.unwrap().is_none());
+
+    // Update: status and domains replaced.
+    let mut changed = acme.clone().with_status(TenantStatus::Suspended {
+        reason: "unpaid".into(),
+    });
+    changed.domains = vec![DomainName::parse("acme.test").unwrap()];
+    store.update(&changed).await.unwrap();
+    assert!(store.by_domain(&domain).await.unwrap().is_none());
+    let now = store.by_id(acme.id).await.unwrap().unwrap();
+    assert!(matches!(now.status, TenantStatus::Suspended { .. }));
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    // Updating an unknown tenant is an error, not an insert.
+    assert!(store.update(&tenant("ghost")).await.is_err());
+    // Reopening finds everything again.
+    drop(control);
+    let again = SqliteControl::open(dir.path().join("control.sqlite3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.tenants().by_id(acme.id).await.unwrap().unwrap().id,
+        acme.id
+    );
+}
+
+#[tokio::test]
+async fn memberships_are_per_user_and_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("c.sqlite3"))
+        .await
+        .unwrap();
+    let (a, b) = (tenant("a"), tenant("b"));
+    control.tenants().create(&a).await.unwrap();
+    control.tenants().create(&b).await.unwrap();
+    let m = control.memberships();
+    let asha = UserId::new("asha");
+    m.upsert(&Membership::new(asha.clone(), a.id, Role::Admin))
+        .await
+        .unwrap();
+    m.upsert(&Membership::new(asha.clone(), b.id, Role::Member))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.membership(&asha, a.id).await.unwrap().unwrap().role,
+        Role::Admin
+    );
+    assert_eq!(m.memberships_of(&asha).await.unwrap().len(), 2);
+    m.upsert(&Membership::new(asha.clone(), a.id, Role::Member))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.membership(&asha, a.id).await.unwrap().unwrap().role,
+        Role::Member
+    );
+    assert!(m.remove(&asha, a.id).await.unwrap());
+    assert!(m.membership(&asha, a.id).await.unwrap().is_none());
+    assert_eq!(m.members_of(b.id).await.unwrap().len(), 1);
+    // A membership of an unknown tenant is refused (foreign key).
+    assert!(
+        m.upsert(&Membership::new(asha, TenantId::new_v4(), Role::Member))
+            .await
+            .is_err()
+    );
+}
