@@ -86,7 +86,7 @@ pub struct MoveReport {
 /// use tenancy_core::{Placement, Tenant};
 /// use tenancy_sqlx::relocate::TenantMover;
 ///
-/// # async fn f(owner: sqlx::PgPool, tenant: Tenant) -> Result<(), tenancy_sqlx::DbError> {
+/// # async fn f(owner: sqlx::PgPool, tenant: Tenant) -> Result<(), Box<dyn std::error::Error>> {
 /// // Tables in dependency order (parents first); the target schema must
 /// // already hold them (TenantMigrator::provision).
 /// let mover = TenantMover::new(owner, ["customers", "policies", "payments"]);
