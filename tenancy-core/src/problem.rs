@@ -149,6 +149,33 @@ impl Problem {
         }
     }
 
+    /// A problem of the application's own (a handler's 404, 409, 422...), in
+    /// the same shape and with the same media type as the library's, so a
+    /// client handles every error one way. `code` is the stable machine
+    /// name (the `type` is `urn:tenancy-rs:problem:<code>`); prefix codes of
+    /// your own to keep them apart from the library's.
+    ///
+    /// ```
+    /// let p = tenancy_core::problem::Problem::new(404, "app.policy-not-found", "Not found", "no such policy");
+    /// assert_eq!(p.to_json()["type"], "urn:tenancy-rs:problem:app.policy-not-found");
+    /// ```
+    pub fn new(
+        status: u16,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_uri: format!("{TYPE_PREFIX}{code}"),
+            title,
+            status,
+            detail: detail.into(),
+            code,
+            extensions: Map::new(),
+            headers: Vec::new(),
+        }
+    }
+
     /// The JSON body.
     pub fn to_json(&self) -> Value {
         let mut body = Map::new();

@@ -1,0 +1,10 @@
+-- The application's own table in the control database: user accounts.
+-- Memberships (user x tenant x role) are kept by tenancy-sqlx's
+-- SqliteControl; passwords are argon2id hashes.
+CREATE TABLE IF NOT EXISTS users (
+    id            TEXT PRIMARY KEY NOT NULL,
+    email         TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at    TEXT NOT NULL
+);

@@ -1,0 +1,366 @@
+//! Customers: owned by an agent; visible to that agent, their managers and
+//! tenant admins; optionally shared tenant-wide (read-only); deactivated,
+//! never deleted.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tenancy_core::Role;
+use tenancy_sqlx::sqlite::SqliteTenantTx;
+
+use super::agents::{in_set, visible_agents};
+use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
+use crate::domain::{CustomerType, KycStatus, LifecycleStage, RiskProfile};
+use crate::id::Id;
+
+/// A customer.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Customer {
+    /// Id.
+    pub id: Id,
+    /// The agent who owns the relationship.
+    pub agent_id: Id,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// Date of birth.
+    pub date_of_birth: Option<NaiveDate>,
+    /// Email.
+    pub email: Option<String>,
+    /// Individual, family or business.
+    #[sqlx(try_from = "String")]
+    pub customer_type: CustomerType,
+    /// Risk profile.
+    #[sqlx(try_from = "String")]
+    pub risk_profile: RiskProfile,
+    /// Lifecycle stage.
+    #[sqlx(try_from = "String")]
+    pub lifecycle_stage: LifecycleStage,
+    /// Engagement score, 0–100.
+    pub engagement_score: i64,
+    /// KYC status.
+    #[sqlx(try_from = "String")]
+    pub kyc_status: KycStatus,
+    /// Shared tenant-wide (read-only for those who do not own it).
+    pub shared: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, agent_id, first_name, last_name, date_of_birth, email, customer_type, \
+    risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, created_at";
+
+/// A new customer.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewCustomer {
+    /// The owning agent (default: the caller's own agent record).
+    pub agent_id: Option<Id>,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// Date of birth.
+    pub date_of_birth: Option<NaiveDate>,
+    /// Email.
+    pub email: Option<String>,
+    /// Individual, family or business.
+    pub customer_type: CustomerType,
+    /// Risk profile (default medium).
+    pub risk_profile: Option<RiskProfile>,
+    /// Lifecycle stage (default prospect).
+    pub lifecycle_stage: Option<LifecycleStage>,
+    /// Shared tenant-wide.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// Changes to a customer (absent fields are left as they are).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerPatch {
+    /// Email.
+    pub email: Option<String>,
+    /// Risk profile.
+    pub risk_profile: Option<RiskProfile>,
+    /// Lifecycle stage.
+    pub lifecycle_stage: Option<LifecycleStage>,
+    /// Engagement score, 0–100.
+    pub engagement_score: Option<i64>,
+    /// KYC status.
+    pub kyc_status: Option<KycStatus>,
+    /// Shared tenant-wide.
+    pub shared: Option<bool>,
+    /// Reassign to another agent (within the caller's reach).
+    pub agent_id: Option<Id>,
+}
+
+/// Filters on the customer list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CustomerFilter {
+    /// Only this lifecycle stage.
+    pub stage: Option<LifecycleStage>,
+}
+
+/// `(read filter, write filter)` SQL for the caller: owners (agent, their
+/// managers, admins) read and write; shared records are readable by all
+/// members; viewers read shared records only.
+async fn reach(tx: &mut SqliteTenantTx, caller: &Caller) -> Result<(String, String), ApiError> {
+    Ok(match caller.role {
+        Role::Admin => ("1 = 1".to_owned(), "1 = 1".to_owned()),
+        Role::Manager | Role::Member => {
+            let team = visible_agents(tx, caller).await?;
+            let own = in_set("agent_id", team.as_deref());
+            (format!("({own} OR shared = 1)"), own)
+        }
+        _ => ("shared = 1".to_owned(), "1 = 0".to_owned()),
+    })
+}
+
+/// Lists the customers the caller may see.
+#[utoipa::path(get, path = "/customers", params(PageQuery, CustomerFilter),
+    responses((status = 200, body = Page<Customer>)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryOf(page): QueryOf<PageQuery>,
+    QueryOf(filter): QueryOf<CustomerFilter>,
+) -> Result<Json<Page<Customer>>, ApiError> {
+    let (limit, offset) = page.bounds()?;
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let (read, _) = reach(&mut tx, &caller).await?;
+    let stage = filter.stage.map(LifecycleStage::as_str);
+    let where_ = format!("active = 1 AND {read} AND ($1 IS NULL OR lifecycle_stage = $1)");
+    let items: Vec<Customer> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM customers WHERE {where_} ORDER BY last_name, first_name, id \
+         LIMIT $2 OFFSET $3"
+    ))
+    .bind(stage)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&mut *tx)
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM customers WHERE {where_}"))
+        .bind(stage)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(Page {
+        items,
+        limit,
+        offset,
+        total,
+    }))
+}
+
+async fn fetch(
+    tx: &mut SqliteTenantTx,
+    filter: &str,
+    id: Id,
+) -> Result<Option<Customer>, ApiError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM customers WHERE id = $1 AND active = 1 AND {filter}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// One customer (404 when not visible to the caller, or not in this tenant).
+#[utoipa::path(get, path = "/customers/{id}", params(("id" = Id, Path)),
+    responses((status = 200, body = Customer), (status = 404)), security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<Json<Customer>, ApiError> {
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let (read, _) = reach(&mut tx, &caller).await?;
+    let found = fetch(&mut tx, &read, id).await?;
+    tx.commit().await?;
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("customer"))
+}
+
+/// The agent a new or reassigned customer may belong to: within the
+/// caller's write reach.
+async fn owner_for(
+    tx: &mut SqliteTenantTx,
+    caller: &Caller,
+    wanted: Option<Id>,
+) -> Result<Id, ApiError> {
+    let mine = super::agents::agent_of(tx, &caller.user).await?;
+    let Some(agent) = wanted.or(mine) else {
+        return Err(ApiError::invalid(
+            "agent_id is required (the caller is not an agent)",
+        ));
+    };
+    let team = match caller.role {
+        Role::Admin => None,
+        Role::Manager | Role::Member => visible_agents(tx, caller).await?,
+        _ => return Err(ApiError::forbidden("viewers cannot change customers")),
+    };
+    let allowed = in_set("id", team.as_deref());
+    let exists: Option<Id> = sqlx::query_scalar(&format!(
+        "SELECT id FROM agents WHERE id = $1 AND active = 1 AND {allowed}"
+    ))
+    .bind(agent)
+    .fetch_optional(&mut **tx)
+    .await?;
+    exists.ok_or_else(|| ApiError::not_found("agent"))
+}
+
+fn check_email(email: Option<&String>) -> Result<(), ApiError> {
+    match email {
+        Some(e) if !e.contains('@') || e.len() > 254 => {
+            Err(ApiError::invalid("email is not a valid address"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Adds a customer (the plan's `customers` limit applies).
+#[utoipa::path(post, path = "/customers", request_body = NewCustomer,
+    responses((status = 201, body = Customer), (status = 403), (status = 422)), security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(new): Body<NewCustomer>,
+) -> Result<(http::StatusCode, Json<Customer>), ApiError> {
+    if new.first_name.trim().is_empty() || new.last_name.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "first_name and last_name must not be empty",
+        ));
+    }
+    check_email(new.email.as_ref())?;
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let agent = owner_for(&mut tx, &caller, new.agent_id).await?;
+    super::check_stock(
+        &caller,
+        &mut tx,
+        "customers",
+        "SELECT count(*) FROM customers WHERE active = 1",
+    )
+    .await?;
+    let c = Customer {
+        id: Id::new(),
+        agent_id: agent,
+        first_name: new.first_name.trim().to_owned(),
+        last_name: new.last_name.trim().to_owned(),
+        date_of_birth: new.date_of_birth,
+        email: new.email,
+        customer_type: new.customer_type,
+        risk_profile: new.risk_profile.unwrap_or(RiskProfile::Medium),
+        lifecycle_stage: new.lifecycle_stage.unwrap_or(LifecycleStage::Prospect),
+        engagement_score: 0,
+        kyc_status: KycStatus::Pending,
+        shared: new.shared,
+        created_at: Utc::now(),
+    };
+    insert(&mut tx, caller.ctx.tenant_id().into(), &c).await?;
+    tx.commit().await?;
+    Ok((http::StatusCode::CREATED, Json(c)))
+}
+
+/// Inserts `c` (used by the API and the seeder).
+pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, c: &Customer) -> Result<(), ApiError> {
+    sqlx::query(
+        "INSERT INTO customers (tenant_id, id, agent_id, first_name, last_name, date_of_birth, email, \
+         customer_type, risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, active, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14)",
+    )
+    .bind(tenant)
+    .bind(c.id)
+    .bind(c.agent_id)
+    .bind(&c.first_name)
+    .bind(&c.last_name)
+    .bind(c.date_of_birth)
+    .bind(&c.email)
+    .bind(c.customer_type.as_str())
+    .bind(c.risk_profile.as_str())
+    .bind(c.lifecycle_stage.as_str())
+    .bind(c.engagement_score)
+    .bind(c.kyc_status.as_str())
+    .bind(c.shared)
+    .bind(c.created_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Changes a customer the caller owns (directly, through their team, or as admin).
+#[utoipa::path(patch, path = "/customers/{id}", params(("id" = Id, Path)), request_body = CustomerPatch,
+    responses((status = 200, body = Customer), (status = 404), (status = 422)), security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+    Body(patch): Body<CustomerPatch>,
+) -> Result<Json<Customer>, ApiError> {
+    check_email(patch.email.as_ref())?;
+    if patch
+        .engagement_score
+        .is_some_and(|s| !(0..=100).contains(&s))
+    {
+        return Err(ApiError::invalid(
+            "engagement_score must be between 0 and 100",
+        ));
+    }
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let (_, write) = reach(&mut tx, &caller).await?;
+    let Some(mut c) = fetch(&mut tx, &write, id).await? else {
+        return Err(ApiError::not_found("customer"));
+    };
+    if let Some(a) = patch.agent_id {
+        c.agent_id = owner_for(&mut tx, &caller, Some(a)).await?;
+    }
+    if patch.email.is_some() {
+        c.email = patch.email;
+    }
+    c.risk_profile = patch.risk_profile.unwrap_or(c.risk_profile);
+    c.lifecycle_stage = patch.lifecycle_stage.unwrap_or(c.lifecycle_stage);
+    c.engagement_score = patch.engagement_score.unwrap_or(c.engagement_score);
+    c.kyc_status = patch.kyc_status.unwrap_or(c.kyc_status);
+    c.shared = patch.shared.unwrap_or(c.shared);
+    sqlx::query(
+        "UPDATE customers SET agent_id = $2, email = $3, risk_profile = $4, lifecycle_stage = $5, \
+         engagement_score = $6, kyc_status = $7, shared = $8 WHERE id = $1",
+    )
+    .bind(c.id)
+    .bind(c.agent_id)
+    .bind(&c.email)
+    .bind(c.risk_profile.as_str())
+    .bind(c.lifecycle_stage.as_str())
+    .bind(c.engagement_score)
+    .bind(c.kyc_status.as_str())
+    .bind(c.shared)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(c))
+}
+
+/// Deactivates a customer (soft delete: the record stays for the audit trail).
+#[utoipa::path(delete, path = "/customers/{id}", params(("id" = Id, Path)),
+    responses((status = 204), (status = 404)), security(("bearer" = [])))]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<http::StatusCode, ApiError> {
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let (_, write) = reach(&mut tx, &caller).await?;
+    let done = sqlx::query(&format!(
+        "UPDATE customers SET active = 0 WHERE id = $1 AND active = 1 AND {write}"
+    ))
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found("customer"));
+    }
+    Ok(http::StatusCode::NO_CONTENT)
+}

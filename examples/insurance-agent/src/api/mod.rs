@@ -1,0 +1,371 @@
+//! The REST API: routes, the shared state, errors as problem+json, and
+//! pagination.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tenancy_axum::{Tenant, TenantLayer};
+use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::plan::PlanCatalog;
+use tenancy_core::problem::{CONTENT_TYPE, Problem};
+use tenancy_core::quota::MemoryQuota;
+use tenancy_core::resolve::{JwtStrategy, ResolverChain};
+use tenancy_core::{Authorizer, Role, TenantContext, TenantError, UserId};
+use tenancy_sqlx::DbError;
+
+use crate::auth::{self, AuthUser, Sessions};
+use crate::data::Data;
+
+pub mod agents;
+pub mod customers;
+pub mod openapi;
+pub mod session;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The data layer.
+    pub data: Data,
+    /// Session tokens.
+    pub sessions: Sessions,
+    /// The plan catalog.
+    pub plans: Arc<PlanCatalog>,
+}
+
+/// The whole application: public routes, and tenant routes behind
+/// authentication and the tenancy pipeline (resolve from the token → load →
+/// status gate → membership → plan → hourly API quota).
+pub fn router(state: AppState) -> Router {
+    let pipeline = RequestPipeline::new(
+        ResolverChain::new().with(JwtStrategy::hs256(state.sessions.secret())),
+        state.data.store(),
+    )
+    .require_membership(Arc::new(Authorizer::new(
+        Arc::new(state.data.memberships()),
+        state.data.store(),
+    )))
+    .with_plans(state.plans.clone())
+    .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls");
+    let tenant_routes =
+        Router::new()
+            .route("/me", get(session::me))
+            .route("/agents", get(agents::list).post(agents::create))
+            .route("/agents/{id}", get(agents::get))
+            .route("/customers", get(customers::list).post(customers::create))
+            .route(
+                "/customers/{id}",
+                get(customers::get)
+                    .patch(customers::update)
+                    .delete(customers::deactivate),
+            )
+            .layer(TenantLayer::new(pipeline).with_user(|parts: &Parts| {
+                parts.extensions.get::<AuthUser>().map(|u| u.id.clone())
+            }));
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi::document))
+        .route("/auth/login", post(session::login))
+        .merge(tenant_routes)
+        .layer(axum::middleware::from_fn_with_state(
+            state.sessions.clone(),
+            auth::authenticate,
+        ))
+        .with_state(state)
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "The server is up")))]
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// An error response: RFC 9457 problem+json, the same shape as the tenancy
+/// adapters' refusals. 5xx responses never carry internal details.
+#[derive(Debug)]
+pub struct ApiError(pub Box<Problem>);
+
+impl ApiError {
+    /// 400.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(
+            400,
+            "app.bad-request",
+            "Bad request",
+            detail,
+        )))
+    }
+
+    /// 401.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(
+            401,
+            "app.unauthorized",
+            "Unauthorized",
+            detail,
+        )))
+    }
+
+    /// 403.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(
+            403,
+            "app.forbidden",
+            "Forbidden",
+            detail,
+        )))
+    }
+
+    /// 404 — also what a record of another tenant, or one the caller may
+    /// not see, looks like.
+    pub fn not_found(what: &str) -> Self {
+        Self(Box::new(Problem::new(
+            404,
+            "app.not-found",
+            "Not found",
+            format!("no such {what}"),
+        )))
+    }
+
+    /// 409.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(
+            409,
+            "app.conflict",
+            "Conflict",
+            detail,
+        )))
+    }
+
+    /// 422.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(
+            422,
+            "app.invalid",
+            "Invalid input",
+            detail,
+        )))
+    }
+
+    /// 500: logged with the detail, answered without it.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        tracing::error!(error = %detail, "request failed");
+        Self(Box::new(Problem::new(
+            500,
+            "app.internal",
+            "Internal error",
+            "the request failed; the error was logged",
+        )))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = http::StatusCode::from_u16(self.0.status)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
+            self.0.to_json().to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match &e {
+            DbError::Mismatch(m) => Self::forbidden(m.to_string()),
+            DbError::Conflict(c) => Self::conflict(c.clone()),
+            DbError::Sqlx(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Self::conflict("a record with the same unique value exists")
+            }
+            DbError::Sqlx(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+                Self::invalid("a referenced record does not exist")
+            }
+            DbError::TenantMoved { .. } => Self(Box::new(Problem::new(
+                503,
+                "app.tenant-moved",
+                "Try again",
+                "the tenant's data moved while the request was in flight; retry",
+            ))),
+            _ => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        Self(Box::new(Problem::from_error(&e, None)))
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::from(e).into()
+    }
+}
+
+/// `Json<T>` whose rejections (malformed JSON, a wrong field, a value
+/// outside an enum) are problem+json: 400 for syntax, 422 for content.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Body<T>(pub T);
+
+/// `Path<T>` whose rejection (e.g. a malformed id) is a problem+json 400.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct PathOf<T>(pub T);
+
+/// `Query<T>` whose rejection is a problem+json 400.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryOf<T>(pub T);
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection as J;
+        match r {
+            J::JsonDataError(e) => Self::invalid(e.body_text()),
+            other => Self::bad_request(other.body_text()),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        Self::bad_request(r.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        Self::bad_request(r.body_text())
+    }
+}
+
+/// The caller of a tenant route: the tenant context the pipeline admitted,
+/// the authenticated user and their role in the tenant.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The admitted tenant context.
+    pub ctx: TenantContext,
+    /// The user.
+    pub user: UserId,
+    /// Their role in this tenant.
+    pub role: Role,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Tenant(ctx) = Tenant::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        // The pipeline requires a membership on these routes, so an admitted
+        // context always carries its actor; refuse rather than assume.
+        let actor = ctx
+            .actor()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("sign in first").into_response())?;
+        Ok(Self {
+            user: actor.user_id,
+            role: actor.role,
+            ctx,
+        })
+    }
+}
+
+/// `?limit=&offset=` on list endpoints.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::IntoParams)]
+pub struct PageQuery {
+    /// Items per page (1–200, default 50).
+    pub limit: Option<i64>,
+    /// Items to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+impl PageQuery {
+    /// `(limit, offset)`, validated.
+    pub fn bounds(self) -> Result<(i64, i64), ApiError> {
+        let limit = self.limit.unwrap_or(50);
+        let offset = self.offset.unwrap_or(0);
+        if !(1..=200).contains(&limit) {
+            return Err(ApiError::bad_request("limit must be between 1 and 200"));
+        }
+        if offset < 0 {
+            return Err(ApiError::bad_request("offset must not be negative"));
+        }
+        Ok((limit, offset))
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// The page size asked for.
+    pub limit: i64,
+    /// Items skipped.
+    pub offset: i64,
+    /// Items in the whole list.
+    pub total: i64,
+}
+
+/// Refuses (403 `quota-exceeded`, the library's problem) when the tenant's
+/// plan allows no more of `resource`: `count_sql` counts what exists, in the
+/// same write transaction that will add one (so two requests cannot both
+/// take the last slot: the transaction holds the file's write lock).
+pub async fn check_stock(
+    caller: &Caller,
+    tx: &mut tenancy_sqlx::sqlite::SqliteTenantTx,
+    resource: &str,
+    count_sql: &str,
+) -> Result<(), ApiError> {
+    let Some(limit) = caller
+        .ctx
+        .entitlements()
+        .and_then(|e| e.stock_limit(resource))
+    else {
+        return Ok(());
+    };
+    let used: i64 = sqlx::query_scalar(count_sql).fetch_one(&mut **tx).await?;
+    let used = u64::try_from(used).unwrap_or(0);
+    if used >= limit {
+        return Err(TenantError::Quota(tenancy_core::quota::QuotaExceeded::new(
+            caller.ctx.tenant_id(),
+            resource,
+            tenancy_core::plan::ResourceKind::Stock,
+            used,
+            limit,
+            1,
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses (403 `feature-not-in-plan`) unless the tenant's plan has `feature`.
+pub fn require_feature(caller: &Caller, feature: &str) -> Result<(), ApiError> {
+    let on = caller
+        .ctx
+        .entitlements()
+        .and_then(|e| e.feature(feature))
+        .and_then(tenancy_core::plan::FlagValue::as_bool)
+        .unwrap_or(false);
+    if on {
+        Ok(())
+    } else {
+        Err(TenantError::FeatureDisabled {
+            flag: feature.into(),
+        }
+        .into())
+    }
+}

@@ -1,0 +1,55 @@
+//! The OpenAPI document, generated from the handlers (utoipa) and served at
+//! `/openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{agents, customers, session};
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "insurance-agent",
+        description = "Reference application of tenancy-rs: a multi-tenant back end for insurance agents. \
+            Errors are RFC 9457 problem+json.",
+    ),
+    paths(
+        super::health,
+        session::login,
+        session::me,
+        agents::list,
+        agents::get,
+        agents::create,
+        customers::list,
+        customers::get,
+        customers::create,
+        customers::update,
+        customers::deactivate,
+    ),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

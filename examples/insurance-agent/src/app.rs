@@ -1,0 +1,153 @@
+//! Starting the server: open the data directory (seeding demo data on first
+//! run), load the plans and the session key, bind, serve.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tenancy_core::plan::PlanCatalog;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::auth::Sessions;
+use crate::data::Data;
+use crate::seed;
+
+/// The embedded plan catalog (`config/plans.toml`).
+pub const PLANS: &str = include_str!("../config/plans.toml");
+
+/// Errors of start-up and the command line.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory (control database, tenant files, session key).
+    pub data_dir: PathBuf,
+    /// Where to listen (`127.0.0.1:0` picks a free port).
+    pub bind: SocketAddr,
+    /// A plan catalog file replacing the embedded one.
+    pub plans: Option<PathBuf>,
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The demo tenants seeded by this start (empty when the data directory
+    /// already had tenants).
+    pub seeded: Vec<String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, finishes requests in flight, and waits.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+
+    /// Waits until the server stops (Ctrl-C).
+    pub async fn wait(mut self) -> Result<(), Error> {
+        (&mut self.task).await??;
+        Ok(())
+    }
+}
+
+/// The plan catalog: `path`, or the embedded one.
+pub fn plans(path: Option<&Path>) -> Result<PlanCatalog, Error> {
+    let text = match path {
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
+        }
+        None => PLANS.to_owned(),
+    };
+    Ok(PlanCatalog::from_toml(&text)?)
+}
+
+/// The session signing key, created (random, 32 bytes, owner-only) on first run.
+pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
+    let path = dir.join("session.key");
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => Ok(key),
+        Ok(_) => Err(format!(
+            "{} is shorter than 32 bytes; delete it to make a new one",
+            path.display()
+        )
+        .into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            let mut key = Vec::with_capacity(32);
+            key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+            key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+            write_private(&path, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("reading {}: {e}", path.display()).into()),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
+}
+
+/// Opens the data directory (seeding the demo on first run) and starts
+/// serving on `config.bind`.
+pub async fn start(config: &Config) -> Result<Running, Error> {
+    let data = Data::open(&config.data_dir).await?;
+    let seeded = if seed::is_seeded(&data).await.map_err(|e| format!("{e:?}"))? {
+        Vec::new()
+    } else {
+        seed::demo(&data)
+            .await
+            .map_err(|e| format!("seeding demo data: {e:?}"))?
+            .iter()
+            .map(|t| t.slug.to_string())
+            .collect()
+    };
+    let state = AppState {
+        sessions: Sessions::new(session_key(&config.data_dir)?),
+        plans: Arc::new(plans(config.plans.as_deref())?),
+        data,
+    };
+    let listener = TcpListener::bind(config.bind).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = api::router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            })
+            .await
+    });
+    Ok(Running {
+        addr,
+        seeded,
+        stop: Some(stop),
+        task,
+    })
+}

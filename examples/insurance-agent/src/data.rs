@@ -1,0 +1,156 @@
+//! Where the data lives: the embedded default is SQLite — a control
+//! database (tenants, memberships, users) and one file per tenant — under a
+//! data directory. Application code reaches tenant data only through
+//! [`Data::begin`], which takes a [`TenantContext`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tenancy_core::store::{CachedStore, TenantStore};
+use tenancy_core::{Placement, Tenant, TenantContext, TenantId};
+use tenancy_sqlx::DbError;
+use tenancy_sqlx::sqlite::{
+    SqliteControl, SqliteMembershipStore, SqliteTenantDb, SqliteTenantStore, SqliteTenantTx,
+    guard_table_sql,
+};
+use tenancy_sqlx::tenant_migrate::{TenantMigration, TenantMigrator};
+
+/// The tables of a tenant file that carry `tenant_id`.
+pub const TENANT_TABLES: [&str; 2] = ["agents", "customers"];
+
+/// The tenant schema's migrations (each tenant file).
+pub fn migrator() -> TenantMigrator {
+    let mut v1 = include_str!("../migrations/sqlite/0001_agents_customers.sql").to_owned();
+    for t in TENANT_TABLES {
+        v1.push('\n');
+        v1.push_str(&guard_table_sql(t));
+    }
+    match TenantMigrator::new(vec![TenantMigration::new(1, "agents and customers", &v1)]) {
+        Ok(m) => m,
+        // The list above is static and ordered; a failure is a programming error.
+        Err(e) => unreachable!("tenant migrations are invalid: {e}"),
+    }
+}
+
+/// The data layer.
+#[derive(Clone)]
+pub struct Data {
+    dir: PathBuf,
+    control: SqliteControl,
+    tenants: SqliteTenantDb,
+    store: Arc<CachedStore<SqliteTenantStore>>,
+    migrator: TenantMigrator,
+}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Data")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Data {
+    /// Opens (creating) the data directory: the control database and the
+    /// directory of tenant files.
+    pub async fn open(dir: &Path) -> Result<Self, DbError> {
+        let control = SqliteControl::open(dir.join("control.sqlite3")).await?;
+        sqlx::raw_sql(include_str!("../migrations/sqlite/control_users.sql"))
+            .execute(control.pool())
+            .await?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            store: Arc::new(CachedStore::new(control.tenants())),
+            tenants: SqliteTenantDb::new(dir.join("tenants")).max_pools(64),
+            control,
+            migrator: migrator(),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The one door to tenant data.
+    pub async fn begin(&self, ctx: &TenantContext) -> Result<SqliteTenantTx, DbError> {
+        self.tenants.begin(ctx).await
+    }
+
+    /// [`Data::begin`] holding the tenant file's write lock from the start.
+    pub async fn begin_write(&self, ctx: &TenantContext) -> Result<SqliteTenantTx, DbError> {
+        self.tenants.begin_immediate(ctx).await
+    }
+
+    /// The tenant registry, cached.
+    pub fn store(&self) -> Arc<CachedStore<SqliteTenantStore>> {
+        self.store.clone()
+    }
+
+    /// The tenant registry, uncached (for writes).
+    pub fn tenant_store(&self) -> SqliteTenantStore {
+        self.control.tenants()
+    }
+
+    /// Memberships.
+    pub fn memberships(&self) -> SqliteMembershipStore {
+        self.control.memberships()
+    }
+
+    /// The control database's pool (users).
+    pub fn control(&self) -> &sqlx::SqlitePool {
+        self.control.pool()
+    }
+
+    /// Registers a tenant placed in a file of its own and creates that file
+    /// at the latest schema version. Idempotent for the file; the record must
+    /// be new.
+    pub async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, DbError> {
+        let id = tenant.id;
+        let placement =
+            Placement::database(&Placement::name_for(id)).map_err(|e| DbError::Placement {
+                tenant: id,
+                reason: e.to_string(),
+            })?;
+        let tenant = tenant.with_placement(placement);
+        self.tenants.provision(&tenant, &self.migrator).await?;
+        self.control.tenants().create(&tenant).await?;
+        Ok(tenant)
+    }
+
+    /// Replaces a tenant's record and drops it from the cache.
+    pub async fn save_tenant(&self, tenant: &Tenant) -> Result<(), DbError> {
+        self.control.tenants().update(tenant).await?;
+        self.store.invalidate_tenant(tenant).await;
+        Ok(())
+    }
+
+    /// A tenant by id (cached).
+    pub async fn tenant(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
+        self.store
+            .by_id(id)
+            .await
+            .map_err(|e| DbError::InvalidData {
+                what: "tenant",
+                reason: e.to_string(),
+            })
+    }
+
+    /// Brings every tenant file to the latest schema.
+    pub async fn migrate_all(
+        &self,
+        progress: impl Fn(&tenancy_sqlx::tenant_migrate::Progress) + Send + Sync,
+    ) -> Result<tenancy_sqlx::tenant_migrate::RolloutReport, DbError> {
+        let tenants: Vec<Tenant> = self
+            .control
+            .tenants()
+            .list()
+            .await?
+            .iter()
+            .map(|t| (**t).clone())
+            .collect();
+        self.tenants
+            .migrate(&self.migrator, &tenants, progress)
+            .await
+    }
+}

@@ -1,0 +1,296 @@
+//! `insurance-agent`: the server and its operations commands.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line program talks on stdout
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use insurance_agent::app::{self, Config, Error};
+use insurance_agent::data::Data;
+use insurance_agent::seed;
+use tenancy_core::lifecycle::Transition;
+use tenancy_core::store::TenantStore;
+use tenancy_core::{PlanId, Tenant, TenantId, TenantKind};
+
+#[derive(Parser)]
+#[command(
+    name = "insurance-agent",
+    version,
+    about = "Multi-tenant back end for insurance agents (tenancy-rs reference app)"
+)]
+struct Cli {
+    /// Data directory: control database, one SQLite file per tenant, session key.
+    #[arg(
+        long,
+        env = "INSURANCE_DATA_DIR",
+        default_value = "data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Starts the server (the default command). Seeds demo data on first run.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "INSURANCE_BIND", default_value = "127.0.0.1:8080")]
+        bind: SocketAddr,
+        /// A plan catalog (TOML) replacing the embedded one.
+        #[arg(long)]
+        plans: Option<PathBuf>,
+    },
+    /// Brings every tenant file to the latest schema.
+    Migrate,
+    /// Creates synthetic tenants with agents and customers.
+    Seed {
+        /// How many tenants.
+        #[arg(long, default_value_t = 10)]
+        tenants: usize,
+        /// Customers per tenant.
+        #[arg(long, default_value_t = 100)]
+        customers: usize,
+    },
+    /// Tenant operations.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Lists tenants.
+    List,
+    /// Creates a tenant with its own data file.
+    Create {
+        /// URL-safe name.
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// insurance_provider, independent_agent or agent_network.
+        #[arg(long, default_value = "independent_agent")]
+        kind: String,
+        /// free, professional or enterprise.
+        #[arg(long, default_value = "free")]
+        plan: String,
+        /// The first tenant admin's email (password printed once).
+        #[arg(long)]
+        admin_email: String,
+    },
+    /// Suspends a tenant (its requests are refused with 403).
+    Suspend {
+        /// The tenant.
+        slug: String,
+        /// Why (shown to its users).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resumes a suspended tenant.
+    Resume {
+        /// The tenant.
+        slug: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let command = cli.command.unwrap_or(Command::Serve {
+        bind: "127.0.0.1:8080".parse()?,
+        plans: None,
+    });
+    match command {
+        Command::Serve { bind, plans } => serve(cli.data_dir, bind, plans).await,
+        Command::Migrate => migrate(&cli.data_dir).await,
+        Command::Seed { tenants, customers } => seed_many(&cli.data_dir, tenants, customers).await,
+        Command::Tenant(t) => tenant(&cli.data_dir, t).await,
+    }
+}
+
+async fn serve(data_dir: PathBuf, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), Error> {
+    let running = app::start(&Config {
+        data_dir: data_dir.clone(),
+        bind,
+        plans,
+    })
+    .await?;
+    let url = format!("http://{}", running.addr);
+    println!(
+        "insurance-agent listening on {url}  (data in {})",
+        data_dir.display()
+    );
+    if !running.seeded.is_empty() {
+        println!("Created demo tenants: {}", running.seeded.join(", "));
+    }
+    println!();
+    println!("Demo users (password {}):", seed::DEMO_PASSWORD);
+    for t in seed::DEMO {
+        for (email, _, role) in t.users {
+            println!("  {:<28} tenant {:<18} {}", email, t.slug, role.as_str());
+        }
+    }
+    println!();
+    println!("Try:");
+    println!(
+        "  TOKEN=$(curl -s {url}/auth/login -H 'content-type: application/json' \\\n    -d '{{\"email\":\"agent@sunrise.test\",\"password\":\"{}\",\"tenant\":\"sunrise-insurance\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')",
+        seed::DEMO_PASSWORD
+    );
+    println!("  curl -s {url}/me -H \"authorization: Bearer $TOKEN\"");
+    println!("  curl -s {url}/customers -H \"authorization: Bearer $TOKEN\"");
+    println!("  curl -s {url}/openapi.json | head -c 300");
+    println!();
+    println!("Ctrl-C stops the server.");
+    running.wait().await
+}
+
+async fn migrate(data_dir: &std::path::Path) -> Result<(), Error> {
+    let data = Data::open(data_dir).await?;
+    let total = data.tenant_store().list().await?.len();
+    let bar = bar(total as u64, "migrating");
+    let report = data.migrate_all(|_| bar.inc(1)).await?;
+    bar.finish_and_clear();
+    println!(
+        "{} migrated, {} already up to date, {} quarantined",
+        report.migrated.len(),
+        report.up_to_date,
+        report.quarantined.len()
+    );
+    for (tenant, error) in &report.quarantined {
+        println!("  quarantined {tenant}: {error}");
+    }
+    if report.quarantined.is_empty() && report.canary_failure.is_none() {
+        Ok(())
+    } else {
+        Err("some tenants were not migrated (see above)".into())
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
+}
+
+async fn seed_many(
+    data_dir: &std::path::Path,
+    tenants: usize,
+    customers: usize,
+) -> Result<(), Error> {
+    let data = Data::open(data_dir).await?;
+    let bar = bar(tenants as u64, "seeding");
+    for i in 0..tenants {
+        let slug = format!("synthetic-{}", &TenantId::new_v4().to_string()[..8]);
+        seed::synthetic(&data, &slug, &format!("Synthetic Agency {i}"), customers)
+            .await
+            .map_err(|e| format!("seeding {slug}: {e:?}"))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!("created {tenants} tenants with {customers} customers each");
+    Ok(())
+}
+
+async fn tenant(data_dir: &std::path::Path, command: TenantCommand) -> Result<(), Error> {
+    let data = Data::open(data_dir).await?;
+    let by_slug = |slug: &str| {
+        let data = data.clone();
+        let slug = slug.to_owned();
+        async move {
+            data.tenant_store()
+                .by_slug(&slug.parse()?)
+                .await?
+                .ok_or_else(|| Error::from(format!("no tenant {slug:?}")))
+        }
+    };
+    match command {
+        TenantCommand::List => {
+            for t in data.tenant_store().list().await? {
+                println!(
+                    "{:<24} {:<36} {:<20} {:<12} {:?}",
+                    t.slug.as_str(),
+                    t.id,
+                    t.kind.as_str(),
+                    t.plan.as_ref().map_or("-", PlanId::as_str),
+                    t.status
+                );
+            }
+            Ok(())
+        }
+        TenantCommand::Create {
+            slug,
+            name,
+            kind,
+            plan,
+            admin_email,
+        } => {
+            let plans = app::plans(None)?;
+            plans.plan(&PlanId::new(plan.clone()))?;
+            let password = format!("Init-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let t = data
+                .create_tenant(
+                    Tenant::new(TenantId::new_v4(), slug.parse()?, name)
+                        .with_kind(TenantKind::new(kind))
+                        .with_plan(PlanId::new(plan)),
+                )
+                .await?;
+            let user = seed::ensure_user(&data, &admin_email, &admin_email, &password)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            data.memberships()
+                .upsert(&tenancy_core::Membership::new(
+                    tenancy_core::UserId::new(user),
+                    t.id,
+                    tenancy_core::Role::Admin,
+                ))
+                .await?;
+            println!("created tenant {} ({})", t.slug.as_str(), t.id);
+            println!("admin {admin_email} with initial password {password} (change it)");
+            Ok(())
+        }
+        TenantCommand::Suspend { slug, reason } => {
+            let t = by_slug(&slug).await?;
+            let next = tenancy_core::lifecycle::next_status(
+                &t.status,
+                &Transition::Suspend { reason },
+                chrono::Utc::now(),
+            )?;
+            let changed = (*t).clone().with_status(next);
+            data.save_tenant(&changed).await?;
+            println!("suspended {slug}");
+            Ok(())
+        }
+        TenantCommand::Resume { slug } => {
+            let t = by_slug(&slug).await?;
+            let next = tenancy_core::lifecycle::next_status(
+                &t.status,
+                &Transition::Resume,
+                chrono::Utc::now(),
+            )?;
+            data.save_tenant(&(*t).clone().with_status(next)).await?;
+            println!("resumed {slug}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Demo data: created on first run so a new user can sign in at once, and
+//! synthetic data at scale (`seed --tenants N`).
+
+use chrono::{Duration, NaiveDate, Utc};
+use tenancy_core::{Membership, PlanId, Role, Tenant, TenantContext, TenantId, TenantKind, UserId};
+
+use crate::api::ApiError;
+use crate::api::agents::{self, Agent};
+use crate::api::customers::{self, Customer};
+use crate::auth::hash_password;
+use crate::data::Data;
+use crate::domain::{ComplianceStatus, CustomerType, KycStatus, LifecycleStage, RiskProfile};
+use crate::id::Id;
+
+/// The demo password of every demo user (printed at start-up).
+pub const DEMO_PASSWORD: &str = "Demo-Password-1";
+
+/// A demo tenant and who works there.
+#[derive(Debug, Clone)]
+pub struct DemoTenant {
+    /// Slug.
+    pub slug: &'static str,
+    /// Display name.
+    pub name: &'static str,
+    /// `insurance_provider`, `independent_agent` or `agent_network`.
+    pub kind: &'static str,
+    /// Plan.
+    pub plan: &'static str,
+    /// Parent tenant's slug (regional offices of a provider).
+    pub parent: Option<&'static str>,
+    /// (email, name, role) of its users; the first is the tenant admin.
+    pub users: &'static [(&'static str, &'static str, Role)],
+}
+
+/// The demo tenants created on first run.
+pub const DEMO: &[DemoTenant] = &[
+    DemoTenant {
+        slug: "sunrise-insurance",
+        name: "Sunrise Insurance",
+        kind: "insurance_provider",
+        plan: "enterprise",
+        parent: None,
+        users: &[
+            ("admin@sunrise.test", "Sunita Rao", Role::Admin),
+            ("manager@sunrise.test", "Mahesh Iyer", Role::Manager),
+            ("agent@sunrise.test", "Arjun Mehta", Role::Member),
+        ],
+    },
+    DemoTenant {
+        slug: "sunrise-north",
+        name: "Sunrise Insurance — North Region",
+        kind: "insurance_provider",
+        plan: "professional",
+        parent: Some("sunrise-insurance"),
+        users: &[("admin@north.sunrise.test", "Neha Kapoor", Role::Admin)],
+    },
+    DemoTenant {
+        slug: "asha-agency",
+        name: "Asha Independent Agency",
+        kind: "independent_agent",
+        plan: "free",
+        parent: None,
+        users: &[("asha@asha.test", "Asha Verma", Role::Admin)],
+    },
+    DemoTenant {
+        slug: "bharat-agents",
+        name: "Bharat Agents Network",
+        kind: "agent_network",
+        plan: "professional",
+        parent: None,
+        users: &[
+            ("admin@bharat.test", "Bharat Singh", Role::Admin),
+            ("agent@bharat.test", "Kavya Nair", Role::Member),
+        ],
+    },
+];
+
+/// Creates a user account (or returns the existing one's id).
+pub async fn ensure_user(
+    data: &Data,
+    email: &str,
+    name: &str,
+    password: &str,
+) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    if let Some(id) = sqlx::query_scalar::<_, String>("SELECT id FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(data.control())
+        .await?
+    {
+        return Ok(id);
+    }
+    let id = Id::new().to_string();
+    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&id)
+        .bind(&email)
+        .bind(name)
+        .bind(hash_password(password)?)
+        .bind(Utc::now())
+        .execute(data.control())
+        .await?;
+    Ok(id)
+}
+
+/// Whether the data directory already holds tenants.
+pub async fn is_seeded(data: &Data) -> Result<bool, ApiError> {
+    Ok(!data.tenant_store().list().await?.is_empty())
+}
+
+/// Creates the demo tenants, users, agents and customers. Returns the
+/// tenants created.
+pub async fn demo(data: &Data) -> Result<Vec<Tenant>, ApiError> {
+    let mut created: Vec<Tenant> = Vec::new();
+    for d in DEMO {
+        let mut t = Tenant::new(
+            TenantId::new_v4(),
+            d.slug
+                .parse()
+                .map_err(|e| ApiError::internal(format!("demo slug: {e}")))?,
+            d.name,
+        )
+        .with_kind(TenantKind::new(d.kind))
+        .with_plan(PlanId::new(d.plan));
+        if let Some(parent) = d.parent {
+            let p = created
+                .iter()
+                .find(|c| c.slug.as_str() == parent)
+                .ok_or_else(|| {
+                    ApiError::internal(format!("demo parent {parent} not created first"))
+                })?;
+            t = t.with_parent(p.id);
+        }
+        let t = data.create_tenant(t).await?;
+        let ctx = TenantContext::new(t.clone());
+        let mut tx = data.begin_write(&ctx).await?;
+        let mut manager: Option<Id> = None;
+        for (i, (email, name, role)) in d.users.iter().enumerate() {
+            let user = ensure_user(data, email, name, DEMO_PASSWORD).await?;
+            data.memberships()
+                .upsert(&Membership::new(UserId::new(user.clone()), t.id, *role))
+                .await?;
+            if *role == Role::Admin {
+                continue;
+            }
+            let agent = demo_agent(
+                &format!("{}-{:03}", d.slug.split('-').next().unwrap_or("AG"), i),
+                name,
+                Some(user),
+                manager,
+            );
+            if *role == Role::Manager {
+                manager = Some(agent.id);
+            }
+            agents::insert(&mut tx, t.id.into(), &agent).await?;
+            for (n, (first, last)) in [("Ravi", "Kumar"), ("Priya", "Shah"), ("Anil", "Gupta")]
+                .iter()
+                .enumerate()
+            {
+                let c = demo_customer(agent.id, first, last, n);
+                customers::insert(&mut tx, t.id.into(), &c).await?;
+            }
+        }
+        tx.commit().await?;
+        created.push(t);
+    }
+    Ok(created)
+}
+
+fn demo_agent(code: &str, name: &str, user: Option<String>, manager: Option<Id>) -> Agent {
+    Agent {
+        id: Id::new(),
+        user_id: user,
+        agent_code: code.to_uppercase(),
+        name: name.to_owned(),
+        licence_number: format!("IRDAI-{}", &Id::new().to_string()[..8].to_uppercase()),
+        licence_expiry: (Utc::now() + Duration::days(400)).date_naive(),
+        experience_years: 5,
+        business_name: None,
+        regions: vec!["Maharashtra".to_owned()],
+        manager_id: manager,
+        compliance_status: ComplianceStatus::Compliant,
+        active: true,
+        created_at: Utc::now(),
+    }
+}
+
+fn demo_customer(agent: Id, first: &str, last: &str, n: usize) -> Customer {
+    let stages = [
+        LifecycleStage::Prospect,
+        LifecycleStage::Active,
+        LifecycleStage::AtRisk,
+    ];
+    Customer {
+        id: Id::new(),
+        agent_id: agent,
+        first_name: first.to_owned(),
+        last_name: last.to_owned(),
+        date_of_birth: NaiveDate::from_ymd_opt(1985, 1 + (n as u32 % 12), 15),
+        email: Some(format!(
+            "{}.{}@example.in",
+            first.to_lowercase(),
+            last.to_lowercase()
+        )),
+        customer_type: CustomerType::Individual,
+        risk_profile: RiskProfile::Medium,
+        lifecycle_stage: stages[n % stages.len()],
+        engagement_score: 40 + (n as i64 * 10) % 60,
+        kyc_status: KycStatus::Verified,
+        shared: false,
+        created_at: Utc::now(),
+    }
+}
+
+/// A synthetic tenant (free plan limits lifted by the professional plan):
+/// one admin, three agents, `customers` customers spread over them.
+pub async fn synthetic(
+    data: &Data,
+    slug: &str,
+    name: &str,
+    customers: usize,
+) -> Result<Tenant, ApiError> {
+    let t = data
+        .create_tenant(
+            Tenant::new(
+                TenantId::new_v4(),
+                slug.parse()
+                    .map_err(|e| ApiError::invalid(format!("slug: {e}")))?,
+                name,
+            )
+            .with_kind(TenantKind::new("independent_agent"))
+            .with_plan(PlanId::new("professional")),
+        )
+        .await?;
+    let ctx = TenantContext::new(t.clone());
+    let mut tx = data.begin_write(&ctx).await?;
+    let mut agent_ids = Vec::new();
+    for i in 0..3 {
+        let a = demo_agent(&format!("SYN-{i:03}"), &format!("Agent {i}"), None, None);
+        agents::insert(&mut tx, t.id.into(), &a).await?;
+        agent_ids.push(a.id);
+    }
+    let names = [
+        ("Ravi", "Kumar"),
+        ("Priya", "Shah"),
+        ("Anil", "Gupta"),
+        ("Meera", "Joshi"),
+    ];
+    for n in 0..customers {
+        let (first, last) = names[n % names.len()];
+        let c = demo_customer(agent_ids[n % agent_ids.len()], first, last, n);
+        customers::insert(&mut tx, t.id.into(), &c).await?;
+    }
+    tx.commit().await?;
+    Ok(t)
+}

@@ -1,0 +1,464 @@
+//! The reference app over real HTTP on its embedded default (SQLite, one
+//! file per tenant): sign-in, tenant isolation (ids of one tenant used with
+//! another tenant's credentials get 404, never data), record ownership
+//! inside a tenant, plan limits, problem+json errors, and the run command
+//! as a new user would use it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use insurance_agent::app::{self, Config, Running};
+use insurance_agent::seed::DEMO_PASSWORD;
+use serde_json::{Value, json};
+use tenancy_testkit::http::{RawResponse, send};
+
+struct App {
+    _dir: tempfile::TempDir,
+    running: Running,
+}
+
+async fn start() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(&Config {
+        data_dir: dir.path().to_owned(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        plans: None,
+    })
+    .await
+    .unwrap();
+    App { _dir: dir, running }
+}
+
+fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        out.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.map(Value::to_string).unwrap_or_default();
+    if !body.is_empty() {
+        out.push_str("Content-Type: application/json\r\n");
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    out.into_bytes()
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> RawResponse {
+    send(addr, &request(method, path, token, body.as_ref()))
+        .await
+        .unwrap()
+}
+
+async fn login(addr: SocketAddr, email: &str, tenant: &str) -> String {
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": email, "password": DEMO_PASSWORD, "tenant": tenant})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+fn assert_problem(r: &RawResponse, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["code"], code, "{}", r.text());
+}
+
+fn ids(r: &RawResponse) -> Vec<String> {
+    r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_openapi_and_sign_in() {
+    let app = start().await;
+    let addr = app.running.addr;
+    assert_eq!(app.running.seeded.len(), 4);
+    assert_eq!(call(addr, "GET", "/health", None, None).await.status, 200);
+    let doc = call(addr, "GET", "/openapi.json", None, None).await.json();
+    assert!(
+        doc["paths"]["/customers/{id}"]["patch"].is_object(),
+        "{doc}"
+    );
+
+    let wrong = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "agent@sunrise.test", "password": "nope", "tenant": "sunrise-insurance"})),
+    )
+    .await;
+    assert_problem(&wrong, 401, "app.unauthorized");
+    // A real user of another tenant cannot sign in here.
+    let foreign = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "asha@asha.test", "password": DEMO_PASSWORD, "tenant": "sunrise-insurance"})),
+    )
+    .await;
+    assert_problem(&foreign, 401, "app.unauthorized");
+    assert_eq!(
+        wrong.json()["detail"],
+        foreign.json()["detail"],
+        "one message for every wrong part"
+    );
+    let malformed = call(addr, "POST", "/auth/login", None, Some(json!({"email": 5}))).await;
+    assert_problem(&malformed, 422, "app.invalid");
+
+    let token = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let me = call(addr, "GET", "/me", Some(&token), None).await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["tenant"], "sunrise-insurance");
+    assert_eq!(me.json()["role"], "agent");
+    assert!(me.header("x-tenant-id").is_some());
+
+    // No token on a tenant route: refused, with a problem body.
+    let anonymous = call(addr, "GET", "/customers", None, None).await;
+    assert!(
+        anonymous.status == 400 || anonymous.status == 401,
+        "{}",
+        anonymous.text()
+    );
+    assert_eq!(
+        anonymous.header("content-type"),
+        Some("application/problem+json")
+    );
+    // A tampered token: 401.
+    let tampered = format!("{}x", &token[..token.len() - 1]);
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&tampered), None).await.status,
+        401
+    );
+    app.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_one_tenant_are_404_with_another_tenants_credentials() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let sunrise = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
+    let theirs = ids(&call(addr, "GET", "/customers", Some(&sunrise), None).await);
+    let mine = ids(&call(addr, "GET", "/customers", Some(&bharat), None).await);
+    assert_eq!(theirs.len(), 6);
+    assert_eq!(mine.len(), 3);
+    assert!(theirs.iter().all(|t| !mine.contains(t)));
+    let agents = call(addr, "GET", "/agents", Some(&sunrise), None).await;
+    let agent_id = agents.json()["items"][0]["id"].as_str().unwrap().to_owned();
+    for id in &theirs {
+        for (method, body) in [
+            ("GET", None),
+            ("PATCH", Some(json!({"lifecycle_stage": "churned"}))),
+            ("DELETE", None),
+        ] {
+            let r = call(
+                addr,
+                method,
+                &format!("/customers/{id}"),
+                Some(&bharat),
+                body,
+            )
+            .await;
+            assert_problem(&r, 404, "app.not-found");
+        }
+    }
+    assert_problem(
+        &call(
+            addr,
+            "GET",
+            &format!("/agents/{agent_id}"),
+            Some(&bharat),
+            None,
+        )
+        .await,
+        404,
+        "app.not-found",
+    );
+    // Creating a customer for another tenant's agent: that agent does not exist here.
+    let r = call(
+        addr,
+        "POST",
+        "/customers",
+        Some(&bharat),
+        Some(json!({"agent_id": agent_id, "first_name": "X", "last_name": "Y", "customer_type": "individual"})),
+    )
+    .await;
+    assert_problem(&r, 404, "app.not-found");
+    // Nothing of sunrise's changed.
+    let after = call(addr, "GET", "/customers", Some(&sunrise), None).await;
+    assert_eq!(ids(&after), theirs);
+    assert!(
+        after.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["lifecycle_stage"] != "churned")
+    );
+    // A malformed id is a 400, not a 500.
+    assert_problem(
+        &call(addr, "GET", "/customers/not-a-uuid", Some(&bharat), None).await,
+        400,
+        "app.bad-request",
+    );
+    app.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_see_their_own_customers_managers_their_team_admins_all() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let own = ids(&call(addr, "GET", "/customers", Some(&agent), None).await);
+    let team = ids(&call(addr, "GET", "/customers", Some(&manager), None).await);
+    let all = ids(&call(addr, "GET", "/customers", Some(&admin), None).await);
+    assert_eq!((own.len(), team.len(), all.len()), (3, 6, 6));
+    assert!(own.iter().all(|c| team.contains(c)));
+    let managers_own: Vec<&String> = team.iter().filter(|c| !own.contains(c)).collect();
+    // The agent cannot read, change or delete the manager's customer...
+    let m = managers_own[0];
+    assert_eq!(
+        call(addr, "GET", &format!("/customers/{m}"), Some(&agent), None)
+            .await
+            .status,
+        404
+    );
+    // ...until it is shared: then read-only.
+    let shared = call(
+        addr,
+        "PATCH",
+        &format!("/customers/{m}"),
+        Some(&manager),
+        Some(json!({"shared": true})),
+    )
+    .await;
+    assert_eq!(shared.status, 200, "{}", shared.text());
+    assert_eq!(
+        call(addr, "GET", &format!("/customers/{m}"), Some(&agent), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(
+            addr,
+            "PATCH",
+            &format!("/customers/{m}"),
+            Some(&agent),
+            Some(json!({"engagement_score": 1}))
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        call(
+            addr,
+            "DELETE",
+            &format!("/customers/{m}"),
+            Some(&agent),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+    // The agent's own customer: changed, then deactivated (gone from lists, kept in the file).
+    let o = &own[0];
+    let r = call(
+        addr,
+        "PATCH",
+        &format!("/customers/{o}"),
+        Some(&agent),
+        Some(json!({"lifecycle_stage": "active"})),
+    )
+    .await;
+    assert_eq!(r.json()["lifecycle_stage"], "active");
+    assert_problem(
+        &call(
+            addr,
+            "PATCH",
+            &format!("/customers/{o}"),
+            Some(&agent),
+            Some(json!({"lifecycle_stage": "gold"})),
+        )
+        .await,
+        422,
+        "app.invalid",
+    );
+    assert_eq!(
+        call(
+            addr,
+            "DELETE",
+            &format!("/customers/{o}"),
+            Some(&agent),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        call(addr, "GET", &format!("/customers/{o}"), Some(&admin), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        ids(&call(addr, "GET", "/customers", Some(&admin), None).await).len(),
+        5
+    );
+    // Pagination.
+    let page = call(
+        addr,
+        "GET",
+        "/customers?limit=2&offset=1",
+        Some(&admin),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        (
+            page["items"].as_array().unwrap().len(),
+            page["total"].as_i64()
+        ),
+        (2, Some(5))
+    );
+    assert_problem(
+        &call(addr, "GET", "/customers?limit=0", Some(&admin), None).await,
+        400,
+        "app.bad-request",
+    );
+    // Agents cannot add agents.
+    let r = call(
+        addr,
+        "POST",
+        "/agents",
+        Some(&agent),
+        Some(json!({"agent_code": "X1", "name": "X", "licence_number": "L", "licence_expiry": "2030-01-01"})),
+    )
+    .await;
+    assert_problem(&r, 403, "app.forbidden");
+    app.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_free_plan_stops_at_its_agent_limit() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let asha = login(addr, "asha@asha.test", "asha-agency").await; // free plan: 3 agents
+    for i in 0..3 {
+        let r = call(
+            addr,
+            "POST",
+            "/agents",
+            Some(&asha),
+            Some(json!({"agent_code": format!("A{i}"), "name": "A", "licence_number": "L", "licence_expiry": "2030-01-01"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = call(
+        addr,
+        "POST",
+        "/agents",
+        Some(&asha),
+        Some(json!({"agent_code": "A9", "name": "A", "licence_number": "L", "licence_expiry": "2030-01-01"})),
+    )
+    .await;
+    assert_problem(&r, 403, "quota-exceeded");
+    // A duplicate agent code is a conflict.
+    let enterprise = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let body = json!({"agent_code": "DUP", "name": "A", "licence_number": "L", "licence_expiry": "2030-01-01"});
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            "/agents",
+            Some(&enterprise),
+            Some(body.clone())
+        )
+        .await
+        .status,
+        201
+    );
+    assert_problem(
+        &call(addr, "POST", "/agents", Some(&enterprise), Some(body)).await,
+        409,
+        "app.conflict",
+    );
+    app.running.stop().await.unwrap();
+}
+
+/// `cargo run -p insurance-agent` as a new user would: a fresh data
+/// directory, the default command, wait for health, one request, stop.
+#[tokio::test]
+async fn the_run_command_starts_on_a_fresh_data_directory() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
+        .env("INSURANCE_DATA_DIR", dir.path())
+        .env("INSURANCE_BIND", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("insurance-agent listening on http://") {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .unwrap();
+    assert_eq!(call(addr, "GET", "/health", None, None).await.status, 200);
+    let token = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/customers", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    child.kill().await.unwrap();
+    assert!(dir.path().join("control.sqlite3").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tenants"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "sqlite3")
+            })
+            .count(),
+        4
+    );
+}
