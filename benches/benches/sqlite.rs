@@ -13,6 +13,12 @@
 //!   lookup, placement routing, span), read, commit.
 //! - `write/raw_tx` vs `write/scoped_tx`: one `UPDATE` in a
 //!   `BEGIN IMMEDIATE` transaction instead of the read.
+//! - `sqlite_provision/tenant_file`: provisioning one tenant of the SQLite
+//!   model (file created in WAL mode, stamped, migrated); the rate is its
+//!   inverse. No baseline: a rate, compared with the other models' in
+//!   docs/benchmarks.md.
+//! - `sqlite_migrate_1000/noop_check`: `SqliteTenantDb::migrate` across 1 000
+//!   tenant files already at the latest version (one short read per file).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -186,5 +192,59 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench);
+fn migrator() -> TenantMigrator {
+    TenantMigrator::new(vec![TenantMigration::new(
+        1,
+        "items",
+        &format!(
+            "CREATE TABLE items (tenant_id TEXT NOT NULL, id TEXT NOT NULL, value INTEGER NOT NULL, \
+             payload TEXT NOT NULL, PRIMARY KEY (tenant_id, id));\n{}",
+            guard_table_sql("items")
+        ),
+    )])
+    .unwrap()
+}
+
+fn file_tenant() -> Tenant {
+    let id = TenantId::new_v4();
+    Tenant::new(id, "bench".parse().unwrap(), "bench")
+        .with_placement(Placement::database(&Placement::name_for(id)).unwrap())
+}
+
+fn scale(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteTenantDb::new(dir.path());
+    let m = migrator();
+    let mut g = c.benchmark_group("sqlite_provision");
+    g.sample_size(30);
+    g.bench_function("tenant_file", |b| {
+        b.to_async(&rt)
+            .iter(|| async { db.provision(&file_tenant(), &m).await.unwrap() });
+    });
+    g.finish();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteTenantDb::new(dir.path());
+    let tenants: Vec<Tenant> = (0..1_000).map(|_| file_tenant()).collect();
+    rt.block_on(async {
+        for t in &tenants {
+            db.provision(t, &m).await.unwrap();
+        }
+    });
+    let mut g = c.benchmark_group("sqlite_migrate_1000");
+    g.sample_size(10);
+    g.bench_function("noop_check", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = db.migrate(&m, &tenants, |_| {}).await.unwrap();
+            assert_eq!(r.up_to_date, 1_000);
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, scale);
 criterion_main!(benches);

@@ -689,3 +689,97 @@ async fn a_failing_canary_stops_the_rollout_and_a_crash_resumes() {
         assert_eq!(versions, [1, 2]);
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_is_chained_append_only_and_per_tenant() {
+    use tenancy_core::audit::{Action, AuditEvent};
+    use tenancy_sqlx::AuditQuery;
+    use tenancy_sqlx::sqlite::SqliteAuditLog;
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteTenantDb::new(dir.path());
+    let ts = provisioned(&db, 2, "audit").await;
+    let (a, b) = (&ts[0], &ts[1]);
+    let log = SqliteAuditLog::new([3u8; 32]);
+    for i in 0..5 {
+        let mut tx = db.begin_immediate(a).await.unwrap();
+        insert(&mut tx, &format!("c{i}")).await;
+        let seq = log
+            .append(
+                &mut tx,
+                AuditEvent::user(a.tenant_id(), "u1", Action::CREATE, "customers")
+                    .with_resource_id(format!("c{i}")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(seq, i + 1);
+        tx.commit().await.unwrap();
+    }
+    // An event rolled back with its change leaves no trace.
+    let mut tx = db.begin_immediate(a).await.unwrap();
+    log.append(
+        &mut tx,
+        AuditEvent::user(a.tenant_id(), "u1", Action::DELETE, "customers"),
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // Another tenant's event is refused in this tenant's transaction.
+    let mut tx = db.begin_immediate(a).await.unwrap();
+    let err = log
+        .append(
+            &mut tx,
+            AuditEvent::user(b.tenant_id(), "u1", Action::READ, "customers"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DbError::Mismatch(_)), "{err}");
+    // Append-only: UPDATE and DELETE refused by the file itself.
+    assert!(
+        sqlx::query("UPDATE tenancy_audit_log SET action = 'x'")
+            .execute(&mut *tx)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM tenancy_audit_log")
+            .execute(&mut *tx)
+            .await
+            .is_err()
+    );
+    let report = log.verify_chain(&mut tx).await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.rows, 5);
+    let page = log
+        .query(&mut tx, &AuditQuery::new().limit(2))
+        .await
+        .unwrap();
+    assert_eq!(page.events.iter().map(|e| e.0).collect::<Vec<_>>(), [5, 4]);
+    let rest = log
+        .query(&mut tx, &AuditQuery::new().before(page.next.unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(rest.events.len(), 3);
+    tx.commit().await.unwrap();
+    let mut tx = db.begin(b).await.unwrap();
+    assert_eq!(
+        log.verify_chain(&mut tx).await.unwrap().rows,
+        0,
+        "b's log is its own"
+    );
+    tx.commit().await.unwrap();
+
+    // Someone with the file drops the trigger and edits a row: the chain breaks.
+    let mut raw_conn = raw(&db.path_of(a.tenant()).unwrap()).await;
+    sqlx::raw_sql(
+        "DROP TRIGGER tenancy_audit_log_no_update; \
+         UPDATE tenancy_audit_log SET event = replace(event, 'c2', 'c9') WHERE seq = 3",
+    )
+    .execute(&mut raw_conn)
+    .await
+    .unwrap();
+    raw_conn.close().await.unwrap();
+    let mut tx = db.begin(a).await.unwrap();
+    let report = log.verify_chain(&mut tx).await.unwrap();
+    assert!(!report.is_intact());
+    tx.commit().await.unwrap();
+}

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, SqlitePool};
+use tenancy_core::crypto::CryptoError;
+use tenancy_core::crypto::keys::{KeyState, KeyStore, StoredKey};
 use tenancy_core::store::{TenantStore, TenantWriter};
 use tenancy_core::{
     DomainName, Membership, MembershipStore, MembershipWriter, StoreError, Tenant, TenantId,
@@ -35,6 +38,14 @@ CREATE TABLE IF NOT EXISTS tenancy_memberships (
     PRIMARY KEY (user_id, tenant_id)
 );
 CREATE INDEX IF NOT EXISTS tenancy_memberships_tenant ON tenancy_memberships (tenant_id);
+CREATE TABLE IF NOT EXISTS tenancy_tenant_keys (
+    tenant_id  TEXT    NOT NULL,
+    version    INTEGER NOT NULL CHECK (version >= 0),
+    wrapped    BLOB    NOT NULL,
+    state      TEXT    NOT NULL CHECK (state IN ('primary', 'retired', 'destroyed')),
+    created_at TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, version)
+);
 ";
 
 /// The control database of a SQLite deployment (one file, WAL): the tenant
@@ -94,6 +105,13 @@ impl SqliteControl {
     /// The tenant registry.
     pub fn tenants(&self) -> SqliteTenantStore {
         SqliteTenantStore {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// The wrapped data keys (for `tenancy_core::crypto::keys::Keyring`).
+    pub fn keys(&self) -> SqliteKeyStore {
+        SqliteKeyStore {
             pool: self.pool.clone(),
         }
     }
@@ -334,5 +352,102 @@ impl MembershipStore for SqliteMembershipStore {
 impl MembershipWriter for SqliteMembershipStore {
     async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
         self.upsert(membership).await.map_err(StoreError::new)
+    }
+}
+
+/// Wrapped per-tenant data keys in the control database, apart from the
+/// tenant files they protect: a copied tenant file alone cannot be read.
+/// Plaintext keys are never stored ([`KeyStore`]).
+#[derive(Debug, Clone)]
+pub struct SqliteKeyStore {
+    pool: SqlitePool,
+}
+
+fn key_backend(e: impl std::fmt::Display) -> CryptoError {
+    tracing::error!(error = %e, "key store failed");
+    CryptoError::KeyStore(e.to_string())
+}
+
+fn key_state(s: KeyState) -> &'static str {
+    match s {
+        KeyState::Primary => "primary",
+        KeyState::Retired => "retired",
+        _ => "destroyed",
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteKeyStore {
+    async fn keys(&self, tenant: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        let rows: Vec<(i64, Vec<u8>, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT version, wrapped, state, created_at FROM tenancy_tenant_keys \
+             WHERE tenant_id = $1 ORDER BY version",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(key_backend)?;
+        rows.into_iter()
+            .map(|(version, wrapped, state, created_at)| {
+                let state = match state.as_str() {
+                    "primary" => KeyState::Primary,
+                    "retired" => KeyState::Retired,
+                    "destroyed" => KeyState::Destroyed,
+                    other => return Err(key_backend(format!("unknown key state {other:?}"))),
+                };
+                Ok(StoredKey::new(
+                    tenant,
+                    u32::try_from(version).map_err(key_backend)?,
+                    wrapped,
+                    state,
+                    created_at,
+                ))
+            })
+            .collect()
+    }
+
+    async fn insert(&self, key: StoredKey) -> Result<(), CryptoError> {
+        let done = sqlx::query(
+            "INSERT INTO tenancy_tenant_keys (tenant_id, version, wrapped, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(key.tenant.to_string())
+        .bind(i64::from(key.version))
+        .bind(&key.wrapped)
+        .bind(key_state(key.state))
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(key_backend)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(CryptoError::KeyStore(format!(
+                "key version {} already exists",
+                key.version
+            )))
+        }
+    }
+
+    async fn update(&self, key: StoredKey) -> Result<(), CryptoError> {
+        let done = sqlx::query(
+            "UPDATE tenancy_tenant_keys SET wrapped = $3, state = $4 \
+             WHERE tenant_id = $1 AND version = $2",
+        )
+        .bind(key.tenant.to_string())
+        .bind(i64::from(key.version))
+        .bind(&key.wrapped)
+        .bind(key_state(key.state))
+        .execute(&self.pool)
+        .await
+        .map_err(key_backend)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(CryptoError::KeyStore(format!(
+                "no key version {} to update",
+                key.version
+            )))
+        }
     }
 }

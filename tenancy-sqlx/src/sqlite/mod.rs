@@ -28,6 +28,11 @@
 //! [`DatabaseRouter`](crate::DatabaseRouter)'s: a maximum number of open
 //! pools, idle eviction that closes them, and a connection budget.
 //!
+//! Each tenant file also holds the tenant's audit log ([`SqliteAuditLog`]:
+//! append-only, hash-chained). The control database of a deployment
+//! ([`SqliteControl`]) holds the tenant registry, memberships and wrapped
+//! data keys ([`SqliteKeyStore`]).
+//!
 //! Tenant migrations ([`TenantMigrator`]) keep their state inside each file
 //! (`tenancy_migrations`), one transaction per tenant; a failed tenant is
 //! recorded in its own file (`tenancy_migration_quarantine`).
@@ -54,9 +59,13 @@
 //! # Ok(()) }
 //! ```
 
+mod audit_log;
 mod control;
 
-pub use control::{SqliteControl, SqliteMembershipStore, SqliteTenantStore};
+pub use audit_log::SqliteAuditLog;
+pub use control::{SqliteControl, SqliteKeyStore, SqliteMembershipStore, SqliteTenantStore};
+
+use audit_log::AUDIT_TABLE;
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -336,7 +345,7 @@ impl SqliteTenantDb {
             .execute(
                 format!(
                     "CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (id TEXT PRIMARY KEY NOT NULL, \
-                     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); {SYSTEM_TABLES}"
+                     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); {SYSTEM_TABLES}; {AUDIT_TABLE}"
                 )
                 .as_str(),
             )
@@ -531,6 +540,7 @@ impl TenantSchemas for Files {
         // and application writers wait (busy timeout) rather than interleave.
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         (&mut *tx).execute(SYSTEM_TABLES).await?;
+        (&mut *tx).execute(AUDIT_TABLE).await?;
         let done: Vec<(i64, String)> =
             sqlx::query_as("SELECT version, checksum FROM tenancy_migrations")
                 .fetch_all(&mut *tx)

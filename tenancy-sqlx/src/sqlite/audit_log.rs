@@ -1,0 +1,217 @@
+//! The audit log of a SQLite tenant: a hash-chained, append-only table
+//! inside the tenant's own file ([`SqliteAuditLog`]).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tenancy_core::TenantId;
+use tenancy_core::audit::chain::{self, ChainKey, ChainReport, ChainedEvent, GENESIS, Hash};
+use tenancy_core::audit::{AuditEvent, ComplianceRules};
+use zeroize::Zeroizing;
+
+use super::SqliteTenantTx;
+use crate::{AuditPage, AuditQuery, DbError};
+
+/// The audit table inside every tenant file (created with the file, and by
+/// every migration run for older files): append-only — triggers refuse
+/// `UPDATE` and `DELETE` — and chained (see [`tenancy_core::audit::chain`]).
+pub(crate) const AUDIT_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenancy_audit_log (\
+     seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor_id TEXT NOT NULL, action TEXT NOT NULL, \
+     resource_type TEXT NOT NULL, flags TEXT NOT NULL, event TEXT NOT NULL, \
+     prev_hash BLOB NOT NULL, hash BLOB NOT NULL); \
+     CREATE INDEX IF NOT EXISTS tenancy_audit_log_at ON tenancy_audit_log (at); \
+     CREATE TRIGGER IF NOT EXISTS tenancy_audit_log_no_update BEFORE UPDATE ON tenancy_audit_log \
+     BEGIN SELECT RAISE(ABORT, 'tenancy: the audit log is append-only'); END; \
+     CREATE TRIGGER IF NOT EXISTS tenancy_audit_log_no_delete BEFORE DELETE ON tenancy_audit_log \
+     BEGIN SELECT RAISE(ABORT, 'tenancy: the audit log is append-only'); END";
+
+/// The audit log of SQLite tenants, written in the tenant's own transaction
+/// (so an event commits or rolls back with the change it describes).
+///
+/// The chain key of each tenant is derived from a root secret the
+/// application holds, never the database: whoever can edit the file can
+/// break the chain but not forge it, and [`SqliteAuditLog::verify_chain`]
+/// finds the break.
+///
+/// ```no_run
+/// use tenancy_core::audit::{Action, AuditEvent};
+/// use tenancy_sqlx::sqlite::{SqliteAuditLog, SqliteTenantDb};
+///
+/// # async fn f(db: SqliteTenantDb, ctx: tenancy_core::TenantContext) -> Result<(), tenancy_sqlx::DbError> {
+/// let log = SqliteAuditLog::new([7u8; 32]); // from your secret store
+/// let mut tx = db.begin_immediate(&ctx).await?;
+/// // ... the change ...
+/// log.append(&mut tx, AuditEvent::from_context(&ctx, Action::CREATE, "customers")).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteAuditLog {
+    root: Arc<Zeroizing<[u8; 32]>>,
+    rules: Arc<ComplianceRules>,
+}
+
+impl std::fmt::Debug for SqliteAuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteAuditLog").finish_non_exhaustive()
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> DbError {
+    DbError::InvalidData {
+        what: "tenancy_audit_log",
+        reason: reason.into(),
+    }
+}
+
+type Row = (i64, String, Vec<u8>, Vec<u8>);
+
+fn chained(row: Row) -> Result<ChainedEvent, DbError> {
+    let (seq, event, prev, hash) = row;
+    Ok(ChainedEvent::new(
+        u64::try_from(seq).map_err(|_| invalid("seq"))?,
+        serde_json::from_str(&event).map_err(|e| invalid(e.to_string()))?,
+        Hash::try_from(prev).map_err(|_| invalid("prev_hash length"))?,
+        Hash::try_from(hash).map_err(|_| invalid("hash length"))?,
+    ))
+}
+
+impl SqliteAuditLog {
+    /// An audit log chaining with keys derived from `chain_root`.
+    pub fn new(chain_root: [u8; 32]) -> Self {
+        Self {
+            root: Arc::new(Zeroizing::new(chain_root)),
+            rules: Arc::new(ComplianceRules::default()),
+        }
+    }
+
+    /// Classifies every appended event with `rules`.
+    pub fn with_rules(mut self, rules: ComplianceRules) -> Self {
+        self.rules = Arc::new(rules);
+        self
+    }
+
+    fn key(&self, tenant: TenantId) -> ChainKey {
+        ChainKey::derive(&self.root, tenant)
+    }
+
+    /// Appends `event` inside `tx` and returns its sequence number. The
+    /// event must belong to the transaction's tenant. Use a transaction
+    /// opened with `begin_immediate` (the write lock orders the chain).
+    pub async fn append(&self, tx: &mut SqliteTenantTx, event: AuditEvent) -> Result<u64, DbError> {
+        if event.tenant != tx.tenant_id() {
+            return Err(tenancy_core::TenantMismatch {
+                expected: tx.tenant_id(),
+                found: event.tenant,
+            }
+            .into());
+        }
+        event.validate().map_err(|e| invalid(e.to_string()))?;
+        let event = event.classify(&self.rules);
+        let last: Option<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash FROM tenancy_audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+        let (prev_seq, prev_hash) = match last {
+            Some((seq, hash)) => (
+                u64::try_from(seq).map_err(|_| invalid("seq"))?,
+                Hash::try_from(hash).map_err(|_| invalid("hash length"))?,
+            ),
+            None => (0, GENESIS),
+        };
+        let seq = prev_seq + 1;
+        let hash = self.key(event.tenant).link(&prev_hash, seq, &event);
+        let json = serde_json::to_string(&event).map_err(|e| invalid(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO tenancy_audit_log (seq, at, actor_id, action, resource_type, flags, event, \
+             prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(i64::try_from(seq).map_err(|_| invalid("seq"))?)
+        .bind(event.at)
+        .bind(event.actor.id())
+        .bind(&event.action)
+        .bind(&event.resource_type)
+        .bind(format!(",{},", event.flags.names().join(",")))
+        .bind(json)
+        .bind(prev_hash.as_slice())
+        .bind(hash.as_slice())
+        .execute(&mut **tx)
+        .await?;
+        Ok(seq)
+    }
+
+    /// Reads the tenant's whole chain (in `tx`) and verifies it.
+    pub async fn verify_chain(&self, tx: &mut SqliteTenantTx) -> Result<ChainReport, DbError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log ORDER BY seq",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        let rows = rows
+            .into_iter()
+            .map(chained)
+            .collect::<Result<Vec<_>, _>>()?;
+        let tenant = tx.tenant_id();
+        Ok(chain::verify(&self.key(tenant), tenant, rows))
+    }
+
+    /// Events matching `q`, newest first, one page.
+    pub async fn query(
+        &self,
+        tx: &mut SqliteTenantTx,
+        q: &AuditQuery,
+    ) -> Result<AuditPage, DbError> {
+        let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
+        let before = q
+            .before_seq
+            .map(i64::try_from)
+            .transpose()
+            .map_err(|_| invalid("before_seq"))?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log \
+             WHERE ($1 IS NULL OR actor_id = $1) AND ($2 IS NULL OR action = $2) \
+               AND ($3 IS NULL OR resource_type = $3) AND ($4 IS NULL OR at >= $4) \
+               AND ($5 IS NULL OR at < $5) AND ($6 IS NULL OR flags LIKE '%,' || $6 || ',%') \
+               AND ($7 IS NULL OR seq < $7) \
+             ORDER BY seq DESC LIMIT $8",
+        )
+        .bind(&q.actor)
+        .bind(&q.action)
+        .bind(&q.resource_type)
+        .bind(q.from)
+        .bind(q.until)
+        .bind(&q.flag)
+        .bind(before)
+        .bind(limit + 1)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut events = rows
+            .into_iter()
+            .map(|r| chained(r).map(|c| (c.seq, c.event)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if events.len() as i64 > limit {
+            events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            events.last().map(|(seq, _)| *seq)
+        } else {
+            None
+        };
+        Ok(AuditPage { events, next })
+    }
+
+    /// Events of the tenant at or after `since` (for reports), oldest first.
+    pub async fn since(
+        &self,
+        tx: &mut SqliteTenantTx,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(u64, AuditEvent)>, DbError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log WHERE at >= $1 ORDER BY seq",
+        )
+        .bind(since)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter()
+            .map(|r| chained(r).map(|c| (c.seq, c.event)))
+            .collect()
+    }
+}
