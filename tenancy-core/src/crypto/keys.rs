@@ -82,6 +82,12 @@ fn aad(label: &str, tenant: TenantId, version: u32) -> Vec<u8> {
 /// are random and kept only wrapped by the master key. For development and
 /// single-box deployments; use a KMS in production.
 ///
+/// Built with [`LocalKeyProvider::new`] the wrapped KEKs live **in memory
+/// only**: after a restart nothing wrapped by them can be unwrapped — fine
+/// for tests, never for data you keep. [`LocalKeyProvider::persistent`] keeps
+/// them (still wrapped by the master key) in a file, rewritten atomically on
+/// every change; `destroy` removes the tenant's KEKs from that file.
+///
 /// Wrapped data keys are `kek version (u32 BE) ‖ nonce ‖ key ‖ tag`.
 ///
 /// ```
@@ -101,6 +107,14 @@ pub struct LocalKeyProvider {
     master: Secret,
     /// Wrapped KEKs by tenant and version.
     keks: RwLock<HashMap<TenantId, BTreeMap<u32, Vec<u8>>>>,
+    /// Where the wrapped KEKs are kept, if anywhere.
+    file: Option<std::path::PathBuf>,
+}
+
+type KekMap = HashMap<TenantId, BTreeMap<u32, Vec<u8>>>;
+
+fn kek_file_error(path: &std::path::Path, e: impl std::fmt::Display) -> CryptoError {
+    CryptoError::KeyStore(format!("KEK file {}: {e}", path.display()))
 }
 
 impl std::fmt::Debug for LocalKeyProvider {
@@ -115,7 +129,91 @@ impl LocalKeyProvider {
         Self {
             master,
             keks: RwLock::new(HashMap::new()),
+            file: None,
         }
+    }
+
+    /// A provider whose wrapped KEKs are kept in the file at `path` (created
+    /// on first use; its contents are useless without the master key, but
+    /// keep it private and backed up with the data keys it protects).
+    ///
+    /// ```
+    /// use tenancy_core::crypto::keys::{KeyProvider, LocalKeyProvider};
+    /// use tenancy_core::TenantId;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = std::env::temp_dir().join(format!("kek-doc-{}", TenantId::new_v4()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("keks.json");
+    /// let master = || zeroize::Zeroizing::new([7u8; 32]);
+    /// let tenant = TenantId::new_v4();
+    /// let (key, wrapped) = LocalKeyProvider::persistent(master(), &path)?.generate(tenant).await?;
+    /// // A restart: a new provider over the same file unwraps it.
+    /// let again = LocalKeyProvider::persistent(master(), &path)?;
+    /// assert_eq!(*again.unwrap(tenant, &wrapped).await?, *key);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn persistent(
+        master: Secret,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Result<Self, CryptoError> {
+        use base64::Engine as _;
+        let path = path.into();
+        let keks = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let raw: HashMap<String, BTreeMap<u32, String>> =
+                    serde_json::from_slice(&bytes).map_err(|e| kek_file_error(&path, e))?;
+                let mut keks = KekMap::new();
+                for (tenant, versions) in raw {
+                    let tenant: TenantId = tenant.parse().map_err(|e| kek_file_error(&path, e))?;
+                    let mut out = BTreeMap::new();
+                    for (v, w) in versions {
+                        let w = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .decode(w)
+                            .map_err(|e| kek_file_error(&path, e))?;
+                        out.insert(v, w);
+                    }
+                    keks.insert(tenant, out);
+                }
+                keks
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KekMap::new(),
+            Err(e) => return Err(kek_file_error(&path, e)),
+        };
+        Ok(Self {
+            master,
+            keks: RwLock::new(keks),
+            file: Some(path),
+        })
+    }
+
+    /// Writes the wrapped KEKs to the file (atomically: a temporary file
+    /// renamed over the old one). No-op for an in-memory provider.
+    fn save(&self, keks: &KekMap) -> Result<(), CryptoError> {
+        use base64::Engine as _;
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let raw: HashMap<String, BTreeMap<u32, String>> = keks
+            .iter()
+            .map(|(t, versions)| {
+                let v = versions
+                    .iter()
+                    .map(|(v, w)| {
+                        (
+                            *v,
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(w),
+                        )
+                    })
+                    .collect();
+                (t.to_string(), v)
+            })
+            .collect();
+        let bytes = serde_json::to_vec_pretty(&raw).map_err(|e| kek_file_error(path, e))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| kek_file_error(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| kek_file_error(path, e))
     }
 
     /// Reads a 32-byte master key from unpadded base64url (as kept in an
@@ -181,6 +279,16 @@ impl LocalKeyProvider {
                 kek.as_slice(),
             )?,
         );
+        // A KEK that is not kept must not wrap anything: undo on failure.
+        if let Err(e) = self.save(&keks) {
+            if let Some(versions) = keks.get_mut(&tenant) {
+                versions.remove(&v);
+                if versions.is_empty() {
+                    keks.remove(&tenant);
+                }
+            }
+            return Err(e);
+        }
         Ok(v)
     }
 
@@ -223,11 +331,9 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     async fn destroy(&self, tenant: TenantId) -> Result<(), CryptoError> {
-        self.keks
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&tenant);
-        Ok(())
+        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
+        keks.remove(&tenant);
+        self.save(&keks)
     }
 }
 
@@ -649,5 +755,78 @@ impl Keyring {
             purpose,
             truncate,
         ))
+    }
+}
+
+#[cfg(test)]
+mod persistent_tests {
+    use super::*;
+
+    fn master(b: u8) -> Secret {
+        Zeroizing::new([b; 32])
+    }
+
+    #[tokio::test]
+    async fn kek_files_survive_restarts_rotation_and_shredding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keks.json");
+        let tenant = TenantId::new_v4();
+        let p = LocalKeyProvider::persistent(master(1), &path).unwrap();
+        let (k1, w1) = p.generate(tenant).await.unwrap();
+        p.rotate_kek(tenant).await.unwrap();
+        let (_, w2) = p.generate(tenant).await.unwrap();
+        drop(p);
+
+        // Restart: both KEK versions are back.
+        let p = LocalKeyProvider::persistent(master(1), &path).unwrap();
+        assert_eq!(*p.unwrap(tenant, &w1).await.unwrap(), *k1);
+        assert_eq!(
+            &w2[..4],
+            &2u32.to_be_bytes(),
+            "new keys use the rotated KEK"
+        );
+        assert!(p.unwrap(tenant, &w2).await.is_ok());
+        // The file alone, with another master key, unwraps nothing.
+        let wrong = LocalKeyProvider::persistent(master(2), &path).unwrap();
+        assert!(wrong.unwrap(tenant, &w1).await.is_err());
+        // Shredding is kept too.
+        p.destroy(tenant).await.unwrap();
+        let p = LocalKeyProvider::persistent(master(1), &path).unwrap();
+        assert!(p.unwrap(tenant, &w1).await.is_err());
+        // The in-memory provider, by contrast, forgets everything on restart.
+        let mem = LocalKeyProvider::new(master(1));
+        let (_, w) = mem.generate(tenant).await.unwrap();
+        assert!(
+            LocalKeyProvider::new(master(1))
+                .unwrap(tenant, &w)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_kek_file_is_an_error_not_an_empty_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keks.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(matches!(
+            LocalKeyProvider::persistent(master(1), &path),
+            Err(CryptoError::KeyStore(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_kek_that_cannot_be_saved_wraps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: every save fails.
+        let path = dir.path().join("keks.json");
+        std::fs::create_dir(path.with_extension("tmp")).unwrap();
+        let p = LocalKeyProvider::persistent(master(1), &path).unwrap();
+        let tenant = TenantId::new_v4();
+        assert!(p.generate(tenant).await.is_err());
+        assert!(
+            p.generate(tenant).await.is_err(),
+            "not silently kept in memory"
+        );
     }
 }
