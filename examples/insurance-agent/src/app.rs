@@ -72,43 +72,9 @@ pub fn plans(path: Option<&Path>) -> Result<PlanCatalog, Error> {
     Ok(PlanCatalog::from_toml(&text)?)
 }
 
-/// The session signing key, created (random, 32 bytes, owner-only) on first run.
+/// The session signing key (`session.key`), created on first run.
 pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
-    let path = dir.join("session.key");
-    match std::fs::read(&path) {
-        Ok(key) if key.len() >= 32 => Ok(key),
-        Ok(_) => Err(format!(
-            "{} is shorter than 32 bytes; delete it to make a new one",
-            path.display()
-        )
-        .into()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            let mut key = Vec::with_capacity(32);
-            key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-            write_private(&path, &key)?;
-            Ok(key)
-        }
-        Err(e) => Err(format!("reading {}: {e}", path.display()).into()),
-    }
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(bytes)
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
+    Ok(crate::data::secret_file(dir, "session.key")?.to_vec())
 }
 
 /// Opens the data directory (seeding the demo on first run) and starts

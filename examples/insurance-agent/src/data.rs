@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
 use tenancy_core::store::{CachedStore, TenantStore};
 use tenancy_core::{Placement, Tenant, TenantContext, TenantId};
 use tenancy_sqlx::DbError;
 use tenancy_sqlx::sqlite::{
-    SqliteControl, SqliteMembershipStore, SqliteTenantDb, SqliteTenantStore, SqliteTenantTx,
-    guard_table_sql,
+    SqliteAuditLog, SqliteControl, SqliteMembershipStore, SqliteTenantDb, SqliteTenantStore,
+    SqliteTenantTx, guard_table_sql,
 };
 use tenancy_sqlx::tenant_migrate::{TenantMigration, TenantMigrator};
 
@@ -25,7 +26,11 @@ pub fn migrator() -> TenantMigrator {
         v1.push('\n');
         v1.push_str(&guard_table_sql(t));
     }
-    match TenantMigrator::new(vec![TenantMigration::new(1, "agents and customers", &v1)]) {
+    let v2 = include_str!("../migrations/sqlite/0002_sensitive_fields.sql");
+    match TenantMigrator::new(vec![
+        TenantMigration::new(1, "agents and customers", &v1),
+        TenantMigration::new(2, "customers' sensitive fields", v2),
+    ]) {
         Ok(m) => m,
         // The list above is static and ordered; a failure is a programming error.
         Err(e) => unreachable!("tenant migrations are invalid: {e}"),
@@ -40,6 +45,46 @@ pub struct Data {
     tenants: SqliteTenantDb,
     store: Arc<CachedStore<SqliteTenantStore>>,
     migrator: TenantMigrator,
+    keyring: Arc<Keyring>,
+    audit: SqliteAuditLog,
+}
+
+/// A 32-byte secret kept in `dir/name`, created (random, owner-only) on
+/// first use.
+pub fn secret_file(dir: &Path, name: &str) -> Result<[u8; 32], DbError> {
+    let path = dir.join(name);
+    let fail = |e: String| DbError::Export(format!("{}: {e}", path.display()));
+    match std::fs::read(&path) {
+        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+            fail("must hold exactly 32 bytes; delete it only if no data depends on it".into())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+            let mut key = [0u8; 32];
+            key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+            write_private(&path, &key).map_err(|e| fail(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, bytes)
 }
 
 impl std::fmt::Debug for Data {
@@ -58,13 +103,34 @@ impl Data {
         sqlx::raw_sql(include_str!("../migrations/sqlite/control_users.sql"))
             .execute(control.pool())
             .await?;
+        // Development-grade key management: a master key file wrapping
+        // per-tenant KEKs (kept wrapped in keks.json), which wrap the
+        // per-tenant data keys kept in the control database. Use a KMS
+        // provider in production.
+        let master = zeroize::Zeroizing::new(secret_file(dir, "master.key")?);
+        let provider = LocalKeyProvider::persistent(master, dir.join("keks.json"))
+            .map_err(|e| DbError::Export(e.to_string()))?;
+        let keyring = Keyring::new(Arc::new(provider), Arc::new(control.keys()));
+        let audit = SqliteAuditLog::new(secret_file(dir, "audit.key")?);
         Ok(Self {
             dir: dir.to_owned(),
             store: Arc::new(CachedStore::new(control.tenants())),
             tenants: SqliteTenantDb::new(dir.join("tenants")).max_pools(64),
             control,
             migrator: migrator(),
+            keyring: Arc::new(keyring),
+            audit,
         })
+    }
+
+    /// The per-tenant keys (field encryption, blind indexes).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The audit log (inside each tenant file).
+    pub fn audit(&self) -> &SqliteAuditLog {
+        &self.audit
     }
 
     /// The data directory.

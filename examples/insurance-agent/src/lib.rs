@@ -22,3 +22,4 @@ pub mod data;
 pub mod domain;
 pub mod id;
 pub mod seed;
+pub mod sensitive;

@@ -11,6 +11,7 @@ use crate::auth::hash_password;
 use crate::data::Data;
 use crate::domain::{ComplianceStatus, CustomerType, KycStatus, LifecycleStage, RiskProfile};
 use crate::id::Id;
+use crate::sensitive::{self, SealedFields, SensitiveFields};
 
 /// The demo password of every demo user (printed at start-up).
 pub const DEMO_PASSWORD: &str = "Demo-Password-1";
@@ -156,7 +157,8 @@ pub async fn demo(data: &Data) -> Result<Vec<Tenant>, ApiError> {
                 .iter()
                 .enumerate()
             {
-                let c = demo_customer(agent.id, first, last, n);
+                let mut c = demo_customer(agent.id, first, last, n);
+                c.sealed = sensitive::seal(data, t.id, c.id, &demo_sensitive(i * 10 + n)).await?;
                 customers::insert(&mut tx, t.id.into(), &c).await?;
             }
         }
@@ -208,6 +210,17 @@ fn demo_customer(agent: Id, first: &str, last: &str, n: usize) -> Customer {
         kyc_status: KycStatus::Verified,
         shared: false,
         created_at: Utc::now(),
+        sensitive: SensitiveFields::default(),
+        sealed: SealedFields::default(),
+    }
+}
+
+/// Demo identifiers for customer `n` (PAN `ABCDE` + 4 digits + `F`).
+fn demo_sensitive(n: usize) -> SensitiveFields {
+    SensitiveFields {
+        phone: Some(format!("+9198765{:05}", n % 100_000)),
+        pan: Some(format!("DEMOP{:04}K", n % 10_000)),
+        ..SensitiveFields::default()
     }
 }
 

@@ -462,3 +462,237 @@ async fn the_run_command_starts_on_a_fresh_data_directory() {
         4
     );
 }
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_fields_are_encrypted_at_rest_searchable_and_masked() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
+    let secrets = [
+        "ZXCVB9876Q",
+        "987698769876",
+        "9988776655",
+        "HDFC00012345",
+        "asthma since 2019",
+    ];
+    let created = call(
+        addr,
+        "POST",
+        "/customers",
+        Some(&agent),
+        Some(json!({
+            "first_name": "Lata", "last_name": "Desai", "customer_type": "individual",
+            "sensitive": {
+                "pan": "zxcvb9876q", "aadhaar": "9876 9876 9876", "phone": "+91 99887 76655",
+                "bank_account": "HDFC00012345", "medical_history": "asthma since 2019"
+            }
+        })),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created.json()["sensitive"]["pan"],
+        "••••",
+        "{}",
+        created.text()
+    );
+    for who in [&agent, &manager] {
+        let full = call(addr, "GET", &format!("/customers/{id}"), Some(who), None)
+            .await
+            .json();
+        assert_eq!(full["sensitive"]["pan"], "ZXCVB9876Q");
+        assert_eq!(full["sensitive"]["aadhaar"], "987698769876");
+        assert_eq!(full["sensitive"]["phone"], "+919988776655");
+    }
+    let found = call(addr, "GET", "/customers?pan=ZXCVB9876Q", Some(&agent), None)
+        .await
+        .json();
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["items"][0]["sensitive"]["pan"], "••••");
+    let by_phone = call(
+        addr,
+        "GET",
+        "/customers?phone=%2B919988776655",
+        Some(&manager),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(by_phone["total"], 1, "{by_phone}");
+    // Another tenant's search for the same PAN finds nothing.
+    let elsewhere = call(
+        addr,
+        "GET",
+        "/customers?pan=ZXCVB9876Q",
+        Some(&bharat),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(elsewhere["total"], 0);
+    assert_problem(
+        &call(addr, "GET", "/customers?pan=nope", Some(&agent), None).await,
+        422,
+        "app.invalid",
+    );
+    // A changed PAN: the old one no longer finds the customer.
+    let r = call(
+        addr,
+        "PATCH",
+        &format!("/customers/{id}"),
+        Some(&agent),
+        Some(json!({"sensitive": {"pan": "QWERT1111Z"}})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        call(addr, "GET", "/customers?pan=ZXCVB9876Q", Some(&agent), None)
+            .await
+            .json()["total"],
+        0
+    );
+    assert_eq!(
+        call(addr, "GET", "/customers?pan=QWERT1111Z", Some(&agent), None)
+            .await
+            .json()["total"],
+        1
+    );
+
+    // No plaintext in any file of the data directory (databases, WAL, keys).
+    let mut secrets: Vec<&str> = secrets.to_vec();
+    secrets.push("QWERT1111Z");
+    let mut control_seen = false;
+    for file in files_under(app._dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        // Positive control: the scan does see the customer's plain columns.
+        control_seen |= bytes.windows(5).any(|w| w == b"Desai");
+        for s in &secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s} in plaintext in {}",
+                file.display()
+            );
+        }
+    }
+    assert!(control_seen, "the scan reads the files the customer is stored in");
+    app.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_change_is_audited_and_the_chain_verifies() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let agents = call(addr, "GET", "/agents", Some(&admin), None)
+        .await
+        .json();
+    let agent_id = agents["items"][0]["id"].as_str().unwrap().to_owned();
+    let mut changes = 0;
+    let c = call(
+        addr,
+        "POST",
+        "/customers",
+        Some(&admin),
+        Some(json!({"agent_id": agent_id, "first_name": "A", "last_name": "B", "customer_type": "business"})),
+    )
+    .await;
+    assert_eq!(c.status, 201);
+    changes += 1;
+    let id = c.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            addr,
+            "PATCH",
+            &format!("/customers/{id}"),
+            Some(&admin),
+            Some(json!({"kyc_status": "verified"}))
+        )
+        .await
+        .status,
+        200
+    );
+    changes += 1;
+    assert_eq!(
+        call(
+            addr,
+            "DELETE",
+            &format!("/customers/{id}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    changes += 1;
+    let a = call(
+        addr,
+        "POST",
+        "/agents",
+        Some(&admin),
+        Some(json!({"agent_code": "AUD1", "name": "A", "licence_number": "L", "licence_expiry": "2030-01-01"})),
+    )
+    .await;
+    assert_eq!(a.status, 201);
+    changes += 1;
+    // A refused change leaves nothing (and is not counted).
+    assert_eq!(
+        call(
+            addr,
+            "DELETE",
+            &format!("/customers/{id}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        404
+    );
+
+    let log = call(addr, "GET", "/audit?limit=1000", Some(&admin), None).await;
+    assert_eq!(log.status, 200, "{}", log.text());
+    let items = log.json()["items"].as_array().unwrap().clone();
+    let writes = items
+        .iter()
+        .filter(|e| {
+            ["create", "update", "delete"].contains(&e["event"]["action"].as_str().unwrap())
+        })
+        .count();
+    assert_eq!(writes, changes, "{items:?}");
+    assert!(items.iter().any(|e| e["event"]["action"] == "login"));
+    let check = call(addr, "GET", "/audit/verify", Some(&admin), None)
+        .await
+        .json();
+    assert_eq!(check["intact"], true, "{check}");
+    assert_eq!(check["rows"].as_u64().unwrap() as usize, items.len());
+    // The free plan has no audit-log access; agents never do.
+    let asha = login(addr, "asha@asha.test", "asha-agency").await;
+    assert_problem(
+        &call(addr, "GET", "/audit", Some(&asha), None).await,
+        403,
+        "feature-not-in-plan",
+    );
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    assert_problem(
+        &call(addr, "GET", "/audit", Some(&agent), None).await,
+        403,
+        "app.forbidden",
+    );
+    app.running.stop().await.unwrap();
+}

@@ -10,6 +10,7 @@ use tenancy_sqlx::sqlite::SqliteTenantTx;
 use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
 use crate::domain::ComplianceStatus;
 use crate::id::Id;
+use tenancy_core::audit::{Action, AuditEvent};
 
 /// An agent.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -246,6 +247,15 @@ pub async fn create(
         created_at: Utc::now(),
     };
     insert(&mut tx, caller.ctx.tenant_id().into(), &agent).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            AuditEvent::from_context(&caller.ctx, Action::CREATE, "agents")
+                .with_resource_id(agent.id),
+        )
+        .await?;
     tx.commit().await?;
     Ok((http::StatusCode::CREATED, Json(agent)))
 }

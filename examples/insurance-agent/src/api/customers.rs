@@ -13,6 +13,10 @@ use super::agents::{in_set, visible_agents};
 use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
 use crate::domain::{CustomerType, KycStatus, LifecycleStage, RiskProfile};
 use crate::id::Id;
+use crate::sensitive::{
+    SealedFields, SensitiveFields, blind_index, masked, normalize_pan, normalize_phone, open, seal,
+};
+use tenancy_core::audit::{Action, AuditEvent};
 
 /// A customer.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -47,10 +51,20 @@ pub struct Customer {
     pub shared: bool,
     /// Created.
     pub created_at: DateTime<Utc>,
+    /// Sensitive fields: decrypted for those who own the record (and the
+    /// read is audited), masked for everyone else and in lists.
+    #[sqlx(skip)]
+    pub sensitive: SensitiveFields,
+    /// The stored ciphertexts and blind indexes (never serialised).
+    #[sqlx(flatten)]
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub sealed: SealedFields,
 }
 
 const COLUMNS: &str = "id, agent_id, first_name, last_name, date_of_birth, email, customer_type, \
-    risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, created_at";
+    risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, created_at, \
+    phone_enc, phone_index, pan_enc, pan_index, aadhaar_enc, bank_account_enc, medical_history_enc";
 
 /// A new customer.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -74,6 +88,9 @@ pub struct NewCustomer {
     /// Shared tenant-wide.
     #[serde(default)]
     pub shared: bool,
+    /// Sensitive fields (encrypted before they are stored).
+    #[serde(default)]
+    pub sensitive: SensitiveFields,
 }
 
 /// Changes to a customer (absent fields are left as they are).
@@ -94,6 +111,8 @@ pub struct CustomerPatch {
     pub shared: Option<bool>,
     /// Reassign to another agent (within the caller's reach).
     pub agent_id: Option<Id>,
+    /// Sensitive fields to replace (absent ones are kept).
+    pub sensitive: Option<SensitiveFields>,
 }
 
 /// Filters on the customer list.
@@ -101,6 +120,10 @@ pub struct CustomerPatch {
 pub struct CustomerFilter {
     /// Only this lifecycle stage.
     pub stage: Option<LifecycleStage>,
+    /// Only the customer with this PAN (exact match through a blind index).
+    pub pan: Option<String>,
+    /// Only customers with this phone number (exact match through a blind index).
+    pub phone: Option<String>,
 }
 
 /// `(read filter, write filter)` SQL for the caller: owners (agent, their
@@ -128,24 +151,51 @@ pub async fn list(
     QueryOf(filter): QueryOf<CustomerFilter>,
 ) -> Result<Json<Page<Customer>>, ApiError> {
     let (limit, offset) = page.bounds()?;
+    let tenant = caller.ctx.tenant_id();
+    let pan = match &filter.pan {
+        Some(p) => {
+            Some(blind_index(&state.data, tenant, "customers.pan", &normalize_pan(p)?).await?)
+        }
+        None => None,
+    };
+    let phone = match &filter.phone {
+        Some(p) => {
+            Some(blind_index(&state.data, tenant, "customers.phone", &normalize_phone(p)?).await?)
+        }
+        None => None,
+    };
     let mut tx = state.data.begin(&caller.ctx).await?;
     let (read, _) = reach(&mut tx, &caller).await?;
     let stage = filter.stage.map(LifecycleStage::as_str);
-    let where_ = format!("active = 1 AND {read} AND ($1 IS NULL OR lifecycle_stage = $1)");
-    let items: Vec<Customer> = sqlx::query_as(&format!(
+    let where_ = format!(
+        "active = 1 AND {read} AND ($1 IS NULL OR lifecycle_stage = $1) \
+         AND ($4 IS NULL OR pan_index = $4) AND ($5 IS NULL OR phone_index = $5)"
+    );
+    let mut items: Vec<Customer> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM customers WHERE {where_} ORDER BY last_name, first_name, id \
          LIMIT $2 OFFSET $3"
     ))
     .bind(stage)
     .bind(limit)
     .bind(offset)
+    .bind(&pan)
+    .bind(&phone)
     .fetch_all(&mut *tx)
     .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM customers WHERE {where_}"))
-        .bind(stage)
-        .fetch_one(&mut *tx)
-        .await?;
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM customers WHERE {where_} AND $2 IS NOT NULL AND $3 IS NOT NULL"
+    ))
+    .bind(stage)
+    .bind(limit)
+    .bind(offset)
+    .bind(&pan)
+    .bind(&phone)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
+    for c in &mut items {
+        c.sensitive = masked(&c.sealed);
+    }
     Ok(Json(Page {
         items,
         limit,
@@ -175,13 +225,58 @@ pub async fn get(
     caller: Caller,
     PathOf(id): PathOf<Id>,
 ) -> Result<Json<Customer>, ApiError> {
-    let mut tx = state.data.begin(&caller.ctx).await?;
-    let (read, _) = reach(&mut tx, &caller).await?;
-    let found = fetch(&mut tx, &read, id).await?;
+    // A write transaction: reading an owner's view appends an audit event.
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let (read, write) = reach(&mut tx, &caller).await?;
+    let mut found = fetch(&mut tx, &write, id).await?;
+    let owner = found.is_some();
+    if !owner {
+        found = fetch(&mut tx, &read, id).await?;
+    }
+    let Some(mut c) = found else {
+        return Err(ApiError::not_found("customer"));
+    };
+    if owner && c.sealed != SealedFields::default() {
+        c.sensitive = open(&state.data, caller.ctx.tenant_id(), c.id, &c.sealed).await?;
+        let fields: Vec<&str> = [
+            ("phone", &c.sensitive.phone),
+            ("pan", &c.sensitive.pan),
+            ("aadhaar", &c.sensitive.aadhaar),
+            ("bank_account", &c.sensitive.bank_account),
+            ("medical_history", &c.sensitive.medical_history),
+        ]
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(n, _)| *n)
+        .collect();
+        audit(&state, &mut tx, &caller, Action::READ, c.id, &fields).await?;
+    } else {
+        c.sensitive = masked(&c.sealed);
+    }
     tx.commit().await?;
-    found
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("customer"))
+    Ok(Json(c))
+}
+
+/// Appends an audit event for a customer in the request's transaction.
+async fn audit(
+    state: &AppState,
+    tx: &mut SqliteTenantTx,
+    caller: &Caller,
+    action: &str,
+    id: Id,
+    fields: &[&str],
+) -> Result<(), ApiError> {
+    state
+        .data
+        .audit()
+        .append(
+            tx,
+            AuditEvent::from_context(&caller.ctx, action, "customers")
+                .with_resource_id(id)
+                .with_fields(fields.iter().copied()),
+        )
+        .await?;
+    Ok(())
 }
 
 /// The agent a new or reassigned customer may belong to: within the
@@ -244,8 +339,10 @@ pub async fn create(
         "SELECT count(*) FROM customers WHERE active = 1",
     )
     .await?;
-    let c = Customer {
-        id: Id::new(),
+    let id = Id::new();
+    let sealed = seal(&state.data, caller.ctx.tenant_id(), id, &new.sensitive).await?;
+    let mut c = Customer {
+        id,
         agent_id: agent,
         first_name: new.first_name.trim().to_owned(),
         last_name: new.last_name.trim().to_owned(),
@@ -258,9 +355,13 @@ pub async fn create(
         kyc_status: KycStatus::Pending,
         shared: new.shared,
         created_at: Utc::now(),
+        sensitive: SensitiveFields::default(),
+        sealed,
     };
     insert(&mut tx, caller.ctx.tenant_id().into(), &c).await?;
+    audit(&state, &mut tx, &caller, Action::CREATE, c.id, &[]).await?;
     tx.commit().await?;
+    c.sensitive = masked(&c.sealed);
     Ok((http::StatusCode::CREATED, Json(c)))
 }
 
@@ -268,8 +369,9 @@ pub async fn create(
 pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, c: &Customer) -> Result<(), ApiError> {
     sqlx::query(
         "INSERT INTO customers (tenant_id, id, agent_id, first_name, last_name, date_of_birth, email, \
-         customer_type, risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, active, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14)",
+         customer_type, risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, active, created_at, \
+         phone_enc, phone_index, pan_enc, pan_index, aadhaar_enc, bank_account_enc, medical_history_enc) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(tenant)
     .bind(c.id)
@@ -285,6 +387,13 @@ pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, c: &Customer) -> Result
     .bind(c.kyc_status.as_str())
     .bind(c.shared)
     .bind(c.created_at)
+    .bind(&c.sealed.phone_enc)
+    .bind(&c.sealed.phone_index)
+    .bind(&c.sealed.pan_enc)
+    .bind(&c.sealed.pan_index)
+    .bind(&c.sealed.aadhaar_enc)
+    .bind(&c.sealed.bank_account_enc)
+    .bind(&c.sealed.medical_history_enc)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -324,9 +433,38 @@ pub async fn update(
     c.engagement_score = patch.engagement_score.unwrap_or(c.engagement_score);
     c.kyc_status = patch.kyc_status.unwrap_or(c.kyc_status);
     c.shared = patch.shared.unwrap_or(c.shared);
+    let mut fields: Vec<&str> = Vec::new();
+    if let Some(new) = &patch.sensitive {
+        let s = seal(&state.data, caller.ctx.tenant_id(), c.id, new).await?;
+        let mut take = |name: &'static str, set: bool| {
+            if set {
+                fields.push(name);
+            }
+            set
+        };
+        if take("phone", s.phone_enc.is_some()) {
+            c.sealed.phone_enc = s.phone_enc;
+            c.sealed.phone_index = s.phone_index;
+        }
+        if take("pan", s.pan_enc.is_some()) {
+            c.sealed.pan_enc = s.pan_enc;
+            c.sealed.pan_index = s.pan_index;
+        }
+        if take("aadhaar", s.aadhaar_enc.is_some()) {
+            c.sealed.aadhaar_enc = s.aadhaar_enc;
+        }
+        if take("bank_account", s.bank_account_enc.is_some()) {
+            c.sealed.bank_account_enc = s.bank_account_enc;
+        }
+        if take("medical_history", s.medical_history_enc.is_some()) {
+            c.sealed.medical_history_enc = s.medical_history_enc;
+        }
+    }
     sqlx::query(
         "UPDATE customers SET agent_id = $2, email = $3, risk_profile = $4, lifecycle_stage = $5, \
-         engagement_score = $6, kyc_status = $7, shared = $8 WHERE id = $1",
+         engagement_score = $6, kyc_status = $7, shared = $8, phone_enc = $9, phone_index = $10, \
+         pan_enc = $11, pan_index = $12, aadhaar_enc = $13, bank_account_enc = $14, \
+         medical_history_enc = $15 WHERE id = $1",
     )
     .bind(c.id)
     .bind(c.agent_id)
@@ -336,9 +474,18 @@ pub async fn update(
     .bind(c.engagement_score)
     .bind(c.kyc_status.as_str())
     .bind(c.shared)
+    .bind(&c.sealed.phone_enc)
+    .bind(&c.sealed.phone_index)
+    .bind(&c.sealed.pan_enc)
+    .bind(&c.sealed.pan_index)
+    .bind(&c.sealed.aadhaar_enc)
+    .bind(&c.sealed.bank_account_enc)
+    .bind(&c.sealed.medical_history_enc)
     .execute(&mut *tx)
     .await?;
+    audit(&state, &mut tx, &caller, Action::UPDATE, c.id, &fields).await?;
     tx.commit().await?;
+    c.sensitive = masked(&c.sealed);
     Ok(Json(c))
 }
 
@@ -358,9 +505,10 @@ pub async fn deactivate(
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::not_found("customer"));
     }
+    audit(&state, &mut tx, &caller, Action::DELETE, id, &[]).await?;
+    tx.commit().await?;
     Ok(http::StatusCode::NO_CONTENT)
 }

@@ -22,6 +22,7 @@ use crate::auth::{self, AuthUser, Sessions};
 use crate::data::Data;
 
 pub mod agents;
+pub mod audit;
 pub mod customers;
 pub mod openapi;
 pub mod session;
@@ -56,6 +57,8 @@ pub fn router(state: AppState) -> Router {
             .route("/me", get(session::me))
             .route("/agents", get(agents::list).post(agents::create))
             .route("/agents/{id}", get(agents::get))
+            .route("/audit", get(audit::list))
+            .route("/audit/verify", get(audit::verify))
             .route("/customers", get(customers::list).post(customers::create))
             .route(
                 "/customers/{id}",

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, customers, session};
+use super::{agents, audit, customers, session};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -27,6 +27,8 @@ use super::{agents, customers, session};
         customers::create,
         customers::update,
         customers::deactivate,
+        audit::list,
+        audit::verify,
     ),
     modifiers(&Bearer)
 )]

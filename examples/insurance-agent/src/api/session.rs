@@ -74,6 +74,23 @@ pub async fn login(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(refused)?;
     let token = state.sessions.issue(&user_id, tenant.id, membership.role)?;
+    // Sign-ins are recorded in the tenant's own audit log.
+    let ctx = tenancy_core::TenantContext::new((*tenant).clone());
+    let mut tx = state.data.begin_write(&ctx).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            tenancy_core::audit::AuditEvent::user(
+                tenant.id,
+                &user_id,
+                tenancy_core::audit::Action::LOGIN,
+                "session",
+            ),
+        )
+        .await?;
+    tx.commit().await?;
     tracing::info!(tenant.id = %tenant.id, user = %user_id, "signed in");
     Ok(Json(LoginResponse {
         token,
