@@ -17,19 +17,25 @@ use tenancy_sqlx::sqlite::{
 use tenancy_sqlx::tenant_migrate::{TenantMigration, TenantMigrator};
 
 /// The tables of a tenant file that carry `tenant_id`.
-pub const TENANT_TABLES: [&str; 2] = ["agents", "customers"];
+pub const TENANT_TABLES: [&str; 5] = ["agents", "customers", "policies", "payments", "commissions"];
 
 /// The tenant schema's migrations (each tenant file).
 pub fn migrator() -> TenantMigrator {
     let mut v1 = include_str!("../migrations/sqlite/0001_agents_customers.sql").to_owned();
-    for t in TENANT_TABLES {
+    for t in &TENANT_TABLES[..2] {
         v1.push('\n');
         v1.push_str(&guard_table_sql(t));
     }
     let v2 = include_str!("../migrations/sqlite/0002_sensitive_fields.sql");
+    let mut v3 = include_str!("../migrations/sqlite/0003_policies_payments.sql").to_owned();
+    for t in &TENANT_TABLES[2..] {
+        v3.push('\n');
+        v3.push_str(&guard_table_sql(t));
+    }
     match TenantMigrator::new(vec![
         TenantMigration::new(1, "agents and customers", &v1),
         TenantMigration::new(2, "customers' sensitive fields", v2),
+        TenantMigration::new(3, "policies, payments and commissions", &v3),
     ]) {
         Ok(m) => m,
         // The list above is static and ordered; a failure is a programming error.

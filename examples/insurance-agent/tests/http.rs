@@ -590,7 +590,10 @@ async fn sensitive_fields_are_encrypted_at_rest_searchable_and_masked() {
             );
         }
     }
-    assert!(control_seen, "the scan reads the files the customer is stored in");
+    assert!(
+        control_seen,
+        "the scan reads the files the customer is stored in"
+    );
     app.running.stop().await.unwrap();
 }
 
@@ -693,6 +696,251 @@ async fn every_state_change_is_audited_and_the_chain_verifies() {
         &call(addr, "GET", "/audit", Some(&agent), None).await,
         403,
         "app.forbidden",
+    );
+    app.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_from_quote_to_commission_with_exact_money() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
+    let customer = ids(&call(addr, "GET", "/customers", Some(&agent), None).await)[0].clone();
+    let quote = call(
+        addr,
+        "POST",
+        "/policies",
+        Some(&agent),
+        Some(json!({
+            "policy_number": "SUN-0001", "product": "Term Life 20", "customer_id": customer,
+            "sum_assured_minor": 500_000_000, "premium_minor": 1_234_567, "premium_frequency": "monthly",
+            "term_years": 20, "riders": [{"name": "Accidental death", "sum_assured_minor": 100_000_000}]
+        })),
+    )
+    .await;
+    assert_eq!(quote.status, 201, "{}", quote.text());
+    assert_eq!(quote.json()["status"], "quoted");
+    let policy = quote.json()["id"].as_str().unwrap().to_owned();
+    let dup = call(
+        addr,
+        "POST",
+        "/policies",
+        Some(&agent),
+        Some(json!({"policy_number": "SUN-0001", "product": "X", "customer_id": customer,
+            "sum_assured_minor": 1, "premium_minor": 1, "premium_frequency": "yearly", "term_years": 1})),
+    )
+    .await;
+    assert_problem(&dup, 409, "app.conflict");
+    let d = call(addr, "GET", "/dashboard", Some(&agent), None)
+        .await
+        .json();
+    assert_eq!(
+        (
+            d["conversion_90d"]["quoted"].as_i64(),
+            d["conversion_90d"]["issued"].as_i64()
+        ),
+        (Some(1), Some(0))
+    );
+
+    let issued = call(
+        addr,
+        "POST",
+        &format!("/policies/{policy}/issue"),
+        Some(&agent),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    assert_eq!(issued.json()["status"], "active");
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/policies/{policy}/issue"),
+            Some(&agent),
+            Some(json!({})),
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    let d = call(addr, "GET", "/dashboard", Some(&agent), None)
+        .await
+        .json();
+    assert_eq!(d["conversion_90d"]["rate_bp"], 10_000);
+    assert!(
+        d["due_soon"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == policy.as_str())
+    );
+
+    let payments = call(
+        addr,
+        "GET",
+        &format!("/payments?policy_id={policy}"),
+        Some(&agent),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(payments["total"], 1);
+    let first = payments["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(payments["items"][0]["amount_minor"], 1_234_567);
+    // Another tenant cannot touch it.
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/payments/{first}/complete"),
+            Some(&bharat),
+            Some(json!({"method": "upi", "transaction_ref": "X"})),
+        )
+        .await,
+        404,
+        "app.not-found",
+    );
+    let done = call(
+        addr,
+        "POST",
+        &format!("/payments/{first}/complete"),
+        Some(&agent),
+        Some(json!({"method": "upi", "transaction_ref": "UPI-123"})),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let c = &done.json()["commissions"][0];
+    assert_eq!(c["kind"], "first_year");
+    assert_eq!(c["rate_bp"], 2500);
+    assert_eq!(
+        c["amount_minor"], 308_642,
+        "25 % of 1 234 567 paise, rounded half up"
+    );
+    let next = done.json()["next_payment_id"].as_str().unwrap().to_owned();
+    // The same provider reference twice is a conflict.
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/payments/{next}/complete"),
+            Some(&agent),
+            Some(json!({"method": "card", "transaction_ref": "UPI-123"})),
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    let d = call(addr, "GET", "/dashboard", Some(&agent), None)
+        .await
+        .json();
+    assert_eq!(d["revenue_30d_minor"], 1_234_567);
+
+    // Refund: the pending commission is cancelled; a second refund conflicts.
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            &format!("/payments/{first}/refund"),
+            Some(&agent),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/payments/{first}/refund"),
+            Some(&agent),
+            None,
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    let cs = call(addr, "GET", "/commissions", Some(&agent), None)
+        .await
+        .json();
+    assert_eq!(cs["items"][0]["status"], "cancelled");
+    // Pay-out is for admins only.
+    let complete_next = call(
+        addr,
+        "POST",
+        &format!("/payments/{next}/complete"),
+        Some(&agent),
+        Some(json!({"method": "card", "transaction_ref": "CARD-9"})),
+    )
+    .await;
+    assert_eq!(complete_next.status, 200, "{}", complete_next.text());
+    let commission = complete_next.json()["commissions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/commissions/{commission}/pay"),
+            Some(&agent),
+            None,
+        )
+        .await,
+        403,
+        "app.forbidden",
+    );
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            &format!("/commissions/{commission}/pay"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/commissions/{commission}/pay"),
+            Some(&admin),
+            None,
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    // Status changes follow the table.
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            &format!("/policies/{policy}/status"),
+            Some(&agent),
+            Some(json!({"status": "lapsed"}))
+        )
+        .await
+        .status,
+        200
+    );
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/policies/{policy}/status"),
+            Some(&agent),
+            Some(json!({"status": "quoted"})),
+        )
+        .await,
+        409,
+        "app.conflict",
     );
     app.running.stop().await.unwrap();
 }

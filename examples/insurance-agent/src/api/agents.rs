@@ -112,6 +112,27 @@ pub async fn visible_agents(
     }
 }
 
+/// `(read filter, write filter)` SQL over a table with `agent_id` and
+/// `shared` columns (qualified by `prefix`, e.g. `"p."`): owners (the agent,
+/// their managers up the hierarchy, tenant admins) read and write; records
+/// shared tenant-wide are readable by every member; viewers read shared
+/// records only.
+pub async fn reach(
+    tx: &mut SqliteTenantTx,
+    caller: &Caller,
+    prefix: &str,
+) -> Result<(String, String), ApiError> {
+    Ok(match caller.role {
+        Role::Admin => ("1 = 1".to_owned(), "1 = 1".to_owned()),
+        Role::Manager | Role::Member => {
+            let team = visible_agents(tx, caller).await?;
+            let own = in_set(&format!("{prefix}agent_id"), team.as_deref());
+            (format!("({own} OR {prefix}shared = 1)"), own)
+        }
+        _ => (format!("{prefix}shared = 1"), "1 = 0".to_owned()),
+    })
+}
+
 /// `id IN (...)` for a visibility set (`None` = no restriction).
 pub(crate) fn in_set(column: &str, set: Option<&[Id]>) -> String {
     match set {

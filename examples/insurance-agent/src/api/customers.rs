@@ -126,19 +126,8 @@ pub struct CustomerFilter {
     pub phone: Option<String>,
 }
 
-/// `(read filter, write filter)` SQL for the caller: owners (agent, their
-/// managers, admins) read and write; shared records are readable by all
-/// members; viewers read shared records only.
 async fn reach(tx: &mut SqliteTenantTx, caller: &Caller) -> Result<(String, String), ApiError> {
-    Ok(match caller.role {
-        Role::Admin => ("1 = 1".to_owned(), "1 = 1".to_owned()),
-        Role::Manager | Role::Member => {
-            let team = visible_agents(tx, caller).await?;
-            let own = in_set("agent_id", team.as_deref());
-            (format!("({own} OR shared = 1)"), own)
-        }
-        _ => ("shared = 1".to_owned(), "1 = 0".to_owned()),
-    })
+    super::agents::reach(tx, caller, "").await
 }
 
 /// Lists the customers the caller may see.

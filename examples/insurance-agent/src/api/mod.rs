@@ -24,7 +24,10 @@ use crate::data::Data;
 pub mod agents;
 pub mod audit;
 pub mod customers;
+pub mod dashboard;
 pub mod openapi;
+pub mod payments;
+pub mod policies;
 pub mod session;
 
 /// What every handler can reach.
@@ -57,6 +60,17 @@ pub fn router(state: AppState) -> Router {
             .route("/me", get(session::me))
             .route("/agents", get(agents::list).post(agents::create))
             .route("/agents/{id}", get(agents::get))
+            .route("/policies", get(policies::list).post(policies::create))
+            .route("/policies/{id}", get(policies::get))
+            .route("/policies/{id}/issue", post(policies::issue))
+            .route("/policies/{id}/status", post(policies::change_status))
+            .route("/payments", get(payments::list))
+            .route("/payments/{id}/complete", post(payments::complete))
+            .route("/payments/{id}/fail", post(payments::fail))
+            .route("/payments/{id}/refund", post(payments::refund))
+            .route("/commissions", get(payments::commissions))
+            .route("/commissions/{id}/pay", post(payments::pay_commission))
+            .route("/dashboard", get(dashboard::dashboard))
             .route("/audit", get(audit::list))
             .route("/audit/verify", get(audit::verify))
             .route("/customers", get(customers::list).post(customers::create))

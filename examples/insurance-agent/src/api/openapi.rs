@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, audit, customers, session};
+use super::{agents, audit, customers, dashboard, payments, policies, session};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -27,6 +27,18 @@ use super::{agents, audit, customers, session};
         customers::create,
         customers::update,
         customers::deactivate,
+        policies::list,
+        policies::get,
+        policies::create,
+        policies::issue,
+        policies::change_status,
+        payments::list,
+        payments::complete,
+        payments::fail,
+        payments::refund,
+        payments::commissions,
+        payments::pay_commission,
+        dashboard::dashboard,
         audit::list,
         audit::verify,
     ),

@@ -1,0 +1,499 @@
+//! Premium payments and the commissions they earn.
+//!
+//! Completing a payment, in one transaction: marks it paid, earns the
+//! agent's commission (first-year or renewal rate, plus any bonus, from the
+//! tenant's `commission_rates` setting), moves the policy's next due date
+//! and schedules the next premium. Refunding cancels the commissions not
+//! paid out yet.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Months, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tenancy_core::Role;
+use tenancy_core::audit::AuditEvent;
+use tenancy_sqlx::sqlite::SqliteTenantTx;
+
+use super::agents::{in_set, reach, visible_agents};
+use super::policies::Policy;
+use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
+use crate::domain::{
+    CommissionKind, CommissionRates, CommissionStatus, Currency, PaymentMethod, PaymentStatus,
+    PolicyStatus, apply_bp,
+};
+use crate::id::Id;
+
+/// A premium payment.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Payment {
+    /// Id.
+    pub id: Id,
+    /// The policy.
+    pub policy_id: Id,
+    /// Amount, minor units.
+    pub amount_minor: i64,
+    /// Currency.
+    #[sqlx(try_from = "String")]
+    pub currency: Currency,
+    /// When it is due.
+    pub due_date: NaiveDate,
+    /// When it was paid.
+    pub paid_date: Option<NaiveDate>,
+    /// How it was paid.
+    pub method: Option<String>,
+    /// Status.
+    #[sqlx(try_from = "String")]
+    pub status: PaymentStatus,
+    /// The payment provider's reference, unique in the tenant.
+    pub transaction_ref: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "y.id, y.policy_id, y.amount_minor, y.currency, y.due_date, y.paid_date, \
+    y.method, y.status, y.transaction_ref, y.created_at";
+
+/// A commission.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Commission {
+    /// Id.
+    pub id: Id,
+    /// The payment that earned it.
+    pub payment_id: Id,
+    /// The policy.
+    pub policy_id: Id,
+    /// The agent who earned it.
+    pub agent_id: Id,
+    /// Why.
+    #[sqlx(try_from = "String")]
+    pub kind: CommissionKind,
+    /// Rate, basis points.
+    pub rate_bp: i64,
+    /// Amount, minor units.
+    pub amount_minor: i64,
+    /// Currency.
+    #[sqlx(try_from = "String")]
+    pub currency: Currency,
+    /// Status.
+    #[sqlx(try_from = "String")]
+    pub status: CommissionStatus,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Recording a completed payment.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CompleteRequest {
+    /// How it was paid.
+    pub method: PaymentMethod,
+    /// The payment provider's reference (unique in the tenant).
+    pub transaction_ref: String,
+    /// When it was paid (default today).
+    pub paid_date: Option<NaiveDate>,
+}
+
+/// Filters on the payment list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PaymentFilter {
+    /// Only this status.
+    pub status: Option<PaymentStatus>,
+    /// Only this policy's.
+    pub policy_id: Option<Id>,
+}
+
+/// Schedules a pending premium of `p` due on `due`.
+pub async fn schedule(
+    tx: &mut SqliteTenantTx,
+    tenant: Id,
+    p: &Policy,
+    due: NaiveDate,
+) -> Result<Id, ApiError> {
+    let id = Id::new();
+    sqlx::query(
+        "INSERT INTO payments (tenant_id, id, policy_id, amount_minor, currency, due_date, status, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(p.id)
+    .bind(p.premium_minor)
+    .bind(p.currency.as_str())
+    .bind(due)
+    .bind(Utc::now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+async fn fetch(tx: &mut SqliteTenantTx, filter: &str, id: Id) -> Result<Option<Payment>, ApiError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments y JOIN policies p ON p.id = y.policy_id \
+         WHERE y.id = $1 AND p.active = 1 AND {filter}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+async fn audit(
+    state: &AppState,
+    tx: &mut SqliteTenantTx,
+    caller: &Caller,
+    action: &str,
+    kind: &str,
+    id: Id,
+) -> Result<(), ApiError> {
+    state
+        .data
+        .audit()
+        .append(
+            tx,
+            AuditEvent::from_context(&caller.ctx, action, kind).with_resource_id(id),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Lists the payments of the policies the caller may see.
+#[utoipa::path(get, path = "/payments", params(PageQuery, PaymentFilter),
+    responses((status = 200, body = Page<Payment>)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryOf(page): QueryOf<PageQuery>,
+    QueryOf(filter): QueryOf<PaymentFilter>,
+) -> Result<Json<Page<Payment>>, ApiError> {
+    let (limit, offset) = page.bounds()?;
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let (read, _) = reach(&mut tx, &caller, "p.").await?;
+    let where_ = format!(
+        "p.active = 1 AND {read} AND ($1 IS NULL OR y.status = $1) AND ($2 IS NULL OR y.policy_id = $2)"
+    );
+    let status = filter.status.map(PaymentStatus::as_str);
+    let items: Vec<Payment> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments y JOIN policies p ON p.id = y.policy_id WHERE {where_} \
+         ORDER BY y.due_date DESC, y.id LIMIT $3 OFFSET $4"
+    ))
+    .bind(status)
+    .bind(filter.policy_id)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&mut *tx)
+    .await?;
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM payments y JOIN policies p ON p.id = y.policy_id WHERE {where_}"
+    ))
+    .bind(status)
+    .bind(filter.policy_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(Page {
+        items,
+        limit,
+        offset,
+        total,
+    }))
+}
+
+/// The result of completing a payment.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Completed {
+    /// The payment.
+    pub payment: Payment,
+    /// The commissions it earned.
+    pub commissions: Vec<Commission>,
+    /// The next premium scheduled, if the policy runs on.
+    pub next_payment_id: Option<Id>,
+}
+
+/// Records a pending payment as paid; earns commissions, schedules the next premium.
+#[utoipa::path(post, path = "/payments/{id}/complete", params(("id" = Id, Path)), request_body = CompleteRequest,
+    responses((status = 200, body = Completed), (status = 404), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn complete(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+    Body(req): Body<CompleteRequest>,
+) -> Result<Json<Completed>, ApiError> {
+    let reference = req.transaction_ref.trim().to_owned();
+    if reference.is_empty() || reference.len() > 100 {
+        return Err(ApiError::invalid(
+            "transaction_ref must be 1 to 100 characters",
+        ));
+    }
+    let rates = CommissionRates::of(&caller.ctx.tenant().settings).map_err(ApiError::internal)?;
+    let tenant: Id = caller.ctx.tenant_id().into();
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let (_, write) = reach(&mut tx, &caller, "p.").await?;
+    let Some(mut pay) = fetch(&mut tx, &write, id).await? else {
+        return Err(ApiError::not_found("payment"));
+    };
+    if pay.status != PaymentStatus::Pending {
+        return Err(ApiError::conflict(format!(
+            "the payment is {}, not pending",
+            pay.status
+        )));
+    }
+    let Some(policy) = super::policies::fetch(&mut tx, "1 = 1", pay.policy_id).await? else {
+        return Err(ApiError::not_found("policy"));
+    };
+    if !matches!(policy.status, PolicyStatus::Active | PolicyStatus::Lapsed) {
+        return Err(ApiError::conflict(format!(
+            "the policy is {}",
+            policy.status
+        )));
+    }
+    let paid = req.paid_date.unwrap_or_else(|| Utc::now().date_naive());
+    pay.status = PaymentStatus::Completed;
+    pay.paid_date = Some(paid);
+    pay.method = Some(req.method.as_str().to_owned());
+    pay.transaction_ref = Some(reference);
+    sqlx::query(
+        "UPDATE payments SET status = 'completed', paid_date = $2, method = $3, transaction_ref = $4 \
+         WHERE id = $1",
+    )
+    .bind(pay.id)
+    .bind(pay.paid_date)
+    .bind(&pay.method)
+    .bind(&pay.transaction_ref)
+    .execute(&mut *tx)
+    .await?;
+
+    // Commissions: first-year while the premium falls in the policy's first
+    // year (by due date), renewal after; a bonus on top when configured.
+    let first_year_ends = policy
+        .commencement_date
+        .and_then(|c| c.checked_add_months(Months::new(12)));
+    let kind = match first_year_ends {
+        Some(end) if pay.due_date >= end => (CommissionKind::Renewal, rates.renewal_bp),
+        _ => (CommissionKind::FirstYear, rates.first_year_bp),
+    };
+    let mut earned = vec![kind];
+    if rates.bonus_bp > 0 {
+        earned.push((CommissionKind::Bonus, rates.bonus_bp));
+    }
+    let mut commissions = Vec::new();
+    for (kind, bp) in earned {
+        let c = Commission {
+            id: Id::new(),
+            payment_id: pay.id,
+            policy_id: policy.id,
+            agent_id: policy.agent_id,
+            kind,
+            rate_bp: bp,
+            amount_minor: apply_bp(pay.amount_minor, bp),
+            currency: pay.currency,
+            status: CommissionStatus::Pending,
+            created_at: Utc::now(),
+        };
+        sqlx::query(
+            "INSERT INTO commissions (tenant_id, id, payment_id, policy_id, agent_id, kind, rate_bp, \
+             amount_minor, currency, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
+        )
+        .bind(tenant)
+        .bind(c.id)
+        .bind(c.payment_id)
+        .bind(c.policy_id)
+        .bind(c.agent_id)
+        .bind(c.kind.as_str())
+        .bind(c.rate_bp)
+        .bind(c.amount_minor)
+        .bind(c.currency.as_str())
+        .bind(c.created_at)
+        .execute(&mut *tx)
+        .await?;
+        commissions.push(c);
+    }
+
+    // The policy moves on: active again if it had lapsed, next premium due.
+    let next_due = pay
+        .due_date
+        .checked_add_months(Months::new(policy.premium_frequency.months()));
+    let runs_on = match (next_due, policy.maturity_date) {
+        (Some(n), Some(m)) => n < m,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let mut next_payment_id = None;
+    let mut p = policy.clone();
+    p.status = PolicyStatus::Active;
+    p.next_due_date = if runs_on { next_due } else { None };
+    sqlx::query("UPDATE policies SET status = $2, next_due_date = $3 WHERE id = $1")
+        .bind(p.id)
+        .bind(p.status.as_str())
+        .bind(p.next_due_date)
+        .execute(&mut *tx)
+        .await?;
+    if let (true, Some(due)) = (runs_on, next_due) {
+        next_payment_id = Some(schedule(&mut tx, tenant, &p, due).await?);
+    }
+    audit(&state, &mut tx, &caller, "complete", "payments", pay.id).await?;
+    tx.commit().await?;
+    Ok(Json(Completed {
+        payment: pay,
+        commissions,
+        next_payment_id,
+    }))
+}
+
+/// Records a failed payment attempt (the payment stays due as failed).
+#[utoipa::path(post, path = "/payments/{id}/fail", params(("id" = Id, Path)),
+    responses((status = 200, body = Payment), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub async fn fail(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<Json<Payment>, ApiError> {
+    transition(
+        &state,
+        &caller,
+        id,
+        PaymentStatus::Pending,
+        PaymentStatus::Failed,
+    )
+    .await
+}
+
+/// Refunds a completed payment; its commissions not yet paid out are cancelled.
+#[utoipa::path(post, path = "/payments/{id}/refund", params(("id" = Id, Path)),
+    responses((status = 200, body = Payment), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub async fn refund(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<Json<Payment>, ApiError> {
+    transition(
+        &state,
+        &caller,
+        id,
+        PaymentStatus::Completed,
+        PaymentStatus::Refunded,
+    )
+    .await
+}
+
+async fn transition(
+    state: &AppState,
+    caller: &Caller,
+    id: Id,
+    from: PaymentStatus,
+    to: PaymentStatus,
+) -> Result<Json<Payment>, ApiError> {
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let (_, write) = reach(&mut tx, caller, "p.").await?;
+    let Some(mut pay) = fetch(&mut tx, &write, id).await? else {
+        return Err(ApiError::not_found("payment"));
+    };
+    if pay.status != from {
+        return Err(ApiError::conflict(format!(
+            "the payment is {}, not {from}",
+            pay.status
+        )));
+    }
+    pay.status = to;
+    sqlx::query("UPDATE payments SET status = $2 WHERE id = $1")
+        .bind(pay.id)
+        .bind(to.as_str())
+        .execute(&mut *tx)
+        .await?;
+    if to == PaymentStatus::Refunded {
+        sqlx::query("UPDATE commissions SET status = 'cancelled' WHERE payment_id = $1 AND status = 'pending'")
+            .bind(pay.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    audit(state, &mut tx, caller, to.as_str(), "payments", pay.id).await?;
+    tx.commit().await?;
+    Ok(Json(pay))
+}
+
+/// Filters on the commission list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CommissionFilter {
+    /// Only this status.
+    pub status: Option<CommissionStatus>,
+}
+
+const COMMISSION_COLUMNS: &str = "id, payment_id, policy_id, agent_id, kind, rate_bp, amount_minor, \
+    currency, status, created_at";
+
+/// Commissions: an agent's own, a manager's team's, everyone's for admins.
+#[utoipa::path(get, path = "/commissions", params(PageQuery, CommissionFilter),
+    responses((status = 200, body = Page<Commission>)), security(("bearer" = [])))]
+pub async fn commissions(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryOf(page): QueryOf<PageQuery>,
+    QueryOf(filter): QueryOf<CommissionFilter>,
+) -> Result<Json<Page<Commission>>, ApiError> {
+    let (limit, offset) = page.bounds()?;
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let set = match caller.role {
+        Role::Admin => None,
+        Role::Manager | Role::Member => visible_agents(&mut tx, &caller).await?,
+        _ => Some(Vec::new()),
+    };
+    let where_ = format!(
+        "{} AND ($1 IS NULL OR status = $1)",
+        in_set("agent_id", set.as_deref())
+    );
+    let status = filter.status.map(CommissionStatus::as_str);
+    let items: Vec<Commission> = sqlx::query_as(&format!(
+        "SELECT {COMMISSION_COLUMNS} FROM commissions WHERE {where_} ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+    ))
+    .bind(status)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&mut *tx)
+    .await?;
+    let total: i64 =
+        sqlx::query_scalar(&format!("SELECT count(*) FROM commissions WHERE {where_}"))
+            .bind(status)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(Json(Page {
+        items,
+        limit,
+        offset,
+        total,
+    }))
+}
+
+/// Marks a pending commission paid out (tenant admins).
+#[utoipa::path(post, path = "/commissions/{id}/pay", params(("id" = Id, Path)),
+    responses((status = 204), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
+pub async fn pay_commission(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<http::StatusCode, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "only tenant admins pay out commissions",
+        ));
+    }
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM commissions WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    match status.as_deref() {
+        None => return Err(ApiError::not_found("commission")),
+        Some("pending") => {}
+        Some(other) => {
+            return Err(ApiError::conflict(format!(
+                "the commission is {other}, not pending"
+            )));
+        }
+    }
+    sqlx::query("UPDATE commissions SET status = 'paid' WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    audit(&state, &mut tx, &caller, "pay", "commissions", id).await?;
+    tx.commit().await?;
+    Ok(http::StatusCode::NO_CONTENT)
+}
