@@ -495,28 +495,9 @@ impl TenantSchemas for PgSchemas {
         .fetch_all(&mut *tx)
         .await?;
         let applied: HashMap<i64, String> = done.into_iter().collect();
-        let from = applied.keys().copied().max().unwrap_or(0);
-        let mut to = from;
-        for m in migrator.todo(&applied)? {
-            (&mut *tx)
-                .execute(m.sql.as_str())
-                .await
-                .map_err(|e| DbError::TenantMigration {
-                    version: m.version,
-                    reason: format!("({}) failed in schema {schema}: {e}", m.name),
-                })?;
-            sqlx::query(
-                "INSERT INTO tenancy.tenant_migrations (tenant_id, version, name, checksum) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(target.tenant.as_uuid())
-            .bind(m.version)
-            .bind(&m.name)
-            .bind(&m.checksum)
-            .execute(&mut *tx)
-            .await?;
-            to = to.max(m.version);
-        }
+        let place = format!("schema {schema}");
+        let (from, to) =
+            apply_pending(&mut tx, migrator, &applied, &place, Some(target.tenant)).await?;
         tx.commit().await?;
         Ok((from, to))
     }
@@ -605,26 +586,8 @@ impl TenantSchemas for PgDatabases {
                 .fetch_all(&mut *tx)
                 .await?;
         let applied: HashMap<i64, String> = done.into_iter().collect();
-        let from = applied.keys().copied().max().unwrap_or(0);
-        let mut to = from;
-        for m in migrator.todo(&applied)? {
-            (&mut *tx)
-                .execute(m.sql.as_str())
-                .await
-                .map_err(|e| DbError::TenantMigration {
-                    version: m.version,
-                    reason: format!("({}) failed in database {}: {e}", m.name, t.database),
-                })?;
-            sqlx::query(
-                "INSERT INTO tenancy.tenant_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            )
-            .bind(m.version)
-            .bind(&m.name)
-            .bind(&m.checksum)
-            .execute(&mut *tx)
-            .await?;
-            to = to.max(m.version);
-        }
+        let place = format!("database {}", t.database);
+        let (from, to) = apply_pending(&mut tx, migrator, &applied, &place, None).await?;
         tx.commit().await?;
         conn.close().await?;
         Ok((from, to))
@@ -642,6 +605,48 @@ impl TenantSchemas for PgDatabases {
     async fn clear_quarantine(&self, t: &DatabaseTarget) -> Result<(), DbError> {
         clear_quarantine_in(&self.control, t.tenant).await
     }
+}
+
+/// Runs the migrations not yet in `applied` on `conn` (inside the caller's
+/// transaction) and records each in `tenancy.tenant_migrations` — keyed by
+/// `tenant` in the shared ledger, or unkeyed in a tenant database's own.
+/// Returns `(from, to)` versions.
+async fn apply_pending(
+    conn: &mut PgConnection,
+    migrator: &TenantMigrator,
+    applied: &HashMap<i64, String>,
+    place: &str,
+    tenant: Option<TenantId>,
+) -> Result<(i64, i64), DbError> {
+    let from = applied.keys().copied().max().unwrap_or(0);
+    let mut to = from;
+    for m in migrator.todo(applied)? {
+        (&mut *conn)
+            .execute(m.sql.as_str())
+            .await
+            .map_err(|e| DbError::TenantMigration {
+                version: m.version,
+                reason: format!("({}) failed in {place}: {e}", m.name),
+            })?;
+        let record = match tenant {
+            Some(t) => sqlx::query(
+                "INSERT INTO tenancy.tenant_migrations (tenant_id, version, name, checksum) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(t.as_uuid()),
+            None => sqlx::query(
+                "INSERT INTO tenancy.tenant_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            ),
+        };
+        record
+            .bind(m.version)
+            .bind(&m.name)
+            .bind(&m.checksum)
+            .execute(&mut *conn)
+            .await?;
+        to = to.max(m.version);
+    }
+    Ok((from, to))
 }
 
 /// Records a failed tenant in the control database.
