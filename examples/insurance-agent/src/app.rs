@@ -94,6 +94,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let state = AppState {
         sessions: Sessions::new(session_key(&config.data_dir)?),
         plans: Arc::new(plans(config.plans.as_deref())?),
+        quota: Arc::new(tenancy_core::quota::MemoryQuota::new()),
         data,
     };
     let listener = TcpListener::bind(config.bind).await?;

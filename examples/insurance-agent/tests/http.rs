@@ -944,3 +944,203 @@ async fn a_policy_from_quote_to_commission_with_exact_money() {
     );
     app.running.stop().await.unwrap();
 }
+
+fn new_agent(code: &str) -> Value {
+    json!({"agent_code": code, "name": "A", "licence_number": "L", "licence_expiry": "2030-01-01"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_plan_changes_thresholds_and_compliance_reports() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let asha = login(addr, "asha@asha.test", "asha-agency").await; // free: 3 agents
+    for i in 0..3 {
+        assert_eq!(
+            call(
+                addr,
+                "POST",
+                "/agents",
+                Some(&asha),
+                Some(new_agent(&format!("T{i}")))
+            )
+            .await
+            .status,
+            201
+        );
+    }
+    let usage = call(addr, "GET", "/usage", Some(&asha), None).await.json();
+    let agents = usage["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "agents")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            agents["used"].as_u64(),
+            agents["limit"].as_u64(),
+            agents["percent"].as_u64()
+        ),
+        (Some(3), Some(3), Some(100))
+    );
+    assert!(
+        usage["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resource"] == "api_calls")
+    );
+
+    // Upgrade: the new limit applies on the next request.
+    let agent_login = login(addr, "asha@asha.test", "asha-agency").await;
+    let r = call(
+        addr,
+        "POST",
+        "/plan",
+        Some(&agent_login),
+        Some(json!({"plan": "professional"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["from"].as_str(), r.json()["to"].as_str()),
+        (Some("free"), Some("professional"))
+    );
+    assert_eq!(
+        call(addr, "POST", "/agents", Some(&asha), Some(new_agent("T3")))
+            .await
+            .status,
+        201
+    );
+    // The threshold crossed on the free plan and the plan change are in the audit log.
+    let log = call(addr, "GET", "/audit?limit=1000", Some(&asha), None)
+        .await
+        .json();
+    let items = log["items"].as_array().unwrap();
+    let threshold = items
+        .iter()
+        .find(|e| e["event"]["action"] == "quota.threshold")
+        .unwrap();
+    assert_eq!(threshold["event"]["details"]["percent"], 100);
+    assert_eq!(threshold["event"]["resource_type"], "agents");
+    assert!(items.iter().any(|e| e["event"]["action"] == "plan.changed"));
+
+    // Downgrading below usage is refused, or accepted and marked over the limit.
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            "/plan",
+            Some(&asha),
+            Some(json!({"plan": "free"})),
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    let r = call(
+        addr,
+        "POST",
+        "/plan",
+        Some(&asha),
+        Some(json!({"plan": "free", "allow_over_limit": true})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["over_limit"][0]["resource"], "agents");
+    assert_problem(
+        &call(addr, "POST", "/agents", Some(&asha), Some(new_agent("T4"))).await,
+        403,
+        "quota-exceeded",
+    );
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            "/plan",
+            Some(&asha),
+            Some(json!({"plan": "platinum"})),
+        )
+        .await,
+        422,
+        "app.invalid",
+    );
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            "/plan",
+            Some(&agent),
+            Some(json!({"plan": "free"})),
+        )
+        .await,
+        403,
+        "app.forbidden",
+    );
+
+    // Compliance reports (enterprise tenant): who read which sensitive fields.
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let customer = ids(&call(addr, "GET", "/customers", Some(&admin), None).await)[0].clone();
+    assert_eq!(
+        call(
+            addr,
+            "GET",
+            &format!("/customers/{customer}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let report = call(
+        addr,
+        "GET",
+        "/reports/data-access?days=1",
+        Some(&admin),
+        None,
+    )
+    .await
+    .json();
+    let line = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["resource_type"] == "customers")
+        .unwrap()
+        .clone();
+    assert!(
+        line["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "pan"),
+        "{report}"
+    );
+    assert_eq!(line["records"], 1);
+    let activity = call(addr, "GET", "/reports/user-activity", Some(&admin), None)
+        .await
+        .json();
+    assert!(
+        activity
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["action"] == "login" && l["count"].as_u64() >= Some(1))
+    );
+    assert_problem(
+        &call(
+            addr,
+            "GET",
+            "/reports/user-activity?days=0",
+            Some(&admin),
+            None,
+        )
+        .await,
+        400,
+        "app.bad-request",
+    );
+    app.running.stop().await.unwrap();
+}

@@ -231,13 +231,7 @@ pub async fn create(
         return Err(ApiError::invalid("experience_years must not be negative"));
     }
     let mut tx = state.data.begin_write(&caller.ctx).await?;
-    super::check_stock(
-        &caller,
-        &mut tx,
-        "agents",
-        "SELECT count(*) FROM agents WHERE active = 1",
-    )
-    .await?;
+    super::check_stock(&state, &caller, &mut tx, "agents").await?;
     let mut manager = new.manager_id;
     if caller.role == Role::Manager {
         // A manager's new agent joins their team.

@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod payments;
 pub mod policies;
 pub mod session;
+pub mod tenant;
 
 /// What every handler can reach.
 #[derive(Clone, Debug)]
@@ -39,6 +40,8 @@ pub struct AppState {
     pub sessions: Sessions,
     /// The plan catalog.
     pub plans: Arc<PlanCatalog>,
+    /// The in-process quota engine (the pipeline's hourly API-call limit).
+    pub quota: Arc<MemoryQuota>,
 }
 
 /// The whole application: public routes, and tenant routes behind
@@ -54,7 +57,7 @@ pub fn router(state: AppState) -> Router {
         state.data.store(),
     )))
     .with_plans(state.plans.clone())
-    .with_rate_limit(Arc::new(MemoryQuota::new()), "api_calls");
+    .with_rate_limit(state.quota.clone(), "api_calls");
     let tenant_routes =
         Router::new()
             .route("/me", get(session::me))
@@ -71,6 +74,10 @@ pub fn router(state: AppState) -> Router {
             .route("/commissions", get(payments::commissions))
             .route("/commissions/{id}/pay", post(payments::pay_commission))
             .route("/dashboard", get(dashboard::dashboard))
+            .route("/usage", get(tenant::usage))
+            .route("/plan", post(tenant::change_plan))
+            .route("/reports/data-access", get(tenant::data_access))
+            .route("/reports/user-activity", get(tenant::user_activity))
             .route("/audit", get(audit::list))
             .route("/audit/verify", get(audit::verify))
             .route("/customers", get(customers::list).post(customers::create))
@@ -336,15 +343,31 @@ pub struct Page<T> {
     pub total: i64,
 }
 
+/// The stock resources the plans limit, and how each is counted in a tenant file.
+pub const STOCK: [(&str, &str); 3] = [
+    ("agents", "SELECT count(*) FROM agents WHERE active = 1"),
+    (
+        "customers",
+        "SELECT count(*) FROM customers WHERE active = 1",
+    ),
+    ("policies", "SELECT count(*) FROM policies WHERE active = 1"),
+];
+
+/// Percentages of a stock limit at which a `quota.threshold` event is
+/// recorded in the tenant's audit log.
+pub const THRESHOLDS: [u64; 3] = [80, 95, 100];
+
 /// Refuses (403 `quota-exceeded`, the library's problem) when the tenant's
-/// plan allows no more of `resource`: `count_sql` counts what exists, in the
-/// same write transaction that will add one (so two requests cannot both
-/// take the last slot: the transaction holds the file's write lock).
+/// plan allows no more of `resource`, counted in the same write transaction
+/// that will add one (it holds the file's write lock, so two requests cannot
+/// both take the last slot). When the addition crosses 80, 95 or 100 % of
+/// the limit, a `quota.threshold` event goes to the audit log in the same
+/// transaction.
 pub async fn check_stock(
+    state: &AppState,
     caller: &Caller,
     tx: &mut tenancy_sqlx::sqlite::SqliteTenantTx,
     resource: &str,
-    count_sql: &str,
 ) -> Result<(), ApiError> {
     let Some(limit) = caller
         .ctx
@@ -353,6 +376,11 @@ pub async fn check_stock(
     else {
         return Ok(());
     };
+    let count_sql = STOCK
+        .iter()
+        .find(|(r, _)| *r == resource)
+        .map(|(_, sql)| *sql)
+        .ok_or_else(|| ApiError::internal(format!("no counter for {resource}")))?;
     let used: i64 = sqlx::query_scalar(count_sql).fetch_one(&mut **tx).await?;
     let used = u64::try_from(used).unwrap_or(0);
     if used >= limit {
@@ -365,6 +393,29 @@ pub async fn check_stock(
             1,
         ))
         .into());
+    }
+    let pct = |n: u64| n.saturating_mul(100) / limit.max(1);
+    if let Some(crossed) = THRESHOLDS
+        .iter()
+        .rev()
+        .find(|t| pct(used) < **t && pct(used + 1) >= **t)
+    {
+        state
+            .data
+            .audit()
+            .append(
+                tx,
+                tenancy_core::audit::AuditEvent::system(
+                    caller.ctx.tenant_id(),
+                    "quota",
+                    "quota.threshold",
+                    resource,
+                )
+                .with_details(serde_json::json!({
+                    "percent": crossed, "used": used + 1, "limit": limit
+                })),
+            )
+            .await?;
     }
     Ok(())
 }

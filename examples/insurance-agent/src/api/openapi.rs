@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, audit, customers, dashboard, payments, policies, session};
+use super::{agents, audit, customers, dashboard, payments, policies, session, tenant};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -39,6 +39,10 @@ use super::{agents, audit, customers, dashboard, payments, policies, session};
         payments::commissions,
         payments::pay_commission,
         dashboard::dashboard,
+        tenant::usage,
+        tenant::change_plan,
+        tenant::data_access,
+        tenant::user_activity,
         audit::list,
         audit::verify,
     ),

@@ -247,13 +247,7 @@ pub async fn create(
     let Some(agent_id) = agent else {
         return Err(ApiError::not_found("customer"));
     };
-    super::check_stock(
-        &caller,
-        &mut tx,
-        "policies",
-        "SELECT count(*) FROM policies WHERE active = 1",
-    )
-    .await?;
+    super::check_stock(&state, &caller, &mut tx, "policies").await?;
     let p = Policy {
         id: Id::new(),
         policy_number: new.policy_number.trim().to_owned(),

@@ -1,0 +1,325 @@
+//! The tenant itself: usage against the plan, plan changes, and compliance
+//! reports built from the audit log.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use tenancy_core::audit::AuditActor;
+use tenancy_core::plan::{DowngradePolicy, PlanError};
+use tenancy_core::{PlanId, Role};
+
+use super::{ApiError, AppState, Body, Caller, QueryOf, STOCK, THRESHOLDS, require_feature};
+
+/// One metered resource.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ResourceUsage {
+    /// The resource (`agents`, `customers`, `policies`, `api_calls`).
+    pub resource: String,
+    /// In use (stock) or used in the busiest window (rate).
+    pub used: u64,
+    /// The plan's limit (`None` = unlimited).
+    pub limit: Option<u64>,
+    /// `used / limit` in percent, when limited.
+    pub percent: Option<u64>,
+}
+
+/// Usage against the plan.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    /// The tenant's plan.
+    pub plan: Option<String>,
+    /// Per resource.
+    pub resources: Vec<ResourceUsage>,
+    /// The percentages at which threshold events are recorded.
+    pub thresholds: Vec<u64>,
+}
+
+/// The tenant's usage of every limited resource.
+#[utoipa::path(get, path = "/usage", responses((status = 200, body = UsageReport)), security(("bearer" = [])))]
+pub async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<UsageReport>, ApiError> {
+    let counts = stock_counts(&state, &caller).await?;
+    let e = caller.ctx.entitlements().cloned();
+    let percent =
+        |used: u64, limit: Option<u64>| limit.map(|l| used.saturating_mul(100) / l.max(1));
+    let mut resources: Vec<ResourceUsage> = counts
+        .iter()
+        .map(|(r, used)| {
+            let limit = e.as_ref().and_then(|e| e.stock_limit(r));
+            ResourceUsage {
+                resource: (*r).to_owned(),
+                used: *used,
+                limit,
+                percent: percent(*used, limit),
+            }
+        })
+        .collect();
+    if let Ok(rates) = state.quota.usage(&caller.ctx)
+        && let Some(u) = rates.get("api_calls")
+    {
+        {
+            resources.push(ResourceUsage {
+                resource: "api_calls".to_owned(),
+                used: u.used,
+                limit: u.limit,
+                percent: percent(u.used, u.limit),
+            });
+        }
+    }
+    Ok(Json(UsageReport {
+        plan: caller.ctx.tenant().plan.as_ref().map(ToString::to_string),
+        resources,
+        thresholds: THRESHOLDS.to_vec(),
+    }))
+}
+
+async fn stock_counts(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<(&'static str, u64)>, ApiError> {
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let mut out = Vec::new();
+    for (resource, sql) in STOCK {
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+        out.push((resource, u64::try_from(n).unwrap_or(0)));
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// A plan change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct PlanChange {
+    /// The new plan's id.
+    pub plan: String,
+    /// On a downgrade below current usage: refuse (default) or accept and
+    /// mark the resources over their limit (no new ones until under it).
+    #[serde(default)]
+    pub allow_over_limit: bool,
+}
+
+/// The outcome of a plan change.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanChanged {
+    /// The previous plan.
+    pub from: Option<String>,
+    /// The new plan.
+    pub to: String,
+    /// Resources left over their new limit.
+    pub over_limit: Vec<ResourceUsage>,
+}
+
+/// Moves the tenant to another plan (tenant admins). Recorded in the audit log.
+#[utoipa::path(post, path = "/plan", request_body = PlanChange,
+    responses((status = 200, body = PlanChanged), (status = 403), (status = 409), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn change_plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(req): Body<PlanChange>,
+) -> Result<Json<PlanChanged>, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden("only tenant admins change the plan"));
+    }
+    let tenant = caller.ctx.tenant().clone();
+    let new_plan = PlanId::new(req.plan.clone());
+    let counts = stock_counts(&state, &caller).await?;
+    let policy = if req.allow_over_limit {
+        DowngradePolicy::MarkOverLimit
+    } else {
+        DowngradePolicy::Refuse
+    };
+    let (_, event) = state
+        .plans
+        .change_plan(
+            tenant.id,
+            tenant.plan.as_ref(),
+            &new_plan,
+            &tenant.plan_overrides,
+            |r| counts.iter().find(|(c, _)| *c == r).map_or(0, |(_, n)| *n),
+            policy,
+        )
+        .map_err(|e| match e {
+            PlanError::DowngradeBelowUsage { .. } => ApiError::conflict(e.to_string()),
+            other => ApiError::invalid(other.to_string()),
+        })?;
+    // Record first (in the tenant's file), then switch the registry.
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            event.audit_event(&AuditActor::User(caller.user.as_str().to_owned())),
+        )
+        .await?;
+    tx.commit().await?;
+    let changed = tenant.with_plan(new_plan);
+    state.data.save_tenant(&changed).await?;
+    Ok(Json(PlanChanged {
+        from: event.old.as_ref().map(ToString::to_string),
+        to: event.new.to_string(),
+        over_limit: event
+            .over_limit
+            .iter()
+            .map(|o| ResourceUsage {
+                resource: o.resource.to_string(),
+                used: o.used,
+                limit: Some(o.limit),
+                percent: Some(o.used.saturating_mul(100) / o.limit.max(1)),
+            })
+            .collect(),
+    }))
+}
+
+/// The report window.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct Window {
+    /// Days back from now (1–366, default 30).
+    pub days: Option<i64>,
+}
+
+impl Window {
+    fn since(&self) -> Result<DateTime<Utc>, ApiError> {
+        let days = self.days.unwrap_or(30);
+        if !(1..=366).contains(&days) {
+            return Err(ApiError::bad_request("days must be between 1 and 366"));
+        }
+        Ok(Utc::now() - Duration::days(days))
+    }
+}
+
+/// Who read or exported which sensitive fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DataAccessLine {
+    /// The user.
+    pub actor: String,
+    /// The resource type.
+    pub resource_type: String,
+    /// Fields accessed (union).
+    pub fields: Vec<String>,
+    /// Records accessed (distinct).
+    pub records: u64,
+    /// Accesses.
+    pub accesses: u64,
+    /// The last one.
+    pub last_at: DateTime<Utc>,
+}
+
+/// What each user did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ActivityLine {
+    /// The user (or system component).
+    pub actor: String,
+    /// The action.
+    pub action: String,
+    /// How many times.
+    pub count: u64,
+    /// The last time.
+    pub last_at: DateTime<Utc>,
+}
+
+fn reports_allowed(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "only tenant admins read compliance reports",
+        ));
+    }
+    require_feature(caller, "audit_log_access")
+}
+
+/// Fields, records, count and last time of one user's access to one resource type.
+type Access = (Vec<String>, Vec<String>, u64, DateTime<Utc>);
+
+/// Data-access report: reads and exports of sensitive fields, per user.
+#[utoipa::path(get, path = "/reports/data-access", params(Window),
+    responses((status = 200, body = [DataAccessLine]), (status = 403)), security(("bearer" = [])))]
+pub async fn data_access(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryOf(w): QueryOf<Window>,
+) -> Result<Json<Vec<DataAccessLine>>, ApiError> {
+    reports_allowed(&caller)?;
+    let since = w.since()?;
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let events = state.data.audit().since(&mut tx, since).await?;
+    tx.commit().await?;
+    let mut lines: BTreeMap<(String, String), Access> = BTreeMap::new();
+    for (_, e) in events {
+        if !matches!(e.action.as_str(), "read" | "export") || e.fields.is_empty() {
+            continue;
+        }
+        let line = lines
+            .entry((e.actor.id().to_owned(), e.resource_type.clone()))
+            .or_insert_with(|| (Vec::new(), Vec::new(), 0, e.at));
+        for f in &e.fields {
+            if !line.0.contains(f) {
+                line.0.push(f.clone());
+            }
+        }
+        if let Some(r) = &e.resource_id
+            && !line.1.contains(r)
+        {
+            line.1.push(r.clone());
+        }
+        line.2 += 1;
+        line.3 = line.3.max(e.at);
+    }
+    Ok(Json(
+        lines
+            .into_iter()
+            .map(
+                |((actor, resource_type), (mut fields, records, accesses, last_at))| {
+                    fields.sort();
+                    DataAccessLine {
+                        actor,
+                        resource_type,
+                        fields,
+                        records: records.len() as u64,
+                        accesses,
+                        last_at,
+                    }
+                },
+            )
+            .collect(),
+    ))
+}
+
+/// User-activity report: actions per user.
+#[utoipa::path(get, path = "/reports/user-activity", params(Window),
+    responses((status = 200, body = [ActivityLine]), (status = 403)), security(("bearer" = [])))]
+pub async fn user_activity(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryOf(w): QueryOf<Window>,
+) -> Result<Json<Vec<ActivityLine>>, ApiError> {
+    reports_allowed(&caller)?;
+    let since = w.since()?;
+    let mut tx = state.data.begin(&caller.ctx).await?;
+    let events = state.data.audit().since(&mut tx, since).await?;
+    tx.commit().await?;
+    let mut lines: BTreeMap<(String, String), (u64, DateTime<Utc>)> = BTreeMap::new();
+    for (_, e) in events {
+        let line = lines
+            .entry((e.actor.id().to_owned(), e.action.clone()))
+            .or_insert((0, e.at));
+        line.0 += 1;
+        line.1 = line.1.max(e.at);
+    }
+    Ok(Json(
+        lines
+            .into_iter()
+            .map(|((actor, action), (count, last_at))| ActivityLine {
+                actor,
+                action,
+                count,
+                last_at,
+            })
+            .collect(),
+    ))
+}
