@@ -215,6 +215,14 @@ impl<DB: Database> PoolCache<DB> {
         self.pools.run_pending_tasks().await;
     }
 
+    /// Removes the pool for `name` from the cache and closes it (waiting for
+    /// its connections), if it was open.
+    pub(crate) async fn close(&self, name: &str) {
+        if let Some(open) = self.pools.remove(name).await {
+            open.pool.close().await;
+        }
+    }
+
     /// The open pool for `name`, if any.
     pub(crate) async fn get(&self, name: &str) -> Option<OpenPool<DB>> {
         self.pools.get(name).await

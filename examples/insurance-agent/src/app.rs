@@ -81,12 +81,11 @@ pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
 /// serving on `config.bind`.
 pub async fn start(config: &Config) -> Result<Running, Error> {
     let data = Data::open(&config.data_dir).await?;
-    let seeded = if seed::is_seeded(&data).await.map_err(|e| format!("{e:?}"))? {
+    let seeded = if seed::is_seeded(&data).await? {
         Vec::new()
     } else {
         seed::demo(&data)
-            .await
-            .map_err(|e| format!("seeding demo data: {e:?}"))?
+            .await?
             .iter()
             .map(|t| t.slug.to_string())
             .collect()

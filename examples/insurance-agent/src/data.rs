@@ -154,6 +154,16 @@ impl Data {
         self.tenants.begin_immediate(ctx).await
     }
 
+    /// The file of `tenant`.
+    pub fn tenant_path(&self, tenant: &Tenant) -> Result<PathBuf, DbError> {
+        self.tenants.path_of(tenant)
+    }
+
+    /// Closes the pool of `tenant`'s file (before it is removed).
+    pub async fn close_tenant(&self, tenant: &Tenant) {
+        self.tenants.close(tenant).await;
+    }
+
     /// The tenant registry, cached.
     pub fn store(&self) -> Arc<CachedStore<SqliteTenantStore>> {
         self.store.clone()

@@ -21,5 +21,6 @@ pub mod auth;
 pub mod data;
 pub mod domain;
 pub mod id;
+pub mod ops;
 pub mod seed;
 pub mod sensitive;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use insurance_agent::app::{self, Config, Error};
 use insurance_agent::data::Data;
-use insurance_agent::seed;
+use insurance_agent::{ops, seed};
 use tenancy_core::lifecycle::Transition;
 use tenancy_core::store::TenantStore;
 use tenancy_core::{PlanId, Tenant, TenantId, TenantKind};
@@ -57,6 +57,47 @@ enum Command {
     /// Tenant operations.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Key management.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Makes a new data-key version primary for a tenant (or all): new
+    /// values use it, older values still decrypt.
+    Rotate {
+        /// The tenant (omit with --all).
+        slug: Option<String>,
+        /// Every tenant.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Stock usage against the plan.
+    Usage {
+        /// The tenant.
+        slug: String,
+    },
+    /// Actions per user from the tenant's audit log.
+    Activity {
+        /// The tenant.
+        slug: String,
+        /// Days back.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
+    /// Verifies the tenant's audit hash chain.
+    Audit {
+        /// The tenant.
+        slug: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +134,28 @@ enum TenantCommand {
         /// The tenant.
         slug: String,
     },
+    /// Starts offboarding: requests are refused, data kept for the grace period.
+    Offboard {
+        /// The tenant.
+        slug: String,
+        /// Days before the data may be purged.
+        #[arg(long, default_value_t = 30)]
+        grace_days: i64,
+    },
+    /// Exports every table as JSON Lines (sensitive fields decrypted) into a directory.
+    Export {
+        /// The tenant.
+        slug: String,
+        /// Where to write `<table>.jsonl`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Purges an offboarded tenant after its grace period: keys
+    /// crypto-shredded, file removed, memberships removed.
+    Purge {
+        /// The tenant.
+        slug: String,
+    },
 }
 
 #[tokio::main]
@@ -123,6 +186,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Migrate => migrate(&cli.data_dir).await,
         Command::Seed { tenants, customers } => seed_many(&cli.data_dir, tenants, customers).await,
         Command::Tenant(t) => tenant(&cli.data_dir, t).await,
+        Command::Keys(k) => keys(&cli.data_dir, k).await,
+        Command::Report(r) => report(&cli.data_dir, r).await,
     }
 }
 
@@ -184,6 +249,102 @@ async fn migrate(data_dir: &std::path::Path) -> Result<(), Error> {
     }
 }
 
+async fn find(data: &Data, slug: &str) -> Result<std::sync::Arc<Tenant>, Error> {
+    data.tenant_store()
+        .by_slug(&slug.parse()?)
+        .await?
+        .ok_or_else(|| Error::from(format!("no tenant {slug:?}")))
+}
+
+async fn keys(data_dir: &std::path::Path, command: KeysCommand) -> Result<(), Error> {
+    let data = Data::open(data_dir).await?;
+    let KeysCommand::Rotate { slug, all } = command;
+    let tenants = match (slug, all) {
+        (Some(s), false) => vec![find(&data, &s).await?],
+        (None, true) => data.tenant_store().list().await?,
+        _ => return Err("name one tenant, or pass --all".into()),
+    };
+    let bar = bar(tenants.len() as u64, "rotating");
+    for t in &tenants {
+        let v = data.keyring().rotate(t.id).await?;
+        bar.println(format!("{:<24} data key version {v}", t.slug.as_str()));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn report(data_dir: &std::path::Path, command: ReportCommand) -> Result<(), Error> {
+    let data = Data::open(data_dir).await?;
+    match command {
+        ReportCommand::Usage { slug } => {
+            let t = find(&data, &slug).await?;
+            let plans = app::plans(None)?;
+            let e = match &t.plan {
+                Some(p) => Some(plans.entitlements(p, &t.plan_overrides)?),
+                None => None,
+            };
+            let ctx = tenancy_core::TenantContext::new((*t).clone());
+            let mut tx = data.begin(&ctx).await?;
+            println!(
+                "{slug} on plan {}",
+                t.plan.as_ref().map_or("-", PlanId::as_str)
+            );
+            for (resource, sql) in insurance_agent::api::STOCK {
+                let used: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+                let limit = e.as_ref().and_then(|e| e.stock_limit(resource));
+                println!(
+                    "  {resource:<10} {used:>8} of {}",
+                    limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string())
+                );
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        ReportCommand::Activity { slug, days } => {
+            let t = find(&data, &slug).await?;
+            let ctx = tenancy_core::TenantContext::new((*t).clone());
+            let mut tx = data.begin(&ctx).await?;
+            let since = chrono::Utc::now() - chrono::Duration::days(days);
+            let mut counts = std::collections::BTreeMap::<(String, String), u64>::new();
+            for (_, e) in data.audit().since(&mut tx, since).await? {
+                *counts
+                    .entry((e.actor.id().to_owned(), e.action.clone()))
+                    .or_default() += 1;
+            }
+            tx.commit().await?;
+            for ((actor, action), n) in counts {
+                println!("{actor:<38} {action:<16} {n}");
+            }
+            Ok(())
+        }
+        ReportCommand::Audit { slug } => {
+            let t = find(&data, &slug).await?;
+            let ctx = tenancy_core::TenantContext::new((*t).clone());
+            let mut tx = data.begin(&ctx).await?;
+            let r = data.audit().verify_chain(&mut tx).await?;
+            tx.commit().await?;
+            println!(
+                "{slug}: {} events, {}",
+                r.rows,
+                if r.is_intact() {
+                    "chain intact"
+                } else {
+                    "CHAIN BROKEN"
+                }
+            );
+            for b in &r.breaks {
+                println!("  {b:?}");
+            }
+            if r.is_intact() {
+                Ok(())
+            } else {
+                Err("the audit chain is broken".into())
+            }
+        }
+    }
+}
+
 fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
@@ -202,9 +363,7 @@ async fn seed_many(
     let bar = bar(tenants as u64, "seeding");
     for i in 0..tenants {
         let slug = format!("synthetic-{}", &TenantId::new_v4().to_string()[..8]);
-        seed::synthetic(&data, &slug, &format!("Synthetic Agency {i}"), customers)
-            .await
-            .map_err(|e| format!("seeding {slug}: {e:?}"))?;
+        seed::synthetic(&data, &slug, &format!("Synthetic Agency {i}"), customers).await?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -255,9 +414,7 @@ async fn tenant(data_dir: &std::path::Path, command: TenantCommand) -> Result<()
                         .with_plan(PlanId::new(plan)),
                 )
                 .await?;
-            let user = seed::ensure_user(&data, &admin_email, &admin_email, &password)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
+            let user = seed::ensure_user(&data, &admin_email, &admin_email, &password).await?;
             data.memberships()
                 .upsert(&tenancy_core::Membership::new(
                     tenancy_core::UserId::new(user),
@@ -279,6 +436,30 @@ async fn tenant(data_dir: &std::path::Path, command: TenantCommand) -> Result<()
             let changed = (*t).clone().with_status(next);
             data.save_tenant(&changed).await?;
             println!("suspended {slug}");
+            Ok(())
+        }
+        TenantCommand::Offboard { slug, grace_days } => {
+            let t = by_slug(&slug).await?;
+            let t = ops::offboard(&data, &t, grace_days).await?;
+            println!("{slug} is offboarding: {:?}", t.status);
+            Ok(())
+        }
+        TenantCommand::Export { slug, out } => {
+            let t = by_slug(&slug).await?;
+            let counts = ops::export_to(&data, &t, &out, "cli").await?;
+            for (table, n) in counts {
+                println!("{:<12} {n} rows", table);
+            }
+            println!(
+                "written to {} (contains decrypted personal data: keep it private)",
+                out.display()
+            );
+            Ok(())
+        }
+        TenantCommand::Purge { slug } => {
+            let t = by_slug(&slug).await?;
+            ops::purge(&data, &t).await?;
+            println!("{slug} purged: keys destroyed, data file removed");
             Ok(())
         }
         TenantCommand::Resume { slug } => {

@@ -448,6 +448,25 @@ async fn the_run_command_starts_on_a_fresh_data_directory() {
     );
     child.kill().await.unwrap();
     assert!(dir.path().join("control.sqlite3").exists());
+    // The operations commands on the same data directory.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
+        .env("INSURANCE_DATA_DIR", dir.path())
+        .args(["report", "audit", "sunrise-insurance"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("chain intact"),
+        "{text}"
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
+        .env("INSURANCE_DATA_DIR", dir.path())
+        .args(["tenant", "suspend", "no-such-tenant", "--reason", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "an unknown tenant is an error");
     assert_eq!(
         std::fs::read_dir(dir.path().join("tenants"))
             .unwrap()

@@ -191,6 +191,15 @@ impl SqliteTenantDb {
         self.pools.run_pending_tasks().await;
     }
 
+    /// Closes `tenant`'s pool, if open, waiting for its connections to
+    /// close (before the file is moved or removed). The next `begin` opens
+    /// it again.
+    pub async fn close(&self, tenant: &Tenant) {
+        if let Ok(Some(name)) = tenant.placement.checked_name() {
+            self.pools.close(name).await;
+        }
+    }
+
     /// The directory of tenant files.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -62,7 +62,7 @@ pub struct Customer {
     pub sealed: SealedFields,
 }
 
-const COLUMNS: &str = "id, agent_id, first_name, last_name, date_of_birth, email, customer_type, \
+pub(crate) const COLUMNS: &str = "id, agent_id, first_name, last_name, date_of_birth, email, customer_type, \
     risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, created_at, \
     phone_enc, phone_index, pan_enc, pan_index, aadhaar_enc, bank_account_enc, medical_history_enc";
 

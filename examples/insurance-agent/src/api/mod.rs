@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             .route("/commissions/{id}/pay", post(payments::pay_commission))
             .route("/dashboard", get(dashboard::dashboard))
             .route("/usage", get(tenant::usage))
+            .route("/export", get(tenant::export))
             .route("/plan", post(tenant::change_plan))
             .route("/reports/data-access", get(tenant::data_access))
             .route("/reports/user-activity", get(tenant::user_activity))
@@ -187,6 +188,14 @@ impl ApiError {
         )))
     }
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.0.title, self.0.status, self.0.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -43,6 +43,7 @@ use super::{agents, audit, customers, dashboard, payments, policies, session, te
         tenant::change_plan,
         tenant::data_access,
         tenant::user_activity,
+        tenant::export,
         audit::list,
         audit::verify,
     ),

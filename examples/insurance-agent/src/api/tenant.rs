@@ -323,3 +323,27 @@ pub async fn user_activity(
             .collect(),
     ))
 }
+
+/// Every table of the tenant, sensitive fields decrypted (tenant admins,
+/// plans with `bulk_export`). Recorded in the audit log as an export.
+#[utoipa::path(get, path = "/export",
+    responses((status = 200, description = "Table name to rows", body = Object), (status = 403)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "only tenant admins export the tenant's data",
+        ));
+    }
+    require_feature(&caller, "bulk_export")?;
+    let rows =
+        crate::ops::export_rows(&state.data, caller.ctx.tenant(), caller.user.as_str()).await?;
+    Ok(Json(serde_json::Value::Object(
+        rows.into_iter()
+            .map(|(t, r)| (t, serde_json::Value::Array(r)))
+            .collect(),
+    )))
+}

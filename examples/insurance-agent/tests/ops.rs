@@ -1,0 +1,121 @@
+//! Whole-tenant operations on the embedded default: export, offboarding and
+//! purge with crypto-shredding.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use insurance_agent::data::Data;
+use insurance_agent::{ops, seed};
+use tenancy_core::store::TenantStore;
+use tenancy_core::{MembershipStore, TenantContext, TenantStatus};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_offboard_then_purge_shreds_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Data::open(dir.path()).await.unwrap();
+    seed::demo(&data).await.unwrap();
+    let tenant = data
+        .tenant_store()
+        .by_slug(&"bharat-agents".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let ctx = TenantContext::new((*tenant).clone());
+
+    // Export: every table, sensitive fields decrypted, private files.
+    let out = dir.path().join("export");
+    let counts = ops::export_to(&data, &tenant, &out, "test").await.unwrap();
+    let customers = counts.iter().find(|(t, _)| t == "customers").unwrap().1;
+    assert_eq!(customers, 3);
+    let text = std::fs::read_to_string(out.join("customers.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.contains("\"pan\":\"DEMOP"), "{text}");
+    assert!(!text.contains("tnc1:"), "no ciphertext in the export");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("customers.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "export files are owner-only");
+    }
+    // A ciphertext as stored, to check the shredding later.
+    let mut tx = data.begin(&ctx).await.unwrap();
+    let (id, pan): (String, String) =
+        sqlx::query_as("SELECT id, pan_enc FROM customers WHERE pan_enc IS NOT NULL LIMIT 1")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    let exports: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenancy_audit_log WHERE action = 'export'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(exports, 1, "the export is audited");
+    tx.commit().await.unwrap();
+
+    // Purge is refused until offboarding's grace period is over.
+    assert_eq!(ops::purge(&data, &tenant).await.unwrap_err().0.status, 409);
+    let offboarding = ops::offboard(&data, &tenant, 30).await.unwrap();
+    assert!(matches!(
+        offboarding.status,
+        TenantStatus::Offboarding { .. }
+    ));
+    assert_eq!(
+        ops::purge(&data, &offboarding).await.unwrap_err().0.status,
+        409
+    );
+    // (A zero grace period, as an operator would after the real one.)
+    let fresh = data.tenant_store().by_id(tenant.id).await.unwrap().unwrap();
+    let restored = ops::offboard(
+        &data,
+        &(*fresh).clone().with_status(TenantStatus::Active),
+        0,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let path = data.tenant_path(&restored).unwrap();
+    let gone = ops::purge(&data, &restored).await.unwrap();
+    assert!(matches!(gone.status, TenantStatus::Deleted));
+    assert!(!path.exists(), "the tenant file is removed");
+    assert!(
+        data.memberships()
+            .members_of(tenant.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Crypto-shredding: the stored ciphertext can never be opened again.
+    let ct = tenancy_core::crypto::from_text(&pan).unwrap();
+    let context = format!("customers.pan:{id}");
+    assert!(
+        data.keyring()
+            .decrypt(tenant.id, context.as_bytes(), &ct)
+            .await
+            .is_err()
+    );
+    // And reopening the data directory (a restart) does not bring keys back.
+    drop(data);
+    let again = Data::open(dir.path()).await.unwrap();
+    assert!(
+        again
+            .keyring()
+            .decrypt(tenant.id, context.as_bytes(), &ct)
+            .await
+            .is_err()
+    );
+    // Other tenants are untouched.
+    let sunrise = again
+        .tenant_store()
+        .by_slug(&"sunrise-insurance".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let member = again.memberships().members_of(sunrise.id).await.unwrap();
+    assert_eq!(member.len(), 3);
+    let _ = again
+        .memberships()
+        .memberships_of(&member[0].user_id)
+        .await
+        .unwrap();
+}
