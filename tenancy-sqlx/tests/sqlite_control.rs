@@ -161,3 +161,97 @@ async fn the_key_store_backs_a_keyring_rotation_and_shredding() {
     assert!(again.decrypt(t, b"customers.pan", &old).await.is_err());
     assert!(again.decrypt(t, b"customers.pan", &new).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invitations_are_single_use_tenant_bound_and_expire() {
+    use std::sync::Arc;
+    use tenancy_core::invite::{Invitations, InviteError};
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("c.sqlite3"))
+        .await
+        .unwrap();
+    let (a, b) = (tenant("inv-a"), tenant("inv-b"));
+    control.tenants().create(&a).await.unwrap();
+    control.tenants().create(&b).await.unwrap();
+    let inv = Arc::new(Invitations::new(
+        Arc::new(control.invitations()),
+        Arc::new(control.memberships()),
+    ));
+    let admin = UserId::new("admin");
+    let (stored, token) = inv
+        .invite(
+            a.id,
+            "New@Example.com",
+            Role::Member,
+            &admin,
+            chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    // Only the hash is stored.
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM tenancy_invitations")
+        .fetch_all(control.pool())
+        .await
+        .unwrap();
+    assert_eq!(hashes, [stored.token_hash.to_vec()]);
+    assert!(matches!(
+        inv.accept(b.id, token.expose(), &UserId::new("x")).await,
+        Err(InviteError::WrongTenant)
+    ));
+    // Eight concurrent acceptances: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (inv, t) = (inv.clone(), token.expose().to_owned());
+        tasks.push(tokio::spawn(async move {
+            inv.accept(a.id, &t, &UserId::new(format!("u{i}"))).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(m) => {
+                won += 1;
+                assert_eq!(m.role, Role::Member);
+            }
+            Err(e) => assert!(matches!(e, InviteError::AlreadyUsed), "{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(
+        control.memberships().members_of(a.id).await.unwrap().len(),
+        1
+    );
+    // Expired.
+    let (_, late) = inv
+        .invite(
+            a.id,
+            "late@example.com",
+            Role::Viewer,
+            &admin,
+            chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::seconds(5);
+    assert!(matches!(
+        inv.accept_at(a.id, late.expose(), &UserId::new("late"), later)
+            .await,
+        Err(InviteError::Expired(_))
+    ));
+    // Revoked.
+    let (r, rt) = inv
+        .invite(
+            a.id,
+            "gone@example.com",
+            Role::Viewer,
+            &admin,
+            chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    assert!(inv.revoke(a.id, r.id).await.unwrap());
+    assert!(matches!(
+        inv.accept(a.id, rt.expose(), &UserId::new("g")).await,
+        Err(InviteError::NotFound)
+    ));
+}

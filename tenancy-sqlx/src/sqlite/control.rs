@@ -11,6 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Executor, SqlitePool};
 use tenancy_core::crypto::CryptoError;
 use tenancy_core::crypto::keys::{KeyState, KeyStore, StoredKey};
+use tenancy_core::invite::{Invitation, InvitationStore};
 use tenancy_core::store::{TenantStore, TenantWriter};
 use tenancy_core::{
     DomainName, Membership, MembershipStore, MembershipWriter, StoreError, Tenant, TenantId,
@@ -38,6 +39,18 @@ CREATE TABLE IF NOT EXISTS tenancy_memberships (
     PRIMARY KEY (user_id, tenant_id)
 );
 CREATE INDEX IF NOT EXISTS tenancy_memberships_tenant ON tenancy_memberships (tenant_id);
+CREATE TABLE IF NOT EXISTS tenancy_invitations (
+    id          TEXT PRIMARY KEY NOT NULL,
+    tenant_id   TEXT NOT NULL REFERENCES tenancy_tenants (id) ON DELETE CASCADE,
+    email       TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    token_hash  BLOB NOT NULL UNIQUE,
+    invited_by  TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    accepted_at TEXT,
+    accepted_by TEXT
+);
 CREATE TABLE IF NOT EXISTS tenancy_tenant_keys (
     tenant_id  TEXT    NOT NULL,
     version    INTEGER NOT NULL CHECK (version >= 0),
@@ -112,6 +125,13 @@ impl SqliteControl {
     /// The wrapped data keys (for `tenancy_core::crypto::keys::Keyring`).
     pub fn keys(&self) -> SqliteKeyStore {
         SqliteKeyStore {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Invitations (token hashes only; see `tenancy_core::invite`).
+    pub fn invitations(&self) -> SqliteInvitationStore {
+        SqliteInvitationStore {
             pool: self.pool.clone(),
         }
     }
@@ -449,5 +469,120 @@ impl KeyStore for SqliteKeyStore {
                 key.version
             )))
         }
+    }
+}
+
+/// Invitations in the control database: only the SHA-256 of each token is
+/// stored; acceptance is one conditional `UPDATE`, so two acceptances of the
+/// same token cannot both succeed ([`InvitationStore`]).
+#[derive(Debug, Clone)]
+pub struct SqliteInvitationStore {
+    pool: SqlitePool,
+}
+
+type InvitationRow = (
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+fn invitation_of(r: InvitationRow) -> Result<Invitation, StoreError> {
+    let bad = |what: &'static str, e: String| StoreError::new(invalid(what, e));
+    let (id, tenant, email, role, hash, by, created, expires, accepted_at, accepted_by) = r;
+    Ok(Invitation::new(
+        id.parse()
+            .map_err(|e: uuid::Error| bad("tenancy_invitations.id", e.to_string()))?,
+        tenant.parse().map_err(|e: tenancy_core::TenantIdError| {
+            bad("tenancy_invitations.tenant_id", e.to_string())
+        })?,
+        email,
+        role.parse().map_err(|e: tenancy_core::PermissionError| {
+            bad("tenancy_invitations.role", e.to_string())
+        })?,
+        <[u8; 32]>::try_from(hash.as_slice())
+            .map_err(|_| bad("tenancy_invitations.token_hash", "not 32 bytes".into()))?,
+        UserId::new(by),
+        created,
+        expires,
+        accepted_at.zip(accepted_by.map(UserId::new)),
+    ))
+}
+
+#[async_trait]
+impl InvitationStore for SqliteInvitationStore {
+    async fn insert(&self, i: &Invitation) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenancy_invitations (id, tenant_id, email, role, token_hash, invited_by, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(i.id.to_string())
+        .bind(i.tenant.to_string())
+        .bind(&i.email)
+        .bind(i.role.as_str())
+        .bind(i.token_hash.as_slice())
+        .bind(i.invited_by.as_str())
+        .bind(i.created_at)
+        .bind(i.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(())
+    }
+
+    async fn by_hash(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+    ) -> Result<Option<Invitation>, StoreError> {
+        let row: Option<InvitationRow> = sqlx::query_as(
+            "SELECT id, tenant_id, email, role, token_hash, invited_by, created_at, expires_at, \
+             accepted_at, accepted_by FROM tenancy_invitations WHERE tenant_id = $1 AND token_hash = $2",
+        )
+        .bind(tenant.to_string())
+        .bind(hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        row.map(invitation_of).transpose()
+    }
+
+    async fn mark_accepted(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenancy_invitations SET accepted_at = $3, accepted_by = $4 \
+             WHERE tenant_id = $1 AND token_hash = $2 AND accepted_at IS NULL AND expires_at > $3",
+        )
+        .bind(tenant.to_string())
+        .bind(hash.as_slice())
+        .bind(now)
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke(&self, tenant: TenantId, id: uuid::Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM tenancy_invitations WHERE tenant_id = $1 AND id = $2 AND accepted_at IS NULL",
+        )
+        .bind(tenant.to_string())
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -63,7 +63,9 @@ mod audit_log;
 mod control;
 
 pub use audit_log::SqliteAuditLog;
-pub use control::{SqliteControl, SqliteKeyStore, SqliteMembershipStore, SqliteTenantStore};
+pub use control::{
+    SqliteControl, SqliteInvitationStore, SqliteKeyStore, SqliteMembershipStore, SqliteTenantStore,
+};
 
 use audit_log::AUDIT_TABLE;
 
