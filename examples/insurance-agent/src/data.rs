@@ -174,6 +174,28 @@ impl Data {
         self.control.tenants()
     }
 
+    /// Invitations.
+    pub fn invitations(&self) -> tenancy_sqlx::sqlite::SqliteInvitationStore {
+        self.control.invitations()
+    }
+
+    /// The invitation of `tenant` with this token hash.
+    pub async fn invitation(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+    ) -> Result<Option<tenancy_core::invite::Invitation>, DbError> {
+        use tenancy_core::invite::InvitationStore;
+        self.control
+            .invitations()
+            .by_hash(tenant, hash)
+            .await
+            .map_err(|e| DbError::InvalidData {
+                what: "invitation",
+                reason: e.to_string(),
+            })
+    }
+
     /// Memberships.
     pub fn memberships(&self) -> SqliteMembershipStore {
         self.control.memberships()

@@ -1163,3 +1163,202 @@ async fn usage_plan_changes_thresholds_and_compliance_reports() {
     );
     app.running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invitations_enforce_the_tenants_password_policy_and_are_single_use() {
+    let app = start().await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let policy = json!({"min_length": 14, "require_upper": true, "require_lower": true,
+        "require_digit": true, "require_symbol": true});
+    assert_eq!(
+        call(
+            addr,
+            "PUT",
+            "/settings/password-policy",
+            Some(&admin),
+            Some(policy)
+        )
+        .await
+        .status,
+        200
+    );
+    let issued = call(
+        addr,
+        "POST",
+        "/invitations",
+        Some(&admin),
+        Some(json!({"email": "New.Agent@sunrise.test", "role": "agent"})),
+    )
+    .await;
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let token = issued.json()["token"].as_str().unwrap().to_owned();
+    let accept = |password: &str, email: &str| json!({"token": token, "email": email, "name": "Nila", "password": password});
+    // The default policy would accept this one; the tenant's does not.
+    let weak = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(accept("Abcdefgh12", "new.agent@sunrise.test")),
+    )
+    .await;
+    assert_problem(&weak, 422, "app.invalid");
+    assert!(
+        weak.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("14 characters"),
+        "{}",
+        weak.text()
+    );
+    let other = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(accept("Str0ng-Password!", "someone@else.test")),
+    )
+    .await;
+    assert_problem(&other, 403, "app.forbidden");
+    let ok = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(accept("Str0ng-Password!", "new.agent@sunrise.test")),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        (
+            ok.json()["role"].as_str(),
+            ok.json()["new_account"].as_bool()
+        ),
+        (Some("agent"), Some(true))
+    );
+    let again = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(accept("Str0ng-Password!", "new.agent@sunrise.test")),
+    )
+    .await;
+    assert_problem(&again, 409, "app.invitation-used");
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "new.agent@sunrise.test", "password": "Str0ng-Password!", "tenant": "sunrise-insurance"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Tampered and garbage tokens.
+    let mut bad = token.clone();
+    bad.pop();
+    bad.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let r = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(json!({"token": bad, "email": "x@y.z", "name": "n", "password": "p"})),
+    )
+    .await;
+    assert_problem(&r, 404, "app.invitation-unknown");
+    let r = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(json!({"token": "nonsense", "email": "x@y.z", "name": "n", "password": "p"})),
+    )
+    .await;
+    assert_problem(&r, 400, "app.invitation-invalid");
+
+    // Who may invite whom.
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    let body = |role: &str| json!({"email": "z@sunrise.test", "role": role});
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            "/invitations",
+            Some(&agent),
+            Some(body("agent")),
+        )
+        .await,
+        403,
+        "app.forbidden",
+    );
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            "/invitations",
+            Some(&manager),
+            Some(body("tenant_admin")),
+        )
+        .await,
+        403,
+        "app.forbidden",
+    );
+    assert_eq!(
+        call(
+            addr,
+            "POST",
+            "/invitations",
+            Some(&manager),
+            Some(body("agent"))
+        )
+        .await
+        .status,
+        201
+    );
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            "/invitations",
+            Some(&admin),
+            Some(body("owner")),
+        )
+        .await,
+        422,
+        "app.invalid",
+    );
+
+    // An existing account joins with its own password.
+    let issued = call(
+        addr,
+        "POST",
+        "/invitations",
+        Some(&admin),
+        Some(json!({"email": "asha@asha.test", "role": "viewer"})),
+    )
+    .await;
+    let t = issued.json()["token"].as_str().unwrap().to_owned();
+    let wrong = call(
+        addr,
+        "POST",
+        "/invitations/accept",
+        None,
+        Some(json!({"token": t, "email": "asha@asha.test", "name": "Asha", "password": "nope"})),
+    )
+    .await;
+    assert_problem(&wrong, 401, "app.unauthorized");
+    let joined = call(addr, "POST", "/invitations/accept", None,
+        Some(json!({"token": t, "email": "asha@asha.test", "name": "Asha", "password": DEMO_PASSWORD}))).await;
+    assert_eq!(joined.json()["new_account"], false, "{}", joined.text());
+    let asha_here = login(addr, "asha@asha.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&asha_here), None)
+            .await
+            .json()["role"],
+        "viewer"
+    );
+    app.running.stop().await.unwrap();
+}

@@ -25,6 +25,7 @@ pub mod agents;
 pub mod audit;
 pub mod customers;
 pub mod dashboard;
+pub mod invitations;
 pub mod openapi;
 pub mod payments;
 pub mod policies;
@@ -74,6 +75,11 @@ pub fn router(state: AppState) -> Router {
             .route("/commissions", get(payments::commissions))
             .route("/commissions/{id}/pay", post(payments::pay_commission))
             .route("/dashboard", get(dashboard::dashboard))
+            .route("/invitations", post(invitations::invite))
+            .route(
+                "/settings/password-policy",
+                axum::routing::put(invitations::set_password_policy),
+            )
             .route("/usage", get(tenant::usage))
             .route("/export", get(tenant::export))
             .route("/plan", post(tenant::change_plan))
@@ -95,6 +101,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))
         .route("/auth/login", post(session::login))
+        .route("/invitations/accept", post(invitations::accept))
         .merge(tenant_routes)
         .layer(axum::middleware::from_fn_with_state(
             state.sessions.clone(),

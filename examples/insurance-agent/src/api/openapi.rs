@@ -5,7 +5,9 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, audit, customers, dashboard, payments, policies, session, tenant};
+use super::{
+    agents, audit, customers, dashboard, invitations, payments, policies, session, tenant,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -39,6 +41,9 @@ use super::{agents, audit, customers, dashboard, payments, policies, session, te
         payments::commissions,
         payments::pay_commission,
         dashboard::dashboard,
+        invitations::invite,
+        invitations::accept,
+        invitations::set_password_policy,
         tenant::usage,
         tenant::change_plan,
         tenant::data_access,

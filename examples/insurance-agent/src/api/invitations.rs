@@ -1,0 +1,273 @@
+//! Inviting people into a tenant, and accepting an invitation — which
+//! creates the account (under the tenant's password policy) if needed.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use tenancy_core::audit::AuditEvent;
+use tenancy_core::invite::{Invitations, InviteError, parse_token};
+use tenancy_core::problem::Problem;
+use tenancy_core::{Role, TenantContext, UserId};
+
+use super::{ApiError, AppState, Body, Caller};
+use crate::auth::{PasswordPolicy, verify_password};
+use crate::id::Id;
+
+fn invitations(state: &AppState) -> Invitations {
+    Invitations::new(
+        Arc::new(state.data.invitations()),
+        Arc::new(state.data.memberships()),
+    )
+}
+
+impl From<InviteError> for ApiError {
+    fn from(e: InviteError) -> Self {
+        let code = match &e {
+            InviteError::Malformed | InviteError::Invalid(_) => "app.invitation-invalid",
+            InviteError::WrongTenant => "app.invitation-wrong-tenant",
+            InviteError::NotFound => "app.invitation-unknown",
+            InviteError::AlreadyUsed => "app.invitation-used",
+            InviteError::Expired(_) => "app.invitation-expired",
+            _ => return ApiError::internal(e.to_string()),
+        };
+        Self(Box::new(Problem::new(
+            e.status(),
+            code,
+            "Invitation refused",
+            e.to_string(),
+        )))
+    }
+}
+
+/// Who to invite.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewInvitation {
+    /// Their email.
+    pub email: String,
+    /// Their role: `agent`, `manager`, `tenant_admin` or `viewer`.
+    pub role: String,
+    /// Hours the invitation stays valid (1–720, default 72).
+    pub valid_hours: Option<i64>,
+}
+
+/// An issued invitation. The token is shown once (send it by email); only
+/// its hash is stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IssuedInvitation {
+    /// Invitation id.
+    pub id: Id,
+    /// The token to send.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn role_from_name(name: &str) -> Result<Role, ApiError> {
+    match name {
+        "tenant_admin" => Ok(Role::Admin),
+        "manager" => Ok(Role::Manager),
+        "agent" => Ok(Role::Member),
+        "viewer" => Ok(Role::Viewer),
+        other => Err(ApiError::invalid(format!(
+            "role {other:?}: use agent, manager, tenant_admin or viewer"
+        ))),
+    }
+}
+
+/// Invites someone (tenant admins any role; managers agents and viewers).
+#[utoipa::path(post, path = "/invitations", request_body = NewInvitation,
+    responses((status = 201, body = IssuedInvitation), (status = 400), (status = 403), (status = 422)),
+    security(("bearer" = [])))]
+pub async fn invite(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(req): Body<NewInvitation>,
+) -> Result<(http::StatusCode, Json<IssuedInvitation>), ApiError> {
+    let role = role_from_name(&req.role)?;
+    let allowed = match caller.role {
+        Role::Admin => true,
+        Role::Manager => matches!(role, Role::Member | Role::Viewer),
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::forbidden("you may not invite with this role"));
+    }
+    let hours = req.valid_hours.unwrap_or(72);
+    if !(1..=720).contains(&hours) {
+        return Err(ApiError::invalid("valid_hours must be between 1 and 720"));
+    }
+    let (inv, token) = invitations(&state)
+        .invite(
+            caller.ctx.tenant_id(),
+            &req.email,
+            role,
+            &caller.user,
+            chrono::Duration::hours(hours),
+        )
+        .await?;
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            AuditEvent::from_context(&caller.ctx, "invite", "invitations")
+                .with_resource_id(inv.id)
+                .with_details(serde_json::json!({"role": super::session::role_name(role)})),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((
+        http::StatusCode::CREATED,
+        Json(IssuedInvitation {
+            id: Id(inv.id),
+            token: token.expose().to_owned(),
+            expires_at: inv.expires_at,
+        }),
+    ))
+}
+
+/// Accepting an invitation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct Acceptance {
+    /// The token from the invitation.
+    pub token: String,
+    /// The invited email (must match the invitation).
+    pub email: String,
+    /// Display name (for a new account).
+    pub name: String,
+    /// A new account's password (checked against the tenant's policy), or
+    /// an existing account's current password.
+    pub password: String,
+}
+
+/// The membership created.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// The tenant joined.
+    pub tenant: String,
+    /// The role.
+    pub role: String,
+    /// Whether a new account was created.
+    pub new_account: bool,
+}
+
+/// Accepts an invitation (public: the token names the tenant).
+#[utoipa::path(post, path = "/invitations/accept", request_body = Acceptance,
+    responses((status = 200, body = Accepted), (status = 400), (status = 401), (status = 404),
+              (status = 409), (status = 410), (status = 422)))]
+pub async fn accept(
+    State(state): State<AppState>,
+    Body(req): Body<Acceptance>,
+) -> Result<Json<Accepted>, ApiError> {
+    let (tenant_id, hash) = parse_token(&req.token)?;
+    let tenant = state
+        .data
+        .tenant(tenant_id)
+        .await?
+        .ok_or(InviteError::NotFound)?;
+    let invitation = state
+        .data
+        .invitation(tenant_id, &hash)
+        .await?
+        .ok_or(InviteError::NotFound)?;
+    let email = req.email.trim().to_lowercase();
+    if invitation.email != email {
+        return Err(ApiError::forbidden(
+            "this invitation was sent to another email address",
+        ));
+    }
+    if req.name.trim().is_empty() {
+        return Err(ApiError::invalid("name must not be empty"));
+    }
+    let existing: Option<(String, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(&email)
+            .fetch_optional(state.data.control())
+            .await?;
+    let (user, new_account) = match existing {
+        Some((id, hash)) => {
+            if !verify_password(&hash, &req.password) {
+                return Err(ApiError::unauthorized(
+                    "wrong password for the existing account",
+                ));
+            }
+            (id, false)
+        }
+        None => {
+            PasswordPolicy::of(&tenant.settings)?
+                .check(&req.password)
+                .map_err(|broken| {
+                    ApiError::invalid(format!("the password needs {}", broken.join(", ")))
+                })?;
+            (
+                crate::seed::ensure_user(&state.data, &email, req.name.trim(), &req.password)
+                    .await?,
+                true,
+            )
+        }
+    };
+    let membership = invitations(&state)
+        .accept(tenant_id, &req.token, &UserId::new(user.clone()))
+        .await?;
+    let ctx = TenantContext::new((*tenant).clone());
+    let mut tx = state.data.begin_write(&ctx).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            AuditEvent::user(tenant_id, &user, "accept", "invitations")
+                .with_resource_id(invitation.id),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(Json(Accepted {
+        tenant: tenant.slug.to_string(),
+        role: super::session::role_name(membership.role).to_owned(),
+        new_account,
+    }))
+}
+
+/// Sets the tenant's password policy (tenant admins).
+#[utoipa::path(put, path = "/settings/password-policy", request_body = PasswordPolicy,
+    responses((status = 200, body = PasswordPolicy), (status = 403), (status = 422)), security(("bearer" = [])))]
+pub async fn set_password_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(policy): Body<PasswordPolicy>,
+) -> Result<Json<PasswordPolicy>, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "only tenant admins change the password policy",
+        ));
+    }
+    if !(8..=128).contains(&policy.min_length) {
+        return Err(ApiError::invalid("min_length must be between 8 and 128"));
+    }
+    let mut tenant = caller.ctx.tenant().clone();
+    let mut settings = match tenant.settings.clone() {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    settings.insert(
+        "password_policy".to_owned(),
+        serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    tenant.settings = serde_json::Value::Object(settings);
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            AuditEvent::from_context(&caller.ctx, tenancy_core::audit::Action::UPDATE, "settings")
+                .with_fields(["password_policy"]),
+        )
+        .await?;
+    tx.commit().await?;
+    state.data.save_tenant(&tenant).await?;
+    Ok(Json(policy))
+}
