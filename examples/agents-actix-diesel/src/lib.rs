@@ -1,0 +1,378 @@
+//! # agents-actix-diesel
+//!
+//! The smaller tenancy-rs example: the agents and customers of the
+//! insurance domain on PostgreSQL, served by **actix-web** through
+//! `tenancy-actix` and stored through **tenancy-diesel** (diesel-async):
+//!
+//! - `TenantMiddleware` runs the tenant pipeline (here: the tenant named by
+//!   the `X-Tenant-ID` header, looked up in a store, status-gated) and puts
+//!   the `TenantContext` in the request;
+//! - every handler reaches data through
+//!   `AsyncTenantPool::transaction_for(&ctx, ..)` — `BEGIN; SET LOCAL
+//!   app.tenant_id` in one message — so row-level security confines every
+//!   query, and the query DSL's `for_tenant` keeps them index-friendly;
+//! - inserts are stamped with the transaction's tenant (`dsl::stamped`), and
+//!   a row claiming another tenant is refused before any SQL
+//!   (`dsl::verified`, 403).
+//!
+//! Tables live in schema `agents_actix`; `migrate` creates them as the
+//! owner, applies the row-level security DDL and grants the application role.
+#![forbid(unsafe_code)]
+#![allow(missing_docs)] // diesel::table! items
+
+use actix_web::{HttpResponse, ResponseError, web};
+use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable, SelectableHelper};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use serde::{Deserialize, Serialize};
+use tenancy_actix::Tenant;
+use tenancy_core::problem::{CONTENT_TYPE, Problem};
+use tenancy_core::{TenantId, TenantScoped};
+use tenancy_diesel::AsyncTenantPool;
+use tenancy_diesel::dsl::{Stamp, TenantScopedTable, stamped, verified};
+use tenancy_diesel::rls::TenantTable;
+use uuid::Uuid;
+
+diesel::table! {
+    agents_actix.agents (tenant_id, id) {
+        tenant_id -> Uuid,
+        id -> Uuid,
+        agent_code -> Text,
+        name -> Text,
+    }
+}
+
+diesel::table! {
+    agents_actix.customers (tenant_id, id) {
+        tenant_id -> Uuid,
+        id -> Uuid,
+        agent_id -> Uuid,
+        first_name -> Text,
+        last_name -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(agents, customers);
+tenancy_diesel::tenant_table!(agents);
+tenancy_diesel::tenant_table!(customers);
+
+/// The schema, as the owner: tables, then row-level security (enabled,
+/// forced, one policy) and grants for `app_role`. Idempotent.
+pub async fn migrate(owner_url: &str, app_role: &str) -> Result<(), AppError> {
+    let mut conn = AsyncPgConnection::establish(owner_url)
+        .await
+        .map_err(AppError::internal)?;
+    conn.batch_execute(&format!(
+        "SELECT pg_advisory_lock(hashtext('agents_actix.migrate'));
+         CREATE SCHEMA IF NOT EXISTS agents_actix;
+         GRANT USAGE ON SCHEMA agents_actix TO \"{app_role}\";
+         CREATE TABLE IF NOT EXISTS agents_actix.agents (
+             tenant_id uuid NOT NULL, id uuid NOT NULL, agent_code text NOT NULL, name text NOT NULL,
+             PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, agent_code));
+         CREATE TABLE IF NOT EXISTS agents_actix.customers (
+             tenant_id uuid NOT NULL, id uuid NOT NULL, agent_id uuid NOT NULL,
+             first_name text NOT NULL, last_name text NOT NULL,
+             PRIMARY KEY (tenant_id, id),
+             FOREIGN KEY (tenant_id, agent_id) REFERENCES agents_actix.agents (tenant_id, id));"
+    ))
+    .await
+    .map_err(AppError::internal)?;
+    for (table, index) in [("agents", "id"), ("customers", "agent_id")] {
+        let ddl = TenantTable::new(table)
+            .schema("agents_actix")
+            .index_on([index])
+            .grant_to(app_role);
+        tenancy_diesel::rls::apply_async(&mut conn, &ddl)
+            .await
+            .map_err(AppError::internal)?;
+    }
+    conn.batch_execute("SELECT pg_advisory_unlock(hashtext('agents_actix.migrate'))")
+        .await
+        .map_err(AppError::internal)?;
+    Ok(())
+}
+
+/// An agent.
+#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[diesel(table_name = agents)]
+pub struct Agent {
+    #[serde(skip)]
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+    pub agent_code: String,
+    pub name: String,
+}
+
+/// A new agent (the tenant is stamped from the transaction's context).
+#[derive(Debug, Deserialize, Insertable)]
+#[diesel(table_name = agents)]
+pub struct NewAgent {
+    #[serde(skip)]
+    pub tenant_id: Uuid,
+    #[serde(skip, default = "Uuid::new_v4")]
+    pub id: Uuid,
+    pub agent_code: String,
+    pub name: String,
+}
+
+impl Stamp for NewAgent {
+    fn stamp(&mut self, tenant: TenantId) {
+        self.tenant_id = tenant.as_uuid();
+    }
+}
+
+/// A customer.
+#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[diesel(table_name = customers)]
+pub struct Customer {
+    #[serde(skip)]
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// A new customer as sent. `tenant_id` may be given (imports): it must then
+/// be the caller's tenant, or the write guard refuses it (403) before any SQL.
+#[derive(Debug, Deserialize)]
+pub struct CustomerBody {
+    pub tenant_id: Option<Uuid>,
+    pub agent_id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// A new customer as stored.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = customers)]
+pub struct NewCustomer {
+    pub tenant_id: Uuid,
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// The tenant a request body claims.
+struct Claim(TenantId);
+
+impl TenantScoped for Claim {
+    fn tenant_id(&self) -> TenantId {
+        self.0
+    }
+}
+
+/// Errors as problem+json.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Nothing visible with that id.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    /// Malformed request (a path id that is not a UUID).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Input that breaks a rule (empty field, duplicate code, unknown reference).
+    #[error("{0}")]
+    Invalid(String),
+    /// A tenancy refusal (write guard, pool, database).
+    #[error(transparent)]
+    Tenancy(#[from] tenancy_diesel::Error),
+    /// Anything else (logged, not shown).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "request failed");
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        match e {
+            diesel::result::Error::NotFound => Self::NotFound("record"),
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation
+                | diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+                info,
+            ) => Self::Invalid(info.message().to_owned()),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl ResponseError for AppError {
+    fn error_response(&self) -> HttpResponse {
+        let p = match self {
+            Self::NotFound(what) => {
+                Problem::new(404, "app.not-found", "Not found", format!("no such {what}"))
+            }
+            Self::BadRequest(d) => Problem::new(400, "app.bad-request", "Bad request", d.clone()),
+            Self::Invalid(d) => Problem::new(422, "app.invalid", "Invalid input", d.clone()),
+            Self::Tenancy(e) => Problem::new(
+                e.status(),
+                if e.status() == 403 {
+                    "tenant-mismatch"
+                } else {
+                    "app.internal"
+                },
+                if e.status() == 403 {
+                    "Forbidden"
+                } else {
+                    "Internal error"
+                },
+                if e.status() == 403 {
+                    e.to_string()
+                } else {
+                    "the request failed; the error was logged".into()
+                },
+            ),
+            Self::Internal(_) => Problem::new(
+                500,
+                "app.internal",
+                "Internal error",
+                "the request failed; the error was logged",
+            ),
+        };
+        HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(p.status)
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .content_type(CONTENT_TYPE)
+        .body(p.to_json().to_string())
+    }
+}
+
+/// `GET /agents`: the tenant's agents.
+pub async fn list_agents(
+    Tenant(ctx): Tenant,
+    db: web::Data<AsyncTenantPool>,
+) -> Result<web::Json<Vec<Agent>>, AppError> {
+    let rows = db
+        .transaction_for(&ctx, async |conn| {
+            agents::table
+                .for_tenant(&ctx)
+                .order(agents::agent_code)
+                .select(Agent::as_select())
+                .load(conn)
+                .await
+                .map_err(AppError::from)
+        })
+        .await?;
+    Ok(web::Json(rows))
+}
+
+/// `POST /agents`.
+pub async fn create_agent(
+    Tenant(ctx): Tenant,
+    db: web::Data<AsyncTenantPool>,
+    body: web::Json<NewAgent>,
+) -> Result<HttpResponse, AppError> {
+    let new = stamped(&ctx, vec![body.into_inner()]);
+    if new
+        .iter()
+        .any(|a| a.agent_code.trim().is_empty() || a.name.trim().is_empty())
+    {
+        return Err(AppError::Invalid(
+            "agent_code and name must not be empty".into(),
+        ));
+    }
+    let id = new[0].id;
+    db.transaction_for(&ctx, async |conn| {
+        diesel::insert_into(agents::table)
+            .values(&new)
+            .execute(conn)
+            .await
+            .map_err(AppError::from)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({ "id": id })))
+}
+
+/// `GET /customers`.
+pub async fn list_customers(
+    Tenant(ctx): Tenant,
+    db: web::Data<AsyncTenantPool>,
+) -> Result<web::Json<Vec<Customer>>, AppError> {
+    let rows = db
+        .transaction_for(&ctx, async |conn| {
+            customers::table
+                .for_tenant(&ctx)
+                .order((customers::last_name, customers::first_name))
+                .select(Customer::as_select())
+                .load(conn)
+                .await
+                .map_err(AppError::from)
+        })
+        .await?;
+    Ok(web::Json(rows))
+}
+
+/// `GET /customers/{id}` (404 for another tenant's id).
+pub async fn get_customer(
+    Tenant(ctx): Tenant,
+    db: web::Data<AsyncTenantPool>,
+    path: web::Path<String>,
+) -> Result<web::Json<Customer>, AppError> {
+    let id: Uuid = path
+        .parse()
+        .map_err(|_| AppError::BadRequest("the id is not a UUID".into()))?;
+    let row = db
+        .transaction_for(&ctx, async |conn| {
+            customers::table
+                .for_tenant(&ctx)
+                .filter(customers::id.eq(id))
+                .select(Customer::as_select())
+                .first(conn)
+                .await
+                .map_err(AppError::from)
+        })
+        .await
+        .map_err(|e| match e {
+            AppError::NotFound(_) => AppError::NotFound("customer"),
+            other => other,
+        })?;
+    Ok(web::Json(row))
+}
+
+/// `POST /customers`: stamped with the caller's tenant unless the body names
+/// one, which must then be the caller's (403 otherwise, before any SQL).
+pub async fn create_customer(
+    Tenant(ctx): Tenant,
+    db: web::Data<AsyncTenantPool>,
+    body: web::Json<CustomerBody>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    if let Some(t) = body.tenant_id {
+        let claimed = TenantId::from_uuid(t).map_err(|e| AppError::Invalid(e.to_string()))?;
+        verified(&ctx, &[Claim(claimed)])?;
+    }
+    let rows = [NewCustomer {
+        tenant_id: ctx.tenant_id().as_uuid(),
+        id: Uuid::new_v4(),
+        agent_id: body.agent_id,
+        first_name: body.first_name,
+        last_name: body.last_name,
+    }];
+    let id = rows[0].id;
+    db.transaction_for(&ctx, async |conn| {
+        diesel::insert_into(customers::table)
+            .values(&rows[..])
+            .execute(conn)
+            .await
+            .map_err(AppError::from)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({ "id": id })))
+}
+
+/// The routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/agents", web::get().to(list_agents))
+        .route("/agents", web::post().to(create_agent))
+        .route("/customers", web::get().to(list_customers))
+        .route("/customers", web::post().to(create_customer))
+        .route("/customers/{id}", web::get().to(get_customer));
+}
