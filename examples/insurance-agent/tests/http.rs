@@ -1362,3 +1362,63 @@ async fn invitations_enforce_the_tenants_password_policy_and_are_single_use() {
     );
     app.running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_admins_administer_its_regional_office_and_no_further() {
+    let app = start().await;
+    let addr = app.running.addr;
+    // The provider's admin signs in to its child tenant as a tenant admin.
+    let parent_admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let in_child = login(addr, "admin@sunrise.test", "sunrise-north").await;
+    let me = call(addr, "GET", "/me", Some(&in_child), None).await.json();
+    assert_eq!(
+        (me["tenant"].as_str(), me["role"].as_str()),
+        (Some("sunrise-north"), Some("tenant_admin"))
+    );
+    let r = call(
+        addr,
+        "POST",
+        "/agents",
+        Some(&in_child),
+        Some(new_agent("N1")),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The child's data stays the child's: not visible from the parent.
+    let parent_agents = call(addr, "GET", "/agents", Some(&parent_admin), None)
+        .await
+        .json();
+    assert!(
+        parent_agents["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["agent_code"] != "N1")
+    );
+    // An agent of the provider gets nothing in the child; the child's admin nothing in the parent.
+    let refused = |email: &str, tenant: &str| json!({"email": email, "password": DEMO_PASSWORD, "tenant": tenant});
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(refused("agent@sunrise.test", "sunrise-north")),
+    )
+    .await;
+    assert_problem(&r, 401, "app.unauthorized");
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(refused("admin@north.sunrise.test", "sunrise-insurance")),
+    )
+    .await;
+    assert_problem(&r, 401, "app.unauthorized");
+    // A token for the child used with the parent's data is the child's view only.
+    let north_only = call(addr, "GET", "/agents", Some(&in_child), None)
+        .await
+        .json();
+    assert_eq!(north_only["total"], 1);
+    app.running.stop().await.unwrap();
+}

@@ -53,10 +53,7 @@ pub fn router(state: AppState) -> Router {
         ResolverChain::new().with(JwtStrategy::hs256(state.sessions.secret())),
         state.data.store(),
     )
-    .require_membership(Arc::new(Authorizer::new(
-        Arc::new(state.data.memberships()),
-        state.data.store(),
-    )))
+    .require_membership(Arc::new(authorizer(&state)))
     .with_plans(state.plans.clone())
     .with_rate_limit(state.quota.clone(), "api_calls");
     let tenant_routes =
@@ -108,6 +105,19 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .with_state(state)
+}
+
+/// Who may act in a tenant: its members, and the tenant admins of its
+/// parent (an insurance provider administering its regional offices), as
+/// tenant admins there.
+pub fn authorizer(state: &AppState) -> Authorizer {
+    Authorizer::new(Arc::new(state.data.memberships()), state.data.store()).with_hierarchy(
+        tenancy_core::HierarchyRule::Inherit {
+            min_role: Role::Admin,
+            max_depth: 1,
+            cap: Role::Admin,
+        },
+    )
 }
 
 /// Liveness.

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tenancy_core::store::TenantStore;
-use tenancy_core::{MembershipStore, Role, TenantSlug, UserId};
+use tenancy_core::{Role, TenantSlug, UserId};
 
 use super::{ApiError, AppState, Body, Caller};
 use crate::auth::verify_password;
@@ -66,14 +66,12 @@ pub async fn login(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(refused)?;
-    let membership = state
-        .data
-        .memberships()
-        .membership(&UserId::new(user_id.clone()), tenant.id)
+    // Direct members, and the parent's tenant admins for a child tenant.
+    let actor = super::authorizer(&state)
+        .actor(&UserId::new(user_id.clone()), &tenant)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(refused)?;
-    let token = state.sessions.issue(&user_id, tenant.id, membership.role)?;
+        .map_err(|_| refused())?;
+    let token = state.sessions.issue(&user_id, tenant.id, actor.role)?;
     // Sign-ins are recorded in the tenant's own audit log.
     let ctx = tenancy_core::TenantContext::new((*tenant).clone());
     let mut tx = state.data.begin_write(&ctx).await?;
@@ -95,7 +93,7 @@ pub async fn login(
     Ok(Json(LoginResponse {
         token,
         tenant_id: tenant.id.into(),
-        role: membership.role.as_str().to_owned(),
+        role: actor.role.as_str().to_owned(),
         expires_in: crate::auth::TOKEN_TTL_SECS,
     }))
 }
