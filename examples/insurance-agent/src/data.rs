@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use tenancy_core::audit::AuditEvent;
+use tenancy_core::audit::chain::ChainReport;
 use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
 use tenancy_core::store::{CachedStore, TenantStore};
 use tenancy_core::{Placement, Tenant, TenantContext, TenantId};
@@ -15,6 +18,7 @@ use tenancy_sqlx::sqlite::{
     SqliteTenantTx, guard_table_sql,
 };
 use tenancy_sqlx::tenant_migrate::{TenantMigration, TenantMigrator};
+use tenancy_sqlx::{AuditPage, AuditQuery};
 
 /// The tables of a tenant file that carry `tenant_id`.
 pub const TENANT_TABLES: [&str; 5] = ["agents", "customers", "policies", "payments", "commissions"];
@@ -43,6 +47,140 @@ pub fn migrator() -> TenantMigrator {
     }
 }
 
+/// A tenant transaction on whichever backend serves the tenant: the one
+/// door to tenant data. Run queries on it with [`on!`](crate::on).
+pub enum Tx {
+    /// A transaction on the tenant's own SQLite file.
+    Sqlite(SqliteTenantTx),
+    /// A PostgreSQL transaction with `app.tenant_id` set (row-level security).
+    Postgres(tenancy_sqlx::TenantTx),
+}
+
+impl Tx {
+    /// Itself (lets [`on!`](crate::on) take a `Tx` or a `&mut Tx` alike).
+    pub fn tx(&mut self) -> &mut Tx {
+        self
+    }
+
+    /// The tenant the transaction is bound to.
+    pub fn tenant_id(&self) -> TenantId {
+        match self {
+            Tx::Sqlite(t) => t.tenant_id(),
+            Tx::Postgres(t) => t.tenant_id(),
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+}
+
+/// Runs an sqlx query on a [`Tx`], whatever its backend:
+/// `on!(tx, sqlx::query_as("…").bind(x), fetch_all)`. The query text must
+/// be valid on both backends (`$1` parameters, `TRUE`/`FALSE`, standard
+/// casts); binds and row types must encode and decode on both (see
+/// [`crate::id::Id`]).
+///
+/// `execute` returns the number of rows affected (the backends' own result
+/// types differ).
+#[macro_export]
+macro_rules! on {
+    ($tx:ident, $query:expr, execute) => {
+        match $tx.tx() {
+            $crate::data::Tx::Sqlite(t) => {
+                $query.execute(&mut **t).await.map(|r| r.rows_affected())
+            }
+            $crate::data::Tx::Postgres(t) => {
+                $query.execute(&mut **t).await.map(|r| r.rows_affected())
+            }
+        }
+    };
+    ($tx:ident, $query:expr, $method:ident) => {
+        match $tx.tx() {
+            $crate::data::Tx::Sqlite(t) => $query.$method(&mut **t).await,
+            $crate::data::Tx::Postgres(t) => $query.$method(&mut **t).await,
+        }
+    };
+}
+
+/// The tenant audit log of the backend in use.
+#[derive(Clone, Debug)]
+pub enum AuditLog {
+    /// Inside each tenant file.
+    Sqlite(SqliteAuditLog),
+    /// In `tenancy.audit_log` under row-level security.
+    Postgres(Box<tenancy_sqlx::PgAuditLog>),
+}
+
+fn mismatch(tx: &Tx) -> DbError {
+    DbError::Placement {
+        tenant: tx.tenant_id(),
+        reason: "the audit log and the transaction are on different backends".into(),
+    }
+}
+
+impl AuditLog {
+    /// Appends `event` in `tx` (it commits or rolls back with the change).
+    pub async fn append(&self, tx: &mut Tx, event: AuditEvent) -> Result<u64, DbError> {
+        match (self, tx) {
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.append(t, event).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => log.append(t, event).await,
+            (_, tx) => Err(mismatch(tx)),
+        }
+    }
+
+    /// Verifies the tenant's chain.
+    pub async fn verify_chain(&self, tx: &mut Tx) -> Result<ChainReport, DbError> {
+        match (self, tx) {
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.verify_chain(t).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => log.verify_chain(t.tenant_id()).await,
+            (_, tx) => Err(mismatch(tx)),
+        }
+    }
+
+    /// One page of events matching `q`, newest first.
+    pub async fn query(&self, tx: &mut Tx, q: &AuditQuery) -> Result<AuditPage, DbError> {
+        match (self, tx) {
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.query(t, q).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => log.query(t.tenant_id(), q).await,
+            (_, tx) => Err(mismatch(tx)),
+        }
+    }
+
+    /// Every event since `since`, oldest first.
+    pub async fn since(
+        &self,
+        tx: &mut Tx,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(u64, AuditEvent)>, DbError> {
+        match (self, tx) {
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.since(t, since).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => {
+                let tenant = t.tenant_id();
+                let mut out = Vec::new();
+                let mut q = AuditQuery::new()
+                    .between(since, Utc::now() + chrono::Duration::seconds(1))
+                    .limit(1000);
+                loop {
+                    let page = log.query(tenant, &q).await?;
+                    out.extend(page.events);
+                    match page.next {
+                        Some(n) => q = q.before(n),
+                        None => break,
+                    }
+                }
+                out.reverse();
+                Ok(out)
+            }
+            (_, tx) => Err(mismatch(tx)),
+        }
+    }
+}
+
 /// The data layer.
 #[derive(Clone)]
 pub struct Data {
@@ -52,7 +190,7 @@ pub struct Data {
     store: Arc<CachedStore<SqliteTenantStore>>,
     migrator: TenantMigrator,
     keyring: Arc<Keyring>,
-    audit: SqliteAuditLog,
+    audit: AuditLog,
 }
 
 /// A 32-byte secret kept in `dir/name`, created (random, owner-only) on
@@ -117,7 +255,7 @@ impl Data {
         let provider = LocalKeyProvider::persistent(master, dir.join("keks.json"))
             .map_err(|e| DbError::Export(e.to_string()))?;
         let keyring = Keyring::new(Arc::new(provider), Arc::new(control.keys()));
-        let audit = SqliteAuditLog::new(secret_file(dir, "audit.key")?);
+        let audit = AuditLog::Sqlite(SqliteAuditLog::new(secret_file(dir, "audit.key")?));
         Ok(Self {
             dir: dir.to_owned(),
             store: Arc::new(CachedStore::new(control.tenants())),
@@ -134,8 +272,8 @@ impl Data {
         &self.keyring
     }
 
-    /// The audit log (inside each tenant file).
-    pub fn audit(&self) -> &SqliteAuditLog {
+    /// The tenant audit log.
+    pub fn audit(&self) -> &AuditLog {
         &self.audit
     }
 
@@ -145,13 +283,14 @@ impl Data {
     }
 
     /// The one door to tenant data.
-    pub async fn begin(&self, ctx: &TenantContext) -> Result<SqliteTenantTx, DbError> {
-        self.tenants.begin(ctx).await
+    pub async fn begin(&self, ctx: &TenantContext) -> Result<Tx, DbError> {
+        Ok(Tx::Sqlite(self.tenants.begin(ctx).await?))
     }
 
-    /// [`Data::begin`] holding the tenant file's write lock from the start.
-    pub async fn begin_write(&self, ctx: &TenantContext) -> Result<SqliteTenantTx, DbError> {
-        self.tenants.begin_immediate(ctx).await
+    /// [`Data::begin`] for a transaction that will write: on SQLite it holds
+    /// the tenant file's write lock from the start.
+    pub async fn begin_write(&self, ctx: &TenantContext) -> Result<Tx, DbError> {
+        Ok(Tx::Sqlite(self.tenants.begin_immediate(ctx).await?))
     }
 
     /// The file of `tenant`.

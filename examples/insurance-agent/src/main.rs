@@ -291,7 +291,7 @@ async fn report(data_dir: &std::path::Path, command: ReportCommand) -> Result<()
                 t.plan.as_ref().map_or("-", PlanId::as_str)
             );
             for (resource, sql) in insurance_agent::api::STOCK {
-                let used: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+                let used: i64 = insurance_agent::on!(tx, sqlx::query_scalar(sql), fetch_one)?;
                 let limit = e.as_ref().and_then(|e| e.stock_limit(resource));
                 println!(
                     "  {resource:<10} {used:>8} of {}",

@@ -12,7 +12,7 @@ use tenancy_core::{Tenant, TenantContext, TenantStatus, UserId};
 
 use crate::api::ApiError;
 use crate::api::customers::Customer;
-use crate::data::{Data, TENANT_TABLES};
+use crate::data::{Data, TENANT_TABLES, Tx};
 use crate::sensitive;
 
 /// Rows written per table.
@@ -32,12 +32,14 @@ pub async fn export_rows(
     let mut total = 0u64;
     for table in TENANT_TABLES {
         let rows: Vec<Value> = if table == "customers" {
-            let customers: Vec<Customer> = sqlx::query_as(&format!(
-                "SELECT {} FROM customers ORDER BY id",
-                crate::api::customers::COLUMNS
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
+            let customers: Vec<Customer> = crate::on!(
+                tx,
+                sqlx::query_as(&format!(
+                    "SELECT {} FROM customers ORDER BY id",
+                    crate::api::customers::COLUMNS
+                )),
+                fetch_all
+            )?;
             let mut rows = Vec::with_capacity(customers.len());
             for mut c in customers {
                 c.sensitive = sensitive::open(data, tenant.id, c.id, &c.sealed).await?;
@@ -45,21 +47,34 @@ pub async fn export_rows(
             }
             rows
         } else {
-            // json_object over every column, built from the table's own schema.
-            let cols: Vec<String> =
-                sqlx::query_scalar(&format!("SELECT name FROM pragma_table_info('{table}')"))
-                    .fetch_all(&mut *tx)
+            // Each row as a JSON object, in each backend's own way.
+            let texts: Vec<String> = match tx.tx() {
+                Tx::Sqlite(t) => {
+                    // json_object over every column, from the table's own schema.
+                    let cols: Vec<String> = sqlx::query_scalar(&format!(
+                        "SELECT name FROM pragma_table_info('{table}')"
+                    ))
+                    .fetch_all(&mut **t)
                     .await?;
-            let pairs = cols
-                .iter()
-                .map(|c| format!("'{c}', \"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let texts: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT json_object({pairs}) FROM \"{table}\" ORDER BY id"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
+                    let pairs = cols
+                        .iter()
+                        .map(|c| format!("'{c}', \"{c}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    sqlx::query_scalar(&format!(
+                        "SELECT json_object({pairs}) FROM \"{table}\" ORDER BY id"
+                    ))
+                    .fetch_all(&mut **t)
+                    .await?
+                }
+                Tx::Postgres(t) => {
+                    sqlx::query_scalar(&format!(
+                        "SELECT row_to_json(r)::text FROM \"{table}\" r ORDER BY id"
+                    ))
+                    .fetch_all(&mut **t)
+                    .await?
+                }
+            };
             texts
                 .iter()
                 .map(|t| serde_json::from_str(t).map_err(|e| ApiError::internal(e.to_string())))

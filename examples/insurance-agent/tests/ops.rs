@@ -40,16 +40,18 @@ async fn export_then_offboard_then_purge_shreds_everything() {
     }
     // A ciphertext as stored, to check the shredding later.
     let mut tx = data.begin(&ctx).await.unwrap();
-    let (id, pan): (String, String) =
-        sqlx::query_as("SELECT id, pan_enc FROM customers WHERE pan_enc IS NOT NULL LIMIT 1")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    let exports: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM tenancy_audit_log WHERE action = 'export'")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
+    let (id, pan): (String, String) = insurance_agent::on!(
+        tx,
+        sqlx::query_as("SELECT id, pan_enc FROM customers WHERE pan_enc IS NOT NULL LIMIT 1"),
+        fetch_one
+    )
+    .unwrap();
+    let exports: i64 = insurance_agent::on!(
+        tx,
+        sqlx::query_scalar("SELECT count(*) FROM tenancy_audit_log WHERE action = 'export'"),
+        fetch_one
+    )
+    .unwrap();
     assert_eq!(exports, 1, "the export is audited");
     tx.commit().await.unwrap();
 

@@ -1,11 +1,11 @@
 //! Agents: the people who sell policies, with a senior → junior hierarchy.
 
+use crate::data::Tx;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tenancy_core::{Role, UserId};
-use tenancy_sqlx::sqlite::SqliteTenantTx;
 
 use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
 use crate::domain::ComplianceStatus;
@@ -74,21 +74,18 @@ pub struct NewAgent {
 }
 
 /// The agent record of `user` in the transaction's tenant.
-pub async fn agent_of(tx: &mut SqliteTenantTx, user: &UserId) -> Result<Option<Id>, ApiError> {
-    Ok(
-        sqlx::query_scalar("SELECT id FROM agents WHERE user_id = $1 AND active = 1")
-            .bind(user.as_str())
-            .fetch_optional(&mut **tx)
-            .await?,
-    )
+pub async fn agent_of(tx: &mut Tx, user: &UserId) -> Result<Option<Id>, ApiError> {
+    Ok(crate::on!(
+        tx,
+        sqlx::query_scalar("SELECT id FROM agents WHERE user_id = $1 AND active = TRUE")
+            .bind(user.as_str()),
+        fetch_optional
+    )?)
 }
 
 /// The agents `caller` may see: everyone for admins and viewers, a manager's
 /// team (themselves and everyone below them), an agent themselves.
-pub async fn visible_agents(
-    tx: &mut SqliteTenantTx,
-    caller: &Caller,
-) -> Result<Option<Vec<Id>>, ApiError> {
+pub async fn visible_agents(tx: &mut Tx, caller: &Caller) -> Result<Option<Vec<Id>>, ApiError> {
     match caller.role {
         Role::Admin | Role::Viewer => Ok(None),
         _ => {
@@ -96,14 +93,16 @@ pub async fn visible_agents(
                 return Ok(Some(Vec::new()));
             };
             if caller.role == Role::Manager {
-                let team: Vec<Id> = sqlx::query_scalar(
-                    "WITH RECURSIVE team(id) AS (SELECT $1 UNION \
+                let team: Vec<Id> = crate::on!(
+                    tx,
+                    sqlx::query_scalar(
+                        "WITH RECURSIVE team(id) AS (SELECT $1 UNION \
                      SELECT a.id FROM agents a JOIN team t ON a.manager_id = t.id) \
                      SELECT id FROM team",
-                )
-                .bind(me)
-                .fetch_all(&mut **tx)
-                .await?;
+                    )
+                    .bind(me),
+                    fetch_all
+                )?;
                 Ok(Some(team))
             } else {
                 Ok(Some(vec![me]))
@@ -118,26 +117,26 @@ pub async fn visible_agents(
 /// shared tenant-wide are readable by every member; viewers read shared
 /// records only.
 pub async fn reach(
-    tx: &mut SqliteTenantTx,
+    tx: &mut Tx,
     caller: &Caller,
     prefix: &str,
 ) -> Result<(String, String), ApiError> {
     Ok(match caller.role {
-        Role::Admin => ("1 = 1".to_owned(), "1 = 1".to_owned()),
+        Role::Admin => ("TRUE".to_owned(), "TRUE".to_owned()),
         Role::Manager | Role::Member => {
             let team = visible_agents(tx, caller).await?;
             let own = in_set(&format!("{prefix}agent_id"), team.as_deref());
-            (format!("({own} OR {prefix}shared = 1)"), own)
+            (format!("({own} OR {prefix}shared = TRUE)"), own)
         }
-        _ => (format!("{prefix}shared = 1"), "1 = 0".to_owned()),
+        _ => (format!("{prefix}shared = TRUE"), "FALSE".to_owned()),
     })
 }
 
 /// `id IN (...)` for a visibility set (`None` = no restriction).
 pub(crate) fn in_set(column: &str, set: Option<&[Id]>) -> String {
     match set {
-        None => "1 = 1".to_owned(),
-        Some([]) => "1 = 0".to_owned(),
+        None => "TRUE".to_owned(),
+        Some([]) => "FALSE".to_owned(),
         // Ids are parsed UUIDs: their text form is safe in SQL.
         Some(ids) => format!(
             "{column} IN ({})",
@@ -161,18 +160,18 @@ pub async fn list(
     let mut tx = state.data.begin(&caller.ctx).await?;
     let set = visible_agents(&mut tx, &caller).await?;
     let filter = in_set("id", set.as_deref());
-    let items: Vec<Agent> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM agents WHERE active = 1 AND {filter} ORDER BY agent_code LIMIT $1 OFFSET $2"
+    let items: Vec<Agent> = crate::on!(tx, sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM agents WHERE active = TRUE AND {filter} ORDER BY agent_code LIMIT $1 OFFSET $2"
     ))
     .bind(limit)
-    .bind(offset)
-    .fetch_all(&mut *tx)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM agents WHERE active = 1 AND {filter}"
-    ))
-    .fetch_one(&mut *tx)
-    .await?;
+    .bind(offset), fetch_all)?;
+    let total: i64 = crate::on!(
+        tx,
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM agents WHERE active = TRUE AND {filter}"
+        )),
+        fetch_one
+    )?;
     tx.commit().await?;
     Ok(Json(Page {
         items,
@@ -193,12 +192,14 @@ pub async fn get(
     let mut tx = state.data.begin(&caller.ctx).await?;
     let set = visible_agents(&mut tx, &caller).await?;
     let filter = in_set("id", set.as_deref());
-    let agent: Option<Agent> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM agents WHERE id = $1 AND {filter}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let agent: Option<Agent> = crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM agents WHERE id = $1 AND {filter}"
+        ))
+        .bind(id),
+        fetch_optional
+    )?;
     tx.commit().await?;
     agent.map(Json).ok_or_else(|| ApiError::not_found("agent"))
 }
@@ -276,10 +277,10 @@ pub async fn create(
 }
 
 /// Inserts `agent` (used by the API and the seeder).
-pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, agent: &Agent) -> Result<(), ApiError> {
-    let regions =
-        serde_json::to_string(&agent.regions).map_err(|e| ApiError::internal(e.to_string()))?;
-    sqlx::query(
+pub async fn insert(tx: &mut Tx, tenant: Id, agent: &Agent) -> Result<(), ApiError> {
+    // JSON: jsonb on PostgreSQL, text on SQLite.
+    let regions = sqlx::types::Json(&agent.regions);
+    crate::on!(tx, sqlx::query(
         "INSERT INTO agents (tenant_id, id, user_id, agent_code, name, licence_number, licence_expiry, \
          experience_years, business_name, regions, manager_id, compliance_status, active, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
@@ -297,8 +298,6 @@ pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, agent: &Agent) -> Resul
     .bind(agent.manager_id)
     .bind(agent.compliance_status.as_str())
     .bind(agent.active)
-    .bind(agent.created_at)
-    .execute(&mut **tx)
-    .await?;
+    .bind(agent.created_at), execute)?;
     Ok(())
 }

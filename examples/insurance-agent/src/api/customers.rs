@@ -2,12 +2,12 @@
 //! tenant admins; optionally shared tenant-wide (read-only); deactivated,
 //! never deleted.
 
+use crate::data::Tx;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tenancy_core::Role;
-use tenancy_sqlx::sqlite::SqliteTenantTx;
 
 use super::agents::{in_set, visible_agents};
 use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
@@ -126,7 +126,7 @@ pub struct CustomerFilter {
     pub phone: Option<String>,
 }
 
-async fn reach(tx: &mut SqliteTenantTx, caller: &Caller) -> Result<(String, String), ApiError> {
+async fn reach(tx: &mut Tx, caller: &Caller) -> Result<(String, String), ApiError> {
     super::agents::reach(tx, caller, "").await
 }
 
@@ -157,30 +157,31 @@ pub async fn list(
     let (read, _) = reach(&mut tx, &caller).await?;
     let stage = filter.stage.map(LifecycleStage::as_str);
     let where_ = format!(
-        "active = 1 AND {read} AND ($1 IS NULL OR lifecycle_stage = $1) \
+        "active = TRUE AND {read} AND ($1 IS NULL OR lifecycle_stage = $1) \
          AND ($4 IS NULL OR pan_index = $4) AND ($5 IS NULL OR phone_index = $5)"
     );
-    let mut items: Vec<Customer> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM customers WHERE {where_} ORDER BY last_name, first_name, id \
+    let mut items: Vec<Customer> = crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM customers WHERE {where_} ORDER BY last_name, first_name, id \
          LIMIT $2 OFFSET $3"
-    ))
-    .bind(stage)
-    .bind(limit)
-    .bind(offset)
-    .bind(&pan)
-    .bind(&phone)
-    .fetch_all(&mut *tx)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!(
+        ))
+        .bind(stage)
+        .bind(limit)
+        .bind(offset)
+        .bind(&pan)
+        .bind(&phone),
+        fetch_all
+    )?;
+    let total: i64 =
+        crate::on!(tx, sqlx::query_scalar(&format!(
         "SELECT count(*) FROM customers WHERE {where_} AND $2 IS NOT NULL AND $3 IS NOT NULL"
     ))
     .bind(stage)
     .bind(limit)
     .bind(offset)
     .bind(&pan)
-    .bind(&phone)
-    .fetch_one(&mut *tx)
-    .await?;
+    .bind(&phone), fetch_one)?;
     tx.commit().await?;
     for c in &mut items {
         c.sensitive = masked(&c.sealed);
@@ -193,17 +194,15 @@ pub async fn list(
     }))
 }
 
-async fn fetch(
-    tx: &mut SqliteTenantTx,
-    filter: &str,
-    id: Id,
-) -> Result<Option<Customer>, ApiError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM customers WHERE id = $1 AND active = 1 AND {filter}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?)
+async fn fetch(tx: &mut Tx, filter: &str, id: Id) -> Result<Option<Customer>, ApiError> {
+    Ok(crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM customers WHERE id = $1 AND active = TRUE AND {filter}"
+        ))
+        .bind(id),
+        fetch_optional
+    )?)
 }
 
 /// One customer (404 when not visible to the caller, or not in this tenant).
@@ -249,7 +248,7 @@ pub async fn get(
 /// Appends an audit event for a customer in the request's transaction.
 async fn audit(
     state: &AppState,
-    tx: &mut SqliteTenantTx,
+    tx: &mut Tx,
     caller: &Caller,
     action: &str,
     id: Id,
@@ -270,11 +269,7 @@ async fn audit(
 
 /// The agent a new or reassigned customer may belong to: within the
 /// caller's write reach.
-async fn owner_for(
-    tx: &mut SqliteTenantTx,
-    caller: &Caller,
-    wanted: Option<Id>,
-) -> Result<Id, ApiError> {
+async fn owner_for(tx: &mut Tx, caller: &Caller, wanted: Option<Id>) -> Result<Id, ApiError> {
     let mine = super::agents::agent_of(tx, &caller.user).await?;
     let Some(agent) = wanted.or(mine) else {
         return Err(ApiError::invalid(
@@ -287,12 +282,14 @@ async fn owner_for(
         _ => return Err(ApiError::forbidden("viewers cannot change customers")),
     };
     let allowed = in_set("id", team.as_deref());
-    let exists: Option<Id> = sqlx::query_scalar(&format!(
-        "SELECT id FROM agents WHERE id = $1 AND active = 1 AND {allowed}"
-    ))
-    .bind(agent)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let exists: Option<Id> = crate::on!(
+        tx,
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM agents WHERE id = $1 AND active = TRUE AND {allowed}"
+        ))
+        .bind(agent),
+        fetch_optional
+    )?;
     exists.ok_or_else(|| ApiError::not_found("agent"))
 }
 
@@ -349,12 +346,12 @@ pub async fn create(
 }
 
 /// Inserts `c` (used by the API and the seeder).
-pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, c: &Customer) -> Result<(), ApiError> {
-    sqlx::query(
+pub async fn insert(tx: &mut Tx, tenant: Id, c: &Customer) -> Result<(), ApiError> {
+    crate::on!(tx, sqlx::query(
         "INSERT INTO customers (tenant_id, id, agent_id, first_name, last_name, date_of_birth, email, \
          customer_type, risk_profile, lifecycle_stage, engagement_score, kyc_status, shared, active, created_at, \
          phone_enc, phone_index, pan_enc, pan_index, aadhaar_enc, bank_account_enc, medical_history_enc) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15, $16, $17, $18, $19, $20, $21)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, TRUE, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(tenant)
     .bind(c.id)
@@ -376,9 +373,7 @@ pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, c: &Customer) -> Result
     .bind(&c.sealed.pan_index)
     .bind(&c.sealed.aadhaar_enc)
     .bind(&c.sealed.bank_account_enc)
-    .bind(&c.sealed.medical_history_enc)
-    .execute(&mut **tx)
-    .await?;
+    .bind(&c.sealed.medical_history_enc), execute)?;
     Ok(())
 }
 
@@ -443,7 +438,7 @@ pub async fn update(
             c.sealed.medical_history_enc = s.medical_history_enc;
         }
     }
-    sqlx::query(
+    crate::on!(tx, sqlx::query(
         "UPDATE customers SET agent_id = $2, email = $3, risk_profile = $4, lifecycle_stage = $5, \
          engagement_score = $6, kyc_status = $7, shared = $8, phone_enc = $9, phone_index = $10, \
          pan_enc = $11, pan_index = $12, aadhaar_enc = $13, bank_account_enc = $14, \
@@ -463,9 +458,7 @@ pub async fn update(
     .bind(&c.sealed.pan_index)
     .bind(&c.sealed.aadhaar_enc)
     .bind(&c.sealed.bank_account_enc)
-    .bind(&c.sealed.medical_history_enc)
-    .execute(&mut *tx)
-    .await?;
+    .bind(&c.sealed.medical_history_enc), execute)?;
     audit(&state, &mut tx, &caller, Action::UPDATE, c.id, &fields).await?;
     tx.commit().await?;
     c.sensitive = masked(&c.sealed);
@@ -482,13 +475,15 @@ pub async fn deactivate(
 ) -> Result<http::StatusCode, ApiError> {
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     let (_, write) = reach(&mut tx, &caller).await?;
-    let done = sqlx::query(&format!(
-        "UPDATE customers SET active = 0 WHERE id = $1 AND active = 1 AND {write}"
-    ))
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    if done.rows_affected() == 0 {
+    let done = crate::on!(
+        tx,
+        sqlx::query(&format!(
+            "UPDATE customers SET active = FALSE WHERE id = $1 AND active = TRUE AND {write}"
+        ))
+        .bind(id),
+        execute
+    )?;
+    if done == 0 {
         return Err(ApiError::not_found("customer"));
     }
     audit(&state, &mut tx, &caller, Action::DELETE, id, &[]).await?;

@@ -46,32 +46,32 @@ pub async fn dashboard(
     // Owned records only: shared ones are someone else's business.
     let (_, own) = reach(&mut tx, &caller, "").await?;
     let (_, own_p) = reach(&mut tx, &caller, "p.").await?;
-    let active_customers: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM customers WHERE active = 1 AND lifecycle_stage = 'active' AND {own}"
-    ))
-    .fetch_one(&mut *tx)
-    .await?;
-    let revenue_30d_minor: i64 = sqlx::query_scalar(&format!(
-        "SELECT coalesce(sum(y.amount_minor), 0) FROM payments y JOIN policies p ON p.id = y.policy_id \
+    let active_customers: i64 = crate::on!(
+        tx,
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM customers WHERE active = TRUE AND lifecycle_stage = 'active' AND {own}"
+        )),
+        fetch_one
+    )?;
+    let revenue_30d_minor: i64 = crate::on!(tx, sqlx::query_scalar(&format!(
+        "SELECT CAST(coalesce(sum(y.amount_minor), 0) AS BIGINT) FROM payments y JOIN policies p ON p.id = y.policy_id \
          WHERE y.status = 'completed' AND y.currency = 'INR' AND y.paid_date >= $1 AND {own_p}"
     ))
-    .bind(today - Duration::days(30))
-    .fetch_one(&mut *tx)
-    .await?;
+    .bind(today - Duration::days(30)), fetch_one)?;
     let since = Utc::now() - Duration::days(90);
-    let (quoted, issued): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT count(*), count(p.issue_date) FROM policies p WHERE p.active = 1 AND p.created_at >= $1 AND {own_p}"
+    let (quoted, issued): (i64, i64) = crate::on!(tx, sqlx::query_as(&format!(
+        "SELECT count(*), count(p.issue_date) FROM policies p WHERE p.active = TRUE AND p.created_at >= $1 AND {own_p}"
     ))
-    .bind(since)
-    .fetch_one(&mut *tx)
-    .await?;
-    let due_soon: Vec<Policy> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM policies p WHERE p.active = 1 AND p.status = 'active' \
+    .bind(since), fetch_one)?;
+    let due_soon: Vec<Policy> = crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM policies p WHERE p.active = TRUE AND p.status = 'active' \
          AND p.next_due_date <= $1 AND {own_p} ORDER BY p.next_due_date, p.policy_number LIMIT 20"
-    ))
-    .bind(today + Duration::days(30))
-    .fetch_all(&mut *tx)
-    .await?;
+        ))
+        .bind(today + Duration::days(30)),
+        fetch_all
+    )?;
     tx.commit().await?;
     Ok(Json(Dashboard {
         active_customers,

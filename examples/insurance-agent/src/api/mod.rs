@@ -371,12 +371,15 @@ pub struct Page<T> {
 
 /// The stock resources the plans limit, and how each is counted in a tenant file.
 pub const STOCK: [(&str, &str); 3] = [
-    ("agents", "SELECT count(*) FROM agents WHERE active = 1"),
+    ("agents", "SELECT count(*) FROM agents WHERE active = TRUE"),
     (
         "customers",
-        "SELECT count(*) FROM customers WHERE active = 1",
+        "SELECT count(*) FROM customers WHERE active = TRUE",
     ),
-    ("policies", "SELECT count(*) FROM policies WHERE active = 1"),
+    (
+        "policies",
+        "SELECT count(*) FROM policies WHERE active = TRUE",
+    ),
 ];
 
 /// Percentages of a stock limit at which a `quota.threshold` event is
@@ -392,7 +395,7 @@ pub const THRESHOLDS: [u64; 3] = [80, 95, 100];
 pub async fn check_stock(
     state: &AppState,
     caller: &Caller,
-    tx: &mut tenancy_sqlx::sqlite::SqliteTenantTx,
+    tx: &mut crate::data::Tx,
     resource: &str,
 ) -> Result<(), ApiError> {
     let Some(limit) = caller
@@ -407,7 +410,7 @@ pub async fn check_stock(
         .find(|(r, _)| *r == resource)
         .map(|(_, sql)| *sql)
         .ok_or_else(|| ApiError::internal(format!("no counter for {resource}")))?;
-    let used: i64 = sqlx::query_scalar(count_sql).fetch_one(&mut **tx).await?;
+    let used: i64 = crate::on!(tx, sqlx::query_scalar(count_sql), fetch_one)?;
     let used = u64::try_from(used).unwrap_or(0);
     if used >= limit {
         return Err(TenantError::Quota(tenancy_core::quota::QuotaExceeded::new(

@@ -6,13 +6,13 @@
 //! and schedules the next premium. Refunding cancels the commissions not
 //! paid out yet.
 
+use crate::data::Tx;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tenancy_core::Role;
 use tenancy_core::audit::AuditEvent;
-use tenancy_sqlx::sqlite::SqliteTenantTx;
 
 use super::agents::{in_set, reach, visible_agents};
 use super::policies::Policy;
@@ -102,14 +102,9 @@ pub struct PaymentFilter {
 }
 
 /// Schedules a pending premium of `p` due on `due`.
-pub async fn schedule(
-    tx: &mut SqliteTenantTx,
-    tenant: Id,
-    p: &Policy,
-    due: NaiveDate,
-) -> Result<Id, ApiError> {
+pub async fn schedule(tx: &mut Tx, tenant: Id, p: &Policy, due: NaiveDate) -> Result<Id, ApiError> {
     let id = Id::new();
-    sqlx::query(
+    crate::on!(tx, sqlx::query(
         "INSERT INTO payments (tenant_id, id, policy_id, amount_minor, currency, due_date, status, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
     )
@@ -119,25 +114,25 @@ pub async fn schedule(
     .bind(p.premium_minor)
     .bind(p.currency.as_str())
     .bind(due)
-    .bind(Utc::now())
-    .execute(&mut **tx)
-    .await?;
+    .bind(Utc::now()), execute)?;
     Ok(id)
 }
 
-async fn fetch(tx: &mut SqliteTenantTx, filter: &str, id: Id) -> Result<Option<Payment>, ApiError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM payments y JOIN policies p ON p.id = y.policy_id \
-         WHERE y.id = $1 AND p.active = 1 AND {filter}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?)
+async fn fetch(tx: &mut Tx, filter: &str, id: Id) -> Result<Option<Payment>, ApiError> {
+    Ok(crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM payments y JOIN policies p ON p.id = y.policy_id \
+         WHERE y.id = $1 AND p.active = TRUE AND {filter}"
+        ))
+        .bind(id),
+        fetch_optional
+    )?)
 }
 
 async fn audit(
     state: &AppState,
-    tx: &mut SqliteTenantTx,
+    tx: &mut Tx,
     caller: &Caller,
     action: &str,
     kind: &str,
@@ -167,26 +162,24 @@ pub async fn list(
     let mut tx = state.data.begin(&caller.ctx).await?;
     let (read, _) = reach(&mut tx, &caller, "p.").await?;
     let where_ = format!(
-        "p.active = 1 AND {read} AND ($1 IS NULL OR y.status = $1) AND ($2 IS NULL OR y.policy_id = $2)"
+        "p.active = TRUE AND {read} AND ($1 IS NULL OR y.status = $1) AND ($2 IS NULL OR y.policy_id = $2)"
     );
     let status = filter.status.map(PaymentStatus::as_str);
-    let items: Vec<Payment> = sqlx::query_as(&format!(
+    let items: Vec<Payment> =
+        crate::on!(tx, sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments y JOIN policies p ON p.id = y.policy_id WHERE {where_} \
          ORDER BY y.due_date DESC, y.id LIMIT $3 OFFSET $4"
     ))
     .bind(status)
     .bind(filter.policy_id)
     .bind(limit)
-    .bind(offset)
-    .fetch_all(&mut *tx)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!(
+    .bind(offset), fetch_all)?;
+    let total: i64 =
+        crate::on!(tx, sqlx::query_scalar(&format!(
         "SELECT count(*) FROM payments y JOIN policies p ON p.id = y.policy_id WHERE {where_}"
     ))
     .bind(status)
-    .bind(filter.policy_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    .bind(filter.policy_id), fetch_one)?;
     tx.commit().await?;
     Ok(Json(Page {
         items,
@@ -236,7 +229,7 @@ pub async fn complete(
             pay.status
         )));
     }
-    let Some(policy) = super::policies::fetch(&mut tx, "1 = 1", pay.policy_id).await? else {
+    let Some(policy) = super::policies::fetch(&mut tx, "TRUE", pay.policy_id).await? else {
         return Err(ApiError::not_found("policy"));
     };
     if !matches!(policy.status, PolicyStatus::Active | PolicyStatus::Lapsed) {
@@ -250,16 +243,14 @@ pub async fn complete(
     pay.paid_date = Some(paid);
     pay.method = Some(req.method.as_str().to_owned());
     pay.transaction_ref = Some(reference);
-    sqlx::query(
+    crate::on!(tx, sqlx::query(
         "UPDATE payments SET status = 'completed', paid_date = $2, method = $3, transaction_ref = $4 \
          WHERE id = $1",
     )
     .bind(pay.id)
     .bind(pay.paid_date)
     .bind(&pay.method)
-    .bind(&pay.transaction_ref)
-    .execute(&mut *tx)
-    .await?;
+    .bind(&pay.transaction_ref), execute)?;
 
     // Commissions: first-year while the premium falls in the policy's first
     // year (by due date), renewal after; a bonus on top when configured.
@@ -288,7 +279,7 @@ pub async fn complete(
             status: CommissionStatus::Pending,
             created_at: Utc::now(),
         };
-        sqlx::query(
+        crate::on!(tx, sqlx::query(
             "INSERT INTO commissions (tenant_id, id, payment_id, policy_id, agent_id, kind, rate_bp, \
              amount_minor, currency, status, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
         )
@@ -301,9 +292,7 @@ pub async fn complete(
         .bind(c.rate_bp)
         .bind(c.amount_minor)
         .bind(c.currency.as_str())
-        .bind(c.created_at)
-        .execute(&mut *tx)
-        .await?;
+        .bind(c.created_at), execute)?;
         commissions.push(c);
     }
 
@@ -320,12 +309,14 @@ pub async fn complete(
     let mut p = policy.clone();
     p.status = PolicyStatus::Active;
     p.next_due_date = if runs_on { next_due } else { None };
-    sqlx::query("UPDATE policies SET status = $2, next_due_date = $3 WHERE id = $1")
-        .bind(p.id)
-        .bind(p.status.as_str())
-        .bind(p.next_due_date)
-        .execute(&mut *tx)
-        .await?;
+    crate::on!(
+        tx,
+        sqlx::query("UPDATE policies SET status = $2, next_due_date = $3 WHERE id = $1")
+            .bind(p.id)
+            .bind(p.status.as_str())
+            .bind(p.next_due_date),
+        execute
+    )?;
     if let (true, Some(due)) = (runs_on, next_due) {
         next_payment_id = Some(schedule(&mut tx, tenant, &p, due).await?);
     }
@@ -393,16 +384,16 @@ async fn transition(
         )));
     }
     pay.status = to;
-    sqlx::query("UPDATE payments SET status = $2 WHERE id = $1")
-        .bind(pay.id)
-        .bind(to.as_str())
-        .execute(&mut *tx)
-        .await?;
-    if to == PaymentStatus::Refunded {
-        sqlx::query("UPDATE commissions SET status = 'cancelled' WHERE payment_id = $1 AND status = 'pending'")
+    crate::on!(
+        tx,
+        sqlx::query("UPDATE payments SET status = $2 WHERE id = $1")
             .bind(pay.id)
-            .execute(&mut *tx)
-            .await?;
+            .bind(to.as_str()),
+        execute
+    )?;
+    if to == PaymentStatus::Refunded {
+        crate::on!(tx, sqlx::query("UPDATE commissions SET status = 'cancelled' WHERE payment_id = $1 AND status = 'pending'")
+            .bind(pay.id), execute)?;
     }
     audit(state, &mut tx, caller, to.as_str(), "payments", pay.id).await?;
     tx.commit().await?;
@@ -440,19 +431,18 @@ pub async fn commissions(
         in_set("agent_id", set.as_deref())
     );
     let status = filter.status.map(CommissionStatus::as_str);
-    let items: Vec<Commission> = sqlx::query_as(&format!(
+    let items: Vec<Commission> = crate::on!(tx, sqlx::query_as(&format!(
         "SELECT {COMMISSION_COLUMNS} FROM commissions WHERE {where_} ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
     ))
     .bind(status)
     .bind(limit)
-    .bind(offset)
-    .fetch_all(&mut *tx)
-    .await?;
-    let total: i64 =
+    .bind(offset), fetch_all)?;
+    let total: i64 = crate::on!(
+        tx,
         sqlx::query_scalar(&format!("SELECT count(*) FROM commissions WHERE {where_}"))
-            .bind(status)
-            .fetch_one(&mut *tx)
-            .await?;
+            .bind(status),
+        fetch_one
+    )?;
     tx.commit().await?;
     Ok(Json(Page {
         items,
@@ -476,10 +466,11 @@ pub async fn pay_commission(
         ));
     }
     let mut tx = state.data.begin_write(&caller.ctx).await?;
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM commissions WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let status: Option<String> = crate::on!(
+        tx,
+        sqlx::query_scalar("SELECT status FROM commissions WHERE id = $1").bind(id),
+        fetch_optional
+    )?;
     match status.as_deref() {
         None => return Err(ApiError::not_found("commission")),
         Some("pending") => {}
@@ -489,10 +480,11 @@ pub async fn pay_commission(
             )));
         }
     }
-    sqlx::query("UPDATE commissions SET status = 'paid' WHERE id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    crate::on!(
+        tx,
+        sqlx::query("UPDATE commissions SET status = 'paid' WHERE id = $1").bind(id),
+        execute
+    )?;
     audit(&state, &mut tx, &caller, "pay", "commissions", id).await?;
     tx.commit().await?;
     Ok(http::StatusCode::NO_CONTENT)

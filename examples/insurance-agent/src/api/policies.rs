@@ -1,12 +1,12 @@
 //! Policies: quoted, issued, then in force until they lapse, mature or are
 //! surrendered. A policy belongs to its customer's agent.
 
+use crate::data::Tx;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Months, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tenancy_core::audit::{Action, AuditEvent};
-use tenancy_sqlx::sqlite::SqliteTenantTx;
 
 use super::agents::reach;
 use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
@@ -119,22 +119,20 @@ pub struct PolicyFilter {
     pub customer_id: Option<Id>,
 }
 
-pub(crate) async fn fetch(
-    tx: &mut SqliteTenantTx,
-    filter: &str,
-    id: Id,
-) -> Result<Option<Policy>, ApiError> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM policies p WHERE p.id = $1 AND p.active = 1 AND {filter}"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await?)
+pub(crate) async fn fetch(tx: &mut Tx, filter: &str, id: Id) -> Result<Option<Policy>, ApiError> {
+    Ok(crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM policies p WHERE p.id = $1 AND p.active = TRUE AND {filter}"
+        ))
+        .bind(id),
+        fetch_optional
+    )?)
 }
 
 async fn audit(
     state: &AppState,
-    tx: &mut SqliteTenantTx,
+    tx: &mut Tx,
     caller: &Caller,
     action: &str,
     id: Id,
@@ -163,23 +161,23 @@ pub async fn list(
     let mut tx = state.data.begin(&caller.ctx).await?;
     let (read, _) = reach(&mut tx, &caller, "p.").await?;
     let where_ = format!(
-        "p.active = 1 AND {read} AND ($1 IS NULL OR p.status = $1) AND ($2 IS NULL OR p.customer_id = $2)"
+        "p.active = TRUE AND {read} AND ($1 IS NULL OR p.status = $1) AND ($2 IS NULL OR p.customer_id = $2)"
     );
     let status = filter.status.map(PolicyStatus::as_str);
-    let items: Vec<Policy> = sqlx::query_as(&format!(
+    let items: Vec<Policy> = crate::on!(tx, sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM policies p WHERE {where_} ORDER BY p.policy_number LIMIT $3 OFFSET $4"
     ))
     .bind(status)
     .bind(filter.customer_id)
     .bind(limit)
-    .bind(offset)
-    .fetch_all(&mut *tx)
-    .await?;
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM policies p WHERE {where_}"))
-        .bind(status)
-        .bind(filter.customer_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    .bind(offset), fetch_all)?;
+    let total: i64 = crate::on!(
+        tx,
+        sqlx::query_scalar(&format!("SELECT count(*) FROM policies p WHERE {where_}"))
+            .bind(status)
+            .bind(filter.customer_id),
+        fetch_one
+    )?;
     tx.commit().await?;
     Ok(Json(Page {
         items,
@@ -238,12 +236,14 @@ pub async fn create(
     }
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     let (_, write) = reach(&mut tx, &caller, "").await?;
-    let agent: Option<Id> = sqlx::query_scalar(&format!(
-        "SELECT agent_id FROM customers WHERE id = $1 AND active = 1 AND {write}"
-    ))
-    .bind(new.customer_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let agent: Option<Id> = crate::on!(
+        tx,
+        sqlx::query_scalar(&format!(
+            "SELECT agent_id FROM customers WHERE id = $1 AND active = TRUE AND {write}"
+        ))
+        .bind(new.customer_id),
+        fetch_optional
+    )?;
     let Some(agent_id) = agent else {
         return Err(ApiError::not_found("customer"));
     };
@@ -278,13 +278,14 @@ pub async fn create(
 }
 
 /// Inserts `p` (the API and the seeder).
-pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, p: &Policy) -> Result<(), ApiError> {
-    let riders = serde_json::to_string(&p.riders).map_err(|e| ApiError::internal(e.to_string()))?;
-    sqlx::query(
+pub async fn insert(tx: &mut Tx, tenant: Id, p: &Policy) -> Result<(), ApiError> {
+    // JSON: jsonb on PostgreSQL, text on SQLite.
+    let riders = sqlx::types::Json(&p.riders);
+    crate::on!(tx, sqlx::query(
         "INSERT INTO policies (tenant_id, id, policy_number, product, customer_id, agent_id, \
          sum_assured_minor, premium_minor, currency, premium_frequency, issue_date, commencement_date, \
          maturity_date, next_due_date, status, riders, shared, active, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, 1, $18)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, TRUE, $18)",
     )
     .bind(tenant)
     .bind(p.id)
@@ -303,9 +304,7 @@ pub async fn insert(tx: &mut SqliteTenantTx, tenant: Id, p: &Policy) -> Result<(
     .bind(p.status.as_str())
     .bind(riders)
     .bind(p.shared)
-    .bind(p.created_at)
-    .execute(&mut **tx)
-    .await?;
+    .bind(p.created_at), execute)?;
     Ok(())
 }
 
@@ -341,18 +340,20 @@ pub async fn issue(
     p.maturity_date = start.checked_add_months(Months::new(term_months));
     p.next_due_date = Some(start);
     p.status = PolicyStatus::Active;
-    sqlx::query(
-        "UPDATE policies SET issue_date = $2, commencement_date = $3, maturity_date = $4, \
+    crate::on!(
+        tx,
+        sqlx::query(
+            "UPDATE policies SET issue_date = $2, commencement_date = $3, maturity_date = $4, \
          next_due_date = $5, status = $6 WHERE id = $1",
-    )
-    .bind(p.id)
-    .bind(p.issue_date)
-    .bind(p.commencement_date)
-    .bind(p.maturity_date)
-    .bind(p.next_due_date)
-    .bind(p.status.as_str())
-    .execute(&mut *tx)
-    .await?;
+        )
+        .bind(p.id)
+        .bind(p.issue_date)
+        .bind(p.commencement_date)
+        .bind(p.maturity_date)
+        .bind(p.next_due_date)
+        .bind(p.status.as_str()),
+        execute
+    )?;
     super::payments::schedule(&mut tx, caller.ctx.tenant_id().into(), &p, start).await?;
     audit(&state, &mut tx, &caller, "issue", p.id).await?;
     tx.commit().await?;
@@ -387,11 +388,13 @@ pub async fn change_status(
         )));
     }
     p.status = req.status;
-    sqlx::query("UPDATE policies SET status = $2 WHERE id = $1")
-        .bind(p.id)
-        .bind(p.status.as_str())
-        .execute(&mut *tx)
-        .await?;
+    crate::on!(
+        tx,
+        sqlx::query("UPDATE policies SET status = $2 WHERE id = $1")
+            .bind(p.id)
+            .bind(p.status.as_str()),
+        execute
+    )?;
     audit(&state, &mut tx, &caller, Action::UPDATE, p.id).await?;
     tx.commit().await?;
     Ok(Json(p))

@@ -85,7 +85,7 @@ async fn stock_counts(
     let mut tx = state.data.begin(&caller.ctx).await?;
     let mut out = Vec::new();
     for (resource, sql) in STOCK {
-        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut *tx).await?;
+        let n: i64 = crate::on!(tx, sqlx::query_scalar(sql), fetch_one)?;
         out.push((resource, u64::try_from(n).unwrap_or(0)));
     }
     tx.commit().await?;
