@@ -22,5 +22,6 @@ pub mod data;
 pub mod domain;
 pub mod id;
 pub mod ops;
+pub mod postgres;
 pub mod seed;
 pub mod sensitive;

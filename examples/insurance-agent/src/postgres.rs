@@ -1,0 +1,105 @@
+//! The application's schema on PostgreSQL (row-level isolation): the same
+//! tables as a tenant file, shared by every tenant, each with `tenant_id`
+//! leading its keys and a forced row-level security policy
+//! (`tenancy_core::rls::TenantTable`), plus the `users` table of the
+//! control plane (no tenant column: accounts span tenants).
+//!
+//! Types follow the SQLite schema so the same queries and row types work on
+//! both (`crate::on!`): ids `uuid`, money and counts `bigint`, dates `date`,
+//! instants `timestamptz`, flags `boolean`, lists `jsonb`.
+
+use tenancy_core::rls::{TenantTable, quote_ident};
+
+/// The tables that carry tenant data, parents first.
+pub const TENANT_TABLES: [&str; 5] = ["agents", "customers", "policies", "payments", "commissions"];
+
+/// DDL creating the application's tables in `schema` and isolating them for
+/// `app_role` (run as the tables' owner, after `tenancy_sqlx::migrate::run`).
+pub fn schema_sql(schema: &str, app_role: &str) -> Vec<String> {
+    let s = quote_ident(schema);
+    let mut out = vec![
+        format!(
+            "CREATE TABLE {s}.agents (
+                tenant_id uuid NOT NULL, id uuid NOT NULL, user_id text, agent_code text NOT NULL,
+                name text NOT NULL, licence_number text NOT NULL, licence_expiry date NOT NULL,
+                experience_years bigint NOT NULL DEFAULT 0 CHECK (experience_years >= 0),
+                business_name text, regions jsonb NOT NULL DEFAULT '[]', manager_id uuid,
+                compliance_status text NOT NULL DEFAULT 'pending', active boolean NOT NULL DEFAULT true,
+                created_at timestamptz NOT NULL,
+                PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, agent_code),
+                FOREIGN KEY (tenant_id, manager_id) REFERENCES {s}.agents (tenant_id, id))"
+        ),
+        format!("CREATE UNIQUE INDEX ON {s}.agents (tenant_id, user_id) WHERE user_id IS NOT NULL"),
+        format!(
+            "CREATE TABLE {s}.customers (
+                tenant_id uuid NOT NULL, id uuid NOT NULL, agent_id uuid NOT NULL,
+                first_name text NOT NULL, last_name text NOT NULL, date_of_birth date, email text,
+                customer_type text NOT NULL, risk_profile text NOT NULL DEFAULT 'medium',
+                lifecycle_stage text NOT NULL DEFAULT 'prospect',
+                engagement_score bigint NOT NULL DEFAULT 0 CHECK (engagement_score BETWEEN 0 AND 100),
+                kyc_status text NOT NULL DEFAULT 'pending', shared boolean NOT NULL DEFAULT false,
+                active boolean NOT NULL DEFAULT true, created_at timestamptz NOT NULL,
+                phone_enc text, phone_index bytea, pan_enc text, pan_index bytea, aadhaar_enc text,
+                bank_account_enc text, medical_history_enc text,
+                PRIMARY KEY (tenant_id, id),
+                FOREIGN KEY (tenant_id, agent_id) REFERENCES {s}.agents (tenant_id, id))"
+        ),
+        format!("CREATE INDEX ON {s}.customers (tenant_id, pan_index)"),
+        format!("CREATE INDEX ON {s}.customers (tenant_id, phone_index)"),
+        format!(
+            "CREATE TABLE {s}.policies (
+                tenant_id uuid NOT NULL, id uuid NOT NULL, policy_number text NOT NULL,
+                product text NOT NULL, customer_id uuid NOT NULL, agent_id uuid NOT NULL,
+                sum_assured_minor bigint NOT NULL CHECK (sum_assured_minor > 0),
+                premium_minor bigint NOT NULL CHECK (premium_minor > 0),
+                currency text NOT NULL DEFAULT 'INR', premium_frequency text NOT NULL,
+                issue_date date, commencement_date date, maturity_date date, next_due_date date,
+                status text NOT NULL DEFAULT 'quoted', riders jsonb NOT NULL DEFAULT '[]',
+                shared boolean NOT NULL DEFAULT false, active boolean NOT NULL DEFAULT true,
+                created_at timestamptz NOT NULL,
+                PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, policy_number),
+                FOREIGN KEY (tenant_id, customer_id) REFERENCES {s}.customers (tenant_id, id),
+                FOREIGN KEY (tenant_id, agent_id) REFERENCES {s}.agents (tenant_id, id))"
+        ),
+        format!(
+            "CREATE TABLE {s}.payments (
+                tenant_id uuid NOT NULL, id uuid NOT NULL, policy_id uuid NOT NULL,
+                amount_minor bigint NOT NULL CHECK (amount_minor > 0), currency text NOT NULL DEFAULT 'INR',
+                due_date date NOT NULL, paid_date date, method text,
+                status text NOT NULL DEFAULT 'pending', transaction_ref text,
+                created_at timestamptz NOT NULL,
+                PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, transaction_ref),
+                FOREIGN KEY (tenant_id, policy_id) REFERENCES {s}.policies (tenant_id, id))"
+        ),
+        format!(
+            "CREATE TABLE {s}.commissions (
+                tenant_id uuid NOT NULL, id uuid NOT NULL, payment_id uuid NOT NULL,
+                policy_id uuid NOT NULL, agent_id uuid NOT NULL, kind text NOT NULL,
+                rate_bp bigint NOT NULL CHECK (rate_bp BETWEEN 0 AND 10000),
+                amount_minor bigint NOT NULL CHECK (amount_minor >= 0),
+                currency text NOT NULL DEFAULT 'INR', status text NOT NULL DEFAULT 'pending',
+                created_at timestamptz NOT NULL,
+                PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, payment_id, kind),
+                FOREIGN KEY (tenant_id, payment_id) REFERENCES {s}.payments (tenant_id, id))"
+        ),
+        format!(
+            "CREATE TABLE {s}.users (
+                id text PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL,
+                password_hash text NOT NULL, created_at timestamptz NOT NULL)"
+        ),
+        format!(
+            "GRANT USAGE ON SCHEMA {s} TO {role}; GRANT SELECT, INSERT, UPDATE ON {s}.users TO {role}",
+            role = quote_ident(app_role)
+        ),
+    ];
+    for t in TENANT_TABLES {
+        out.push(
+            TenantTable::new(t)
+                .schema(schema)
+                .index_on(["id"])
+                .grant_to(app_role)
+                .ddl(),
+        );
+    }
+    out
+}
