@@ -103,6 +103,24 @@ impl World {
             .clone()
     }
 
+    /// Provisions the schema a tenant will move to (tables at the latest
+    /// version, usage granted) and returns its name.
+    async fn target_schema(&self, tenant: TenantId) -> String {
+        let name = Placement::name_for(tenant);
+        migrator()
+            .provision(
+                &self.owner,
+                &MigrationTarget {
+                    tenant,
+                    schema: name.clone(),
+                },
+                &["tenancy_app"],
+            )
+            .await
+            .unwrap();
+        name
+    }
+
     fn mover(&self) -> TenantMover {
         TenantMover::new(self.owner.clone(), TABLES).shared_schema(&self.shared)
     }
@@ -281,18 +299,7 @@ async fn shared_to_schema_under_concurrent_writers_loses_nothing() {
     let db = TenantDb::new(w.app.clone()).with_move_guard();
     let id = TenantId::new_v4();
     // The target schema, provisioned before the move.
-    let name = Placement::name_for(id);
-    migrator()
-        .provision(
-            &w.owner,
-            &MigrationTarget {
-                tenant: id,
-                schema: name.clone(),
-            },
-            &["tenancy_app"],
-        )
-        .await
-        .unwrap();
+    let name = w.target_schema(id).await;
     move_under_writers(w, db, Placement::schema(&name).unwrap(), "shared->schema").await;
 }
 
@@ -333,18 +340,7 @@ async fn a_context_loaded_before_the_move_is_refused_after_it() {
     let db = TenantDb::new(w.app.clone()).with_move_guard();
     let tenant = w.shared_tenant("stale").await;
     seed(&w, &db, &tenant, 3).await;
-    let name = Placement::name_for(tenant.id);
-    migrator()
-        .provision(
-            &w.owner,
-            &MigrationTarget {
-                tenant: tenant.id,
-                schema: name.clone(),
-            },
-            &["tenancy_app"],
-        )
-        .await
-        .unwrap();
+    let name = w.target_schema(tenant.id).await;
     let stale = tenant.clone();
     w.mover()
         .move_tenant(&tenant, Placement::schema(&name).unwrap())
@@ -377,18 +373,7 @@ async fn a_copy_that_does_not_verify_switches_nothing() {
     let db = TenantDb::new(w.app.clone()).with_move_guard();
     let tenant = w.shared_tenant("corrupt").await;
     let before = seed(&w, &db, &tenant, 5).await;
-    let name = Placement::name_for(tenant.id);
-    migrator()
-        .provision(
-            &w.owner,
-            &MigrationTarget {
-                tenant: tenant.id,
-                schema: name.clone(),
-            },
-            &["tenancy_app"],
-        )
-        .await
-        .unwrap();
+    let name = w.target_schema(tenant.id).await;
     // The target silently alters what it stores: the checksums differ.
     sqlx::raw_sql(&format!(
         "CREATE FUNCTION \"{name}\".bump() RETURNS trigger LANGUAGE plpgsql AS \
@@ -420,18 +405,7 @@ async fn a_transaction_in_flight_past_the_lock_timeout_stops_the_move() {
     let w = world().await;
     let db = TenantDb::new(w.app.clone()).with_move_guard();
     let tenant = w.shared_tenant("busy").await;
-    let name = Placement::name_for(tenant.id);
-    migrator()
-        .provision(
-            &w.owner,
-            &MigrationTarget {
-                tenant: tenant.id,
-                schema: name.clone(),
-            },
-            &["tenancy_app"],
-        )
-        .await
-        .unwrap();
+    let name = w.target_schema(tenant.id).await;
     let ctx = TenantContext::new(tenant.clone());
     let held = db.begin(&ctx).await.unwrap(); // a long request
     let err = w

@@ -760,6 +760,7 @@ impl Keyring {
 
 #[cfg(test)]
 mod persistent_tests {
+    //! Tests only: a failed unwrap is a failed test.
     use super::*;
 
     fn master(b: u8) -> Secret {
