@@ -137,6 +137,7 @@ const SELECT_BY_ID: &str = select_tenant!("t.id = $1");
 const SELECT_BY_SLUG: &str = select_tenant!("t.slug = $1");
 const SELECT_BY_DOMAIN: &str =
     select_tenant!("t.id = (SELECT tenant_id FROM tenancy.tenant_domains WHERE domain = $1)");
+const SELECT_ALL: &str = select_tenant!("TRUE ORDER BY t.slug");
 
 /// `(status, status_reason, trial_ends_at, purge_after)` columns.
 type StatusColumns<'a> = (
@@ -183,6 +184,15 @@ impl PgTenantStore {
         };
         let row = query.fetch_optional(&self.pool).await?;
         row.map(|r| Tenant::try_from(r).map(Arc::new)).transpose()
+    }
+
+    /// Every tenant (deleted ones included), by slug — for operations
+    /// tooling such as migrations and reports, not the request path.
+    pub async fn list(&self) -> Result<Vec<Arc<Tenant>>, DbError> {
+        let rows: Vec<TenantRow> = sqlx::query_as(SELECT_ALL).fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|r| Tenant::try_from(r).map(Arc::new))
+            .collect()
     }
 
     /// Inserts a new tenant with its domains, in one transaction.
@@ -386,6 +396,18 @@ impl PgMembershipStore {
                 .execute(&self.pool)
                 .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Every membership of `tenant`, by user id.
+    pub async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, DbError> {
+        let rows: Vec<MembershipRow> = sqlx::query_as(
+            "SELECT tenant_id, user_id, role, grants FROM tenancy.memberships \
+             WHERE tenant_id = $1 ORDER BY user_id",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Membership::try_from).collect()
     }
 }
 

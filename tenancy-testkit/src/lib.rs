@@ -70,6 +70,25 @@ pub struct TestDb {
     pub pgbouncer_app_url: String,
 }
 
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    // The path starts at the first '/' after the authority (`scheme://`).
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 fn var(name: &'static str) -> Result<String, TestkitError> {
     std::env::var(name).map_err(|_| TestkitError::MissingVar(name))
 }
@@ -124,8 +143,45 @@ impl TestDb {
         Ok(name)
     }
 
+    /// Creates a fresh database owned by `tenancy_owner` (for an
+    /// application that lays out its own schema in `public`) and returns the
+    /// same roles' URLs pointing at it. The pgbouncer URL is left as is
+    /// (pgbouncer only knows the default database).
+    pub async fn fresh_database(&self, prefix: &str) -> Result<TestDb, TestkitError> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let admin = self.admin_pool(1).await?;
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER tenancy_owner"))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let at = |url: &str| with_database(url, &name);
+        Ok(TestDb {
+            admin_url: at(&self.admin_url),
+            owner_url: at(&self.owner_url),
+            app_url: at(&self.app_url),
+            ops_url: at(&self.ops_url),
+            pgbouncer_app_url: self.pgbouncer_app_url.clone(),
+        })
+    }
+
     /// A pool connected as the superuser.
     pub async fn admin_pool(&self, max_connections: u32) -> Result<PgPool, TestkitError> {
         Self::pool(&self.admin_url, max_connections).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_database_replaces_only_the_database_name() {
+        assert_eq!(
+            super::with_database("postgres://u:p@127.0.0.1:5433/tenancy", "x_1"),
+            "postgres://u:p@127.0.0.1:5433/x_1"
+        );
+        assert_eq!(
+            super::with_database("postgres://u:p@h/tenancy?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(super::with_database("postgres://h", "x"), "postgres://h/x");
     }
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::auth::Sessions;
-use crate::data::Data;
+use crate::data::{Data, PgUrls};
 use crate::seed;
 
 /// The embedded plan catalog (`config/plans.toml`).
@@ -30,6 +30,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// A plan catalog file replacing the embedded one.
     pub plans: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded SQLite (the data directory then
+    /// keeps only the secrets).
+    pub postgres: Option<PgUrls>,
 }
 
 /// A running server.
@@ -37,6 +40,9 @@ pub struct Config {
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where the data is, in words (`data in ./data (SQLite)` or
+    /// `PostgreSQL, row-level security; audit clean`).
+    pub storage: String,
     /// The demo tenants seeded by this start (empty when the data directory
     /// already had tenants).
     pub seeded: Vec<String>,
@@ -80,7 +86,7 @@ pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
 /// Opens the data directory (seeding the demo on first run) and starts
 /// serving on `config.bind`.
 pub async fn start(config: &Config) -> Result<Running, Error> {
-    let data = Data::open(&config.data_dir).await?;
+    let data = Data::open_with(&config.data_dir, config.postgres.as_ref()).await?;
     let seeded = if seed::is_seeded(&data).await? {
         Vec::new()
     } else {
@@ -89,6 +95,10 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
             .iter()
             .map(|t| t.slug.to_string())
             .collect()
+    };
+    let storage = match data.backend_name() {
+        "postgres" => "PostgreSQL, row-level isolation; strict isolation audit passed".to_owned(),
+        _ => format!("SQLite, data in {}", config.data_dir.display()),
     };
     let state = AppState {
         sessions: Sessions::new(session_key(&config.data_dir)?),
@@ -112,6 +122,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     });
     Ok(Running {
         addr,
+        storage,
         seeded,
         stop: Some(stop),
         task,

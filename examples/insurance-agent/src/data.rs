@@ -1,24 +1,36 @@
-//! Where the data lives: the embedded default is SQLite — a control
-//! database (tenants, memberships, users) and one file per tenant — under a
-//! data directory. Application code reaches tenant data only through
-//! [`Data::begin`], which takes a [`TenantContext`].
+//! Where the data lives. The embedded default is SQLite — a control
+//! database (tenants, memberships, users, keys, invitations) and one file
+//! per tenant — under a data directory. With PostgreSQL
+//! ([`Data::open_postgres`]) every tenant shares the application's tables,
+//! isolated by `tenant_id` and row-level security, and the isolation audit
+//! runs in strict mode before anything is served. Either way, application
+//! code reaches tenant data only through [`Data::begin`], which takes a
+//! [`TenantContext`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 use tenancy_core::audit::AuditEvent;
 use tenancy_core::audit::chain::ChainReport;
 use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
+use tenancy_core::invite::InvitationStore;
 use tenancy_core::store::{CachedStore, TenantStore};
-use tenancy_core::{Placement, Tenant, TenantContext, TenantId};
-use tenancy_sqlx::DbError;
+use tenancy_core::{
+    DomainName, Membership, MembershipStore, MembershipWriter, Placement, StoreError, Tenant,
+    TenantContext, TenantId, TenantSlug, UserId,
+};
 use tenancy_sqlx::sqlite::{
     SqliteAuditLog, SqliteControl, SqliteMembershipStore, SqliteTenantDb, SqliteTenantStore,
     SqliteTenantTx, guard_table_sql,
 };
-use tenancy_sqlx::tenant_migrate::{TenantMigration, TenantMigrator};
-use tenancy_sqlx::{AuditPage, AuditQuery};
+use tenancy_sqlx::tenant_migrate::{RolloutReport, TenantMigration, TenantMigrator};
+use tenancy_sqlx::{
+    AuditPage, AuditQuery, DbError, InvalidationListener, PgAuditLog, PgInvitationStore,
+    PgKeyStore, PgMembershipStore, PgTenantStore, TenantDb,
+};
 
 /// The tables of a tenant file that carry `tenant_id`.
 pub const TENANT_TABLES: [&str; 5] = ["agents", "customers", "policies", "payments", "commissions"];
@@ -181,16 +193,196 @@ impl AuditLog {
     }
 }
 
+/// How to reach PostgreSQL: the application role serves requests (it must
+/// be neither superuser nor `BYPASSRLS` nor the owner of the tables — the
+/// start-up audit refuses to serve otherwise); the owner role applies the
+/// schema and writes the control plane (tenants, memberships).
+#[derive(Clone)]
+pub struct PgUrls {
+    /// `DATABASE_URL`: the request-serving application role.
+    pub app: String,
+    /// `DATABASE_OWNER_URL`: the role that owns the schema.
+    pub owner: String,
+}
+
+impl std::fmt::Debug for PgUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs carry passwords.
+        f.debug_struct("PgUrls").finish_non_exhaustive()
+    }
+}
+
 /// The data layer.
 #[derive(Clone)]
 pub struct Data {
     dir: PathBuf,
-    control: SqliteControl,
-    tenants: SqliteTenantDb,
-    store: Arc<CachedStore<SqliteTenantStore>>,
-    migrator: TenantMigrator,
+    backend: Backend,
+    store: Arc<CachedStore<Arc<dyn TenantStore>>>,
     keyring: Arc<Keyring>,
     audit: AuditLog,
+    _listener: Option<Arc<InvalidationListener>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite {
+        control: SqliteControl,
+        tenants: SqliteTenantDb,
+        migrator: TenantMigrator,
+    },
+    Postgres {
+        db: Box<TenantDb>,
+        app: PgPool,
+        owner: PgPool,
+        app_role: String,
+    },
+}
+
+/// The tenant registry, uncached: what operations tooling reads and writes.
+#[derive(Clone, Debug)]
+pub enum Tenants {
+    /// The SQLite control database.
+    Sqlite(SqliteTenantStore),
+    /// `tenancy.tenants`, through the owner role.
+    Postgres(PgTenantStore),
+}
+
+impl Tenants {
+    /// Every tenant, by slug.
+    pub async fn list(&self) -> Result<Vec<Arc<Tenant>>, DbError> {
+        match self {
+            Tenants::Sqlite(s) => s.list().await,
+            Tenants::Postgres(s) => s.list().await,
+        }
+    }
+
+    /// Adds a tenant.
+    pub async fn create(&self, tenant: &Tenant) -> Result<(), DbError> {
+        match self {
+            Tenants::Sqlite(s) => s.create(tenant).await,
+            Tenants::Postgres(s) => s.create(tenant).await,
+        }
+    }
+
+    /// Replaces a tenant's record.
+    pub async fn update(&self, tenant: &Tenant) -> Result<(), DbError> {
+        match self {
+            Tenants::Sqlite(s) => s.update(tenant).await,
+            Tenants::Postgres(s) => s.update(tenant).await,
+        }
+    }
+}
+
+#[async_trait]
+impl TenantStore for Tenants {
+    async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+        match self {
+            Tenants::Sqlite(s) => s.by_id(id).await,
+            Tenants::Postgres(s) => s.by_id(id).await,
+        }
+    }
+
+    async fn by_slug(&self, slug: &TenantSlug) -> Result<Option<Arc<Tenant>>, StoreError> {
+        match self {
+            Tenants::Sqlite(s) => s.by_slug(slug).await,
+            Tenants::Postgres(s) => s.by_slug(slug).await,
+        }
+    }
+
+    async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
+        match self {
+            Tenants::Sqlite(s) => s.by_domain(domain).await,
+            Tenants::Postgres(s) => s.by_domain(domain).await,
+        }
+    }
+}
+
+/// Memberships (user × tenant × role).
+#[derive(Clone, Debug)]
+pub enum Memberships {
+    /// The SQLite control database.
+    Sqlite(SqliteMembershipStore),
+    /// `tenancy.memberships`: read as the application role, written as the
+    /// owner.
+    Postgres {
+        /// Reads (the request path).
+        read: PgMembershipStore,
+        /// Writes (invitations, administration).
+        write: PgMembershipStore,
+    },
+}
+
+impl Memberships {
+    /// Inserts or replaces a membership.
+    pub async fn upsert(&self, m: &Membership) -> Result<(), DbError> {
+        match self {
+            Memberships::Sqlite(s) => s.upsert(m).await,
+            Memberships::Postgres { write, .. } => write.upsert(m).await,
+        }
+    }
+
+    /// Removes a membership; `true` if it existed.
+    pub async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, DbError> {
+        match self {
+            Memberships::Sqlite(s) => s.remove(user, tenant).await,
+            Memberships::Postgres { write, .. } => write.remove(user, tenant).await,
+        }
+    }
+
+    /// Every membership of `tenant`.
+    pub async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, DbError> {
+        match self {
+            Memberships::Sqlite(s) => s.members_of(tenant).await,
+            Memberships::Postgres { write, .. } => write.members_of(tenant).await,
+        }
+    }
+}
+
+#[async_trait]
+impl MembershipStore for Memberships {
+    async fn membership(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+    ) -> Result<Option<Membership>, StoreError> {
+        match self {
+            Memberships::Sqlite(s) => s.membership(user, tenant).await,
+            Memberships::Postgres { read, .. } => read.membership(user, tenant).await,
+        }
+    }
+
+    async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
+        match self {
+            Memberships::Sqlite(s) => s.memberships_of(user).await,
+            Memberships::Postgres { read, .. } => read.memberships_of(user).await,
+        }
+    }
+}
+
+#[async_trait]
+impl MembershipWriter for Memberships {
+    async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
+        self.upsert(membership).await.map_err(StoreError::new)
+    }
+}
+
+/// A user account: `(id, password hash)`.
+pub type Credentials = (String, String);
+
+/// Runs a query on the pool holding the `users` table.
+macro_rules! on_users {
+    ($backend:expr, $query:expr, execute) => {
+        match $backend {
+            Backend::Sqlite { control, .. } => $query.execute(control.pool()).await.map(|_| ()),
+            Backend::Postgres { app, .. } => $query.execute(app).await.map(|_| ()),
+        }
+    };
+    ($backend:expr, $query:expr, $method:ident) => {
+        match $backend {
+            Backend::Sqlite { control, .. } => $query.$method(control.pool()).await,
+            Backend::Postgres { app, .. } => $query.$method(app).await,
+        }
+    };
 }
 
 /// A 32-byte secret kept in `dir/name`, created (random, owner-only) on
@@ -235,36 +427,108 @@ impl std::fmt::Debug for Data {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Data")
             .field("dir", &self.dir)
+            .field("backend", &self.backend_name())
             .finish_non_exhaustive()
     }
 }
 
+/// Development-grade key management, kept in `dir` whatever the database:
+/// a master key file wrapping per-tenant KEKs (kept wrapped in
+/// `keks.json`), which wrap the per-tenant data keys kept in the database.
+/// Use a KMS provider in production.
+fn local_keys(dir: &Path) -> Result<Arc<LocalKeyProvider>, DbError> {
+    let master = zeroize::Zeroizing::new(secret_file(dir, "master.key")?);
+    let provider = LocalKeyProvider::persistent(master, dir.join("keks.json"))
+        .map_err(|e| DbError::Export(e.to_string()))?;
+    Ok(Arc::new(provider))
+}
+
 impl Data {
-    /// Opens (creating) the data directory: the control database and the
-    /// directory of tenant files.
+    /// Opens (creating) the data directory on the embedded default: the
+    /// control database and the directory of tenant files.
     pub async fn open(dir: &Path) -> Result<Self, DbError> {
         let control = SqliteControl::open(dir.join("control.sqlite3")).await?;
         sqlx::raw_sql(include_str!("../migrations/sqlite/control_users.sql"))
             .execute(control.pool())
             .await?;
-        // Development-grade key management: a master key file wrapping
-        // per-tenant KEKs (kept wrapped in keks.json), which wrap the
-        // per-tenant data keys kept in the control database. Use a KMS
-        // provider in production.
-        let master = zeroize::Zeroizing::new(secret_file(dir, "master.key")?);
-        let provider = LocalKeyProvider::persistent(master, dir.join("keks.json"))
-            .map_err(|e| DbError::Export(e.to_string()))?;
-        let keyring = Keyring::new(Arc::new(provider), Arc::new(control.keys()));
+        let keyring = Keyring::new(local_keys(dir)?, Arc::new(control.keys()));
         let audit = AuditLog::Sqlite(SqliteAuditLog::new(secret_file(dir, "audit.key")?));
+        let store: Arc<dyn TenantStore> = Arc::new(control.tenants());
         Ok(Self {
             dir: dir.to_owned(),
-            store: Arc::new(CachedStore::new(control.tenants())),
-            tenants: SqliteTenantDb::new(dir.join("tenants")).max_pools(64),
-            control,
-            migrator: migrator(),
+            store: Arc::new(CachedStore::new(store)),
+            backend: Backend::Sqlite {
+                tenants: SqliteTenantDb::new(dir.join("tenants")).max_pools(64),
+                control,
+                migrator: migrator(),
+            },
             keyring: Arc::new(keyring),
             audit,
+            _listener: None,
         })
+    }
+
+    /// Opens the PostgreSQL deployment: the owner applies the system and
+    /// application schema (idempotent, serialised between instances), then
+    /// the isolation audit runs in strict mode as the application role and
+    /// refuses to continue on any finding (a table without a forced policy,
+    /// an application role that bypasses row-level security, …). Secrets
+    /// (master key, audit chain key) stay in `dir`.
+    pub async fn open_postgres(dir: &Path, urls: &PgUrls) -> Result<Self, DbError> {
+        let app_role = role_of(&urls.app)?;
+        let owner = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&urls.owner)
+            .await?;
+        crate::postgres::apply_schema(&owner, &app_role).await?;
+        let app = TenantDb::pool_options()
+            .max_connections(16)
+            .connect(&urls.app)
+            .await?;
+        tenancy_sqlx::audit::Audit::new()
+            .schema("public")
+            .enforce(&mut *app.acquire().await?)
+            .await?;
+        let db = TenantDb::new(app.clone());
+        let keyring = Keyring::new(local_keys(dir)?, Arc::new(PgKeyStore::new(db.clone())));
+        let audit = AuditLog::Postgres(Box::new(PgAuditLog::new(
+            db.clone(),
+            secret_file(dir, "audit.key")?,
+        )));
+        let store: Arc<dyn TenantStore> = Arc::new(PgTenantStore::new(app.clone()));
+        let store = Arc::new(CachedStore::new(store));
+        // Another process (the command line) changing a tenant drops it from
+        // this process's cache at once.
+        let listener = InvalidationListener::start(&app, store.clone()).await?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            store,
+            backend: Backend::Postgres {
+                db: Box::new(db),
+                app,
+                owner,
+                app_role,
+            },
+            keyring: Arc::new(keyring),
+            audit,
+            _listener: Some(Arc::new(listener)),
+        })
+    }
+
+    /// [`Data::open_postgres`] when `postgres` is given, else [`Data::open`].
+    pub async fn open_with(dir: &Path, postgres: Option<&PgUrls>) -> Result<Self, DbError> {
+        match postgres {
+            Some(urls) => Self::open_postgres(dir, urls).await,
+            None => Self::open(dir).await,
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
     }
 
     /// The per-tenant keys (field encryption, blind indexes).
@@ -277,45 +541,95 @@ impl Data {
         &self.audit
     }
 
-    /// The data directory.
+    /// The data directory (secrets; on SQLite also the databases).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The one door to tenant data.
     pub async fn begin(&self, ctx: &TenantContext) -> Result<Tx, DbError> {
-        Ok(Tx::Sqlite(self.tenants.begin(ctx).await?))
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => Ok(Tx::Sqlite(tenants.begin(ctx).await?)),
+            Backend::Postgres { db, .. } => Ok(Tx::Postgres(db.begin(ctx).await?)),
+        }
     }
 
     /// [`Data::begin`] for a transaction that will write: on SQLite it holds
     /// the tenant file's write lock from the start.
     pub async fn begin_write(&self, ctx: &TenantContext) -> Result<Tx, DbError> {
-        Ok(Tx::Sqlite(self.tenants.begin_immediate(ctx).await?))
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => Ok(Tx::Sqlite(tenants.begin_immediate(ctx).await?)),
+            Backend::Postgres { db, .. } => Ok(Tx::Postgres(db.begin(ctx).await?)),
+        }
     }
 
-    /// The file of `tenant`.
+    /// The file of `tenant` (SQLite only).
     pub fn tenant_path(&self, tenant: &Tenant) -> Result<PathBuf, DbError> {
-        self.tenants.path_of(tenant)
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => tenants.path_of(tenant),
+            Backend::Postgres { .. } => Err(DbError::Placement {
+                tenant: tenant.id,
+                reason: "on PostgreSQL tenants share tables; there is no tenant file".into(),
+            }),
+        }
     }
 
-    /// Closes the pool of `tenant`'s file (before it is removed).
-    pub async fn close_tenant(&self, tenant: &Tenant) {
-        self.tenants.close(tenant).await;
+    /// Deletes every row of `tenant`'s application data: on SQLite the
+    /// tenant file itself; on PostgreSQL its rows, in one transaction
+    /// confined to the tenant by row-level security. (On PostgreSQL the
+    /// tenant's audit log stays: it is append-only for the application.)
+    pub async fn remove_tenant_data(&self, tenant: &Tenant) -> Result<(), DbError> {
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => {
+                let path = tenants.path_of(tenant)?;
+                tenants.close(tenant).await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(DbError::Export(format!(
+                                "removing {}: {e}",
+                                path.display()
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Backend::Postgres { db, .. } => {
+                let mut tx = db.begin(&TenantContext::new(tenant.clone())).await?;
+                for table in TENANT_TABLES.iter().rev() {
+                    sqlx::query(&format!("DELETE FROM \"{table}\""))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await
+            }
+        }
     }
 
-    /// The tenant registry, cached.
-    pub fn store(&self) -> Arc<CachedStore<SqliteTenantStore>> {
+    /// The tenant registry, cached (the request path).
+    pub fn store(&self) -> Arc<CachedStore<Arc<dyn TenantStore>>> {
         self.store.clone()
     }
 
-    /// The tenant registry, uncached (for writes).
-    pub fn tenant_store(&self) -> SqliteTenantStore {
-        self.control.tenants()
+    /// The tenant registry, uncached (for operations and writes).
+    pub fn tenant_store(&self) -> Tenants {
+        match &self.backend {
+            Backend::Sqlite { control, .. } => Tenants::Sqlite(control.tenants()),
+            Backend::Postgres { owner, .. } => Tenants::Postgres(PgTenantStore::new(owner.clone())),
+        }
     }
 
     /// Invitations.
-    pub fn invitations(&self) -> tenancy_sqlx::sqlite::SqliteInvitationStore {
-        self.control.invitations()
+    pub fn invitations(&self) -> Arc<dyn InvitationStore> {
+        match &self.backend {
+            Backend::Sqlite { control, .. } => Arc::new(control.invitations()),
+            Backend::Postgres { db, .. } => Arc::new(PgInvitationStore::new((**db).clone())),
+        }
     }
 
     /// The invitation of `tenant` with this token hash.
@@ -324,9 +638,7 @@ impl Data {
         tenant: TenantId,
         hash: &[u8; 32],
     ) -> Result<Option<tenancy_core::invite::Invitation>, DbError> {
-        use tenancy_core::invite::InvitationStore;
-        self.control
-            .invitations()
+        self.invitations()
             .by_hash(tenant, hash)
             .await
             .map_err(|e| DbError::InvalidData {
@@ -336,34 +648,92 @@ impl Data {
     }
 
     /// Memberships.
-    pub fn memberships(&self) -> SqliteMembershipStore {
-        self.control.memberships()
+    pub fn memberships(&self) -> Memberships {
+        match &self.backend {
+            Backend::Sqlite { control, .. } => Memberships::Sqlite(control.memberships()),
+            Backend::Postgres { app, owner, .. } => Memberships::Postgres {
+                read: PgMembershipStore::new(app.clone()),
+                write: PgMembershipStore::new(owner.clone()),
+            },
+        }
     }
 
-    /// The control database's pool (users).
-    pub fn control(&self) -> &sqlx::SqlitePool {
-        self.control.pool()
+    /// The account with this (normalised) email: `(id, password hash)`.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<Credentials>, DbError> {
+        Ok(on_users!(
+            &self.backend,
+            sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1").bind(email),
+            fetch_optional
+        )?)
     }
 
-    /// Registers a tenant placed in a file of its own and creates that file
-    /// at the latest schema version. Idempotent for the file; the record must
-    /// be new.
+    /// The name and email of account `id`.
+    pub async fn user_profile(&self, id: &str) -> Result<Option<(String, String)>, DbError> {
+        Ok(on_users!(
+            &self.backend,
+            sqlx::query_as("SELECT name, email FROM users WHERE id = $1").bind(id),
+            fetch_optional
+        )?)
+    }
+
+    /// Adds an account (`email` normalised, `password_hash` argon2id).
+    pub async fn insert_user(
+        &self,
+        id: &str,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+    ) -> Result<(), DbError> {
+        let now = Utc::now();
+        on_users!(
+            &self.backend,
+            sqlx::query(
+                "INSERT INTO users (id, email, name, password_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(email)
+            .bind(name)
+            .bind(password_hash)
+            .bind(now),
+            execute
+        )?;
+        Ok(())
+    }
+
+    /// Registers a tenant and creates its storage at the latest schema: on
+    /// SQLite a file of its own (idempotent for the file; the record must be
+    /// new), on PostgreSQL only the record (tenants share the tables).
     pub async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, DbError> {
-        let id = tenant.id;
-        let placement =
-            Placement::database(&Placement::name_for(id)).map_err(|e| DbError::Placement {
-                tenant: id,
-                reason: e.to_string(),
-            })?;
-        let tenant = tenant.with_placement(placement);
-        self.tenants.provision(&tenant, &self.migrator).await?;
-        self.control.tenants().create(&tenant).await?;
-        Ok(tenant)
+        match &self.backend {
+            Backend::Sqlite {
+                control,
+                tenants,
+                migrator,
+            } => {
+                let id = tenant.id;
+                let placement = Placement::database(&Placement::name_for(id)).map_err(|e| {
+                    DbError::Placement {
+                        tenant: id,
+                        reason: e.to_string(),
+                    }
+                })?;
+                let tenant = tenant.with_placement(placement);
+                tenants.provision(&tenant, migrator).await?;
+                control.tenants().create(&tenant).await?;
+                Ok(tenant)
+            }
+            Backend::Postgres { .. } => {
+                let tenant = tenant.with_placement(Placement::Shared);
+                self.tenant_store().create(&tenant).await?;
+                Ok(tenant)
+            }
+        }
     }
 
     /// Replaces a tenant's record and drops it from the cache.
     pub async fn save_tenant(&self, tenant: &Tenant) -> Result<(), DbError> {
-        self.control.tenants().update(tenant).await?;
+        self.tenant_store().update(tenant).await?;
         self.store.invalidate_tenant(tenant).await;
         Ok(())
     }
@@ -379,21 +749,44 @@ impl Data {
             })
     }
 
-    /// Brings every tenant file to the latest schema.
+    /// Brings every tenant to the latest schema: each tenant file on SQLite;
+    /// the shared tables on PostgreSQL (every tenant at once).
     pub async fn migrate_all(
         &self,
         progress: impl Fn(&tenancy_sqlx::tenant_migrate::Progress) + Send + Sync,
-    ) -> Result<tenancy_sqlx::tenant_migrate::RolloutReport, DbError> {
+    ) -> Result<RolloutReport, DbError> {
         let tenants: Vec<Tenant> = self
-            .control
-            .tenants()
+            .tenant_store()
             .list()
             .await?
             .iter()
             .map(|t| (**t).clone())
             .collect();
-        self.tenants
-            .migrate(&self.migrator, &tenants, progress)
-            .await
+        match &self.backend {
+            Backend::Sqlite {
+                tenants: files,
+                migrator,
+                ..
+            } => files.migrate(migrator, &tenants, progress).await,
+            Backend::Postgres {
+                owner, app_role, ..
+            } => {
+                let applied = crate::postgres::apply_schema(owner, app_role).await?;
+                let mut report = RolloutReport::default();
+                if applied {
+                    report.migrated = tenants.iter().map(|t| t.id).collect();
+                } else {
+                    report.up_to_date = tenants.len();
+                }
+                Ok(report)
+            }
+        }
     }
+}
+
+/// The user name in a PostgreSQL URL.
+fn role_of(url: &str) -> Result<String, DbError> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    Ok(options.get_username().to_owned())
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use insurance_agent::app::{self, Config, Error};
-use insurance_agent::data::Data;
+use insurance_agent::data::{Data, PgUrls};
 use insurance_agent::{ops, seed};
 use tenancy_core::lifecycle::Transition;
 use tenancy_core::store::TenantStore;
@@ -28,6 +28,19 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// PostgreSQL instead of the embedded SQLite: the application role
+    /// (neither superuser, nor BYPASSRLS, nor the tables' owner).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// With `--database-url`: the role owning the schema (applies it at
+    /// start-up, writes tenants and memberships).
+    #[arg(
+        long,
+        env = "DATABASE_OWNER_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_owner_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -176,33 +189,62 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Where the data is: the data directory, and PostgreSQL when configured.
+struct At {
+    data_dir: PathBuf,
+    postgres: Option<PgUrls>,
+}
+
+impl At {
+    async fn open(&self) -> Result<Data, Error> {
+        Ok(Data::open_with(&self.data_dir, self.postgres.as_ref()).await?)
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Error> {
+    let postgres = match (cli.database_url, cli.database_owner_url) {
+        (Some(app), Some(owner)) => Some(PgUrls { app, owner }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(
+                "DATABASE_URL is set but DATABASE_OWNER_URL is not: give the role that \
+                        owns the schema too (it applies the schema; DATABASE_URL must be the \
+                        application role, which row-level security confines)"
+                    .into(),
+            );
+        }
+        (None, Some(_)) => {
+            return Err("DATABASE_OWNER_URL is set but DATABASE_URL is not".into());
+        }
+    };
+    let at = At {
+        data_dir: cli.data_dir,
+        postgres,
+    };
     let command = cli.command.unwrap_or(Command::Serve {
         bind: "127.0.0.1:8080".parse()?,
         plans: None,
     });
     match command {
-        Command::Serve { bind, plans } => serve(cli.data_dir, bind, plans).await,
-        Command::Migrate => migrate(&cli.data_dir).await,
-        Command::Seed { tenants, customers } => seed_many(&cli.data_dir, tenants, customers).await,
-        Command::Tenant(t) => tenant(&cli.data_dir, t).await,
-        Command::Keys(k) => keys(&cli.data_dir, k).await,
-        Command::Report(r) => report(&cli.data_dir, r).await,
+        Command::Serve { bind, plans } => serve(at, bind, plans).await,
+        Command::Migrate => migrate(&at).await,
+        Command::Seed { tenants, customers } => seed_many(&at, tenants, customers).await,
+        Command::Tenant(t) => tenant(&at, t).await,
+        Command::Keys(k) => keys(&at, k).await,
+        Command::Report(r) => report(&at, r).await,
     }
 }
 
-async fn serve(data_dir: PathBuf, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), Error> {
+async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), Error> {
     let running = app::start(&Config {
-        data_dir: data_dir.clone(),
+        data_dir: at.data_dir.clone(),
         bind,
         plans,
+        postgres: at.postgres,
     })
     .await?;
     let url = format!("http://{}", running.addr);
-    println!(
-        "insurance-agent listening on {url}  (data in {})",
-        data_dir.display()
-    );
+    println!("insurance-agent listening on {url}  ({})", running.storage);
     if !running.seeded.is_empty() {
         println!("Created demo tenants: {}", running.seeded.join(", "));
     }
@@ -227,8 +269,8 @@ async fn serve(data_dir: PathBuf, bind: SocketAddr, plans: Option<PathBuf>) -> R
     running.wait().await
 }
 
-async fn migrate(data_dir: &std::path::Path) -> Result<(), Error> {
-    let data = Data::open(data_dir).await?;
+async fn migrate(at: &At) -> Result<(), Error> {
+    let data = at.open().await?;
     let total = data.tenant_store().list().await?.len();
     let bar = bar(total as u64, "migrating");
     let report = data.migrate_all(|_| bar.inc(1)).await?;
@@ -256,8 +298,8 @@ async fn find(data: &Data, slug: &str) -> Result<std::sync::Arc<Tenant>, Error> 
         .ok_or_else(|| Error::from(format!("no tenant {slug:?}")))
 }
 
-async fn keys(data_dir: &std::path::Path, command: KeysCommand) -> Result<(), Error> {
-    let data = Data::open(data_dir).await?;
+async fn keys(at: &At, command: KeysCommand) -> Result<(), Error> {
+    let data = at.open().await?;
     let KeysCommand::Rotate { slug, all } = command;
     let tenants = match (slug, all) {
         (Some(s), false) => vec![find(&data, &s).await?],
@@ -274,8 +316,8 @@ async fn keys(data_dir: &std::path::Path, command: KeysCommand) -> Result<(), Er
     Ok(())
 }
 
-async fn report(data_dir: &std::path::Path, command: ReportCommand) -> Result<(), Error> {
-    let data = Data::open(data_dir).await?;
+async fn report(at: &At, command: ReportCommand) -> Result<(), Error> {
+    let data = at.open().await?;
     match command {
         ReportCommand::Usage { slug } => {
             let t = find(&data, &slug).await?;
@@ -354,12 +396,8 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     bar
 }
 
-async fn seed_many(
-    data_dir: &std::path::Path,
-    tenants: usize,
-    customers: usize,
-) -> Result<(), Error> {
-    let data = Data::open(data_dir).await?;
+async fn seed_many(at: &At, tenants: usize, customers: usize) -> Result<(), Error> {
+    let data = at.open().await?;
     let bar = bar(tenants as u64, "seeding");
     for i in 0..tenants {
         let slug = format!("synthetic-{}", &TenantId::new_v4().to_string()[..8]);
@@ -371,8 +409,8 @@ async fn seed_many(
     Ok(())
 }
 
-async fn tenant(data_dir: &std::path::Path, command: TenantCommand) -> Result<(), Error> {
-    let data = Data::open(data_dir).await?;
+async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
+    let data = at.open().await?;
     let by_slug = |slug: &str| {
         let data = data.clone();
         let slug = slug.to_owned();

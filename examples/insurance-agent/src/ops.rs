@@ -1,6 +1,6 @@
 //! Operations on whole tenants, shared by the command line and the API:
 //! export (JSON Lines per table, sensitive fields decrypted for the tenant's
-//! own copy) and purge (crypto-shredding, then the tenant file removed).
+//! own copy) and purge (crypto-shredding, then the tenant's data removed).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -156,7 +156,8 @@ pub async fn offboard(data: &Data, tenant: &Tenant, grace_days: i64) -> Result<T
 
 /// Purges an offboarded tenant whose grace period is over: crypto-shreds
 /// its keys (nothing it encrypted can be read again, backups included),
-/// deletes its file, removes its memberships, and marks it deleted.
+/// deletes its data (its file on SQLite, its rows on PostgreSQL), removes its
+/// memberships, and marks it deleted.
 pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
     let next = next_status(&tenant.status, &Transition::Purge, chrono::Utc::now())
         .map_err(|e| ApiError::conflict(e.to_string()))?;
@@ -165,22 +166,7 @@ pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
         .shred(tenant.id)
         .await
         .map_err(|e| ApiError::internal(format!("shredding keys: {e}")))?;
-    let path = data.tenant_path(tenant)?;
-    data.close_tenant(tenant).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = path.clone().into_os_string();
-        p.push(suffix);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(ApiError::internal(format!(
-                    "removing {}: {e}",
-                    path.display()
-                )));
-            }
-        }
-    }
+    data.remove_tenant_data(tenant).await?;
     for m in data.memberships().members_of(tenant.id).await? {
         data.memberships()
             .remove(&UserId::new(m.user_id.as_str().to_owned()), tenant.id)

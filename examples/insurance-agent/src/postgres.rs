@@ -11,7 +11,7 @@
 use tenancy_core::rls::{TenantTable, quote_ident};
 
 /// The tables that carry tenant data, parents first.
-pub const TENANT_TABLES: [&str; 5] = ["agents", "customers", "policies", "payments", "commissions"];
+pub use crate::data::TENANT_TABLES;
 
 /// DDL creating the application's tables in `schema` and isolating them for
 /// `app_role` (run as the tables' owner, after `tenancy_sqlx::migrate::run`).
@@ -102,4 +102,47 @@ pub fn schema_sql(schema: &str, app_role: &str) -> Vec<String> {
         );
     }
     out
+}
+
+/// The application schema's version: 1 is [`schema_sql`] in `public`.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Applies the system schema (`tenancy_sqlx::migrate`) and the application
+/// schema in `public` — as the owner, serialised between instances starting
+/// at once, each version once (ledger `public.app_schema_versions`) — and
+/// (re)grants `app_role` what it needs. Returns whether anything new was
+/// applied.
+pub async fn apply_schema(
+    owner: &sqlx::PgPool,
+    app_role: &str,
+) -> Result<bool, tenancy_sqlx::DbError> {
+    let mut conn = owner.acquire().await?;
+    tenancy_sqlx::migrate::run(&mut conn).await?;
+    tenancy_sqlx::migrate::grant_system_read(&mut conn, app_role).await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('insurance-agent.schema'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS public.app_schema_versions (
+            version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: Option<i32> =
+        sqlx::query_scalar("SELECT max(version) FROM public.app_schema_versions")
+            .fetch_one(&mut *tx)
+            .await?;
+    let applied = current.unwrap_or(0) < SCHEMA_VERSION;
+    if applied {
+        for stmt in schema_sql("public", app_role) {
+            sqlx::raw_sql(&stmt).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO public.app_schema_versions (version) VALUES ($1)")
+            .bind(SCHEMA_VERSION)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(applied)
 }

@@ -84,21 +84,11 @@ pub async fn ensure_user(
     password: &str,
 ) -> Result<String, ApiError> {
     let email = email.trim().to_lowercase();
-    if let Some(id) = sqlx::query_scalar::<_, String>("SELECT id FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(data.control())
-        .await?
-    {
+    if let Some((id, _)) = data.user_by_email(&email).await? {
         return Ok(id);
     }
     let id = Id::new().to_string();
-    sqlx::query("INSERT INTO users (id, email, name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&id)
-        .bind(&email)
-        .bind(name)
-        .bind(hash_password(password)?)
-        .bind(Utc::now())
-        .execute(data.control())
+    data.insert_user(&id, &email, name, &hash_password(password)?)
         .await?;
     Ok(id)
 }

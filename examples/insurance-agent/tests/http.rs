@@ -1,5 +1,6 @@
-//! The reference app over real HTTP on its embedded default (SQLite, one
-//! file per tenant): sign-in, tenant isolation (ids of one tenant used with
+//! The reference app over real HTTP, every scenario on both backends: the
+//! embedded default (SQLite, one file per tenant) and PostgreSQL (shared
+//! tables, row-level security; a fresh database per test): sign-in, tenant isolation (ids of one tenant used with
 //! another tenant's credentials get 404, never data), record ownership
 //! inside a tenant, plan limits, problem+json errors, and the run command
 //! as a new user would use it.
@@ -9,26 +10,103 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use insurance_agent::app::{self, Config, Running};
+use insurance_agent::data::PgUrls;
 use insurance_agent::seed::DEMO_PASSWORD;
 use serde_json::{Value, json};
+use tenancy_testkit::TestDb;
 use tenancy_testkit::http::{RawResponse, send};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 struct App {
     _dir: tempfile::TempDir,
+    /// On PostgreSQL: the test's own database.
+    pg: Option<TestDb>,
     running: Running,
 }
 
-async fn start() -> App {
+/// A fresh PostgreSQL database owned by `tenancy_owner`, as the app's URLs.
+async fn fresh_database() -> (TestDb, PgUrls) {
+    let db = TestDb::from_env()
+        .unwrap()
+        .fresh_database("insurance")
+        .await
+        .unwrap();
+    let urls = PgUrls {
+        app: db.app_url.clone(),
+        owner: db.owner_url.clone(),
+    };
+    (db, urls)
+}
+
+async fn start(backend: Backend) -> App {
     let dir = tempfile::tempdir().unwrap();
+    let (pg, postgres) = match backend {
+        Backend::Sqlite => (None, None),
+        Backend::Postgres => {
+            let (db, urls) = fresh_database().await;
+            (Some(db), Some(urls))
+        }
+    };
     let running = app::start(&Config {
         data_dir: dir.path().to_owned(),
         bind: "127.0.0.1:0".parse().unwrap(),
         plans: None,
+        postgres,
     })
     .await
     .unwrap();
-    App { _dir: dir, running }
+    let expected = if backend == Backend::Sqlite {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    };
+    assert!(running.storage.contains(expected), "{}", running.storage);
+    App {
+        _dir: dir,
+        pg,
+        running,
+    }
 }
+
+/// Every scenario runs twice: `sqlite::<name>` and `postgres::<name>`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    health_openapi_and_sign_in,
+    ids_of_one_tenant_are_404_with_another_tenants_credentials,
+    agents_see_their_own_customers_managers_their_team_admins_all,
+    the_free_plan_stops_at_its_agent_limit,
+    sensitive_fields_are_encrypted_at_rest_searchable_and_masked,
+    every_state_change_is_audited_and_the_chain_verifies,
+    a_policy_from_quote_to_commission_with_exact_money,
+    usage_plan_changes_thresholds_and_compliance_reports,
+    invitations_enforce_the_tenants_password_policy_and_are_single_use,
+    a_providers_admins_administer_its_regional_office_and_no_further
+);
 
 fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
@@ -88,9 +166,8 @@ fn ids(r: &RawResponse) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_openapi_and_sign_in() {
-    let app = start().await;
+async fn health_openapi_and_sign_in(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     assert_eq!(app.running.seeded.len(), 4);
     assert_eq!(call(addr, "GET", "/health", None, None).await.status, 200);
@@ -154,9 +231,8 @@ async fn health_openapi_and_sign_in() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ids_of_one_tenant_are_404_with_another_tenants_credentials() {
-    let app = start().await;
+async fn ids_of_one_tenant_are_404_with_another_tenants_credentials(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let sunrise = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
     let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
@@ -225,9 +301,8 @@ async fn ids_of_one_tenant_are_404_with_another_tenants_credentials() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_see_their_own_customers_managers_their_team_admins_all() {
-    let app = start().await;
+async fn agents_see_their_own_customers_managers_their_team_admins_all(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
     let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
@@ -366,9 +441,8 @@ async fn agents_see_their_own_customers_managers_their_team_admins_all() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_free_plan_stops_at_its_agent_limit() {
-    let app = start().await;
+async fn the_free_plan_stops_at_its_agent_limit(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let asha = login(addr, "asha@asha.test", "asha-agency").await; // free plan: 3 agents
     for i in 0..3 {
@@ -416,28 +490,55 @@ async fn the_free_plan_stops_at_its_agent_limit() {
 
 /// `cargo run -p insurance-agent` as a new user would: a fresh data
 /// directory, the default command, wait for health, one request, stop.
-#[tokio::test]
-async fn the_run_command_starts_on_a_fresh_data_directory() {
+/// Starts the binary as a user would, with `env`; returns it, the address
+/// it printed, and the line that said so.
+async fn spawn_server(env: &[(&str, &str)]) -> (tokio::process::Child, SocketAddr, String) {
     use tokio::io::AsyncBufReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
-        .env("INSURANCE_DATA_DIR", dir.path())
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command
         .env("INSURANCE_BIND", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(60), async {
+    let (addr, line) = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.strip_prefix("insurance-agent listening on http://") {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
+                return (
+                    rest.split_whitespace().next().unwrap().parse().unwrap(),
+                    line,
+                );
             }
         }
         panic!("the server exited before listening");
     })
     .await
     .unwrap();
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, line)
+}
+
+/// Runs an operations command of the binary with `env`.
+async fn command(env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.args(args).output().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_run_command_starts_on_a_fresh_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let env = [("INSURANCE_DATA_DIR", data_dir)];
+    let (mut child, addr, line) = spawn_server(&env).await;
+    assert!(line.contains("SQLite"), "{line}");
     assert_eq!(call(addr, "GET", "/health", None, None).await.status, 200);
     let token = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
     assert_eq!(
@@ -449,23 +550,17 @@ async fn the_run_command_starts_on_a_fresh_data_directory() {
     child.kill().await.unwrap();
     assert!(dir.path().join("control.sqlite3").exists());
     // The operations commands on the same data directory.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
-        .env("INSURANCE_DATA_DIR", dir.path())
-        .args(["report", "audit", "sunrise-insurance"])
-        .output()
-        .await
-        .unwrap();
+    let out = command(&env, &["report", "audit", "sunrise-insurance"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("chain intact"),
         "{text}"
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
-        .env("INSURANCE_DATA_DIR", dir.path())
-        .args(["tenant", "suspend", "no-such-tenant", "--reason", "x"])
-        .output()
-        .await
-        .unwrap();
+    let out = command(
+        &env,
+        &["tenant", "suspend", "no-such-tenant", "--reason", "x"],
+    )
+    .await;
     assert!(!out.status.success(), "an unknown tenant is an error");
     assert_eq!(
         std::fs::read_dir(dir.path().join("tenants"))
@@ -482,6 +577,124 @@ async fn the_run_command_starts_on_a_fresh_data_directory() {
     );
 }
 
+/// Every row of every table outside PostgreSQL's own schemas, as text,
+/// one entry per table.
+async fn database_rows(admin_url: &str) -> Vec<(String, Vec<u8>)> {
+    let admin = sqlx::PgPool::connect(admin_url).await.unwrap();
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema::text, table_name::text FROM information_schema.tables \
+         WHERE table_type = 'BASE TABLE' \
+           AND table_schema NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(tables.len() > 10, "{tables:?}");
+    let mut out = Vec::new();
+    for (schema, table) in tables {
+        let rows: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT t::text FROM \"{schema}\".\"{table}\" t"))
+                .fetch_all(&admin)
+                .await
+                .unwrap();
+        out.push((format!("{schema}.{table}"), rows.join("\n").into_bytes()));
+    }
+    admin.close().await;
+    out
+}
+
+#[tokio::test]
+async fn with_database_url_the_run_command_serves_postgres_and_sees_commands_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, urls) = fresh_database().await;
+    let env = [
+        ("INSURANCE_DATA_DIR", dir.path().to_str().unwrap()),
+        ("DATABASE_URL", urls.app.as_str()),
+        ("DATABASE_OWNER_URL", urls.owner.as_str()),
+    ];
+    let (mut child, addr, line) = spawn_server(&env).await;
+    assert!(line.contains("PostgreSQL"), "{line}");
+    assert!(
+        !dir.path().join("control.sqlite3").exists(),
+        "no SQLite in PostgreSQL mode"
+    );
+    let token = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/customers", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    // A tenant suspended from the command line is refused by the running
+    // server at once (the change is broadcast; no waiting for a cache TTL).
+    let out = command(
+        &env,
+        &[
+            "tenant",
+            "suspend",
+            "sunrise-insurance",
+            "--reason",
+            "unpaid",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut refused = None;
+    for _ in 0..40 {
+        let r = call(addr, "GET", "/customers", Some(&token), None).await;
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_problem(
+        &refused.expect("still served after 2 s"),
+        403,
+        "tenant-suspended",
+    );
+    let out = command(&env, &["report", "audit", "sunrise-insurance"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("chain intact"),
+        "{text}"
+    );
+    // Without the owner's URL the binary says what is missing.
+    let out = command(&[("DATABASE_URL", urls.app.as_str())], &["tenant", "list"]).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DATABASE_OWNER_URL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_mode_refuses_to_start_when_the_app_role_escapes_row_level_security() {
+    // The owner of the tables as the request-serving role: row-level
+    // security would not confine it, and the strict start-up audit says so.
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, urls) = fresh_database().await;
+    let wrong = PgUrls {
+        app: urls.owner.clone(),
+        owner: urls.owner.clone(),
+    };
+    let err = insurance_agent::data::Data::open_postgres(dir.path(), &wrong)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("owner"), "{err}");
+    // The same database with the application role starts.
+    insurance_agent::data::Data::open_postgres(dir.path(), &urls)
+        .await
+        .unwrap();
+}
+
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -495,9 +708,8 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sensitive_fields_are_encrypted_at_rest_searchable_and_masked() {
-    let app = start().await;
+async fn sensitive_fields_are_encrypted_at_rest_searchable_and_masked(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
     let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
@@ -593,19 +805,27 @@ async fn sensitive_fields_are_encrypted_at_rest_searchable_and_masked() {
         1
     );
 
-    // No plaintext in any file of the data directory (databases, WAL, keys).
+    // No plaintext anywhere the data is stored: every file of the data
+    // directory (databases, WAL, keys) on SQLite; on PostgreSQL, every row
+    // of every table in the database, read as the superuser, plus the data
+    // directory (keys).
     let mut secrets: Vec<&str> = secrets.to_vec();
     secrets.push("QWERT1111Z");
+    let mut stored: Vec<(String, Vec<u8>)> = files_under(app._dir.path())
+        .into_iter()
+        .map(|f| (f.display().to_string(), std::fs::read(&f).unwrap()))
+        .collect();
+    if let Some(pg) = &app.pg {
+        stored.extend(database_rows(&pg.admin_url).await);
+    }
     let mut control_seen = false;
-    for file in files_under(app._dir.path()) {
-        let bytes = std::fs::read(&file).unwrap();
+    for (place, bytes) in &stored {
         // Positive control: the scan does see the customer's plain columns.
         control_seen |= bytes.windows(5).any(|w| w == b"Desai");
         for s in &secrets {
             assert!(
                 !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
-                "{s} in plaintext in {}",
-                file.display()
+                "{s} in plaintext in {place}"
             );
         }
     }
@@ -616,9 +836,8 @@ async fn sensitive_fields_are_encrypted_at_rest_searchable_and_masked() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_state_change_is_audited_and_the_chain_verifies() {
-    let app = start().await;
+async fn every_state_change_is_audited_and_the_chain_verifies(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
     let agents = call(addr, "GET", "/agents", Some(&admin), None)
@@ -719,9 +938,8 @@ async fn every_state_change_is_audited_and_the_chain_verifies() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_from_quote_to_commission_with_exact_money() {
-    let app = start().await;
+async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
     let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
@@ -968,9 +1186,8 @@ fn new_agent(code: &str) -> Value {
     json!({"agent_code": code, "name": "A", "licence_number": "L", "licence_expiry": "2030-01-01"})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn usage_plan_changes_thresholds_and_compliance_reports() {
-    let app = start().await;
+async fn usage_plan_changes_thresholds_and_compliance_reports(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let asha = login(addr, "asha@asha.test", "asha-agency").await; // free: 3 agents
     for i in 0..3 {
@@ -1164,9 +1381,8 @@ async fn usage_plan_changes_thresholds_and_compliance_reports() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invitations_enforce_the_tenants_password_policy_and_are_single_use() {
-    let app = start().await;
+async fn invitations_enforce_the_tenants_password_policy_and_are_single_use(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
     let policy = json!({"min_length": 14, "require_upper": true, "require_lower": true,
@@ -1367,9 +1583,8 @@ async fn invitations_enforce_the_tenants_password_policy_and_are_single_use() {
     app.running.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_providers_admins_administer_its_regional_office_and_no_further() {
-    let app = start().await;
+async fn a_providers_admins_administer_its_regional_office_and_no_further(backend: Backend) {
+    let app = start(backend).await;
     let addr = app.running.addr;
     // The provider's admin signs in to its child tenant as a tenant admin.
     let parent_admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;

@@ -16,10 +16,7 @@ use crate::auth::{PasswordPolicy, verify_password};
 use crate::id::Id;
 
 fn invitations(state: &AppState) -> Invitations {
-    Invitations::new(
-        Arc::new(state.data.invitations()),
-        Arc::new(state.data.memberships()),
-    )
+    Invitations::new(state.data.invitations(), Arc::new(state.data.memberships()))
 }
 
 impl From<InviteError> for ApiError {
@@ -182,11 +179,7 @@ pub async fn accept(
     if req.name.trim().is_empty() {
         return Err(ApiError::invalid("name must not be empty"));
     }
-    let existing: Option<(String, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-            .bind(&email)
-            .fetch_optional(state.data.control())
-            .await?;
+    let existing = state.data.user_by_email(&email).await?;
     let (user, new_account) = match existing {
         Some((id, hash)) => {
             if !verify_password(&hash, &req.password) {

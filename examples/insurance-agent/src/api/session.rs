@@ -48,11 +48,10 @@ pub async fn login(
     Body(req): Body<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let refused = || ApiError::unauthorized("email, password or tenant is wrong");
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1")
-            .bind(req.email.trim().to_lowercase())
-            .fetch_optional(state.data.control())
-            .await?;
+    let row = state
+        .data
+        .user_by_email(&req.email.trim().to_lowercase())
+        .await?;
     let (user_id, hash) = row.unwrap_or_else(|| (String::new(), DUMMY_HASH.clone()));
     let password_ok = verify_password(&hash, &req.password);
     if user_id.is_empty() || !password_ok {
@@ -122,12 +121,11 @@ pub struct Me {
 /// Who the caller is, in which tenant, with which role.
 #[utoipa::path(get, path = "/me", responses((status = 200, body = Me)), security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me>, ApiError> {
-    let (name, email): (String, String) =
-        sqlx::query_as("SELECT name, email FROM users WHERE id = $1")
-            .bind(caller.user.as_str())
-            .fetch_optional(state.data.control())
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
+    let (name, email) = state
+        .data
+        .user_profile(caller.user.as_str())
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the account no longer exists"))?;
     let mut tx = state.data.begin(&caller.ctx).await?;
     let agent_id = super::agents::agent_of(&mut tx, &caller.user).await?;
     tx.commit().await?;
