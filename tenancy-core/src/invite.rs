@@ -204,6 +204,16 @@ pub trait InvitationStore: Send + Sync {
         user: &UserId,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Undoes [`mark_accepted`](Self::mark_accepted) by `user` — what
+    /// [`Invitations::accept`] calls when the membership could not be
+    /// created, so the invitation is not spent on a join that did not
+    /// happen. Only an acceptance by `user` is undone; whether one was.
+    async fn release(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+    ) -> Result<bool, StoreError>;
     /// Removes an unaccepted invitation; whether it existed.
     async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError>;
 }
@@ -249,6 +259,24 @@ impl InvitationStore for InMemoryInvitationStore {
         match map.get_mut(hash) {
             Some(i) if i.tenant == tenant && i.accepted.is_none() && now < i.expires_at => {
                 i.accepted = Some((now, user.clone()));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        match map.get_mut(hash) {
+            Some(i)
+                if i.tenant == tenant && i.accepted.as_ref().is_some_and(|(_, u)| u == user) =>
+            {
+                i.accepted = None;
                 Ok(true)
             }
             _ => Ok(false),
@@ -362,7 +390,21 @@ impl Invitations {
             return Err(InviteError::AlreadyUsed);
         }
         let membership = Membership::new(user.clone(), tenant, invitation.role);
-        self.members.put(&membership).await?;
+        if let Err(e) = self.members.put(&membership).await {
+            // Not joined: give the invitation back rather than spend it.
+            match self.store.release(tenant, &hash, user).await {
+                Ok(true) => {
+                    tracing::warn!(tenant.id = %tenant, invitation = %invitation.id, error = %e, "membership not created; invitation released for another try");
+                }
+                Ok(false) => {
+                    tracing::error!(tenant.id = %tenant, invitation = %invitation.id, error = %e, "membership not created and the invitation was no longer ours to release; invite again");
+                }
+                Err(release) => {
+                    tracing::error!(tenant.id = %tenant, invitation = %invitation.id, error = %e, release = %release, "membership not created and the invitation could not be released; invite again");
+                }
+            }
+            return Err(e.into());
+        }
         tracing::info!(tenant.id = %tenant, invitation = %invitation.id, user = %user.as_str(), "invitation accepted");
         Ok(membership)
     }

@@ -195,3 +195,80 @@ async fn expired_foreign_unknown_and_malformed_tokens_are_refused_clearly() {
         Err(InviteError::NotFound)
     ));
 }
+
+/// Refuses every membership write.
+struct Unwritable;
+
+#[async_trait::async_trait]
+impl MembershipStore for Unwritable {
+    async fn membership(
+        &self,
+        _: &UserId,
+        _: TenantId,
+    ) -> Result<Option<tenancy_core::Membership>, tenancy_core::StoreError> {
+        Ok(None)
+    }
+
+    async fn memberships_of(
+        &self,
+        _: &UserId,
+    ) -> Result<Vec<tenancy_core::Membership>, tenancy_core::StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait::async_trait]
+impl tenancy_core::MembershipWriter for Unwritable {
+    async fn put(&self, _: &tenancy_core::Membership) -> Result<(), tenancy_core::StoreError> {
+        Err(tenancy_core::StoreError::new(std::io::Error::other(
+            "injected",
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_join_that_cannot_be_written_does_not_spend_the_invitation() {
+    let store = Arc::new(InMemoryInvitationStore::default());
+    let t = TenantId::new_v4();
+    let failing = Invitations::new(store.clone(), Arc::new(Unwritable));
+    let (invitation, token) = failing
+        .invite(
+            t,
+            "a@example.com",
+            Role::Member,
+            &UserId::new("admin"),
+            Duration::days(1),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        failing.accept(t, token.expose(), &UserId::new("a")).await,
+        Err(InviteError::Store(_))
+    ));
+    let kept = store
+        .by_hash(t, &invitation.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(kept.accepted.is_none(), "released after the failed write");
+    // Another user cannot release someone else's acceptance.
+    let inv = Invitations::new(store.clone(), Arc::new(InMemoryMembershipStore::new()));
+    inv.accept(t, token.expose(), &UserId::new("a"))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .release(t, &invitation.token_hash, &UserId::new("b"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .by_hash(t, &invitation.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .accepted
+            .is_some()
+    );
+}

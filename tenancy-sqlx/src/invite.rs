@@ -140,6 +140,31 @@ impl InvitationStore for PgInvitationStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn release(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self
+            .db
+            .begin_for_id(tenant)
+            .await
+            .map_err(StoreError::new)?;
+        let done = sqlx::query(
+            "UPDATE tenancy.invitations SET accepted_at = NULL, accepted_by = NULL \
+             WHERE tenant_id = $1 AND token_hash = $2 AND accepted_by = $3",
+        )
+        .bind(tenant.as_uuid())
+        .bind(hash.as_slice())
+        .bind(user.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::new)?;
+        tx.commit().await.map_err(StoreError::new)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError> {
         let mut tx = self
             .db

@@ -435,3 +435,24 @@ async fn the_database_probe_checks_the_tenant_data_path() {
     let r = health.check(&t).await;
     assert_eq!(r.status, Status::Unhealthy, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_failed_join_gives_the_postgres_invitation_back() {
+    let env = TestDb::from_env().unwrap();
+    let owner = env.owner_pool(2).await.unwrap();
+    {
+        let mut conn = owner.acquire().await.unwrap();
+        migrate::run(&mut conn).await.unwrap();
+        migrate::grant_system_read(&mut conn, "tenancy_app")
+            .await
+            .unwrap();
+    }
+    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let t = tenant("inv-retry");
+    PgTenantStore::new(owner.clone()).create(&t).await.unwrap();
+    tenancy_testkit::invite::a_failed_join_releases_the_invitation(
+        Arc::new(tenancy_sqlx::PgInvitationStore::new(db)),
+        t.id,
+    )
+    .await;
+}

@@ -255,3 +255,18 @@ async fn invitations_are_single_use_tenant_bound_and_expire() {
         Err(InviteError::NotFound)
     ));
 }
+
+#[tokio::test]
+async fn a_failed_join_gives_the_sqlite_invitation_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("c.sqlite3"))
+        .await
+        .unwrap();
+    let t = tenant("inv-retry");
+    control.tenants().create(&t).await.unwrap();
+    tenancy_testkit::invite::a_failed_join_releases_the_invitation(
+        std::sync::Arc::new(control.invitations()),
+        t.id,
+    )
+    .await;
+}

@@ -21,6 +21,7 @@
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub mod http;
+pub mod invite;
 pub mod isolation;
 pub mod web;
 

@@ -574,6 +574,25 @@ impl InvitationStore for SqliteInvitationStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn release(
+        &self,
+        tenant: TenantId,
+        hash: &[u8; 32],
+        user: &UserId,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tenancy_invitations SET accepted_at = NULL, accepted_by = NULL \
+             WHERE tenant_id = $1 AND token_hash = $2 AND accepted_by = $3",
+        )
+        .bind(tenant.to_string())
+        .bind(hash.as_slice())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn revoke(&self, tenant: TenantId, id: uuid::Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "DELETE FROM tenancy_invitations WHERE tenant_id = $1 AND id = $2 AND accepted_at IS NULL",
