@@ -44,6 +44,10 @@ async fn fresh_database() -> (TestDb, PgUrls) {
 }
 
 async fn start(backend: Backend) -> App {
+    start_with(backend, None).await
+}
+
+async fn start_with(backend: Backend, plans: Option<std::path::PathBuf>) -> App {
     let dir = tempfile::tempdir().unwrap();
     let (pg, postgres) = match backend {
         Backend::Sqlite => (None, None),
@@ -55,7 +59,7 @@ async fn start(backend: Backend) -> App {
     let running = app::start(&Config {
         data_dir: dir.path().to_owned(),
         bind: "127.0.0.1:0".parse().unwrap(),
-        plans: None,
+        plans,
         postgres,
     })
     .await
@@ -105,7 +109,8 @@ on_both_backends!(
     a_policy_from_quote_to_commission_with_exact_money,
     usage_plan_changes_thresholds_and_compliance_reports,
     invitations_enforce_the_tenants_password_policy_and_are_single_use,
-    a_providers_admins_administer_its_regional_office_and_no_further
+    a_providers_admins_administer_its_regional_office_and_no_further,
+    the_hourly_api_quota_answers_429_per_tenant
 );
 
 fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
@@ -1639,5 +1644,45 @@ async fn a_providers_admins_administer_its_regional_office_and_no_further(backen
         .await
         .json();
     assert_eq!(north_only["total"], 1);
+    app.running.stop().await.unwrap();
+}
+
+async fn the_hourly_api_quota_answers_429_per_tenant(backend: Backend) {
+    // The embedded catalog, with the free plan's hourly API calls cut to 5.
+    let plans_dir = tempfile::tempdir().unwrap();
+    let plans = plans_dir.path().join("plans.toml");
+    let catalog = app::PLANS.replace(
+        "api_calls = { rate = { per_hour = 1000 } }",
+        "api_calls = { rate = { per_hour = 5 } }",
+    );
+    assert_ne!(
+        catalog,
+        app::PLANS,
+        "the free plan's rate line is where the test expects it"
+    );
+    std::fs::write(&plans, catalog).unwrap();
+    let app = start_with(backend, Some(plans)).await;
+    let addr = app.running.addr;
+    let free = login(addr, "asha@asha.test", "asha-agency").await;
+    let paid = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    for i in 0..5 {
+        let r = call(addr, "GET", "/customers", Some(&free), None).await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+    }
+    let refused = call(addr, "GET", "/customers", Some(&free), None).await;
+    assert_problem(&refused, 429, "rate-limited");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert_eq!(refused.header("ratelimit-limit"), Some("5"));
+    assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+    // Nothing behind the refusal ran, and the quota is the tenant's own:
+    // another tenant's users are served.
+    assert!(refused.json().get("items").is_none());
+    assert_eq!(
+        call(addr, "GET", "/customers", Some(&paid), None)
+            .await
+            .status,
+        200
+    );
     app.running.stop().await.unwrap();
 }
