@@ -15,39 +15,51 @@
 //!   a row claiming another tenant is refused before any SQL
 //!   (`dsl::verified`, 403).
 //!
-//! Tables live in schema `agents_actix`; `migrate` creates them as the
-//! owner, applies the row-level security DDL and grants the application role.
+//! The tables are the reference application's own (`examples/insurance-agent`
+//! on PostgreSQL: `public.agents`, `public.customers`, tenant-leading keys,
+//! forced row-level security) and so are the tenants (`tenancy.tenants`,
+//! read through `PgTenantStore`): both applications can serve the same
+//! database side by side. [`migrate`] applies that schema as the owner.
 #![forbid(unsafe_code)]
 #![allow(missing_docs)] // diesel::table! items
 
 use actix_web::{HttpResponse, ResponseError, web};
+use chrono::{DateTime, NaiveDate, Utc};
 use diesel::{ExpressionMethods, Insertable, QueryDsl, Queryable, Selectable, SelectableHelper};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use tenancy_actix::Tenant;
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
 use tenancy_core::{TenantId, TenantScoped};
 use tenancy_diesel::AsyncTenantPool;
 use tenancy_diesel::dsl::{Stamp, TenantScopedTable, stamped, verified};
-use tenancy_diesel::rls::TenantTable;
 use uuid::Uuid;
 
+// The columns this example uses of the reference application's tables
+// (`insurance_agent::postgres::schema_sql`); the others have defaults.
 diesel::table! {
-    agents_actix.agents (tenant_id, id) {
+    agents (tenant_id, id) {
         tenant_id -> Uuid,
         id -> Uuid,
         agent_code -> Text,
         name -> Text,
+        licence_number -> Text,
+        licence_expiry -> Date,
+        active -> Bool,
+        created_at -> Timestamptz,
     }
 }
 
 diesel::table! {
-    agents_actix.customers (tenant_id, id) {
+    customers (tenant_id, id) {
         tenant_id -> Uuid,
         id -> Uuid,
         agent_id -> Uuid,
         first_name -> Text,
         last_name -> Text,
+        customer_type -> Text,
+        active -> Bool,
+        created_at -> Timestamptz,
     }
 }
 
@@ -55,43 +67,20 @@ diesel::allow_tables_to_appear_in_same_query!(agents, customers);
 tenancy_diesel::tenant_table!(agents);
 tenancy_diesel::tenant_table!(customers);
 
-/// The schema, as the owner: tables, then row-level security (enabled,
-/// forced, one policy) and grants for `app_role`. Idempotent.
+/// The reference application's schema (system schema, then its tables
+/// with forced row-level security and grants for `app_role`), applied as
+/// the owner. Idempotent; instances starting at once serialise.
 pub async fn migrate(owner_url: &str, app_role: &str) -> Result<(), AppError> {
-    let mut conn = AsyncPgConnection::establish(owner_url)
+    let owner = sqlx::PgPool::connect(owner_url)
         .await
         .map_err(AppError::internal)?;
-    conn.batch_execute(&format!(
-        "SELECT pg_advisory_lock(hashtext('agents_actix.migrate'));
-         CREATE SCHEMA IF NOT EXISTS agents_actix;
-         GRANT USAGE ON SCHEMA agents_actix TO \"{app_role}\";
-         CREATE TABLE IF NOT EXISTS agents_actix.agents (
-             tenant_id uuid NOT NULL, id uuid NOT NULL, agent_code text NOT NULL, name text NOT NULL,
-             PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, agent_code));
-         CREATE TABLE IF NOT EXISTS agents_actix.customers (
-             tenant_id uuid NOT NULL, id uuid NOT NULL, agent_id uuid NOT NULL,
-             first_name text NOT NULL, last_name text NOT NULL,
-             PRIMARY KEY (tenant_id, id),
-             FOREIGN KEY (tenant_id, agent_id) REFERENCES agents_actix.agents (tenant_id, id));"
-    ))
-    .await
-    .map_err(AppError::internal)?;
-    for (table, index) in [("agents", "id"), ("customers", "agent_id")] {
-        let ddl = TenantTable::new(table)
-            .schema("agents_actix")
-            .index_on([index])
-            .grant_to(app_role);
-        tenancy_diesel::rls::apply_async(&mut conn, &ddl)
-            .await
-            .map_err(AppError::internal)?;
-    }
-    conn.batch_execute("SELECT pg_advisory_unlock(hashtext('agents_actix.migrate'))")
+    insurance_agent::postgres::apply_schema(&owner, app_role)
         .await
         .map_err(AppError::internal)?;
+    owner.close().await;
     Ok(())
 }
 
-/// An agent.
 #[derive(Debug, Clone, Serialize, Queryable, Selectable)]
 #[diesel(table_name = agents)]
 pub struct Agent {
@@ -100,6 +89,8 @@ pub struct Agent {
     pub id: Uuid,
     pub agent_code: String,
     pub name: String,
+    pub licence_number: String,
+    pub licence_expiry: NaiveDate,
 }
 
 /// A new agent (the tenant is stamped from the transaction's context).
@@ -112,6 +103,10 @@ pub struct NewAgent {
     pub id: Uuid,
     pub agent_code: String,
     pub name: String,
+    pub licence_number: String,
+    pub licence_expiry: NaiveDate,
+    #[serde(skip, default = "Utc::now")]
+    pub created_at: DateTime<Utc>,
 }
 
 impl Stamp for NewAgent {
@@ -130,6 +125,7 @@ pub struct Customer {
     pub agent_id: Uuid,
     pub first_name: String,
     pub last_name: String,
+    pub customer_type: String,
 }
 
 /// A new customer as sent. `tenant_id` may be given (imports): it must then
@@ -140,6 +136,8 @@ pub struct CustomerBody {
     pub agent_id: Uuid,
     pub first_name: String,
     pub last_name: String,
+    /// `individual` (the default), `family` or `business`.
+    pub customer_type: Option<String>,
 }
 
 /// A new customer as stored.
@@ -151,6 +149,8 @@ pub struct NewCustomer {
     pub agent_id: Uuid,
     pub first_name: String,
     pub last_name: String,
+    pub customer_type: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// The tenant a request body claims.
@@ -254,6 +254,7 @@ pub async fn list_agents(
         .transaction_for(&ctx, async |conn| {
             agents::table
                 .for_tenant(&ctx)
+                .filter(agents::active.eq(true))
                 .order(agents::agent_code)
                 .select(Agent::as_select())
                 .load(conn)
@@ -271,12 +272,13 @@ pub async fn create_agent(
     body: web::Json<NewAgent>,
 ) -> Result<HttpResponse, AppError> {
     let new = stamped(&ctx, vec![body.into_inner()]);
-    if new
-        .iter()
-        .any(|a| a.agent_code.trim().is_empty() || a.name.trim().is_empty())
-    {
+    if new.iter().any(|a| {
+        a.agent_code.trim().is_empty()
+            || a.name.trim().is_empty()
+            || a.licence_number.trim().is_empty()
+    }) {
         return Err(AppError::Invalid(
-            "agent_code and name must not be empty".into(),
+            "agent_code, name and licence_number must not be empty".into(),
         ));
     }
     let id = new[0].id;
@@ -300,6 +302,7 @@ pub async fn list_customers(
         .transaction_for(&ctx, async |conn| {
             customers::table
                 .for_tenant(&ctx)
+                .filter(customers::active.eq(true))
                 .order((customers::last_name, customers::first_name))
                 .select(Customer::as_select())
                 .load(conn)
@@ -349,12 +352,20 @@ pub async fn create_customer(
         let claimed = TenantId::from_uuid(t).map_err(|e| AppError::Invalid(e.to_string()))?;
         verified(&ctx, &[Claim(claimed)])?;
     }
+    let customer_type = body.customer_type.unwrap_or_else(|| "individual".into());
+    if !["individual", "family", "business"].contains(&customer_type.as_str()) {
+        return Err(AppError::Invalid(
+            "customer_type must be individual, family or business".into(),
+        ));
+    }
     let rows = [NewCustomer {
         tenant_id: ctx.tenant_id().as_uuid(),
         id: Uuid::new_v4(),
         agent_id: body.agent_id,
         first_name: body.first_name,
         last_name: body.last_name,
+        customer_type,
+        created_at: Utc::now(),
     }];
     let id = rows[0].id;
     db.transaction_for(&ctx, async |conn| {
