@@ -11,7 +11,10 @@
 //!   `actix_web::test::call_service` on an initialised `App`.
 //!
 //! The difference of each pair is the pipeline's added time per request;
-//! `pipeline/admit` is the core pipeline alone (no HTTP types).
+//! `pipeline/admit` is the core pipeline alone (no HTTP types);
+//! `pipeline/admit_now` its synchronous fast path, which the adapters take
+//! whenever every step can answer at once (cached tenant, no membership
+//! check, in-memory rate limiter).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -65,6 +68,16 @@ fn bench(c: &mut Criterion) {
             black_box(
                 p.admit(&req, None, tenancy_core::RequestMeta::default())
                     .await
+                    .unwrap(),
+            )
+        });
+    });
+    // The same, on the synchronous fast path (the tenant is cached by now).
+    c.bench_function("pipeline/admit_now", |b| {
+        b.iter(|| {
+            black_box(
+                p.admit_now(&req, None, tenancy_core::RequestMeta::default())
+                    .unwrap()
                     .unwrap(),
             )
         });

@@ -19,7 +19,7 @@
 //! use std::sync::Arc;
 //! use actix_web::{App, HttpServer, web};
 //! use tenancy_actix::{Tenant, TenantMiddleware};
-//! use tenancy_core::pipeline::{Admitted, RequestPipeline};
+//! use tenancy_core::pipeline::{Admitted, Rejected, RequestPipeline};
 //! use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
 //! use tenancy_core::store::InMemoryTenantStore;
 //!
@@ -53,10 +53,10 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
-use tenancy_core::pipeline::{Admitted, RequestPipeline};
+use tenancy_core::pipeline::{Admitted, Rejected, RequestPipeline};
 use tenancy_core::problem::{self, CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
-use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
+use tenancy_core::{InTenant, RequestMeta, TenantContext, TenantError, UserId};
 
 /// Reads the authenticated user of a request (set by your authentication
 /// middleware).
@@ -111,7 +111,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(TenantService {
             service: Rc::new(service),
-            pipeline: self.pipeline.clone(),
+            pipeline: Rc::new(self.pipeline.clone()),
             user: self.user.clone(),
         }))
     }
@@ -120,7 +120,7 @@ where
 /// The service [`TenantMiddleware`] wraps around yours.
 pub struct TenantService<S> {
     service: Rc<S>,
-    pipeline: RequestPipeline,
+    pipeline: Rc<RequestPipeline>,
     user: Option<UserSource>,
 }
 
@@ -149,7 +149,13 @@ impl RequestView for HeadView<'_> {
     }
 
     fn header(&self, name: &str) -> HeaderLookup<'_> {
-        let mut values = self.headers.get_all(name);
+        // The default tenant header by its prebuilt name: a `&str` name
+        // is parsed on every lookup.
+        let mut values = if name == problem::X_TENANT_ID {
+            self.headers.get_all(header_name(problem::X_TENANT_ID))
+        } else {
+            self.headers.get_all(name)
+        };
         match (values.next(), values.next()) {
             (None, _) => HeaderLookup::Absent,
             (Some(v), None) => HeaderLookup::One(v.as_bytes()),
@@ -197,6 +203,132 @@ fn problem_response(p: &Problem) -> HttpResponse {
     builder.body(p.to_json().to_string())
 }
 
+pin_project_lite::pin_project! {
+    /// The response future of [`TenantService`]: the inner service's future
+    /// in the tenant's scope when the pipeline admitted the request without
+    /// waiting ([`RequestPipeline::admit_now`]), a ready refusal, or — on a
+    /// cache miss, a membership check, a remote rate limiter — the whole
+    /// asynchronous pipeline, boxed.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+type Outcome<B> = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Scoped {
+            #[pin]
+            inner: InTenant<F>,
+            admitted: Option<Admitted>,
+            pipeline: Rc<RequestPipeline>,
+        },
+        Ready {
+            response: Option<ServiceResponse<EitherBody<B>>>,
+        },
+        Waiting {
+            future: LocalBoxFuture<'static, Outcome<B>>,
+        },
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> std::future::Future for ResponseFuture<F, B>
+where
+    F: std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+    B: MessageBody,
+{
+    type Output = Outcome<B>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match self.project().state.project() {
+            StateProj::Scoped {
+                inner,
+                admitted,
+                pipeline,
+            } => {
+                let outcome = match inner.poll(cx) {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => return Poll::Pending,
+                };
+                match admitted.take() {
+                    Some(admitted) => Poll::Ready(admitted_response(pipeline, &admitted, outcome)),
+                    None => Poll::Pending,
+                }
+            }
+            // Polled again after completion: there is nothing left to give.
+            StateProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            StateProj::Waiting { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The headers and metrics of an admitted request's response.
+fn admitted_response<B: MessageBody>(
+    pipeline: &RequestPipeline,
+    admitted: &Admitted,
+    outcome: Result<ServiceResponse<B>, actix_web::Error>,
+) -> Outcome<B> {
+    let tenant = Some(admitted.ctx.tenant_id());
+    match outcome {
+        Ok(mut response) => {
+            success_headers(response.headers_mut(), admitted);
+            pipeline.record_response(tenant, response.status().as_u16());
+            Ok(response.map_into_left_body())
+        }
+        Err(e) => {
+            let status = e.as_response_error().status_code().as_u16();
+            pipeline.record_response(tenant, status);
+            Err(e)
+        }
+    }
+}
+
+/// The problem response of a refused request.
+fn refused_response<B>(
+    pipeline: &RequestPipeline,
+    req: ServiceRequest,
+    rejected: &Rejected,
+) -> ServiceResponse<EitherBody<B>> {
+    if rejected.error.status() >= 500 {
+        tracing::error!(error = %rejected.error, "tenant pipeline failed");
+    }
+    let problem = rejected.problem();
+    pipeline.record_response(rejected.tenant, problem.status);
+    req.into_response(problem_response(&problem))
+        .map_into_right_body()
+}
+
+fn request_meta(req: &ServiceRequest) -> RequestMeta {
+    let mut meta = RequestMeta::default();
+    if let Some(addr) = req.peer_addr() {
+        meta = meta.with_ip(addr.ip());
+    }
+    if let Some(agent) = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        meta = meta.with_user_agent(agent);
+    }
+    meta
+}
+
 impl<S, B> Service<ServiceRequest> for TenantService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
@@ -204,60 +336,62 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = ResponseFuture<S::Future, B>;
 
     actix_web::dev::forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
+        let user = self.user.as_ref().and_then(|f| f(&req));
+        let view = HeadView {
+            headers: req.headers(),
+            uri: req.uri(),
+        };
+        // The hot path: every step answers at once, nothing is boxed.
+        match self
+            .pipeline
+            .admit_now(&view, user.as_ref(), request_meta(&req))
+        {
+            Some(Ok(admitted)) => {
+                req.extensions_mut().insert(admitted.ctx.clone());
+                let call = self.service.call(req);
+                return ResponseFuture {
+                    state: State::Scoped {
+                        inner: admitted.ctx.scope(call),
+                        admitted: Some(admitted),
+                        pipeline: self.pipeline.clone(),
+                    },
+                };
+            }
+            Some(Err(rejected)) => {
+                return ResponseFuture {
+                    state: State::Ready {
+                        response: Some(refused_response(&self.pipeline, req, &rejected)),
+                    },
+                };
+            }
+            None => {}
+        }
         let service = self.service.clone();
         let pipeline = self.pipeline.clone();
-        let user = self.user.as_ref().and_then(|f| f(&req));
-        let mut meta = RequestMeta::default();
-        if let Some(addr) = req.peer_addr() {
-            meta = meta.with_ip(addr.ip());
-        }
-        if let Some(agent) = req
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            meta = meta.with_user_agent(agent);
-        }
-        Box::pin(async move {
-            let view = HeadView {
-                headers: req.headers(),
-                uri: req.uri(),
-            };
-            let outcome = pipeline.admit(&view, user.as_ref(), meta).await;
-            match outcome {
-                Ok(admitted) => {
-                    let ctx = admitted.ctx.clone();
-                    req.extensions_mut().insert(ctx.clone());
-                    let tenant = Some(ctx.tenant_id());
-                    match ctx.scope(service.call(req)).await {
-                        Ok(mut response) => {
-                            success_headers(response.headers_mut(), &admitted);
-                            pipeline.record_response(tenant, response.status().as_u16());
-                            Ok(response.map_into_left_body())
+        ResponseFuture {
+            state: State::Waiting {
+                future: Box::pin(async move {
+                    let view = HeadView {
+                        headers: req.headers(),
+                        uri: req.uri(),
+                    };
+                    let meta = request_meta(&req);
+                    match pipeline.admit(&view, user.as_ref(), meta).await {
+                        Ok(admitted) => {
+                            req.extensions_mut().insert(admitted.ctx.clone());
+                            let outcome = admitted.ctx.scope(service.call(req)).await;
+                            admitted_response(&pipeline, &admitted, outcome)
                         }
-                        Err(e) => {
-                            let status = e.as_response_error().status_code().as_u16();
-                            pipeline.record_response(tenant, status);
-                            Err(e)
-                        }
+                        Err(rejected) => Ok(refused_response(&pipeline, req, &rejected)),
                     }
-                }
-                Err(rejected) => {
-                    if rejected.error.status() >= 500 {
-                        tracing::error!(error = %rejected.error, "tenant pipeline failed");
-                    }
-                    let problem = rejected.problem();
-                    pipeline.record_response(rejected.tenant, problem.status);
-                    let response = problem_response(&problem);
-                    Ok(req.into_response(response).map_into_right_body())
-                }
-            }
-        })
+                }),
+            },
+        }
     }
 }
 

@@ -45,10 +45,11 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
-use tenancy_core::pipeline::{Admitted, RequestPipeline};
+
+use tenancy_core::pipeline::{Admitted, Rejected, RequestPipeline};
 use tenancy_core::problem::{self, CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
-use tenancy_core::{RequestMeta, TenantContext, TenantError, UserId};
+use tenancy_core::{InTenant, RequestMeta, TenantContext, TenantError, UserId};
 
 /// Reads the authenticated user of a request (set by your authentication
 /// layer, e.g. from a verified session or token in the extensions).
@@ -139,7 +140,16 @@ impl RequestView for PartsView<'_> {
     }
 
     fn header(&self, name: &str) -> HeaderLookup<'_> {
-        let mut values = self.0.headers.get_all(name).iter();
+        // The default tenant header by its prebuilt name: a `&str` name
+        // is parsed on every lookup.
+        let mut values = if name == problem::X_TENANT_ID {
+            self.0
+                .headers
+                .get_all(header_name(problem::X_TENANT_ID))
+                .iter()
+        } else {
+            self.0.headers.get_all(name).iter()
+        };
         match (values.next(), values.next()) {
             (None, _) => HeaderLookup::Absent,
             (Some(v), None) => HeaderLookup::One(v.as_bytes()),
@@ -240,6 +250,94 @@ impl IntoResponse for ProblemResponse {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+pin_project_lite::pin_project! {
+    /// The response future of [`TenantService`]: the inner service's future
+    /// in the tenant's scope when the pipeline admitted the request without
+    /// waiting ([`RequestPipeline::admit_now`]), a ready refusal, or — on a
+    /// cache miss, a membership check, a remote rate limiter — the whole
+    /// asynchronous pipeline, boxed.
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        state: State<F, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, E> {
+        Scoped {
+            #[pin]
+            inner: InTenant<F>,
+            admitted: Option<Admitted>,
+            shared: Arc<Shared>,
+        },
+        Ready {
+            response: Option<Response>,
+        },
+        Waiting {
+            future: BoxFuture<Result<Response, E>>,
+        },
+    }
+}
+
+impl<F, E> std::fmt::Debug for ResponseFuture<F, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Scoped {
+                inner,
+                admitted,
+                shared,
+            } => {
+                let mut response = match inner.poll(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Pending,
+                };
+                if let Some(admitted) = admitted.take() {
+                    admitted_response(shared, &admitted, &mut response);
+                }
+                Poll::Ready(Ok(response))
+            }
+            // Polled again after completion: there is nothing left to give.
+            StateProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            StateProj::Waiting { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The headers and metrics of an admitted request's response.
+fn admitted_response(shared: &Shared, admitted: &Admitted, response: &mut Response) {
+    success_headers(response, admitted);
+    shared
+        .pipeline
+        .record_response(Some(admitted.ctx.tenant_id()), response.status().as_u16());
+}
+
+/// The problem response of a refused request.
+fn refused_response(shared: &Shared, rejected: &Rejected) -> Response {
+    if rejected.error.status() >= 500 {
+        tracing::error!(error = %rejected.error, "tenant pipeline failed");
+    }
+    let problem = rejected.problem();
+    shared
+        .pipeline
+        .record_response(rejected.tenant, problem.status);
+    ProblemResponse(problem).into_response()
+}
+
 impl<S, B> tower_service::Service<Request<B>> for TenantService<S>
 where
     S: tower_service::Service<Request<B>, Response = Response> + Clone + Send + 'static,
@@ -248,7 +346,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response, S::Error>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -258,38 +356,56 @@ where
         // The clone that was driven to readiness is the one that serves.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            let user = shared.user.as_ref().and_then(|f| f(&parts));
-            let outcome = shared
-                .pipeline
-                .admit(&PartsView(&parts), user.as_ref(), meta(&parts))
-                .await;
-            match outcome {
-                Ok(admitted) => {
-                    let ctx = admitted.ctx.clone();
-                    parts.extensions.insert(ctx.clone());
-                    let req = Request::from_parts(parts, body);
-                    let mut response = ctx.scope(inner.call(req)).await?;
-                    success_headers(&mut response, &admitted);
-                    shared
-                        .pipeline
-                        .record_response(Some(ctx.tenant_id()), response.status().as_u16());
-                    Ok(response)
-                }
-                Err(rejected) => {
-                    if rejected.error.status() >= 500 {
-                        tracing::error!(error = %rejected.error, "tenant pipeline failed");
-                    }
-                    let problem = rejected.problem();
-                    shared
-                        .pipeline
-                        .record_response(rejected.tenant, problem.status);
-                    Ok(ProblemResponse(problem).into_response())
-                }
+        let (mut parts, body) = req.into_parts();
+        let user = self.shared.user.as_ref().and_then(|f| f(&parts));
+        // The hot path: every step answers at once, nothing is boxed.
+        match self
+            .shared
+            .pipeline
+            .admit_now(&PartsView(&parts), user.as_ref(), meta(&parts))
+        {
+            Some(Ok(admitted)) => {
+                parts.extensions.insert(admitted.ctx.clone());
+                let call = inner.call(Request::from_parts(parts, body));
+                return ResponseFuture {
+                    state: State::Scoped {
+                        inner: admitted.ctx.scope(call),
+                        admitted: Some(admitted),
+                        shared: self.shared.clone(),
+                    },
+                };
             }
-        })
+            Some(Err(rejected)) => {
+                return ResponseFuture {
+                    state: State::Ready {
+                        response: Some(refused_response(&self.shared, &rejected)),
+                    },
+                };
+            }
+            None => {}
+        }
+        let shared = self.shared.clone();
+        ResponseFuture {
+            state: State::Waiting {
+                future: Box::pin(async move {
+                    let outcome = shared
+                        .pipeline
+                        .admit(&PartsView(&parts), user.as_ref(), meta(&parts))
+                        .await;
+                    match outcome {
+                        Ok(admitted) => {
+                            let ctx = admitted.ctx.clone();
+                            parts.extensions.insert(ctx.clone());
+                            let req = Request::from_parts(parts, body);
+                            let mut response = ctx.scope(inner.call(req)).await?;
+                            admitted_response(&shared, &admitted, &mut response);
+                            Ok(response)
+                        }
+                        Err(rejected) => Ok(refused_response(&shared, &rejected)),
+                    }
+                }),
+            },
+        }
     }
 }
 

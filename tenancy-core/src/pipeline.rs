@@ -53,6 +53,19 @@ pub trait RateCheck: Send + Sync {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError>;
+
+    /// [`RateCheck::check_rate`] for limiters that decide without waiting
+    /// (in memory); `None` — the default — means "call `check_rate`", and
+    /// must then have consumed nothing.
+    fn check_rate_now(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        cost: u64,
+    ) -> Option<Result<RateDecision, QuotaError>> {
+        let _ = (ctx, resource, cost);
+        None
+    }
 }
 
 #[async_trait]
@@ -64,6 +77,15 @@ impl RateCheck for MemoryQuota {
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
         MemoryQuota::check_rate(self, ctx, resource, cost)
+    }
+
+    fn check_rate_now(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        cost: u64,
+    ) -> Option<Result<RateDecision, QuotaError>> {
+        Some(MemoryQuota::check_rate(self, ctx, resource, cost))
     }
 }
 
@@ -141,6 +163,14 @@ pub struct Rejected {
 }
 
 impl Rejected {
+    fn in_tenant(error: TenantError, tenant: TenantId) -> Self {
+        Self {
+            error,
+            rate: None,
+            tenant: Some(tenant),
+        }
+    }
+
     fn new(error: TenantError) -> Self {
         Self {
             error,
@@ -341,6 +371,80 @@ impl RequestPipeline {
         }
     }
 
+    /// [`RequestPipeline::admit`] without waiting, when every step can
+    /// answer at once: the tenant is in the store's cache
+    /// ([`TenantStore::peek`]), no membership check is configured (it asks a
+    /// store), the rate limiter decides in memory
+    /// ([`RateCheck::check_rate_now`]), and a refusal needs no audit record.
+    /// `None` otherwise — then call `admit`; nothing was consumed. The
+    /// outcome is the one `admit` would give; adapters use this to skip the
+    /// asynchronous machinery on the hot path.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tenancy_core::pipeline::RequestPipeline;
+    /// use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    /// use tenancy_core::store::{CachedStore, InMemoryTenantStore};
+    /// use tenancy_core::{RequestMeta, Tenant, TenantId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
+    /// let store = Arc::new(CachedStore::new(InMemoryTenantStore::with_tenants([acme.clone()])?));
+    /// let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store);
+    /// let req = SimpleRequest::new("/").with_header("x-tenant-id", acme.id.to_string());
+    ///
+    /// // Cold cache: the fast path steps aside.
+    /// assert!(pipeline.admit_now(&req, None, RequestMeta::default()).is_none());
+    /// pipeline.admit(&req, None, RequestMeta::default()).await.map_err(|r| r.error)?;
+    /// let admitted = pipeline.admit_now(&req, None, RequestMeta::default()).unwrap().map_err(|r| r.error)?;
+    /// assert_eq!(admitted.ctx.tenant_id(), acme.id);
+    /// # Ok(()) }
+    /// ```
+    pub fn admit_now(
+        &self,
+        req: &(dyn RequestView + Sync),
+        user: Option<&UserId>,
+        meta: RequestMeta,
+    ) -> Option<Result<Admitted, Rejected>> {
+        // A membership check needs its store; let `admit` do everything.
+        let _ = user;
+        if self.authorizer.is_some() {
+            return None;
+        }
+        let tenant = match self.resolver.resolve_now(req, &*self.store)? {
+            Ok(resolved) => resolved.tenant,
+            Err(e) => return Some(Err(Rejected::new(e))),
+        };
+        if let Err(rejected) = self.gate(&tenant) {
+            // Refusals of a known tenant may have to be audited: `admit` does that.
+            return if self.audit.is_some() {
+                None
+            } else {
+                Some(Err(rejected))
+            };
+        }
+        let ctx = TenantContext::new(tenant.clone()).set(|i| i.request = meta);
+        let ctx = match self.derive(&tenant, ctx) {
+            Ok(ctx) => ctx,
+            Err(rejected) => return Some(Err(rejected)),
+        };
+        let rate = match &self.rate {
+            Some((limiter, resource)) => {
+                let outcome = limiter.check_rate_now(&ctx, resource, 1)?;
+                match self.rate_outcome(tenant.id, resource, outcome) {
+                    Ok(decision) => Some(decision),
+                    Err(rejected) => return Some(Err(rejected)),
+                }
+            }
+            None => None,
+        };
+        Some(Ok(Admitted {
+            ctx,
+            rate,
+            rate_headers: self.rate_headers,
+        }))
+    }
+
     async fn run(
         &self,
         req: &(dyn RequestView + Sync),
@@ -353,34 +457,63 @@ impl RequestPipeline {
             .await
             .map_err(Rejected::new)?;
         let tenant = resolved.tenant;
-        let in_tenant = |error: TenantError| Rejected {
-            error,
-            rate: None,
-            tenant: Some(tenant.id),
-        };
-        // Only a trial depends on the clock: active tenants skip reading it.
-        if tenant.status != crate::TenantStatus::Active {
-            crate::gate::check_for(&tenant, Utc::now(), self.admission).map_err(in_tenant)?;
-        }
+        self.gate(&tenant)?;
         let mut ctx = TenantContext::new(tenant.clone()).set(|i| i.request = meta);
         if let Some(authorizer) = &self.authorizer {
+            let in_tenant = |error| Rejected::in_tenant(error, tenant.id);
             let user = user
                 .ok_or(TenantError::Unauthenticated)
                 .map_err(in_tenant)?;
             let actor = authorizer.actor(user, &tenant).await.map_err(in_tenant)?;
             ctx = ctx.set(|i| i.actor = Some(actor));
         }
+        let ctx = self.derive(&tenant, ctx)?;
+        let mut rate = None;
+        if let Some((limiter, resource)) = &self.rate {
+            let outcome = limiter.check_rate(&ctx, resource, 1).await;
+            rate = Some(self.rate_outcome(tenant.id, resource, outcome)?);
+        }
+        Ok(Admitted {
+            ctx,
+            rate,
+            rate_headers: self.rate_headers,
+        })
+    }
+
+    /// The status gate. Only a trial depends on the clock: active tenants
+    /// skip reading it.
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn gate(&self, tenant: &crate::Tenant) -> Result<(), Rejected> {
+        if tenant.status != crate::TenantStatus::Active {
+            crate::gate::check_for(tenant, Utc::now(), self.admission)
+                .map_err(|e| Rejected::in_tenant(e, tenant.id))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the plan's entitlements and the flag snapshot, reused per
+    /// tenant while the tenant record and the flag engine are unchanged.
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn derive(
+        &self,
+        tenant: &Arc<crate::Tenant>,
+        mut ctx: TenantContext,
+    ) -> Result<TenantContext, Rejected> {
         let cached = self
             .derived
             .get(&tenant.id)
-            .filter(|d| Arc::ptr_eq(&d.tenant, &tenant))
+            .filter(|d| Arc::ptr_eq(&d.tenant, tenant))
             .map(|d| d.clone());
         let entitlements = match (&self.catalog, &cached) {
             (None, _) => None,
             (Some(_), Some(d)) => d.entitlements.clone(),
             (Some(catalog), None) => catalog
-                .entitlements_of(&tenant)
-                .map_err(|e| in_tenant(TenantError::Store(StoreError::new(e))))?
+                .entitlements_of(tenant)
+                .map_err(|e| {
+                    Rejected::in_tenant(TenantError::Store(StoreError::new(e)), tenant.id)
+                })?
                 .map(Arc::new),
         };
         if let Some(e) = &entitlements {
@@ -393,7 +526,7 @@ impl RequestPipeline {
                 Some((g, snap)) if g == generation => snap,
                 _ => {
                     let ancestors: Vec<TenantId> = tenant.parent.into_iter().collect();
-                    engine.snapshot(&tenant, &ancestors, entitlements.as_deref())
+                    engine.snapshot(tenant, &ancestors, entitlements.as_deref())
                 }
             };
             let attached = snapshot.clone();
@@ -413,30 +546,36 @@ impl RequestPipeline {
                 },
             );
         }
-        let mut rate = None;
-        if let Some((limiter, resource)) = &self.rate {
-            match limiter.check_rate(&ctx, resource, 1).await {
-                Ok(decision) => rate = Some(decision),
-                Err(QuotaError::Exceeded(q)) => {
-                    #[cfg(feature = "metrics")]
-                    if let Some(m) = &self.metrics {
-                        m.quota_refused(tenant.id, resource);
-                    }
-                    return Err(Rejected {
-                        error: TenantError::Quota(q),
-                        rate: None,
-                        tenant: Some(tenant.id),
-                    });
+        Ok(ctx)
+    }
+
+    /// A rate decision, or the refusal (counted by metrics).
+    #[allow(unused_variables)]
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn rate_outcome(
+        &self,
+        tenant: TenantId,
+        resource: &str,
+        outcome: Result<RateDecision, QuotaError>,
+    ) -> Result<RateDecision, Rejected> {
+        match outcome {
+            Ok(decision) => Ok(decision),
+            Err(QuotaError::Exceeded(q)) => {
+                #[cfg(feature = "metrics")]
+                if let Some(m) = &self.metrics {
+                    m.quota_refused(tenant, resource);
                 }
-                Err(e) => {
-                    return Err(in_tenant(TenantError::Store(StoreError::new(e))));
-                }
+                Err(Rejected {
+                    error: TenantError::Quota(q),
+                    rate: None,
+                    tenant: Some(tenant),
+                })
             }
+            Err(e) => Err(Rejected::in_tenant(
+                TenantError::Store(StoreError::new(e)),
+                tenant,
+            )),
         }
-        Ok(Admitted {
-            ctx,
-            rate,
-            rate_headers: self.rate_headers,
-        })
     }
 }

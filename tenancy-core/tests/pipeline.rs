@@ -176,6 +176,15 @@ async fn the_behaviour_table() {
         ),
     ];
     for (name, req, status, code) in cases {
+        // The synchronous fast path gives the same answer whenever it gives
+        // one; only a tenant the store cannot name at once sends it back.
+        match w.pipeline.admit_now(&req, None, RequestMeta::default()) {
+            Some(outcome) => {
+                let p = outcome.unwrap_err().problem();
+                assert_eq!((p.status, p.code), (status, code), "fast path, {name}");
+            }
+            None => assert_eq!(name, "unknown", "the fast path stepped aside"),
+        }
         let rejected = w
             .pipeline
             .admit(&req, None, RequestMeta::default())
@@ -470,4 +479,135 @@ async fn access_denials_are_audited_in_the_tenant_log_rate_refusals_are_not() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].tenant, suspended);
     assert_eq!(events[0].details["code"], "tenant-suspended");
+}
+
+#[tokio::test]
+async fn the_fast_path_admits_like_admit_and_shares_its_rate_limit() {
+    let w = world();
+    let req = header(w.active.id);
+    let slow = w
+        .pipeline
+        .admit(&req, None, RequestMeta::default())
+        .await
+        .unwrap();
+    let ip = "192.0.2.7".parse().unwrap();
+    let fast = w
+        .pipeline
+        .admit_now(&req, None, RequestMeta::default().with_ip(ip))
+        .expect("an in-memory store and limiter answer at once")
+        .unwrap();
+    assert_eq!(fast.ctx.tenant_id(), slow.ctx.tenant_id());
+    assert_eq!(fast.ctx.request().ip, Some(ip));
+    assert!(fast.ctx.feature_enabled("analytics"));
+    let header_of = |a: &tenancy_core::pipeline::Admitted, name: &str| {
+        a.headers()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    };
+    for name in ["x-tenant-id", "ratelimit-limit"] {
+        assert_eq!(header_of(&fast, name), header_of(&slow, name), "{name}");
+    }
+    // The second request of the two allowed per minute.
+    assert_eq!(
+        header_of(&slow, "ratelimit-remaining").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        header_of(&fast, "ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    // The limit is the same counter: the third request is refused, by
+    // either path.
+    let limited = w
+        .pipeline
+        .admit_now(&req, None, RequestMeta::default())
+        .unwrap()
+        .unwrap_err();
+    let p = limited.problem();
+    assert_eq!((p.status, p.code), (429, "rate-limited"));
+    assert!(p.headers.iter().any(|(n, _)| *n == "retry-after"));
+    assert_eq!(
+        w.pipeline
+            .admit(&req, None, RequestMeta::default())
+            .await
+            .unwrap_err()
+            .problem()
+            .status,
+        429
+    );
+}
+
+#[tokio::test]
+async fn the_fast_path_steps_aside_for_membership_and_audited_refusals() {
+    use tenancy_core::audit::MemorySink;
+    let w = world();
+    // Membership is checked against a store: always the asynchronous path.
+    assert!(
+        w.members_only
+            .admit_now(
+                &header(w.active.id),
+                Some(&UserId::new("ann")),
+                RequestMeta::default()
+            )
+            .is_none()
+    );
+    // A refusal that must be audited goes to `admit`, which records it;
+    // an admission does not need the audit sink and stays fast.
+    let sink = Arc::new(MemorySink::default());
+    let audited = w.quiet.clone().with_audit(sink.clone());
+    let suspended = w.ids.iter().find(|(n, _)| *n == "suspended").unwrap().1;
+    assert!(
+        audited
+            .admit_now(&header(suspended), None, RequestMeta::default())
+            .is_none()
+    );
+    assert!(
+        sink.events().is_empty(),
+        "nothing recorded by the fast path"
+    );
+    assert!(
+        audited
+            .admit_now(&header(w.active.id), None, RequestMeta::default())
+            .unwrap()
+            .is_ok()
+    );
+    // A store that cannot answer at once (no `peek`): always asynchronous.
+    struct Remote(InMemoryTenantStore);
+    #[async_trait]
+    impl TenantStore for Remote {
+        async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, StoreError> {
+            self.0.by_id(id).await
+        }
+        async fn by_slug(&self, s: &TenantSlug) -> Result<Option<Arc<Tenant>>, StoreError> {
+            self.0.by_slug(s).await
+        }
+        async fn by_domain(&self, d: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
+            self.0.by_domain(d).await
+        }
+    }
+    let remote = RequestPipeline::new(
+        ResolverChain::new().with(HeaderStrategy::tenant_id()),
+        Arc::new(Remote(
+            InMemoryTenantStore::with_tenants([w.active.clone()]).unwrap(),
+        )),
+    );
+    let req = header(w.active.id);
+    assert!(
+        remote
+            .admit_now(&req, None, RequestMeta::default())
+            .is_none()
+    );
+    assert!(
+        remote
+            .admit(&req, None, RequestMeta::default())
+            .await
+            .is_ok()
+    );
+    // But a malformed id needs no store: refused at once.
+    let malformed = remote
+        .admit_now(&header("nope"), None, RequestMeta::default())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(malformed.problem().status, 400);
 }

@@ -231,7 +231,7 @@ impl ResolverChain {
         req: &(dyn RequestView + Sync),
         store: &S,
     ) -> Result<Resolved, TenantError> {
-        let mut found: Option<(Arc<Tenant>, &'static str, TenantRef)> = None;
+        let mut found: Option<Found> = None;
         for s in &self.strategies {
             let Some(named) = s.identify(req)? else {
                 continue;
@@ -239,36 +239,105 @@ impl ResolverChain {
             if found.as_ref().is_some_and(|(_, _, r)| *r == named) {
                 continue;
             }
-            let Some(tenant) = named.load(store).await? else {
-                if matches!(named, TenantRef::Domain(_)) {
-                    continue;
-                }
-                return Err(TenantError::NotFound);
-            };
-            match &found {
-                None => found = Some((tenant, s.name(), named)),
-                Some((first, first_name, _)) if first.id != tenant.id => {
-                    return Err(TenantError::Conflict {
-                        first: first_name,
-                        second: s.name(),
-                    });
-                }
-                Some(_) => {}
-            }
+            let loaded = named.load(store).await?;
+            merge(&mut found, loaded, s.name(), named)?;
         }
         if let Some((tenant, strategy, _)) = found {
             return Ok(Resolved { tenant, strategy });
         }
         match &self.fallback {
-            Some(r) => match r.load(store).await? {
-                Some(tenant) => Ok(Resolved {
-                    tenant,
-                    strategy: "fallback",
-                }),
-                None => Err(TenantError::NotFound),
-            },
+            Some(r) => fallback(r.load(store).await?),
             None => Err(TenantError::Missing),
         }
+    }
+
+    /// [`ResolverChain::resolve`] without waiting: `None` when a tenant
+    /// would have to be loaded (the store's [`TenantStore::peek`] did not
+    /// answer), otherwise exactly what `resolve` would return.
+    ///
+    /// ```
+    /// use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    /// use tenancy_core::store::{CachedStore, InMemoryTenantStore};
+    /// use tenancy_core::{Tenant, TenantId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
+    /// let store = CachedStore::new(InMemoryTenantStore::with_tenants([acme.clone()])?);
+    /// let chain = ResolverChain::new().with(HeaderStrategy::tenant_id());
+    /// let req = SimpleRequest::new("/").with_header("x-tenant-id", acme.id.to_string());
+    /// assert!(chain.resolve_now(&req, &store).is_none()); // not cached yet
+    /// chain.resolve(&req, &store).await?;
+    /// assert_eq!(chain.resolve_now(&req, &store).unwrap()?.tenant.id, acme.id);
+    /// # Ok(()) }
+    /// ```
+    pub fn resolve_now<S: TenantStore + ?Sized>(
+        &self,
+        req: &(dyn RequestView + Sync),
+        store: &S,
+    ) -> Option<Result<Resolved, TenantError>> {
+        let mut found: Option<Found> = None;
+        for s in &self.strategies {
+            let named = match s.identify(req) {
+                Ok(Some(named)) => named,
+                Ok(None) => continue,
+                Err(e) => return Some(Err(e)),
+            };
+            if found.as_ref().is_some_and(|(_, _, r)| *r == named) {
+                continue;
+            }
+            let loaded = store.peek(&named)?;
+            if let Err(e) = merge(&mut found, Some(loaded), s.name(), named) {
+                return Some(Err(e));
+            }
+        }
+        if let Some((tenant, strategy, _)) = found {
+            return Some(Ok(Resolved { tenant, strategy }));
+        }
+        Some(match &self.fallback {
+            Some(r) => fallback(Some(store.peek(r)?)),
+            None => Err(TenantError::Missing),
+        })
+    }
+}
+
+/// The tenant found so far, the strategy that named it, and how.
+type Found = (Arc<Tenant>, &'static str, TenantRef);
+
+/// Adds what strategy `name` found for `named` to `found`: a tenant named by
+/// id or slug must exist, an unknown domain simply does not match, and two
+/// strategies naming different tenants is a conflict.
+fn merge(
+    found: &mut Option<Found>,
+    loaded: Option<Arc<Tenant>>,
+    name: &'static str,
+    named: TenantRef,
+) -> Result<(), TenantError> {
+    let Some(tenant) = loaded else {
+        if matches!(named, TenantRef::Domain(_)) {
+            return Ok(());
+        }
+        return Err(TenantError::NotFound);
+    };
+    match found {
+        None => *found = Some((tenant, name, named)),
+        Some((first, first_name, _)) if first.id != tenant.id => {
+            return Err(TenantError::Conflict {
+                first: first_name,
+                second: name,
+            });
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+fn fallback(loaded: Option<Arc<Tenant>>) -> Result<Resolved, TenantError> {
+    match loaded {
+        Some(tenant) => Ok(Resolved {
+            tenant,
+            strategy: "fallback",
+        }),
+        None => Err(TenantError::NotFound),
     }
 }
 

@@ -282,4 +282,10 @@ impl<S: TenantStore + 'static> TenantStore for CachedStore<S> {
     async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
         self.get(TenantRef::Domain(domain.clone())).await
     }
+
+    /// A cache hit, read synchronously (the same entries `by_*` return;
+    /// invalidations apply alike).
+    fn peek(&self, key: &TenantRef) -> Option<Arc<Tenant>> {
+        self.found.get(key)
+    }
 }

@@ -159,6 +159,16 @@ impl TenantStore for InMemoryTenantStore {
             .and_then(|id| maps.by_id.get(id))
             .cloned())
     }
+
+    fn peek(&self, key: &super::TenantRef) -> Option<Arc<Tenant>> {
+        let maps = self.read();
+        let id = match key {
+            super::TenantRef::Id(id) => *id,
+            super::TenantRef::Slug(slug) => *maps.by_slug.get(slug)?,
+            super::TenantRef::Domain(domain) => *maps.by_domain.get(domain)?,
+        };
+        maps.by_id.get(&id).cloned()
+    }
 }
 
 #[async_trait::async_trait]

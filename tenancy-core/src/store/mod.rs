@@ -36,6 +36,17 @@ pub trait TenantStore: Send + Sync {
 
     /// The tenant that owns the custom domain `domain`.
     async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError>;
+
+    /// The tenant `key` names, when the store can tell **without waiting**
+    /// (a cache hit, an in-memory map). `None` means "ask
+    /// [`TenantRef::load`]" — never "no such tenant". The request pipeline
+    /// uses it for its synchronous fast path
+    /// ([`RequestPipeline::admit_now`](crate::pipeline::RequestPipeline::admit_now));
+    /// the default never answers.
+    fn peek(&self, key: &TenantRef) -> Option<Arc<Tenant>> {
+        let _ = key;
+        None
+    }
 }
 
 /// Creates and changes tenant records (lifecycle, provisioning). Only
@@ -61,6 +72,10 @@ impl<T: TenantStore + ?Sized> TenantStore for Arc<T> {
 
     async fn by_domain(&self, domain: &DomainName) -> Result<Option<Arc<Tenant>>, StoreError> {
         (**self).by_domain(domain).await
+    }
+
+    fn peek(&self, key: &TenantRef) -> Option<Arc<Tenant>> {
+        (**self).peek(key)
     }
 }
 
