@@ -352,7 +352,7 @@ where
             .admit_now(&view, user.as_ref(), request_meta(&req))
         {
             Some(Ok(admitted)) => {
-                req.extensions_mut().insert(admitted.ctx.clone());
+                admit_into(&self.pipeline, &req, &admitted);
                 let call = self.service.call(req);
                 return ResponseFuture {
                     state: State::Scoped {
@@ -383,7 +383,7 @@ where
                     let meta = request_meta(&req);
                     match pipeline.admit(&view, user.as_ref(), meta).await {
                         Ok(admitted) => {
-                            req.extensions_mut().insert(admitted.ctx.clone());
+                            admit_into(&pipeline, &req, &admitted);
                             let outcome = admitted.ctx.scope(service.call(req)).await;
                             admitted_response(&pipeline, &admitted, outcome)
                         }
@@ -484,18 +484,41 @@ impl<F: FeatureName> FromRequest for RequireFeature<F> {
 }
 
 /// Refuses the request (403 `permission-missing`) unless the acting user
-/// holds permission `P` in the tenant.
+/// holds permission `P` in the tenant. When the pipeline audits refusals
+/// ([`RequestPipeline::with_audit`]) the refusal is recorded in the
+/// tenant's audit log like the pipeline's own.
 #[derive(Debug)]
 pub struct RequirePermission<P>(PhantomData<P>);
 
 impl<P: PermissionName> FromRequest for RequirePermission<P> {
     type Error = ProblemError;
-    type Future = Ready<Result<Self, Self::Error>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(context(req).and_then(|ctx| {
-            tenancy_core::authorize(&ctx, P::NAME)?;
+        let ctx = context(req);
+        let denials = req.extensions().get::<Denials>().cloned();
+        let path = req.path().to_owned();
+        Box::pin(async move {
+            let ctx = ctx?;
+            match denials {
+                Some(Denials(pipeline)) => pipeline.authorize(&ctx, P::NAME, &path).await?,
+                None => tenancy_core::authorize(&ctx, P::NAME)?,
+            }
             Ok(Self(PhantomData))
-        }))
+        })
+    }
+}
+
+/// The pipeline of an admitted request whose refusals are audited.
+#[derive(Clone)]
+struct Denials(Rc<RequestPipeline>);
+
+/// What an admitted request carries to the handlers: its context, and —
+/// when refusals are audited — the pipeline, for [`RequirePermission`].
+fn admit_into(pipeline: &Rc<RequestPipeline>, req: &ServiceRequest, admitted: &Admitted) {
+    let mut extensions = req.extensions_mut();
+    extensions.insert(admitted.ctx.clone());
+    if pipeline.audits_denials() {
+        extensions.insert(Denials(pipeline.clone()));
     }
 }

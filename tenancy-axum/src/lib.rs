@@ -45,7 +45,6 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
-
 use tenancy_core::pipeline::{Admitted, Rejected, RequestPipeline};
 use tenancy_core::problem::{self, CONTENT_TYPE, Problem};
 use tenancy_core::resolve::{HeaderLookup, RequestView};
@@ -318,6 +317,19 @@ where
     }
 }
 
+/// What an admitted request carries to the handlers: its context, and —
+/// when refusals are audited — the pipeline, for [`RequirePermission`].
+fn admit_into(shared: &Arc<Shared>, parts: &mut Parts, admitted: &Admitted) {
+    parts.extensions.insert(admitted.ctx.clone());
+    if shared.pipeline.audits_denials() {
+        parts.extensions.insert(Denials(shared.clone()));
+    }
+}
+
+/// The pipeline of an admitted request whose refusals are audited.
+#[derive(Clone)]
+struct Denials(Arc<Shared>);
+
 /// The headers and metrics of an admitted request's response.
 fn admitted_response(shared: &Shared, admitted: &Admitted, response: &mut Response) {
     success_headers(response, admitted);
@@ -365,7 +377,7 @@ where
             .admit_now(&PartsView(&parts), user.as_ref(), meta(&parts))
         {
             Some(Ok(admitted)) => {
-                parts.extensions.insert(admitted.ctx.clone());
+                admit_into(&self.shared, &mut parts, &admitted);
                 let call = inner.call(Request::from_parts(parts, body));
                 return ResponseFuture {
                     state: State::Scoped {
@@ -394,10 +406,9 @@ where
                         .await;
                     match outcome {
                         Ok(admitted) => {
-                            let ctx = admitted.ctx.clone();
-                            parts.extensions.insert(ctx.clone());
+                            admit_into(&shared, &mut parts, &admitted);
                             let req = Request::from_parts(parts, body);
-                            let mut response = ctx.scope(inner.call(req)).await?;
+                            let mut response = admitted.ctx.scope(inner.call(req)).await?;
                             admitted_response(&shared, &admitted, &mut response);
                             Ok(response)
                         }
@@ -464,7 +475,9 @@ impl<S: Send + Sync, F: FeatureName> FromRequestParts<S> for RequireFeature<F> {
 }
 
 /// Refuses the request (403 `permission-missing`) unless the acting user
-/// holds permission `P` in the tenant.
+/// holds permission `P` in the tenant. When the pipeline audits refusals
+/// ([`RequestPipeline::with_audit`]) the refusal is recorded in the
+/// tenant's audit log like the pipeline's own.
 #[derive(Debug)]
 pub struct RequirePermission<P>(PhantomData<P>);
 
@@ -473,7 +486,15 @@ impl<S: Send + Sync, P: PermissionName> FromRequestParts<S> for RequirePermissio
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Tenant(ctx) = Tenant::from_request_parts(parts, state).await?;
-        tenancy_core::authorize(&ctx, P::NAME)?;
+        match parts.extensions.get::<Denials>().cloned() {
+            Some(Denials(shared)) => {
+                shared
+                    .pipeline
+                    .authorize(&ctx, P::NAME, parts.uri.path())
+                    .await?;
+            }
+            None => tenancy_core::authorize(&ctx, P::NAME)?,
+        }
         Ok(Self(PhantomData))
     }
 }

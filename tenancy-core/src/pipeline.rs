@@ -338,10 +338,10 @@ impl RequestPipeline {
         meta: RequestMeta,
         path: &str,
     ) {
-        let (Some(sink), Some(tenant)) = (&self.audit, rejected.tenant) else {
+        let Some(tenant) = rejected.tenant else {
             return;
         };
-        if !matches!(
+        if matches!(
             rejected.error,
             TenantError::Unauthenticated
                 | TenantError::NotAMember
@@ -349,26 +349,86 @@ impl RequestPipeline {
                 | TenantError::TrialExpired { .. }
                 | TenantError::Offboarding
         ) {
-            return;
+            self.record_denial(tenant, user, &rejected.error, &meta, path)
+                .await;
         }
+    }
+
+    async fn record_denial(
+        &self,
+        tenant: TenantId,
+        user: Option<&UserId>,
+        error: &TenantError,
+        meta: &RequestMeta,
+        path: &str,
+    ) {
+        let Some(sink) = &self.audit else {
+            return;
+        };
         let mut event = match user {
             Some(u) => AuditEvent::user(tenant, u.as_str(), Action::DENIED, "request"),
             None => AuditEvent::system(tenant, "pipeline", Action::DENIED, "request"),
         }
         .with_details(serde_json::json!({
-            "code": rejected.error.code(),
-            "status": rejected.error.status(),
+            "code": error.code(),
+            "status": error.status(),
             "path": path,
         }));
         if let Some(ip) = meta.ip {
             event = event.with_ip(ip);
         }
-        if let Some(agent) = meta.user_agent {
+        if let Some(agent) = &meta.user_agent {
             event = event.with_user_agent(agent.to_string());
         }
         if let Err(e) = sink.record(event).await {
             tracing::error!(tenant.id = %tenant, error = %e, "could not record a denied request in the audit log");
         }
+    }
+
+    /// Whether refusals are audited ([`Self::with_audit`]). Adapters use it
+    /// to hand their permission guards what [`Self::authorize`] needs.
+    pub fn audits_denials(&self) -> bool {
+        self.audit.is_some()
+    }
+
+    /// Checks that the context's actor holds `permission` (what the
+    /// adapters' `RequirePermission` guards do), and records a refusal in
+    /// the tenant's audit log like the pipeline's own denials when
+    /// [`Self::with_audit`] is configured.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tenancy_core::audit::MemorySink;
+    /// use tenancy_core::pipeline::RequestPipeline;
+    /// use tenancy_core::resolve::ResolverChain;
+    /// use tenancy_core::store::InMemoryTenantStore;
+    /// use tenancy_core::{Actor, Role, Tenant, TenantContext, TenantError, TenantId, UserId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sink = Arc::new(MemorySink::default());
+    /// let pipeline = RequestPipeline::new(ResolverChain::new(), Arc::new(InMemoryTenantStore::new()))
+    ///     .with_audit(sink.clone());
+    /// let tenant = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
+    /// let viewer = Actor::new(UserId::new("bob"), Role::Viewer, Vec::new());
+    /// let ctx = TenantContext::new(tenant).with_actor(viewer);
+    /// let refused = pipeline.authorize(&ctx, "tenant:manage", "/admin").await;
+    /// assert!(matches!(refused, Err(TenantError::MissingPermission { .. })));
+    /// assert_eq!(sink.events()[0].action, "denied");
+    /// # Ok(()) }
+    /// ```
+    pub async fn authorize(
+        &self,
+        ctx: &TenantContext,
+        permission: &str,
+        path: &str,
+    ) -> Result<(), TenantError> {
+        let outcome = crate::authorize(ctx, permission);
+        if let Err(e) = &outcome {
+            let user = ctx.actor().map(|a| &a.user_id);
+            self.record_denial(ctx.tenant_id(), user, e, ctx.request(), path)
+                .await;
+        }
+        outcome
     }
 
     /// [`RequestPipeline::admit`] without waiting, when every step can

@@ -620,6 +620,19 @@ pub async fn run_table(w: &World, open: SocketAddr, members: SocketAddr) {
         denied.contains(&("eve".to_owned(), 403.into())),
         "403 audited: {denied:?}"
     );
+    // The adapter's permission guard records its refusal too.
+    let refused_permission = w
+        .denials
+        .events()
+        .into_iter()
+        .filter(|e| e.tenant == w.acme.id && e.details["code"] == "permission-missing")
+        .map(|e| (e.actor.id().to_owned(), e.details["path"].clone()))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        refused_permission,
+        [("bob".to_owned(), serde_json::Value::from("/admin"))],
+        "missing permission audited once, with who and where"
+    );
 }
 
 fn check(c: &Case, r: &RawResponse) {
