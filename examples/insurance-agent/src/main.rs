@@ -497,7 +497,11 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
         TenantCommand::Purge { slug } => {
             let t = by_slug(&slug).await?;
             ops::purge(&data, &t).await?;
-            println!("{slug} purged: keys destroyed, data file removed");
+            let removed = match data.backend_name() {
+                "postgres" => "its rows deleted",
+                _ => "its data file removed",
+            };
+            println!("{slug} purged: keys destroyed, {removed}");
             Ok(())
         }
         TenantCommand::Resume { slug } => {
