@@ -28,7 +28,9 @@ pub use error::DbError;
 pub use health::DatabaseProbe;
 pub use invite::PgInvitationStore;
 pub use keys::PgKeyStore;
-pub use notify::{InvalidationListener, TENANT_CHANGED_CHANNEL};
+pub use notify::{
+    InvalidationListener, KEY_CHANGED_CHANNEL, KeyInvalidationListener, TENANT_CHANGED_CHANNEL,
+};
 pub use privileged::{CrossTenantAccess, PrivilegedDb};
 pub use provision::{Deprovisioner, ExportReport, PgProvisioningLog, PurgeReport};
 pub use quota::PgRateLimiter;

@@ -1,10 +1,13 @@
-//! Cross-process cache invalidation over PostgreSQL `LISTEN`/`NOTIFY`.
+//! Cross-process cache invalidation over PostgreSQL `LISTEN`/`NOTIFY`:
+//! tenant records ([`InvalidationListener`]) and tenant keys
+//! ([`KeyInvalidationListener`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tenancy_core::crypto::keys::Keyring;
 use tenancy_core::store::{CachedStore, TenantStore};
 use tenancy_core::{DomainName, TenantId, TenantSlug};
 use tokio::task::JoinHandle;
@@ -76,12 +79,14 @@ impl InvalidationListener {
     where
         S: TenantStore + 'static,
     {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(TENANT_CHANGED_CHANNEL).await?;
-        let task = tokio::spawn(async move {
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(n)) => match parse(n.payload()) {
+        let reset = cache.clone();
+        let task = listen(
+            pool,
+            TENANT_CHANGED_CHANNEL,
+            move |payload: String| {
+                let cache = cache.clone();
+                async move {
+                    match parse(&payload) {
                         Some(change) => {
                             if let Some(id) = change.id {
                                 cache.invalidate(id).await;
@@ -95,32 +100,130 @@ impl InvalidationListener {
                             }
                         }
                         None => {
-                            tracing::warn!(
-                                payload = n.payload(),
-                                "unreadable tenant change; clearing the cache"
-                            );
+                            tracing::warn!(payload, "unreadable tenant change; clearing the cache");
                             cache.invalidate_all();
                         }
-                    },
-                    Ok(None) => {
-                        tracing::warn!(
-                            "tenant change listener lost its connection; clearing the cache"
-                        );
-                        cache.invalidate_all();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "tenant change listener failed; clearing the cache and retrying");
-                        cache.invalidate_all();
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
-            }
-        });
+            },
+            move || {
+                let cache = reset.clone();
+                async move { cache.invalidate_all() }
+            },
+        )
+        .await?;
         Ok(Self { task })
     }
 
     /// Stops listening.
     pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Listens on `channel` with a dedicated connection and runs `on_payload`
+/// for each notification; when the connection fails or drops (notifications
+/// may have been missed) runs `on_reset` before listening again.
+async fn listen<P, PF, R, RF>(
+    pool: &PgPool,
+    channel: &'static str,
+    on_payload: P,
+    on_reset: R,
+) -> Result<JoinHandle<()>, DbError>
+where
+    P: Fn(String) -> PF + Send + 'static,
+    PF: std::future::Future<Output = ()> + Send,
+    R: Fn() -> RF + Send + 'static,
+    RF: std::future::Future<Output = ()> + Send,
+{
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => on_payload(n.payload().to_owned()).await,
+                Ok(None) => {
+                    tracing::warn!(
+                        channel,
+                        "change listener lost its connection; clearing the cache"
+                    );
+                    on_reset().await;
+                }
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "change listener failed; clearing the cache and retrying");
+                    on_reset().await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }))
+}
+
+/// The channel the system schema's trigger notifies (payload: the tenant
+/// id) whenever a tenant's wrapped data keys change: rotation, KEK
+/// rotation, crypto-shredding.
+pub const KEY_CHANGED_CHANNEL: &str = "tenancy_key_changed";
+
+/// Keeps a [`Keyring`]'s key cache in step with key changes made by any
+/// process — above all crypto-shredding: without it, another process keeps
+/// decrypting with its cached data key until the cache's TTL (10 minutes by
+/// default) runs out. On every change of a tenant's keys the tenant's
+/// cached keys are evicted; if the listening connection drops, every cached
+/// key is.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool, keyring: std::sync::Arc<tenancy_core::crypto::keys::Keyring>)
+/// #     -> Result<(), tenancy_sqlx::DbError> {
+/// use tenancy_sqlx::KeyInvalidationListener;
+///
+/// let _listener = KeyInvalidationListener::start(&pool, keyring.clone()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct KeyInvalidationListener {
+    task: JoinHandle<()>,
+}
+
+impl KeyInvalidationListener {
+    /// Starts listening (on a dedicated connection made with `pool`'s
+    /// options) and evicting from `keyring`. Stops when dropped.
+    pub async fn start(pool: &PgPool, keyring: Arc<Keyring>) -> Result<Self, DbError> {
+        let reset = keyring.clone();
+        let task = listen(
+            pool,
+            KEY_CHANGED_CHANNEL,
+            move |payload: String| {
+                let keyring = keyring.clone();
+                async move {
+                    match payload.parse::<TenantId>() {
+                        Ok(tenant) => {
+                            keyring.evict(tenant).await;
+                            tracing::debug!(tenant.id = %tenant, "tenant keys changed; cached keys dropped");
+                        }
+                        Err(_) => {
+                            tracing::warn!(payload, "unreadable key change; dropping every cached key");
+                            keyring.evict_all().await;
+                        }
+                    }
+                }
+            },
+            move || {
+                let keyring = reset.clone();
+                async move { keyring.evict_all().await }
+            },
+        )
+        .await?;
+        Ok(Self { task })
+    }
+
+    /// Stops listening.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for KeyInvalidationListener {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }

@@ -202,3 +202,56 @@ async fn settings_in_postgres_keep_secrets_sealed_and_tenants_apart() {
     assert!(settings.delete(b, "bank.account").await.unwrap());
     assert!(!settings.delete(b, "bank.account").await.unwrap());
 }
+
+#[tokio::test]
+async fn another_process_stops_decrypting_at_once_when_a_tenant_is_shredded() {
+    let (env, store, provider) = setup().await;
+    let store = Arc::new(store);
+    // Three "processes": A shreds; B listens for key changes; C does not.
+    let a = Keyring::new(provider.clone(), store.clone());
+    let b = Arc::new(Keyring::new(provider.clone(), store.clone()));
+    let c = Keyring::new(provider.clone(), store.clone());
+    let pool = env.app_pool(1).await.unwrap();
+    let _listener = tenancy_sqlx::KeyInvalidationListener::start(&pool, b.clone())
+        .await
+        .unwrap();
+    let (t, other) = (TenantId::new_v4(), TenantId::new_v4());
+    let sealed = a.encrypt(t, b"ctx", b"secret").await.unwrap();
+    let kept = a.encrypt(other, b"ctx", b"kept").await.unwrap();
+    // B and C have the tenant's data key cached.
+    for k in [&*b, &c] {
+        assert_eq!(
+            k.decrypt(t, b"ctx", &sealed).await.unwrap().as_slice(),
+            b"secret"
+        );
+        assert_eq!(
+            k.decrypt(other, b"ctx", &kept).await.unwrap().as_slice(),
+            b"kept"
+        );
+    }
+    a.shred(t).await.unwrap();
+    // B hears of it and can no longer decrypt (within a few seconds at most).
+    let mut refused = false;
+    for _ in 0..100 {
+        if b.decrypt(t, b"ctx", &sealed).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the listening keyring still decrypts a shredded tenant"
+    );
+    // C, without the listener, still decrypts from its cache: the gap the
+    // listener closes (and the proof that B was refused for that reason).
+    assert_eq!(
+        c.decrypt(t, b"ctx", &sealed).await.unwrap().as_slice(),
+        b"secret"
+    );
+    // The other tenant is unaffected in B.
+    assert_eq!(
+        b.decrypt(other, b"ctx", &kept).await.unwrap().as_slice(),
+        b"kept"
+    );
+}

@@ -28,8 +28,8 @@ use tenancy_sqlx::sqlite::{
 };
 use tenancy_sqlx::tenant_migrate::{RolloutReport, TenantMigration, TenantMigrator};
 use tenancy_sqlx::{
-    AuditPage, AuditQuery, DbError, InvalidationListener, PgAuditLog, PgInvitationStore,
-    PgKeyStore, PgMembershipStore, PgTenantStore, TenantDb,
+    AuditPage, AuditQuery, DbError, InvalidationListener, KeyInvalidationListener, PgAuditLog,
+    PgInvitationStore, PgKeyStore, PgMembershipStore, PgTenantStore, TenantDb,
 };
 
 /// The tables of a tenant file that carry `tenant_id`.
@@ -220,7 +220,7 @@ pub struct Data {
     store: Arc<CachedStore<Arc<dyn TenantStore>>>,
     keyring: Arc<Keyring>,
     audit: AuditLog,
-    _listener: Option<Arc<InvalidationListener>>,
+    _listeners: Option<Arc<(InvalidationListener, KeyInvalidationListener)>>,
 }
 
 #[derive(Clone)]
@@ -464,7 +464,7 @@ impl Data {
             },
             keyring: Arc::new(keyring),
             audit,
-            _listener: None,
+            _listeners: None,
         })
     }
 
@@ -498,8 +498,12 @@ impl Data {
         let store: Arc<dyn TenantStore> = Arc::new(PgTenantStore::new(app.clone()));
         let store = Arc::new(CachedStore::new(store));
         // Another process (the command line) changing a tenant drops it from
-        // this process's cache at once.
-        let listener = InvalidationListener::start(&app, store.clone()).await?;
+        // this process's cache at once; so does shredding its keys.
+        let keyring = Arc::new(keyring);
+        let listeners = (
+            InvalidationListener::start(&app, store.clone()).await?,
+            KeyInvalidationListener::start(&app, keyring.clone()).await?,
+        );
         Ok(Self {
             dir: dir.to_owned(),
             store,
@@ -509,9 +513,9 @@ impl Data {
                 owner,
                 app_role,
             },
-            keyring: Arc::new(keyring),
+            keyring,
             audit,
-            _listener: Some(Arc::new(listener)),
+            _listeners: Some(Arc::new(listeners)),
         })
     }
 

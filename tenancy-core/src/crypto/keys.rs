@@ -693,6 +693,15 @@ impl Keyring {
         Ok(())
     }
 
+    /// Drops every tenant's unwrapped keys and primary versions from the
+    /// caches (for example when a key-change listener may have missed
+    /// notifications); the next use of each reads the store again.
+    pub async fn evict_all(&self) {
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks().await;
+        self.primaries.invalidate_all();
+    }
+
     /// Drops the tenant's unwrapped keys and primary version from the caches
     /// (for example when another process rotated or shredded them); the next
     /// use reads the store and unwraps again.
