@@ -20,7 +20,7 @@ use tenancy_core::{PlanId, Tenant, TenantId, TenantKind};
     about = "Multi-tenant back end for insurance agents (tenancy-rs reference app)"
 )]
 struct Cli {
-    /// Data directory: control database, one SQLite file per tenant, session key.
+    /// Data directory: keys and session key; on SQLite also the control database and one file per tenant.
     #[arg(
         long,
         env = "INSURANCE_DATA_DIR",
@@ -56,7 +56,7 @@ enum Command {
         #[arg(long)]
         plans: Option<PathBuf>,
     },
-    /// Brings every tenant file to the latest schema.
+    /// Brings every tenant file (SQLite) or the shared schema (PostgreSQL) to the latest version.
     Migrate,
     /// Creates synthetic tenants with agents and customers.
     Seed {
@@ -117,7 +117,7 @@ enum ReportCommand {
 enum TenantCommand {
     /// Lists tenants.
     List,
-    /// Creates a tenant with its own data file.
+    /// Creates a tenant (on SQLite with its own data file).
     Create {
         /// URL-safe name.
         slug: String,
@@ -164,7 +164,7 @@ enum TenantCommand {
         out: PathBuf,
     },
     /// Purges an offboarded tenant after its grace period: keys
-    /// crypto-shredded, file removed, memberships removed.
+    /// crypto-shredded, data removed (its file, or its rows), memberships removed.
     Purge {
         /// The tenant.
         slug: String,
