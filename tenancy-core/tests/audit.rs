@@ -300,3 +300,24 @@ async fn sink_failures_are_retried_then_counted() {
         Err(AuditError::Invalid(_))
     ));
 }
+
+#[test]
+fn malformed_anchors_are_refused_not_panicked_on() {
+    use tenancy_core::audit::chain::Anchor;
+    let hex = "0f".repeat(32);
+    assert!(format!("7:{hex}").parse::<Anchor>().is_ok());
+    for bad in [
+        String::new(),
+        "7".into(),
+        format!("0:{hex}"),
+        format!("-1:{hex}"),
+        format!("99999999999999999999999:{hex}"),
+        format!("7:{}", &hex[1..]),
+        format!("7:{hex}00"),
+        format!("7:{}", "zz".repeat(32)),
+        format!("7:{}é", "0".repeat(62)),
+        format!("7:{}", "é".repeat(32)),
+    ] {
+        assert!(bad.parse::<Anchor>().is_err(), "{bad:?}");
+    }
+}

@@ -202,6 +202,41 @@ async fn verification_detects_owner_updates_deletes_and_inserts() {
         vec![ChainBreak::Modified { seq: 1 }]
     );
 
+    // Deleting the newest rows leaves a valid, shorter chain: only a head
+    // recorded earlier, outside the database, shows it.
+    let truncated = TenantId::new_v4();
+    seed(&log, truncated, 5).await;
+    let anchor = log.verify_chain(truncated).await.unwrap().anchor().unwrap();
+    assert_eq!(anchor.seq, 5);
+    let stored: tenancy_core::audit::chain::Anchor = anchor.to_string().parse().unwrap();
+    tamper(
+        &env,
+        "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND seq = 5",
+        truncated,
+    )
+    .await;
+    let report = log.verify_chain(truncated).await.unwrap();
+    assert!(report.is_intact(), "the chain alone cannot tell");
+    assert_eq!(
+        report.against(&stored).breaks,
+        vec![ChainBreak::Truncated {
+            anchored: 5,
+            head: 4
+        }]
+    );
+    // A later, longer chain still satisfies an older anchor.
+    let intact = TenantId::new_v4();
+    seed(&log, intact, 2).await;
+    let early = log.verify_chain(intact).await.unwrap().anchor().unwrap();
+    seed(&log, intact, 2).await;
+    assert!(
+        log.verify_chain(intact)
+            .await
+            .unwrap()
+            .against(&early)
+            .is_intact()
+    );
+
     // Someone with the table but without the application's root secret.
     let other_root = PgAuditLog::new(TenantDb::connect(&env.app_url).await.unwrap(), [1u8; 32]);
     assert!(!other_root.verify_chain(updated).await.unwrap().is_intact());

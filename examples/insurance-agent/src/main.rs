@@ -110,6 +110,10 @@ enum ReportCommand {
     Audit {
         /// The tenant.
         slug: String,
+        /// A head printed by an earlier run (`<seq>:<hash>`): the chain must
+        /// still reach it (detects removal of the newest events).
+        #[arg(long)]
+        anchor: Option<String>,
     },
 }
 
@@ -360,12 +364,19 @@ async fn report(at: &At, command: ReportCommand) -> Result<(), Error> {
             }
             Ok(())
         }
-        ReportCommand::Audit { slug } => {
+        ReportCommand::Audit { slug, anchor } => {
+            let anchor = anchor
+                .as_deref()
+                .map(str::parse::<tenancy_core::audit::chain::Anchor>)
+                .transpose()?;
             let t = find(&data, &slug).await?;
             let ctx = tenancy_core::TenantContext::new((*t).clone());
             let mut tx = data.begin(&ctx).await?;
-            let r = data.audit().verify_chain(&mut tx).await?;
+            let mut r = data.audit().verify_chain(&mut tx).await?;
             tx.commit().await?;
+            if let Some(a) = &anchor {
+                r = r.against(a);
+            }
             println!(
                 "{slug}: {} events, {}",
                 r.rows,
@@ -377,6 +388,9 @@ async fn report(at: &At, command: ReportCommand) -> Result<(), Error> {
             );
             for b in &r.breaks {
                 println!("  {b:?}");
+            }
+            if let Some(head) = r.anchor() {
+                println!("  head {head}  (keep it elsewhere; check later with --anchor {head})");
             }
             if r.is_intact() {
                 Ok(())

@@ -582,6 +582,47 @@ async fn the_run_command_starts_on_a_fresh_data_directory() {
     );
 }
 
+/// Deletes the tenant's newest audit event the way someone with direct
+/// access to the storage could: as the superuser on PostgreSQL, by dropping
+/// the append-only trigger in the tenant's file on SQLite.
+async fn remove_newest_audit_event(app: &App, tenant: tenancy_core::TenantId) {
+    match &app.pg {
+        Some(pg) => {
+            let admin = sqlx::PgPool::connect(&pg.admin_url).await.unwrap();
+            let done = sqlx::query(
+                "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND seq = \
+                 (SELECT max(seq) FROM tenancy.audit_log WHERE tenant_id = $1)",
+            )
+            .bind(tenant.as_uuid())
+            .execute(&admin)
+            .await
+            .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+            admin.close().await;
+        }
+        None => {
+            let file = app._dir.path().join("tenants").join(format!(
+                "{}.sqlite3",
+                tenancy_core::Placement::name_for(tenant)
+            ));
+            assert!(file.exists(), "{}", file.display());
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&file)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            let done = sqlx::raw_sql(
+                "DROP TRIGGER tenancy_audit_log_no_delete; \
+                 DELETE FROM tenancy_audit_log WHERE seq = (SELECT max(seq) FROM tenancy_audit_log)",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            assert_eq!(done.rows_affected(), 1);
+            pool.close().await;
+        }
+    }
+}
+
 /// Every row of every table outside PostgreSQL's own schemas, as text,
 /// one entry per table.
 async fn database_rows(admin_url: &str) -> Vec<(String, Vec<u8>)> {
@@ -927,6 +968,43 @@ async fn every_state_change_is_audited_and_the_chain_verifies(backend: Backend) 
         .json();
     assert_eq!(check["intact"], true, "{check}");
     assert_eq!(check["rows"].as_u64().unwrap() as usize, items.len());
+
+    // The head, kept outside the database, exposes removal of the newest
+    // events, which the chain alone cannot show.
+    let anchor = check["anchor"].as_str().unwrap().to_owned();
+    let verify_against = |a: &str| format!("/audit/verify?anchor={a}");
+    let still = call(addr, "GET", &verify_against(&anchor), Some(&admin), None).await;
+    assert_eq!(still.json()["intact"], true, "{}", still.text());
+    assert_problem(
+        &call(addr, "GET", &verify_against("12:zz"), Some(&admin), None).await,
+        422,
+        "app.invalid",
+    );
+    let tenant: tenancy_core::TenantId = call(addr, "GET", "/me", Some(&admin), None)
+        .await
+        .header("x-tenant-id")
+        .unwrap()
+        .parse()
+        .unwrap();
+    remove_newest_audit_event(&app, tenant).await;
+    let shorter = call(addr, "GET", "/audit/verify", Some(&admin), None)
+        .await
+        .json();
+    assert_eq!(
+        shorter["intact"], true,
+        "the chain alone cannot tell: {shorter}"
+    );
+    let caught = call(addr, "GET", &verify_against(&anchor), Some(&admin), None)
+        .await
+        .json();
+    assert_eq!(caught["intact"], false, "{caught}");
+    assert!(
+        caught["breaks"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("Truncated"),
+        "{caught}"
+    );
     // The free plan has no audit-log access; agents never do.
     let asha = login(addr, "asha@asha.test", "asha-agency").await;
     assert_problem(

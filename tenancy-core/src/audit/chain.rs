@@ -16,8 +16,10 @@
 //! every such change.
 //!
 //! One limit, by construction: removing the *newest* rows leaves a shorter
-//! chain that is still valid. Anchor the head ([`ChainReport::head`]) outside
-//! the database (a log line, a metric, a periodic checkpoint) and compare.
+//! chain that is still valid. Keep the head ([`ChainReport::anchor`])
+//! outside the database (a log line, a ticket, another store) and check
+//! later reports against it with [`ChainReport::against`]: a chain that now
+//! ends before the anchor is reported as [`ChainBreak::Truncated`].
 //!
 //! The canonical form is JSON with a fixed field order and object keys
 //! sorted at every depth, so it survives a round trip through `jsonb`.
@@ -243,6 +245,71 @@ pub enum ChainBreak {
         /// The row.
         seq: u64,
     },
+    /// The chain ends before a head recorded earlier ([`Anchor`]): its
+    /// newest rows were removed.
+    Truncated {
+        /// The anchored row.
+        anchored: u64,
+        /// Where the chain ends now (0: empty).
+        head: u64,
+    },
+    /// The row at an anchored position is not the one anchored.
+    AnchorMismatch {
+        /// The row.
+        seq: u64,
+    },
+}
+
+/// A chain's head recorded outside the database: the newest row's sequence
+/// number and hash. Its text form is `<seq>:<hash as 64 hex digits>`.
+///
+/// ```
+/// use tenancy_core::audit::chain::Anchor;
+///
+/// let anchor: Anchor = format!("12:{}", "ab".repeat(32)).parse()?;
+/// assert_eq!(anchor.seq, 12);
+/// assert_eq!(anchor.to_string().parse::<Anchor>()?, anchor);
+/// assert!("12:abc".parse::<Anchor>().is_err());
+/// # Ok::<(), tenancy_core::audit::chain::AnchorError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    /// The newest row's sequence number.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: Hash,
+}
+
+/// A malformed [`Anchor`] text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an audit anchor is written <seq>:<64 hex digits>, as reported with the chain's head")]
+pub struct AnchorError;
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.seq)?;
+        for b in self.hash {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = AnchorError;
+
+    fn from_str(s: &str) -> Result<Self, AnchorError> {
+        let (seq, hex) = s.trim().split_once(':').ok_or(AnchorError)?;
+        let seq: u64 = seq.parse().map_err(|_| AnchorError)?;
+        if seq == 0 || hex.len() != 64 || !hex.is_ascii() {
+            return Err(AnchorError);
+        }
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| AnchorError)?;
+        }
+        Ok(Self { seq, hash })
+    }
 }
 
 /// The outcome of [`verify`].
@@ -262,6 +329,56 @@ impl ChainReport {
     /// Whether no break was found.
     pub fn is_intact(&self) -> bool {
         self.breaks.is_empty()
+    }
+
+    /// The head to keep outside the database, if the chain has rows.
+    pub fn anchor(&self) -> Option<Anchor> {
+        self.head.map(|(seq, hash)| Anchor { seq, hash })
+    }
+
+    /// This report checked against a head recorded earlier: a chain that
+    /// now ends before `anchor` gets [`ChainBreak::Truncated`], one that ends
+    /// exactly there with another hash [`ChainBreak::AnchorMismatch`]. (A
+    /// longer chain that verifies passed through the anchored row: without
+    /// the application's root secret its rows cannot be rewritten.)
+    ///
+    /// ```
+    /// use tenancy_core::audit::chain::{self, ChainBreak, ChainKey, ChainedEvent, GENESIS};
+    /// use tenancy_core::audit::{Action, AuditEvent};
+    /// use tenancy_core::TenantId;
+    ///
+    /// let tenant = TenantId::new_v4();
+    /// let key = ChainKey::derive(&[7u8; 32], tenant);
+    /// let mut rows = Vec::new();
+    /// let mut prev = GENESIS;
+    /// for seq in 1..=3 {
+    ///     let e = AuditEvent::user(tenant, "u1", Action::READ, "customers");
+    ///     let hash = key.link(&prev, seq, &e);
+    ///     rows.push(ChainedEvent::new(seq, e, prev, hash));
+    ///     prev = hash;
+    /// }
+    /// let anchor = chain::verify(&key, tenant, rows.clone()).anchor().unwrap();
+    /// rows.pop(); // the newest row removed: still a valid chain ...
+    /// let shorter = chain::verify(&key, tenant, rows);
+    /// assert!(shorter.is_intact());
+    /// // ... but not against the anchor.
+    /// assert_eq!(
+    ///     shorter.against(&anchor).breaks,
+    ///     [ChainBreak::Truncated { anchored: 3, head: 2 }]
+    /// );
+    /// ```
+    pub fn against(mut self, anchor: &Anchor) -> Self {
+        match self.head {
+            Some((seq, hash)) if seq == anchor.seq && hash != anchor.hash => {
+                self.breaks.push(ChainBreak::AnchorMismatch { seq });
+            }
+            Some((seq, _)) if seq >= anchor.seq => {}
+            head => self.breaks.push(ChainBreak::Truncated {
+                anchored: anchor.seq,
+                head: head.map_or(0, |(seq, _)| seq),
+            }),
+        }
+        self
     }
 }
 

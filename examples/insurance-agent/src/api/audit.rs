@@ -6,6 +6,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tenancy_core::Role;
 use tenancy_core::audit::AuditEvent;
+use tenancy_core::audit::chain::Anchor;
 use tenancy_sqlx::AuditQuery;
 
 use super::{ApiError, AppState, Caller, QueryOf, require_feature};
@@ -53,6 +54,16 @@ pub struct ChainCheck {
     pub intact: bool,
     /// Breaks found (described).
     pub breaks: Vec<String>,
+    /// The chain's head as `<seq>:<hash>`: keep it outside the database
+    /// and pass it back as `?anchor=` to detect removal of the newest events.
+    pub anchor: Option<String>,
+}
+
+/// `GET /audit/verify` parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct VerifyParams {
+    /// A head reported earlier (`<seq>:<hash>`): the chain must still reach it.
+    pub anchor: Option<String>,
 }
 
 fn admin_with_access(caller: &Caller) -> Result<(), ApiError> {
@@ -98,19 +109,30 @@ pub async fn list(
 }
 
 /// Verifies the tenant's audit hash chain.
-#[utoipa::path(get, path = "/audit/verify",
-    responses((status = 200, body = ChainCheck), (status = 403)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/audit/verify", params(VerifyParams),
+    responses((status = 200, body = ChainCheck), (status = 403), (status = 422)), security(("bearer" = [])))]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
+    QueryOf(params): QueryOf<VerifyParams>,
 ) -> Result<Json<ChainCheck>, ApiError> {
     admin_with_access(&caller)?;
+    let anchor = params
+        .anchor
+        .as_deref()
+        .map(str::parse::<Anchor>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let mut tx = state.data.begin(&caller.ctx).await?;
-    let report = state.data.audit().verify_chain(&mut tx).await?;
+    let mut report = state.data.audit().verify_chain(&mut tx).await?;
     tx.commit().await?;
+    if let Some(a) = &anchor {
+        report = report.against(a);
+    }
     Ok(Json(ChainCheck {
         rows: report.rows,
         intact: report.is_intact(),
         breaks: report.breaks.iter().map(|b| format!("{b:?}")).collect(),
+        anchor: report.anchor().map(|a| a.to_string()),
     }))
 }
