@@ -293,12 +293,9 @@ async fn offboarding_exports_then_purges_one_tenant_and_spares_the_other() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[tokio::test]
-async fn invitations_in_postgres_are_single_use_and_tenant_bound() {
-    use tenancy_core::MembershipStore;
-    use tenancy_core::invite::{Invitations, InviteError};
-    use tenancy_sqlx::PgInvitationStore;
-
+/// The system schema applied as the owner; the owner's pool and the
+/// application role's door.
+async fn system_schema() -> (sqlx::PgPool, TenantDb) {
     let env = TestDb::from_env().unwrap();
     let owner = env.owner_pool(4).await.unwrap();
     {
@@ -308,7 +305,17 @@ async fn invitations_in_postgres_are_single_use_and_tenant_bound() {
             .await
             .unwrap();
     }
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    (owner, TenantDb::connect(&env.app_url).await.unwrap())
+}
+
+#[tokio::test]
+async fn invitations_in_postgres_are_single_use_and_tenant_bound() {
+    use tenancy_core::MembershipStore;
+    use tenancy_core::invite::{Invitations, InviteError};
+    use tenancy_sqlx::PgInvitationStore;
+
+    let env = TestDb::from_env().unwrap();
+    let (owner, db) = system_schema().await;
     let store = PgTenantStore::new(owner.clone());
     let (a, b) = (tenant("inv-a"), tenant("inv-b"));
     store.create(&a).await.unwrap();
@@ -438,16 +445,7 @@ async fn the_database_probe_checks_the_tenant_data_path() {
 
 #[tokio::test]
 async fn a_failed_join_gives_the_postgres_invitation_back() {
-    let env = TestDb::from_env().unwrap();
-    let owner = env.owner_pool(2).await.unwrap();
-    {
-        let mut conn = owner.acquire().await.unwrap();
-        migrate::run(&mut conn).await.unwrap();
-        migrate::grant_system_read(&mut conn, "tenancy_app")
-            .await
-            .unwrap();
-    }
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let (owner, db) = system_schema().await;
     let t = tenant("inv-retry");
     PgTenantStore::new(owner.clone()).create(&t).await.unwrap();
     tenancy_testkit::invite::a_failed_join_releases_the_invitation(
