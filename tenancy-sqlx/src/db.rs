@@ -21,8 +21,11 @@ pub use tenancy_core::rls::TENANT_SETTING;
 pub enum PoolHygiene {
     /// Check every new connection (`after_connect`) and every connection
     /// returned to the pool (`after_release`); a connection that carries
-    /// `app.tenant_id` outside a transaction is closed, never reused. The
-    /// release check costs one round trip, off the releasing task's path.
+    /// `app.tenant_id` outside a transaction, or whose `search_path` was
+    /// changed at session level (a plain `SET search_path` — it outlives
+    /// the transaction and would point the next tenant's unqualified names
+    /// at another schema), is closed, never reused. The release check costs
+    /// one round trip, off the releasing task's path.
     #[default]
     Verify,
     /// No checks. Transaction-scoped settings cannot leak by themselves; the
@@ -34,18 +37,33 @@ pub enum PoolHygiene {
 /// The SQLSTATE `tenancy.enter` raises for a tenant that was moved.
 const MOVED_SQLSTATE: &str = "TN001";
 
-const CHECK_SQL: &str = "SELECT coalesce(current_setting('app.tenant_id', true), '')";
+const CHECK_SQL: &str =
+    "SELECT coalesce(current_setting('app.tenant_id', true), ''), current_setting('search_path')";
 
-/// The tenant setting a connection carries outside any transaction, if any.
-/// Simple-query protocol: one round trip, no prepared statement (so it also
-/// works through pgbouncer in transaction mode).
-async fn leaked_setting(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+/// What the hygiene checks read from a connection outside any transaction.
+struct Session {
+    /// The tenant setting, if any (there should be none).
+    tenant: Option<String>,
+    /// The session's `search_path`.
+    search_path: String,
+}
+
+/// Reads [`Session`]. Simple-query protocol: one round trip, no prepared
+/// statement (so it also works through pgbouncer in transaction mode).
+async fn session_state(conn: &mut PgConnection) -> Result<Session, sqlx::Error> {
     use sqlx::{Executor, Row};
     // A bare &str has no arguments: sqlx sends it with the simple protocol.
     let row = conn.fetch_one(CHECK_SQL).await?;
-    let value: String = row.try_get(0)?;
-    Ok(Some(value).filter(|v| !v.is_empty()))
+    let tenant: String = row.try_get(0)?;
+    Ok(Session {
+        tenant: Some(tenant).filter(|v| !v.is_empty()),
+        search_path: row.try_get(1)?,
+    })
 }
+
+/// The `search_path` new connections of a pool start with (the role's and
+/// database's defaults), as last seen by `after_connect`.
+type DefaultSearchPath = Arc<std::sync::RwLock<Option<String>>>;
 
 /// Opens tenant-scoped transactions on a PostgreSQL pool.
 ///
@@ -130,42 +148,67 @@ impl TenantDb {
         let options = PgPoolOptions::new().test_before_acquire(false);
         match hygiene {
             PoolHygiene::Off => options,
-            PoolHygiene::Verify => options
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        if let Some(found) = leaked_setting(conn).await? {
-                            tracing::error!(
-                                found = %found,
-                                "new connection already carries app.tenant_id (connection options?); refusing it"
-                            );
-                            return Err(sqlx::Error::Configuration(
-                                format!(
-                                    "new connection carries app.tenant_id = {found:?}; \
-                                     remove it from the connection options"
-                                )
-                                .into(),
-                            ));
-                        }
-                        Ok(())
+            PoolHygiene::Verify => {
+                let default_path = DefaultSearchPath::default();
+                let on_release = default_path.clone();
+                options
+                    .after_connect(move |conn, _meta| {
+                        let default_path = default_path.clone();
+                        Box::pin(async move {
+                            let session = session_state(conn).await?;
+                            if let Some(found) = session.tenant {
+                                tracing::error!(
+                                    found = %found,
+                                    "new connection already carries app.tenant_id (connection options?); refusing it"
+                                );
+                                return Err(sqlx::Error::Configuration(
+                                    format!(
+                                        "new connection carries app.tenant_id = {found:?}; \
+                                         remove it from the connection options"
+                                    )
+                                    .into(),
+                                ));
+                            }
+                            // The defaults of the newest connection are the
+                            // reference (a changed role default is followed).
+                            *default_path
+                                .write()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(session.search_path);
+                            Ok(())
+                        })
                     })
-                })
-                .after_release(|conn, _meta| {
-                    Box::pin(async move {
-                        match leaked_setting(conn).await {
-                            Ok(None) => Ok(true),
-                            Ok(Some(found)) => {
+                    .after_release(move |conn, _meta| {
+                        let default_path = on_release.clone();
+                        Box::pin(async move {
+                            // A broken connection is closed rather than reused.
+                            let Ok(session) = session_state(conn).await else {
+                                return Ok(false);
+                            };
+                            if let Some(found) = session.tenant {
                                 tracing::error!(
                                     found = %found,
                                     "connection returned to the pool carries app.tenant_id at \
                                      session level; closing it"
                                 );
-                                Ok(false)
+                                return Ok(false);
                             }
-                            // A broken connection is closed rather than reused.
-                            Err(_) => Ok(false),
-                        }
+                            let expected = default_path
+                                .read()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .clone();
+                            if expected.as_deref() != Some(session.search_path.as_str()) {
+                                tracing::error!(
+                                    found = %session.search_path,
+                                    expected = ?expected,
+                                    "connection returned to the pool has a session-level search_path; closing it"
+                                );
+                                return Ok(false);
+                            }
+                            Ok(true)
+                        })
                     })
-                }),
+            }
         }
     }
 

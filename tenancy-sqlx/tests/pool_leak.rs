@@ -275,8 +275,14 @@ async fn pool_leak_matrix_direct() {
     matrix(&env.app_url, true).await;
 }
 
+/// pgbouncer has a single server connection for the whole suite, and the
+/// matrix kills it in one scenario: the two pgbouncer matrices take turns,
+/// or one's kill shows up in the other's "same backend" check.
+static PGBOUNCER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_leak_matrix_through_pgbouncer_transaction_mode() {
+    let _turn = PGBOUNCER.lock().await;
     let env = TestDb::from_env().unwrap();
     // pgbouncer 1.18 cannot keep named prepared statements across
     // transactions: disable sqlx's statement cache (unnamed statements).
@@ -294,6 +300,7 @@ async fn pool_leak_matrix_schema_per_tenant_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_leak_matrix_schema_per_tenant_through_pgbouncer() {
+    let _turn = PGBOUNCER.lock().await;
     let env = TestDb::from_env().unwrap();
     let url = format!("{}?statement-cache-capacity=0", env.pgbouncer_app_url);
     matrix_for(&url, true, Model::Schema).await;
@@ -349,6 +356,42 @@ async fn without_hygiene_the_same_misuse_leaks() {
     let (setting, rows, _, _) = next_user(&pool, &f.table).await;
     assert_eq!(setting, f.tenant.tenant_id().to_string());
     assert_eq!(rows, 5);
+}
+
+/// A session-level `search_path` set inside a tenant transaction (a plain
+/// `SET`, not `SET LOCAL`) outlives it; with hygiene the connection is
+/// closed on release, without it the next user inherits the schema.
+async fn session_search_path(hygiene: tenancy_sqlx::PoolHygiene) -> (i32, i32, String) {
+    let f = fixture().await;
+    let pool = TenantDb::pool_options_with(hygiene)
+        .max_connections(1)
+        .connect(&f.env.app_url)
+        .await
+        .unwrap();
+    let db = TenantDb::new(pool.clone());
+    let mut tx = db.begin(&f.tenant).await.unwrap();
+    let pid = backend_pid(&mut tx).await;
+    sqlx::raw_sql("SET search_path TO pg_catalog")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let (_, _, next_pid, search_path) = next_user(&pool, &f.table).await;
+    (pid, next_pid, search_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_level_search_path_is_caught_by_pool_hygiene() {
+    let (pid, next_pid, search_path) = session_search_path(tenancy_sqlx::PoolHygiene::Verify).await;
+    assert_ne!(
+        pid, next_pid,
+        "the connection with a changed search_path must not be reused"
+    );
+    assert_eq!(search_path, DEFAULT_SEARCH_PATH);
+    // Negative control: without the checks the next user inherits it.
+    let (pid, next_pid, search_path) = session_search_path(tenancy_sqlx::PoolHygiene::Off).await;
+    assert_eq!(pid, next_pid);
+    assert_eq!(search_path, "pg_catalog");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
