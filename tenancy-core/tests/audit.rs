@@ -317,6 +317,7 @@ fn malformed_anchors_are_refused_not_panicked_on() {
         format!("7:{}", "zz".repeat(32)),
         format!("7:{}é", "0".repeat(62)),
         format!("7:{}", "é".repeat(32)),
+        format!("7:{}", "+a".repeat(32)),
     ] {
         assert!(bad.parse::<Anchor>().is_err(), "{bad:?}");
     }

@@ -322,6 +322,17 @@ impl PgAuditLog {
 
     /// Reads the tenant's whole chain and verifies it.
     pub async fn verify_chain(&self, tenant: TenantId) -> Result<ChainReport, DbError> {
+        self.verify_chain_anchored(tenant, &[]).await
+    }
+
+    /// [`Self::verify_chain`], also against heads recorded earlier
+    /// ([`chain::verify_anchored`]): detects removal of the newest events,
+    /// even once the log has grown again over the same sequence numbers.
+    pub async fn verify_chain_anchored(
+        &self,
+        tenant: TenantId,
+        anchors: &[chain::Anchor],
+    ) -> Result<ChainReport, DbError> {
         let mut tx = self.db.begin_for_id(tenant).await?;
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM tenancy.audit_log WHERE tenant_id = $1 ORDER BY seq"
@@ -334,7 +345,12 @@ impl PgAuditLog {
             .into_iter()
             .map(|r| r.into_chained(tenant))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(chain::verify(&self.key(tenant), tenant, rows))
+        Ok(chain::verify_anchored(
+            &self.key(tenant),
+            tenant,
+            rows,
+            anchors,
+        ))
     }
 
     /// Events of `tenant` matching `q`, newest first, one page.

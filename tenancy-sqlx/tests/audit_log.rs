@@ -218,11 +218,25 @@ async fn verification_detects_owner_updates_deletes_and_inserts() {
     let report = log.verify_chain(truncated).await.unwrap();
     assert!(report.is_intact(), "the chain alone cannot tell");
     assert_eq!(
-        report.against(&stored).breaks,
+        log.verify_chain_anchored(truncated, &[stored])
+            .await
+            .unwrap()
+            .breaks,
         vec![ChainBreak::Truncated {
             anchored: 5,
             head: 4
         }]
+    );
+    // The log grows again over the removed position: still a valid chain,
+    // but the row at the anchor is another one.
+    seed(&log, truncated, 2).await;
+    assert!(log.verify_chain(truncated).await.unwrap().is_intact());
+    assert_eq!(
+        log.verify_chain_anchored(truncated, &[stored])
+            .await
+            .unwrap()
+            .breaks,
+        vec![ChainBreak::AnchorMismatch { seq: 5 }]
     );
     // A later, longer chain still satisfies an older anchor.
     let intact = TenantId::new_v4();
@@ -230,10 +244,9 @@ async fn verification_detects_owner_updates_deletes_and_inserts() {
     let early = log.verify_chain(intact).await.unwrap().anchor().unwrap();
     seed(&log, intact, 2).await;
     assert!(
-        log.verify_chain(intact)
+        log.verify_chain_anchored(intact, &[early])
             .await
             .unwrap()
-            .against(&early)
             .is_intact()
     );
 

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tenancy_core::audit::AuditEvent;
-use tenancy_core::audit::chain::ChainReport;
+use tenancy_core::audit::chain::{Anchor, ChainReport};
 use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
 use tenancy_core::invite::InvitationStore;
 use tenancy_core::store::{CachedStore, TenantStore};
@@ -145,11 +145,18 @@ impl AuditLog {
         }
     }
 
-    /// Verifies the tenant's chain.
-    pub async fn verify_chain(&self, tx: &mut Tx) -> Result<ChainReport, DbError> {
+    /// Verifies the tenant's chain, and that it still passes through the
+    /// heads in `anchors` (recorded earlier, kept outside the database).
+    pub async fn verify_chain(
+        &self,
+        tx: &mut Tx,
+        anchors: &[Anchor],
+    ) -> Result<ChainReport, DbError> {
         match (self, tx) {
-            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.verify_chain(t).await,
-            (AuditLog::Postgres(log), Tx::Postgres(t)) => log.verify_chain(t.tenant_id()).await,
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.verify_chain_anchored(t, anchors).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => {
+                log.verify_chain_anchored(t.tenant_id(), anchors).await
+            }
             (_, tx) => Err(mismatch(tx)),
         }
     }

@@ -372,11 +372,9 @@ async fn report(at: &At, command: ReportCommand) -> Result<(), Error> {
             let t = find(&data, &slug).await?;
             let ctx = tenancy_core::TenantContext::new((*t).clone());
             let mut tx = data.begin(&ctx).await?;
-            let mut r = data.audit().verify_chain(&mut tx).await?;
+            let anchors: Vec<_> = anchor.into_iter().collect();
+            let r = data.audit().verify_chain(&mut tx, &anchors).await?;
             tx.commit().await?;
-            if let Some(a) = &anchor {
-                r = r.against(a);
-            }
             println!(
                 "{slug}: {} events, {}",
                 r.rows,

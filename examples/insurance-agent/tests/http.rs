@@ -1005,6 +1005,24 @@ async fn every_state_change_is_audited_and_the_chain_verifies(backend: Backend) 
             .starts_with("Truncated"),
         "{caught}"
     );
+    // A sign-in is audited: the log grows again over the removed position.
+    // Still a valid chain, but not the anchored row.
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let regrown = call(addr, "GET", "/audit/verify", Some(&admin), None)
+        .await
+        .json();
+    assert_eq!(regrown["intact"], true, "{regrown}");
+    let caught = call(addr, "GET", &verify_against(&anchor), Some(&admin), None)
+        .await
+        .json();
+    assert_eq!(caught["intact"], false, "{caught}");
+    assert!(
+        caught["breaks"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("AnchorMismatch"),
+        "{caught}"
+    );
     // The free plan has no audit-log access; agents never do.
     let asha = login(addr, "asha@asha.test", "asha-agency").await;
     assert_problem(

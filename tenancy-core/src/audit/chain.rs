@@ -17,9 +17,11 @@
 //!
 //! One limit, by construction: removing the *newest* rows leaves a shorter
 //! chain that is still valid. Keep the head ([`ChainReport::anchor`])
-//! outside the database (a log line, a ticket, another store) and check
-//! later reports against it with [`ChainReport::against`]: a chain that now
-//! ends before the anchor is reported as [`ChainBreak::Truncated`].
+//! outside the database (a log line, a ticket, another store) and verify
+//! against it later with [`verify_anchored`]: a chain that now ends before
+//! the anchor is [`ChainBreak::Truncated`], and one whose row at the
+//! anchored position is another (the newest rows removed, then the log grew
+//! again over the same sequence numbers) is [`ChainBreak::AnchorMismatch`].
 //!
 //! The canonical form is JSON with a fixed field order and object keys
 //! sorted at every depth, so it survives a round trip through `jsonb`.
@@ -245,15 +247,16 @@ pub enum ChainBreak {
         /// The row.
         seq: u64,
     },
-    /// The chain ends before a head recorded earlier ([`Anchor`]): its
-    /// newest rows were removed.
+    /// The row of a head recorded earlier ([`Anchor`]) is gone: the newest
+    /// rows were removed.
     Truncated {
         /// The anchored row.
         anchored: u64,
         /// Where the chain ends now (0: empty).
         head: u64,
     },
-    /// The row at an anchored position is not the one anchored.
+    /// The row at an anchored position is not the one anchored: rows were
+    /// removed and the log grew again over the same sequence numbers.
     AnchorMismatch {
         /// The row.
         seq: u64,
@@ -301,7 +304,7 @@ impl std::str::FromStr for Anchor {
     fn from_str(s: &str) -> Result<Self, AnchorError> {
         let (seq, hex) = s.trim().split_once(':').ok_or(AnchorError)?;
         let seq: u64 = seq.parse().map_err(|_| AnchorError)?;
-        if seq == 0 || hex.len() != 64 || !hex.is_ascii() {
+        if seq == 0 || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(AnchorError);
         }
         let mut hash = [0u8; 32];
@@ -335,51 +338,6 @@ impl ChainReport {
     pub fn anchor(&self) -> Option<Anchor> {
         self.head.map(|(seq, hash)| Anchor { seq, hash })
     }
-
-    /// This report checked against a head recorded earlier: a chain that
-    /// now ends before `anchor` gets [`ChainBreak::Truncated`], one that ends
-    /// exactly there with another hash [`ChainBreak::AnchorMismatch`]. (A
-    /// longer chain that verifies passed through the anchored row: without
-    /// the application's root secret its rows cannot be rewritten.)
-    ///
-    /// ```
-    /// use tenancy_core::audit::chain::{self, ChainBreak, ChainKey, ChainedEvent, GENESIS};
-    /// use tenancy_core::audit::{Action, AuditEvent};
-    /// use tenancy_core::TenantId;
-    ///
-    /// let tenant = TenantId::new_v4();
-    /// let key = ChainKey::derive(&[7u8; 32], tenant);
-    /// let mut rows = Vec::new();
-    /// let mut prev = GENESIS;
-    /// for seq in 1..=3 {
-    ///     let e = AuditEvent::user(tenant, "u1", Action::READ, "customers");
-    ///     let hash = key.link(&prev, seq, &e);
-    ///     rows.push(ChainedEvent::new(seq, e, prev, hash));
-    ///     prev = hash;
-    /// }
-    /// let anchor = chain::verify(&key, tenant, rows.clone()).anchor().unwrap();
-    /// rows.pop(); // the newest row removed: still a valid chain ...
-    /// let shorter = chain::verify(&key, tenant, rows);
-    /// assert!(shorter.is_intact());
-    /// // ... but not against the anchor.
-    /// assert_eq!(
-    ///     shorter.against(&anchor).breaks,
-    ///     [ChainBreak::Truncated { anchored: 3, head: 2 }]
-    /// );
-    /// ```
-    pub fn against(mut self, anchor: &Anchor) -> Self {
-        match self.head {
-            Some((seq, hash)) if seq == anchor.seq && hash != anchor.hash => {
-                self.breaks.push(ChainBreak::AnchorMismatch { seq });
-            }
-            Some((seq, _)) if seq >= anchor.seq => {}
-            head => self.breaks.push(ChainBreak::Truncated {
-                anchored: anchor.seq,
-                head: head.map_or(0, |(seq, _)| seq),
-            }),
-        }
-        self
-    }
 }
 
 /// Verifies a tenant's chain, given its rows in sequence order.
@@ -388,11 +346,60 @@ pub fn verify(
     tenant: TenantId,
     rows: impl IntoIterator<Item = ChainedEvent>,
 ) -> ChainReport {
+    verify_anchored(key, tenant, rows, &[])
+}
+
+/// [`verify`], and checks heads recorded earlier ([`ChainReport::anchor`]):
+/// the row at each anchored position must still be there
+/// ([`ChainBreak::Truncated`] otherwise) and be the anchored one
+/// ([`ChainBreak::AnchorMismatch`]: the newest rows were removed and the log
+/// grew again over the same sequence numbers).
+///
+/// ```
+/// use tenancy_core::audit::chain::{self, ChainBreak, ChainKey, ChainedEvent, GENESIS};
+/// use tenancy_core::audit::{Action, AuditEvent};
+/// use tenancy_core::TenantId;
+///
+/// let tenant = TenantId::new_v4();
+/// let key = ChainKey::derive(&[7u8; 32], tenant);
+/// let chain_of = |actions: &[&str]| {
+///     let mut rows = Vec::new();
+///     let mut prev = GENESIS;
+///     for (i, action) in actions.iter().enumerate() {
+///         let e = AuditEvent::user(tenant, "u1", *action, "customers");
+///         let hash = key.link(&prev, i as u64 + 1, &e);
+///         rows.push(ChainedEvent::new(i as u64 + 1, e, prev, hash));
+///         prev = hash;
+///     }
+///     rows
+/// };
+/// let anchor = chain::verify(&key, tenant, chain_of(&["create", "delete"])).anchor().unwrap();
+/// // The newest row removed: still a valid chain, but not against the anchor.
+/// let shorter = chain_of(&["create"]);
+/// assert!(chain::verify(&key, tenant, shorter.clone()).is_intact());
+/// assert_eq!(
+///     chain::verify_anchored(&key, tenant, shorter, &[anchor]).breaks,
+///     [ChainBreak::Truncated { anchored: 2, head: 1 }]
+/// );
+/// // ... and the log grown again over the same position: another row there.
+/// let regrown = chain_of(&["create", "read", "read"]);
+/// assert_eq!(
+///     chain::verify_anchored(&key, tenant, regrown, &[anchor]).breaks,
+///     [ChainBreak::AnchorMismatch { seq: 2 }]
+/// );
+/// ```
+pub fn verify_anchored(
+    key: &ChainKey,
+    tenant: TenantId,
+    rows: impl IntoIterator<Item = ChainedEvent>,
+    anchors: &[Anchor],
+) -> ChainReport {
     let mut report = ChainReport {
         rows: 0,
         head: None,
         breaks: Vec::new(),
     };
+    let mut seen = vec![false; anchors.len()];
     let mut prev_seq = 0u64;
     let mut prev_hash = GENESIS;
     for row in rows {
@@ -414,9 +421,27 @@ pub fn verify(
         if key.link(&row.prev_hash, row.seq, &row.event) != row.hash {
             report.breaks.push(ChainBreak::Modified { seq: row.seq });
         }
+        for (anchor, seen) in anchors.iter().zip(seen.iter_mut()) {
+            if anchor.seq == row.seq {
+                *seen = true;
+                if anchor.hash != row.hash {
+                    report
+                        .breaks
+                        .push(ChainBreak::AnchorMismatch { seq: row.seq });
+                }
+            }
+        }
         prev_seq = row.seq;
         prev_hash = row.hash;
         report.head = Some((row.seq, row.hash));
+    }
+    for (anchor, seen) in anchors.iter().zip(seen) {
+        if !seen {
+            report.breaks.push(ChainBreak::Truncated {
+                anchored: anchor.seq,
+                head: report.head.map_or(0, |(seq, _)| seq),
+            });
+        }
     }
     report
 }

@@ -142,6 +142,16 @@ impl SqliteAuditLog {
 
     /// Reads the tenant's whole chain (in `tx`) and verifies it.
     pub async fn verify_chain(&self, tx: &mut SqliteTenantTx) -> Result<ChainReport, DbError> {
+        self.verify_chain_anchored(tx, &[]).await
+    }
+
+    /// [`Self::verify_chain`], also against heads recorded earlier
+    /// ([`chain::verify_anchored`]): detects removal of the newest events.
+    pub async fn verify_chain_anchored(
+        &self,
+        tx: &mut SqliteTenantTx,
+        anchors: &[chain::Anchor],
+    ) -> Result<ChainReport, DbError> {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log ORDER BY seq",
         )
@@ -152,7 +162,12 @@ impl SqliteAuditLog {
             .map(chained)
             .collect::<Result<Vec<_>, _>>()?;
         let tenant = tx.tenant_id();
-        Ok(chain::verify(&self.key(tenant), tenant, rows))
+        Ok(chain::verify_anchored(
+            &self.key(tenant),
+            tenant,
+            rows,
+            anchors,
+        ))
     }
 
     /// Events matching `q`, newest first, one page.

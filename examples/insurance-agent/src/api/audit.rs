@@ -124,11 +124,9 @@ pub async fn verify(
         .transpose()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let mut tx = state.data.begin(&caller.ctx).await?;
-    let mut report = state.data.audit().verify_chain(&mut tx).await?;
+    let anchors: Vec<Anchor> = anchor.into_iter().collect();
+    let report = state.data.audit().verify_chain(&mut tx, &anchors).await?;
     tx.commit().await?;
-    if let Some(a) = &anchor {
-        report = report.against(a);
-    }
     Ok(Json(ChainCheck {
         rows: report.rows,
         intact: report.is_intact(),
