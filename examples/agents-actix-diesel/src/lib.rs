@@ -4,9 +4,10 @@
 //! insurance domain on PostgreSQL, served by **actix-web** through
 //! `tenancy-actix` and stored through **tenancy-diesel** (diesel-async):
 //!
-//! - `TenantMiddleware` runs the tenant pipeline (here: the tenant named by
-//!   the `X-Tenant-ID` header, looked up in a store, status-gated) and puts
-//!   the `TenantContext` in the request;
+//! - `TenantMiddleware` runs the tenant pipeline ([`pipeline`]: the tenant
+//!   named by the reference application's session token, loaded from its
+//!   tenant registry, status-gated, the token's user required to be a
+//!   member) and puts the `TenantContext` in the request;
 //! - every handler reaches data through
 //!   `AsyncTenantPool::transaction_for(&ctx, ..)` — `BEGIN; SET LOCAL
 //!   app.tenant_id` in one message — so row-level security confines every
@@ -380,6 +381,46 @@ pub async fn create_customer(
 }
 
 /// The routes.
+/// The tenant pipeline: sessions are the reference application's (`POST
+/// /auth/login` there returns an HS256 token carrying the user and the
+/// tenant, signed with its `session.key`), tenants come from its registry
+/// (`store`), and the token's user must be a member of the tenant
+/// (`memberships`) — 401 without a valid token, 403 for a non-member.
+pub fn pipeline(
+    session_secret: &[u8],
+    store: std::sync::Arc<dyn tenancy_core::store::TenantStore>,
+    memberships: std::sync::Arc<dyn tenancy_core::MembershipStore>,
+) -> tenancy_core::pipeline::RequestPipeline {
+    use tenancy_core::resolve::{JwtStrategy, ResolverChain};
+    tenancy_core::pipeline::RequestPipeline::new(
+        ResolverChain::new().with(JwtStrategy::hs256(session_secret)),
+        store.clone(),
+    )
+    .require_membership(std::sync::Arc::new(tenancy_core::Authorizer::new(
+        memberships,
+        store,
+    )))
+}
+
+/// The middleware over [`pipeline`], reading the user from the same token.
+pub fn middleware(
+    sessions: insurance_agent::auth::Sessions,
+    pipeline: tenancy_core::pipeline::RequestPipeline,
+) -> tenancy_actix::TenantMiddleware {
+    tenancy_actix::TenantMiddleware::new(pipeline).with_user(move |req| {
+        let token = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?;
+        // An invalid token names no user; the pipeline's token strategy
+        // refuses it with its own 401.
+        let claims = sessions.verify(token).ok()?;
+        Some(tenancy_core::UserId::new(claims.sub))
+    })
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/agents", web::get().to(list_agents))
         .route("/agents", web::post().to(create_agent))

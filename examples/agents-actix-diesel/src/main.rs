@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! DATABASE_OWNER_URL=postgres://owner@localhost/app DATABASE_URL=postgres://app@localhost/app \
-//!   cargo run -p agents-actix-diesel
-//! curl -H 'X-Tenant-ID: <a tenant id from `insurance-agent tenant list`>' localhost:8081/agents
+//! INSURANCE_DATA_DIR=data cargo run -p agents-actix-diesel
+//! curl -H "authorization: Bearer $TOKEN" localhost:8081/agents   # a token from insurance-agent's /auth/login
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -12,13 +12,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use actix_web::{App, HttpServer, web};
-use agents_actix_diesel::{migrate, routes};
-use tenancy_actix::TenantMiddleware;
-use tenancy_core::pipeline::RequestPipeline;
-use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
+use agents_actix_diesel::{middleware, migrate, pipeline, routes};
+use insurance_agent::auth::Sessions;
 use tenancy_core::store::CachedStore;
 use tenancy_diesel::AsyncTenantPool;
-use tenancy_sqlx::PgTenantStore;
+use tenancy_sqlx::{InvalidationListener, PgMembershipStore, PgTenantStore};
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
@@ -34,22 +32,28 @@ async fn main() -> std::io::Result<()> {
             .await
             .map_err(std::io::Error::other)?;
     }
-    // The tenants are the reference application's (`insurance-agent tenant
-    // create`, or its demo tenants), read as the application role.
-    let tenants = sqlx::PgPool::connect(&app_url)
+    // The tenants, memberships and sessions are the reference application's
+    // (`insurance-agent` on the same database and data directory), read as
+    // the application role.
+    let app = sqlx::PgPool::connect(&app_url)
         .await
         .map_err(std::io::Error::other)?;
-    let store = Arc::new(CachedStore::new(PgTenantStore::new(tenants)));
-    let pipeline = RequestPipeline::new(
-        ResolverChain::new().with(HeaderStrategy::tenant_id()),
-        store,
-    );
+    let store = Arc::new(CachedStore::new(PgTenantStore::new(app.clone())));
+    // Tenants suspended or offboarded elsewhere are refused at once.
+    let _listener = InvalidationListener::start(&app, store.clone())
+        .await
+        .map_err(std::io::Error::other)?;
+    let data_dir = std::env::var("INSURANCE_DATA_DIR").unwrap_or_else(|_| "data".into());
+    let secret = insurance_agent::app::session_key(std::path::Path::new(&data_dir))
+        .map_err(std::io::Error::other)?;
+    let sessions = Sessions::new(secret.clone());
+    let pipeline = pipeline(&secret, store, Arc::new(PgMembershipStore::new(app)));
     let db = web::Data::new(AsyncTenantPool::connect(&app_url, 8).map_err(std::io::Error::other)?);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:8081".into());
-    println!("agents-actix-diesel on http://{bind} (tenant by id in the X-Tenant-ID header)");
+    println!("agents-actix-diesel on http://{bind} (sign in with insurance-agent; send its token)");
     HttpServer::new(move || {
         App::new()
-            .wrap(TenantMiddleware::new(pipeline.clone()))
+            .wrap(middleware(sessions.clone(), pipeline.clone()))
             .app_data(db.clone())
             .configure(routes)
     })

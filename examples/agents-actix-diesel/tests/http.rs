@@ -6,24 +6,34 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::{App, HttpServer, web};
-use agents_actix_diesel::routes;
+use agents_actix_diesel::{middleware, pipeline, routes};
+use insurance_agent::auth::Sessions;
 use insurance_agent::data::{Data, PgUrls};
 use serde_json::{Value, json};
-use tenancy_actix::TenantMiddleware;
-use tenancy_core::pipeline::RequestPipeline;
-use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
 use tenancy_core::store::{CachedStore, TenantStore};
-use tenancy_core::{Tenant, TenantContext, TenantId};
+use tenancy_core::{Membership, Role, Tenant, TenantContext, TenantId, UserId};
 use tenancy_diesel::AsyncTenantPool;
-use tenancy_sqlx::PgTenantStore;
+use tenancy_sqlx::{PgMembershipStore, PgTenantStore};
 use tenancy_testkit::TestDb;
 use tenancy_testkit::http::{RawResponse, send};
 
-/// A fresh database with the reference application's schema (applied by
-/// the reference application itself, which also audits it in strict mode)
-/// and its demo tenants, plus two empty tenants `a` and `b`; this example
-/// served over it. The reference application's `Data` is returned too.
-async fn serve() -> (SocketAddr, TenantId, TenantId, Data, tempfile::TempDir) {
+/// What a test needs: this example served over a fresh database that the
+/// reference application laid out (schema, strict audit) and seeded with its
+/// demo, plus two empty tenants `acme` and `globex` with one member each.
+struct World {
+    addr: SocketAddr,
+    /// Tokens of acme's and globex's members (issued as the reference app
+    /// would at sign-in).
+    a: String,
+    b: String,
+    a_id: TenantId,
+    b_id: TenantId,
+    sessions: Sessions,
+    data: Data,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve() -> World {
     let db = TestDb::from_env()
         .unwrap()
         .fresh_database("actix_diesel")
@@ -40,26 +50,37 @@ async fn serve() -> (SocketAddr, TenantId, TenantId, Data, tempfile::TempDir) {
     .await
     .unwrap();
     insurance_agent::seed::demo(&data).await.unwrap();
-    let mut ids = Vec::new();
+    let sessions = Sessions::new(insurance_agent::app::session_key(dir.path()).unwrap());
+    let mut tenants = Vec::new();
     for slug in ["acme", "globex"] {
         let t = Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), slug);
-        ids.push(data.create_tenant(t).await.unwrap().id);
+        let t = data.create_tenant(t).await.unwrap();
+        let user = format!("{slug}-agent");
+        data.memberships()
+            .upsert(&Membership::new(
+                UserId::new(user.clone()),
+                t.id,
+                Role::Member,
+            ))
+            .await
+            .unwrap();
+        tenants.push((t.id, sessions.issue(&user, t.id, Role::Member).unwrap()));
     }
-    // This example's own pieces: tenants read through PgTenantStore, data
-    // through tenancy-diesel, both as the application role.
-    let store = Arc::new(CachedStore::new(PgTenantStore::new(
-        sqlx::PgPool::connect(&db.app_url).await.unwrap(),
-    )));
-    let pipeline = RequestPipeline::new(
-        ResolverChain::new().with(HeaderStrategy::tenant_id()),
-        store,
+    // This example's own pieces: tenants and memberships read through
+    // tenancy-sqlx, data through tenancy-diesel, all as the application role.
+    let app = sqlx::PgPool::connect(&db.app_url).await.unwrap();
+    let pipeline = pipeline(
+        sessions.secret(),
+        Arc::new(CachedStore::new(PgTenantStore::new(app.clone()))),
+        Arc::new(PgMembershipStore::new(app)),
     );
     let pool = web::Data::new(AsyncTenantPool::connect(&db.app_url, 4).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let for_server = sessions.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(TenantMiddleware::new(pipeline.clone()))
+            .wrap(middleware(for_server.clone(), pipeline.clone()))
             .app_data(pool.clone())
             .configure(routes)
     })
@@ -69,7 +90,18 @@ async fn serve() -> (SocketAddr, TenantId, TenantId, Data, tempfile::TempDir) {
     .unwrap()
     .run();
     actix_web::rt::spawn(server);
-    (addr, ids[0], ids[1], data, dir)
+    let (b_id, b) = tenants.pop().unwrap();
+    let (a_id, a) = tenants.pop().unwrap();
+    World {
+        addr,
+        a,
+        b,
+        a_id,
+        b_id,
+        sessions,
+        data,
+        _dir: dir,
+    }
 }
 
 fn new_agent(code: &str, name: &str) -> Value {
@@ -80,12 +112,12 @@ async fn call(
     addr: SocketAddr,
     method: &str,
     path: &str,
-    tenant: Option<TenantId>,
+    token: Option<&str>,
     body: Option<Value>,
 ) -> RawResponse {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(t) = tenant {
-        req.push_str(&format!("X-Tenant-ID: {t}\r\n"));
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     if !body.is_empty() {
@@ -97,7 +129,8 @@ async fn call(
 
 #[actix_web::test]
 async fn tenants_see_only_their_own_agents_and_customers() {
-    let (addr, a, b, _data, _dir) = serve().await;
+    let w = serve().await;
+    let (addr, a, b) = (w.addr, w.a.as_str(), w.b.as_str());
     let agent = call(
         addr,
         "POST",
@@ -163,7 +196,7 @@ async fn tenants_see_only_their_own_agents_and_customers() {
         "POST",
         "/customers",
         Some(b),
-        Some(json!({"tenant_id": a.to_string(), "agent_id": agent_id, "first_name": "E", "last_name": "V"})),
+        Some(json!({"tenant_id": w.a_id.to_string(), "agent_id": agent_id, "first_name": "E", "last_name": "V"})),
     )
     .await;
     assert_eq!(spoof.status, 403, "{}", spoof.text());
@@ -209,10 +242,21 @@ async fn tenants_see_only_their_own_agents_and_customers() {
             .status,
         201
     );
-    // No tenant: the middleware refuses with a problem.
+    // No token: no tenant named, refused with a problem.
     let none = call(addr, "GET", "/agents", None, None).await;
     assert_eq!(none.status, 400);
     assert_eq!(none.json()["code"], "tenant-missing");
+    // A token signed with another key: 401.
+    let forged = Sessions::new(vec![7u8; 32])
+        .issue("acme-agent", w.a_id, Role::Member)
+        .unwrap();
+    let r = call(addr, "GET", "/agents", Some(&forged), None).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    // A valid token for a tenant the user is not a member of: 403.
+    let stranger = w.sessions.issue("acme-agent", w.b_id, Role::Member).unwrap();
+    let r = call(addr, "GET", "/agents", Some(&stranger), None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["code"], "not-a-member");
     assert_eq!(
         call(addr, "GET", "/customers/nope", Some(a), None)
             .await
@@ -223,15 +267,24 @@ async fn tenants_see_only_their_own_agents_and_customers() {
 
 #[actix_web::test]
 async fn both_applications_serve_the_same_tenants_and_tables() {
-    let (addr, _, _, data, _dir) = serve().await;
+    let w = serve().await;
+    let (addr, data) = (w.addr, &w.data);
     let sunrise = data
         .tenant_store()
         .by_slug(&"sunrise-insurance".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
-    // The reference application's demo agents, read through diesel.
-    let agents = call(addr, "GET", "/agents", Some(sunrise.id), None).await;
+    // Signed in as the reference application's demo admin (its token),
+    // the demo agents are read through diesel.
+    let (admin, _) = data
+        .user_by_email("admin@sunrise.test")
+        .await
+        .unwrap()
+        .unwrap();
+    let token = w.sessions.issue(&admin, sunrise.id, Role::Admin).unwrap();
+    let token = Some(token.as_str());
+    let agents = call(addr, "GET", "/agents", token, None).await;
     assert_eq!(agents.status, 200, "{}", agents.text());
     let agents = agents.json();
     let names: Vec<&str> = agents
@@ -247,7 +300,7 @@ async fn both_applications_serve_the_same_tenants_and_tables() {
         addr,
         "POST",
         "/customers",
-        Some(sunrise.id),
+        token,
         Some(json!({"agent_id": agent_id, "first_name": "Meera", "last_name": "From-Actix", "customer_type": "family"})),
     )
     .await;
@@ -271,7 +324,7 @@ async fn both_applications_serve_the_same_tenants_and_tables() {
         addr,
         "POST",
         "/customers",
-        Some(sunrise.id),
+        token,
         Some(json!({"agent_id": agent_id, "first_name": "X", "last_name": "Y", "customer_type": "alien"})),
     )
     .await;
