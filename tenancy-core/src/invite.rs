@@ -208,12 +208,19 @@ pub trait InvitationStore: Send + Sync {
     /// [`Invitations::accept`] calls when the membership could not be
     /// created, so the invitation is not spent on a join that did not
     /// happen. Only an acceptance by `user` is undone; whether one was.
+    ///
+    /// The default undoes nothing (`Ok(false)`): the invitation then stays
+    /// used and the failure is logged with "invite again". The stores of
+    /// this workspace implement it.
     async fn release(
         &self,
         tenant: TenantId,
         hash: &[u8; 32],
         user: &UserId,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let _ = (tenant, hash, user);
+        Ok(false)
+    }
     /// Removes an unaccepted invitation; whether it existed.
     async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError>;
 }

@@ -274,3 +274,69 @@ async fn blind_indexes_through_the_keyring() {
     assert_eq!(ia.index(b"ABCDE1234F"), ia2.index(b"ABCDE1234F"));
     assert_ne!(ia.index(b"ABCDE1234F"), ib.index(b"ABCDE1234F"));
 }
+
+/// A key store whose reads wait at a gate the test opens.
+struct Gated {
+    inner: InMemoryKeyStore,
+    gate: tokio::sync::Semaphore,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl KeyStore for Gated {
+    async fn keys(&self, t: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let keys = self.inner.keys(t).await;
+        // Read, then wait: the eviction lands while this load is in flight.
+        self.gate.acquire().await.unwrap().forget();
+        keys
+    }
+    async fn insert(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.insert(k).await
+    }
+    async fn update(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.update(k).await
+    }
+}
+
+#[tokio::test]
+async fn a_load_in_flight_during_an_eviction_does_not_cache_what_it_read() {
+    let store = Arc::new(Gated {
+        inner: InMemoryKeyStore::default(),
+        gate: tokio::sync::Semaphore::new(0),
+        reads: AtomicUsize::new(0),
+    });
+    let keys = Arc::new(Keyring::new(provider(), store.clone()));
+    let t = TenantId::new_v4();
+    store.gate.add_permits(10);
+    let sealed = keys.encrypt(t, b"c", b"v").await.unwrap();
+    keys.evict(t).await;
+    // A cold decrypt reads the store, and stops at the gate ...
+    let reads = store.reads.load(Ordering::SeqCst);
+    let drain = store.gate.available_permits();
+    store
+        .gate
+        .acquire_many(drain as u32)
+        .await
+        .unwrap()
+        .forget();
+    let loading = {
+        let (keys, sealed) = (keys.clone(), sealed.clone());
+        tokio::spawn(async move { keys.decrypt(t, b"c", &sealed).await.map(|p| p.to_vec()) })
+    };
+    while store.reads.load(Ordering::SeqCst) == reads {
+        tokio::task::yield_now().await;
+    }
+    // ... meanwhile another process shreds the tenant and we are told.
+    keys.evict(t).await;
+    store.gate.add_permits(10);
+    assert_eq!(loading.await.unwrap().unwrap(), b"v");
+    // What the in-flight load read was not cached: the next use reads the
+    // store again.
+    let before = store.reads.load(Ordering::SeqCst);
+    keys.decrypt(t, b"c", &sealed).await.unwrap();
+    assert!(
+        store.reads.load(Ordering::SeqCst) > before,
+        "the stale load was cached"
+    );
+}

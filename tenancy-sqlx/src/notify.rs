@@ -122,8 +122,10 @@ impl InvalidationListener {
 }
 
 /// Listens on `channel` with a dedicated connection and runs `on_payload`
-/// for each notification; when the connection fails or drops (notifications
-/// may have been missed) runs `on_reset` before listening again.
+/// for each notification. When the connection fails or drops,
+/// notifications may have been missed: `on_reset` runs at once, and again
+/// once a new connection is listening — anything cached between the two is
+/// dropped too, so nothing loaded before the new LISTEN can stay stale.
 async fn listen<P, PF, R, RF>(
     pool: &PgPool,
     channel: &'static str,
@@ -136,25 +138,42 @@ where
     R: Fn() -> RF + Send + 'static,
     RF: std::future::Future<Output = ()> + Send,
 {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(channel).await?;
+    async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(channel).await?;
+        Ok(listener)
+    }
+    let mut listener = connect(pool, channel).await?;
+    let pool = pool.clone();
     Ok(tokio::spawn(async move {
         loop {
             match listener.try_recv().await {
-                Ok(Some(n)) => on_payload(n.payload().to_owned()).await,
+                Ok(Some(n)) => {
+                    on_payload(n.payload().to_owned()).await;
+                    continue;
+                }
                 Ok(None) => {
                     tracing::warn!(
                         channel,
                         "change listener lost its connection; clearing the cache"
                     );
-                    on_reset().await;
                 }
                 Err(e) => {
-                    tracing::warn!(channel, error = %e, "change listener failed; clearing the cache and retrying");
-                    on_reset().await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::warn!(channel, error = %e, "change listener failed; clearing the cache and reconnecting");
                 }
             }
+            on_reset().await;
+            // A new connection, listening, before the second reset.
+            listener = loop {
+                match connect(&pool, channel).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::warn!(channel, error = %e, "change listener cannot reconnect; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            on_reset().await;
         }
     }))
 }

@@ -248,3 +248,68 @@ async fn changes_invalidate_caches_in_every_process() {
     );
     drop(listeners);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_survives_its_connection_being_killed() {
+    let s = stores().await;
+    let t = Tenant::new(
+        TenantId::new_v4(),
+        unique("killed").parse().unwrap(),
+        "Before",
+    );
+    s.write.create(&t).await.unwrap();
+    let pool = s.env.app_pool(2).await.unwrap();
+    let cache = Arc::new(
+        CachedStore::builder(PgTenantStore::new(pool.clone()))
+            .ttl(Duration::from_secs(3600))
+            .build(),
+    );
+    let _listener = InvalidationListener::start(&pool, cache.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.by_id(t.id).await.unwrap().unwrap().display_name,
+        "Before"
+    );
+    // Kill every connection listening for tenant changes (ours included).
+    let admin = s.env.admin_pool(1).await.unwrap();
+    let listening = "SELECT pid FROM pg_stat_activity \
+                     WHERE query LIKE 'LISTEN%tenancy_tenant_changed%' AND usename = 'tenancy_app'";
+    let killed: Vec<i32> = sqlx::query_scalar(listening)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert!(!killed.is_empty());
+    for pid in &killed {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    // It listens again on a new connection ...
+    eventually("a new listening connection", || async {
+        let now: Vec<i32> = sqlx::query_scalar(listening)
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+        now.iter().any(|p| !killed.contains(p))
+    })
+    .await;
+    // ... and a change made after that still reaches the cache: cache the
+    // old record again (after the listener's post-reconnect reset has run),
+    // so only the notification can replace it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        cache.by_id(t.id).await.unwrap().unwrap().display_name,
+        "Before"
+    );
+    let mut changed = t.clone();
+    changed.display_name = "After".into();
+    s.write.update(&changed).await.unwrap();
+    eventually(
+        "the change reaches the cache after the reconnect",
+        || async { cache.by_id(t.id).await.unwrap().unwrap().display_name == "After" },
+    )
+    .await;
+}

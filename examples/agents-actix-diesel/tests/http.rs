@@ -253,7 +253,10 @@ async fn tenants_see_only_their_own_agents_and_customers() {
     let r = call(addr, "GET", "/agents", Some(&forged), None).await;
     assert_eq!(r.status, 401, "{}", r.text());
     // A valid token for a tenant the user is not a member of: 403.
-    let stranger = w.sessions.issue("acme-agent", w.b_id, Role::Member).unwrap();
+    let stranger = w
+        .sessions
+        .issue("acme-agent", w.b_id, Role::Member)
+        .unwrap();
     let r = call(addr, "GET", "/agents", Some(&stranger), None).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["code"], "not-a-member");

@@ -109,9 +109,11 @@ pub const SCHEMA_VERSION: i32 = 1;
 
 /// Applies the system schema (`tenancy_sqlx::migrate`) and the application
 /// schema in `public` — as the owner, serialised between instances starting
-/// at once, each version once (ledger `public.app_schema_versions`) — and
-/// (re)grants `app_role` what it needs. Returns whether anything new was
-/// applied.
+/// at once, each version once (ledger `public.app_schema_versions`).
+/// `app_role` gets the system schema's grants on every run, the application
+/// tables' grants when their version is applied (serving as another role
+/// later needs those grants repeated by hand: it fails closed, "permission
+/// denied"). Returns whether anything new was applied.
 pub async fn apply_schema(
     owner: &sqlx::PgPool,
     app_role: &str,

@@ -466,6 +466,9 @@ pub struct Keyring {
     /// Each tenant's primary version and its creation time, so the hot
     /// encrypt path reads neither the store nor the provider.
     primaries: moka::future::Cache<TenantId, (u32, DateTime<Utc>)>,
+    /// Bumped by every eviction: a load that read the store before an
+    /// eviction does not put what it read back into the caches.
+    epoch: std::sync::atomic::AtomicU64,
     rotate_after: u64,
     max_age: Option<Duration>,
     audit: Option<Arc<dyn crate::audit::AuditSink>>,
@@ -492,6 +495,7 @@ impl Keyring {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             rotate_after: NONCE_BUDGET / 2,
             max_age: None,
             audit: None,
@@ -556,6 +560,7 @@ impl Keyring {
         if let Some(k) = self.cache.get(&(tenant, version)).await {
             return Ok(k);
         }
+        let epoch = self.epoch();
         let stored = self
             .store
             .keys(tenant)
@@ -565,8 +570,14 @@ impl Keyring {
             .ok_or(CryptoError::UnknownKeyVersion(version))?;
         let secret = self.provider.unwrap(tenant, &stored.wrapped).await?;
         let key = Arc::new(DataKey::from_bytes(version, *secret));
-        self.cache.insert((tenant, version), key.clone()).await;
+        if self.epoch() == epoch {
+            self.cache.insert((tenant, version), key.clone()).await;
+        }
         Ok(key)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn create(&self, tenant: TenantId, version: u32) -> Result<(), CryptoError> {
@@ -595,8 +606,11 @@ impl Keyring {
         let (version, created_at) = match self.primaries.get(&tenant).await {
             Some(p) => p,
             None => {
+                let epoch = self.epoch();
                 let p = self.primary_from_store(tenant).await?;
-                self.primaries.insert(tenant, p).await;
+                if self.epoch() == epoch {
+                    self.primaries.insert(tenant, p).await;
+                }
                 p
             }
         };
@@ -697,6 +711,7 @@ impl Keyring {
     /// caches (for example when a key-change listener may have missed
     /// notifications); the next use of each reads the store again.
     pub async fn evict_all(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.cache.invalidate_all();
         self.cache.run_pending_tasks().await;
         self.primaries.invalidate_all();
@@ -706,6 +721,7 @@ impl Keyring {
     /// (for example when another process rotated or shredded them); the next
     /// use reads the store and unwraps again.
     pub async fn evict(&self, tenant: TenantId) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Cannot fail (the cache supports invalidation closures); should it
         // ever, drop every cached key rather than keep the tenant's.
         if self
