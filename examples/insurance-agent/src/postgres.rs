@@ -87,18 +87,36 @@ pub fn schema_sql(schema: &str, app_role: &str) -> Vec<String> {
                 id text PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL,
                 password_hash text NOT NULL, created_at timestamptz NOT NULL)"
         ),
-        format!(
-            "GRANT USAGE ON SCHEMA {s} TO {role}; GRANT SELECT, INSERT, UPDATE ON {s}.users TO {role}",
-            role = quote_ident(app_role)
-        ),
     ];
     for t in TENANT_TABLES {
-        out.push(
-            TenantTable::new(t)
-                .schema(schema)
-                .index_on(["id"])
-                .grant_to(app_role)
-                .ddl(),
+        out.push(tenant_table(schema, t, app_role).ddl());
+    }
+    out.extend(grants_sql(schema, app_role));
+    out
+}
+
+fn tenant_table(schema: &str, table: &str, app_role: &str) -> TenantTable {
+    TenantTable::new(table)
+        .schema(schema)
+        .index_on(["id"])
+        .grant_to(app_role)
+}
+
+/// What `app_role` is granted on the application's tables in `schema`
+/// (idempotent; part of [`schema_sql`], and repeated by [`apply_schema`] on
+/// every start so the application role may change between runs).
+pub fn grants_sql(schema: &str, app_role: &str) -> Vec<String> {
+    let (s, role) = (quote_ident(schema), quote_ident(app_role));
+    let mut out = vec![
+        format!("GRANT USAGE ON SCHEMA {s} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON {s}.users TO {role}"),
+    ];
+    for t in TENANT_TABLES {
+        out.extend(
+            tenant_table(schema, t, app_role)
+                .statements()
+                .into_iter()
+                .filter(|stmt| stmt.starts_with("GRANT")),
         );
     }
     out
@@ -109,11 +127,10 @@ pub const SCHEMA_VERSION: i32 = 1;
 
 /// Applies the system schema (`tenancy_sqlx::migrate`) and the application
 /// schema in `public` — as the owner, serialised between instances starting
-/// at once, each version once (ledger `public.app_schema_versions`).
-/// `app_role` gets the system schema's grants on every run, the application
-/// tables' grants when their version is applied (serving as another role
-/// later needs those grants repeated by hand: it fails closed, "permission
-/// denied"). Returns whether anything new was applied.
+/// at once, each version once (ledger `public.app_schema_versions`) — and
+/// grants `app_role` what it needs on every run ([`grants_sql`]), so the
+/// application role may change between runs. Returns whether anything new
+/// was applied.
 pub async fn apply_schema(
     owner: &sqlx::PgPool,
     app_role: &str,
@@ -144,6 +161,9 @@ pub async fn apply_schema(
             .bind(SCHEMA_VERSION)
             .execute(&mut *tx)
             .await?;
+    }
+    for stmt in grants_sql("public", app_role) {
+        sqlx::raw_sql(&stmt).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(applied)

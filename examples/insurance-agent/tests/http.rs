@@ -721,7 +721,7 @@ async fn with_database_url_the_run_command_serves_postgres_and_sees_commands_at_
 }
 
 #[tokio::test]
-async fn postgres_mode_refuses_to_start_when_the_app_role_escapes_row_level_security() {
+async fn postgres_mode_refuses_an_app_role_that_escapes_rls_and_grants_a_new_one() {
     // The owner of the tables as the request-serving role: row-level
     // security would not confine it, and the strict start-up audit says so.
     let dir = tempfile::tempdir().unwrap();
@@ -736,9 +736,53 @@ async fn postgres_mode_refuses_to_start_when_the_app_role_escapes_row_level_secu
         .to_string();
     assert!(err.contains("owner"), "{err}");
     // The same database with the application role starts.
-    insurance_agent::data::Data::open_postgres(dir.path(), &urls)
+    let data = insurance_agent::data::Data::open_postgres(dir.path(), &urls)
         .await
         .unwrap();
+    insurance_agent::seed::demo(&data).await.unwrap();
+    // Served later by another (equally unprivileged) role: the start-up
+    // grants it what it needs, and it reads the tenants' data.
+    let db = TestDb::from_env().unwrap();
+    let role = format!(
+        "ia_app_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let admin = sqlx::PgPool::connect(&db.admin_url).await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw-{role}' NOSUPERUSER NOBYPASSRLS NOINHERIT"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let (scheme_user, rest) = urls.app.split_once('@').unwrap();
+    let scheme = &scheme_user[..scheme_user.find("://").unwrap() + 3];
+    let other = PgUrls {
+        app: format!("{scheme}{role}:pw-{role}@{rest}"),
+        owner: urls.owner.clone(),
+    };
+    let data = insurance_agent::data::Data::open_postgres(dir.path(), &other)
+        .await
+        .unwrap();
+    let sunrise = tenancy_core::store::TenantStore::by_slug(
+        &data.tenant_store(),
+        &"sunrise-insurance".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut tx = data
+        .begin(&tenancy_core::TenantContext::new((*sunrise).clone()))
+        .await
+        .unwrap();
+    let customers: i64 = insurance_agent::on!(
+        tx,
+        sqlx::query_scalar("SELECT count(*) FROM customers"),
+        fetch_one
+    )
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(customers > 0, "the new role reads the tenant's rows");
 }
 
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
