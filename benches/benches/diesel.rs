@@ -67,6 +67,7 @@ type Item = (Uuid, i64, String);
 struct Setup {
     ctx: TenantContext,
     probe: Uuid,
+    seal: tenancy_core::rls::SealKey,
     unscoped: Pool<ConnectionManager<PgConnection>>,
     scoped: TenantPool,
     raw_scoped: Pool<ConnectionManager<PgConnection>>,
@@ -146,15 +147,29 @@ fn setup() -> Setup {
             .first(&mut ops)
             .unwrap()
     };
+    let seal = {
+        let env = env.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(env.seal_key())
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
     Setup {
         ctx,
         probe,
+        seal: seal.clone(),
         unscoped: r2d2(&env.ops_url),
-        scoped: TenantPool::new(r2d2(&env.app_url)),
+        scoped: TenantPool::new(r2d2(&env.app_url), seal.clone()),
         raw_scoped: r2d2(&env.app_url),
         unscoped_set_local: r2d2(&env.ops_url),
         unscoped_async: deadpool(&env.ops_url),
-        scoped_async: AsyncTenantPool::new(deadpool(&env.app_url)),
+        scoped_async: AsyncTenantPool::new(deadpool(&env.app_url), seal),
     }
 }
 
@@ -208,8 +223,11 @@ impl Setup {
                     &self.unscoped_set_local
                 };
                 let mut conn = pool.get().unwrap();
-                conn.batch_execute(&tenancy_core::rls::begin_sql(self.ctx.tenant_id()))
-                    .unwrap();
+                conn.batch_execute(&tenancy_core::rls::begin_sql(
+                    self.ctx.tenant_id(),
+                    &self.seal,
+                ))
+                .unwrap();
                 let r = items::table
                     .filter(items::tenant_id.eq(tenant))
                     .filter(items::id.eq(probe))

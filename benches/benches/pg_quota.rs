@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
                 .connect(&env.app_url)
                 .await
                 .unwrap();
-            dbs.push(TenantDb::new(pool));
+            dbs.push(TenantDb::new(pool, env.seal_key().await.unwrap()));
         }
         (dbs, table)
     });

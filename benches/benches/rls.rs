@@ -14,6 +14,9 @@
 //! - `point_read/scoped_tx_verified`: the same with `PoolHygiene::Verify` (default).
 //! - `point_read/scoped_tx_move_guard`: `scoped_tx` on a handle built with
 //!   `TenantDb::with_move_guard` (the tenant recorded in `tenancy.tenants`).
+//! - `point_read/unsealed_tx`: what scoping cost before the sealed binding —
+//!   `BEGIN; SET LOCAL app.tenant_id = ..` and a policy trusting that setting
+//!   (a twin table with the same rows) — to price the seal itself.
 //! - `list_100/*`: 100 rows ordered by id instead of one, unscoped tx vs scoped tx.
 //!
 //! Within a group the variants are interleaved round-robin and each benchmark
@@ -49,6 +52,8 @@ struct Setup {
     scoped_list: TenantDb,
     scoped_verified: TenantDb,
     scoped_guarded: TenantDb,
+    unsealed: PgPool,
+    twin: String,
 }
 
 async fn setup() -> Setup {
@@ -106,6 +111,28 @@ async fn setup() -> Setup {
         .execute(&owner)
         .await
         .unwrap();
+    // The twin: same rows, the policy shape that trusts `app.tenant_id`.
+    let twin = format!("\"{schema}\".items_unsealed");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {twin} (LIKE {table} INCLUDING ALL); \
+         GRANT SELECT ON {twin} TO tenancy_app, tenancy_ops"
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
+    sqlx::query(&format!("INSERT INTO {twin} SELECT * FROM {table}"))
+        .execute(&unscoped)
+        .await
+        .unwrap();
+    let legacy = tenancy_core::rls::unsealed_predicate("tenant_id");
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE {twin} ENABLE ROW LEVEL SECURITY; ALTER TABLE {twin} FORCE ROW LEVEL SECURITY; \
+         CREATE POLICY tenant_isolation ON {twin} FOR ALL USING ({legacy}) WITH CHECK ({legacy}); \
+         ANALYZE {twin}"
+    ))
+    .execute(&owner)
+    .await
+    .unwrap();
     let ctx = tenants[3].clone();
     // The move guard reads the tenant's placement from the system schema.
     {
@@ -127,8 +154,10 @@ async fn setup() -> Setup {
     .await
     .unwrap();
     let app_url = env.app_url.clone();
+    let seal = env.seal_key().await.unwrap();
     let app = |h| {
         let url = app_url.clone();
+        let seal = seal.clone();
         async move {
             TenantDb::new(
                 TenantDb::pool_options_with(h)
@@ -137,6 +166,7 @@ async fn setup() -> Setup {
                     .connect(&url)
                     .await
                     .unwrap(),
+                seal,
             )
         }
     };
@@ -151,6 +181,13 @@ async fn setup() -> Setup {
         scoped_list: app(PoolHygiene::Off).await,
         scoped_verified: app(PoolHygiene::Verify).await,
         scoped_guarded: app(PoolHygiene::Off).await.with_move_guard(),
+        unsealed: TenantDb::pool_options_with(PoolHygiene::Off)
+            .max_connections(1)
+            .min_connections(1)
+            .connect(&env.app_url)
+            .await
+            .unwrap(),
+        twin,
     }
 }
 
@@ -164,6 +201,7 @@ enum Variant {
     ScopedTx,
     ScopedTxVerified,
     ScopedTxMoveGuard,
+    UnsealedTx,
     ListUnscopedTx,
     ListScopedTx,
 }
@@ -200,6 +238,24 @@ impl Setup {
                 };
                 let mut tx = db.begin(&self.ctx).await.unwrap();
                 let row: Item = sqlx::query_as(point)
+                    .bind(tenant)
+                    .bind(self.probe)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                black_box(row);
+            }
+            Variant::UnsealedTx => {
+                let mut tx = self
+                    .unsealed
+                    .begin_with(format!(
+                        "BEGIN; SET LOCAL app.tenant_id = '{}'",
+                        self.ctx.tenant_id()
+                    ))
+                    .await
+                    .unwrap();
+                let row: Item = sqlx::query_as(&point.replace(&self.table, &self.twin))
                     .bind(tenant)
                     .bind(self.probe)
                     .fetch_one(&mut *tx)
@@ -265,6 +321,7 @@ fn bench(c: &mut Criterion) {
             ("scoped_tx", Variant::ScopedTx),
             ("scoped_tx_verified", Variant::ScopedTxVerified),
             ("scoped_tx_move_guard", Variant::ScopedTxMoveGuard),
+            ("unsealed_tx", Variant::UnsealedTx),
         ],
         run,
     );

@@ -4,6 +4,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
 use tenancy_core::TenantContext;
+use tenancy_core::rls::SealKey;
 use tracing::Instrument;
 
 use crate::Error;
@@ -31,7 +32,7 @@ where
 /// The one door to tenant data for async diesel code (diesel-async).
 ///
 /// The same contract as [`TenantPool`](crate::TenantPool): one round trip
-/// opens a transaction with the tenant set for that transaction only, the
+/// opens a transaction sealed to the tenant for that transaction only, the
 /// closure's `Ok` commits and its `Err` rolls back. A connection left in a
 /// transaction — the future was dropped mid-way, a statement was cancelled,
 /// the rollback failed — is reported broken by diesel-async and discarded
@@ -47,7 +48,8 @@ where
 /// tenancy_diesel::tenant_table!(customers);
 ///
 /// # async fn run(ctx: tenancy_core::TenantContext) -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = AsyncTenantPool::connect("postgres://app@localhost/app", 16)?;
+/// let seal = tenancy_core::rls::SealKey::from_hex(&std::env::var("TENANCY_SEAL_KEY")?)?;
+/// let pool = AsyncTenantPool::connect("postgres://app@localhost/app", 16, seal)?;
 /// let names: Vec<String> = pool
 ///     .transaction_for(&ctx, async |conn| {
 ///         let query = customers::table.for_tenant(&ctx).select(customers::name);
@@ -59,6 +61,7 @@ where
 #[derive(Clone)]
 pub struct AsyncTenantPool {
     pool: AsyncPgPool,
+    seal: SealKey,
 }
 
 impl std::fmt::Debug for AsyncTenantPool {
@@ -73,18 +76,18 @@ impl std::fmt::Debug for AsyncTenantPool {
 
 impl AsyncTenantPool {
     /// Wraps a pool connected as the application role.
-    pub fn new(pool: AsyncPgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: AsyncPgPool, seal: SealKey) -> Self {
+        Self { pool, seal }
     }
 
     /// A pool of at most `max_size` connections to `url`.
-    pub fn connect(url: &str, max_size: usize) -> Result<Self, Error> {
+    pub fn connect(url: &str, max_size: usize, seal: SealKey) -> Result<Self, Error> {
         let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
         let pool = Pool::builder(manager)
             .max_size(max_size)
             .build()
             .map_err(|e| Error::Pool(e.to_string()))?;
-        Ok(Self::new(pool))
+        Ok(Self::new(pool, seal))
     }
 
     /// The pool's size and available connections.
@@ -129,7 +132,7 @@ impl AsyncTenantPool {
     }
 
     async fn begin(&self, ctx: &TenantContext) -> Result<Object<AsyncPgConnection>, Error> {
-        let sql = tenancy_core::rls::begin_sql(ctx.tenant_id());
+        let sql = tenancy_core::rls::begin_sql(ctx.tenant_id(), &self.seal);
         let mut attempt = 0;
         loop {
             let mut conn = self

@@ -13,10 +13,11 @@ pub enum Error {
         "could not get a database connection from the pool: {0}; check the database URL, that the server is up and the pool size"
     )]
     Pool(String),
-    /// The tenant transaction could not be opened (`BEGIN; SET LOCAL
-    /// app.tenant_id`); the connection was discarded.
+    /// The tenant transaction could not be opened (`BEGIN; CALL
+    /// tenancy.seal(...)`); the connection was discarded.
     #[error(
-        "could not open the tenant transaction: {0}; the connection was discarded, retry the operation"
+        "could not open the tenant transaction: {0}; the connection was discarded — retry the operation, \
+         and if tenancy.seal refused it, check the seal key and that rls::SEAL_SQL is installed"
     )]
     Begin(#[source] diesel::result::Error),
     /// A query, the commit or the rollback failed.

@@ -4,7 +4,10 @@
 //! applies, so tenancy-sqlx's isolation audit passes on a schema made with
 //! them. Run them from a diesel migration (`up.sql` can hold
 //! [`TenantTable::ddl`]'s output) or at set-up with `apply` (feature
-//! `r2d2`) or `apply_async` (feature `async`).
+//! `r2d2`) or `apply_async` (feature `async`). The policies call
+//! `tenancy.tenant()`: install [`SEAL_SQL`] first (as the owner), and give
+//! the pool the key it generated (`SELECT encode(key, 'hex') FROM
+//! tenancy.seal_key`, read as the owner).
 //!
 //! ```no_run
 //! use diesel::Connection;
@@ -17,7 +20,7 @@
 //! ```
 
 pub use tenancy_core::rls::{
-    POLICY_NAME, TENANT_SETTING, TenantTable, quote_ident, tenant_predicate,
+    POLICY_NAME, SEAL_SQL, SealKey, TENANT_SETTING, TenantTable, quote_ident, tenant_predicate,
 };
 
 /// Applies `table`'s DDL on `conn` (connected as the table owner) in one

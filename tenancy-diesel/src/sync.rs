@@ -4,6 +4,7 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use tenancy_core::TenantContext;
+use tenancy_core::rls::SealKey;
 
 use crate::Error;
 
@@ -13,8 +14,9 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 /// The one door to tenant data for synchronous diesel code.
 ///
 /// [`TenantPool::transaction_for`] checks a connection out, opens a
-/// transaction with the tenant set for that transaction only (`BEGIN; SET
-/// LOCAL app.tenant_id = '<uuid>'`, one round trip), runs your closure and
+/// transaction sealed to the tenant for that transaction only (`BEGIN; CALL
+/// tenancy.seal(...)`, one round trip; SQL inside cannot re-scope it — see
+/// [`tenancy_core::rls`]), runs your closure and
 /// commits, or rolls back when it returns an error. There is no way to get
 /// a connection without a tenant from it.
 ///
@@ -32,7 +34,8 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 /// tenancy_diesel::tenant_table!(customers);
 ///
 /// # fn run(ctx: tenancy_core::TenantContext) -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = TenantPool::connect("postgres://app@localhost/app")?;
+/// let seal = tenancy_core::rls::SealKey::from_hex(&std::env::var("TENANCY_SEAL_KEY")?)?;
+/// let pool = TenantPool::connect("postgres://app@localhost/app", seal)?;
 /// let names: Vec<String> = pool.transaction_for(&ctx, |conn| {
 ///     Ok::<_, Error>(customers::table.for_tenant(&ctx).select(customers::name).load(conn)?)
 /// })?;
@@ -41,6 +44,7 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 #[derive(Clone)]
 pub struct TenantPool {
     pool: PgPool,
+    seal: SealKey,
 }
 
 impl std::fmt::Debug for TenantPool {
@@ -55,17 +59,19 @@ impl std::fmt::Debug for TenantPool {
 
 impl TenantPool {
     /// Wraps a pool connected as the application role (not a superuser, not
-    /// `BYPASSRLS`, not the tables' owner).
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// `BYPASSRLS`, not the tables' owner), sealing its transactions with
+    /// `seal` (the key in `tenancy.seal_key` of that database; see
+    /// [`tenancy_core::rls::SealKey`]).
+    pub fn new(pool: PgPool, seal: SealKey) -> Self {
+        Self { pool, seal }
     }
 
     /// A pool with r2d2's defaults for `url`.
-    pub fn connect(url: &str) -> Result<Self, Error> {
+    pub fn connect(url: &str, seal: SealKey) -> Result<Self, Error> {
         let pool = Pool::builder()
             .build(ConnectionManager::new(url))
             .map_err(|e| Error::Pool(e.to_string()))?;
-        Ok(Self::new(pool))
+        Ok(Self::new(pool, seal))
     }
 
     /// Connections open and idle.
@@ -106,7 +112,7 @@ impl TenantPool {
         &self,
         ctx: &TenantContext,
     ) -> Result<PooledConnection<ConnectionManager<PgConnection>>, Error> {
-        let sql = tenancy_core::rls::begin_sql(ctx.tenant_id());
+        let sql = tenancy_core::rls::begin_sql(ctx.tenant_id(), &self.seal);
         let mut attempt = 0;
         loop {
             let mut conn = self.pool.get().map_err(|e| Error::Pool(e.to_string()))?;

@@ -119,7 +119,7 @@ fn seed(pool: &TenantPool, ctx: &TenantContext, premium: i64) -> Vec<Uuid> {
 fn for_tenant_composes_with_filters_joins_updates_and_deletes() {
     let env = TestDb::from_env().unwrap();
     setup(&env);
-    let pool = TenantPool::connect(&env.app_url).unwrap();
+    let pool = TenantPool::connect(&env.app_url, common::seal_key(&env)).unwrap();
     let mut t = common::tenants(2, "dsl");
     let (acme, globex) = (t.remove(0), t.remove(0));
     let acme_ids = seed(&pool, &acme, 100);
@@ -211,7 +211,7 @@ fn for_tenant_composes_with_filters_joins_updates_and_deletes() {
 fn the_write_guard_refuses_another_tenants_row_and_nothing_is_written() {
     let env = TestDb::from_env().unwrap();
     setup(&env);
-    let pool = TenantPool::connect(&env.app_url).unwrap();
+    let pool = TenantPool::connect(&env.app_url, common::seal_key(&env)).unwrap();
     let mut t = common::tenants(2, "guard");
     let (acme, globex) = (t.remove(0), t.remove(0));
     let result: Result<(), Error> = pool.transaction_for(&acme, |conn| {

@@ -312,13 +312,15 @@ impl Target for AsyncWalls {
     }
 }
 
-fn r2d2_pool(url: &str) -> TenantPool {
+fn r2d2_pool(env: &TestDb) -> TenantPool {
+    let url = &env.app_url;
     // Fewer connections than tenants: physical connections are shared.
     TenantPool::new(
         diesel::r2d2::Pool::builder()
             .max_size(4)
             .build(diesel::r2d2::ConnectionManager::new(url))
             .unwrap(),
+        common::seal_key(env),
     )
 }
 
@@ -334,7 +336,7 @@ async fn isolation_suite_sync_r2d2() {
     let env = TestDb::from_env().unwrap();
     common::create_schema(&env, "diesel_iso_sync", Walls::Rls);
     let target = Arc::new(BothWalls {
-        pool: r2d2_pool(&env.app_url),
+        pool: r2d2_pool(&env),
         admin: env.admin_pool(2).await.unwrap(),
         filter: true,
     });
@@ -348,7 +350,7 @@ async fn isolation_suite_async_deadpool() {
     let env = TestDb::from_env().unwrap();
     common::create_schema(&env, "diesel_iso_async", Walls::Rls);
     let target = Arc::new(AsyncWalls {
-        pool: AsyncTenantPool::connect(&env.app_url, 4).unwrap(),
+        pool: AsyncTenantPool::connect(&env.app_url, 4, common::seal_key(&env)).unwrap(),
         admin: env.admin_pool(2).await.unwrap(),
     });
     let config = Config::from_env();
@@ -363,7 +365,7 @@ async fn row_level_security_alone_holds() {
     let env = TestDb::from_env().unwrap();
     common::create_schema(&env, "diesel_iso_rls_only", Walls::Rls);
     let target = Arc::new(RlsOnly {
-        pool: r2d2_pool(&env.app_url),
+        pool: r2d2_pool(&env),
         admin: env.admin_pool(2).await.unwrap(),
         filter: false,
     });
@@ -379,7 +381,7 @@ async fn the_query_filter_and_write_guard_alone_hold() {
     let env = TestDb::from_env().unwrap();
     common::create_schema(&env, "diesel_iso_filter_only", Walls::NoRls);
     let target = Arc::new(FilterOnly {
-        pool: r2d2_pool(&env.app_url),
+        pool: r2d2_pool(&env),
         admin: env.admin_pool(2).await.unwrap(),
         filter: true,
     });

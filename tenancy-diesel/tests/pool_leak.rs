@@ -35,7 +35,7 @@ type Seen = (String, i64, i32);
 fn fixture(env: &TestDb, tenant: &TenantContext, schema: &str) {
     let table = format!("\"{schema}\".\"customers\"");
     common::create_schema(env, schema, common::Walls::Rls);
-    let pool = TenantPool::connect(&env.app_url).unwrap();
+    let pool = TenantPool::connect(&env.app_url, common::seal_key(env)).unwrap();
     pool.transaction_for(tenant, |conn| {
         for v in 0..5 {
             conn.batch_execute(&format!(
@@ -94,7 +94,7 @@ fn run_sync(
     ctx: &TenantContext,
 ) -> Option<i32> {
     use diesel::RunQueryDsl;
-    let pool = TenantPool::new(raw.clone());
+    let pool = TenantPool::new(raw.clone(), common::seal_key(env));
     match s {
         Scenario::Commit => {
             let (n, pid) = pool
@@ -187,7 +187,7 @@ fn r2d2_pool_leak_matrix() {
         }
     }
     // The rolled-back row is not there.
-    let pool = TenantPool::connect(&env.app_url).unwrap();
+    let pool = TenantPool::connect(&env.app_url, common::seal_key(&env)).unwrap();
     let n: i64 = pool
         .transaction_for(&ctx, |conn| {
             Ok::<_, Error>(
@@ -228,7 +228,7 @@ async fn run_async(
     ctx: &TenantContext,
 ) -> Option<i32> {
     use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-    let pool = AsyncTenantPool::new(raw.clone());
+    let pool = AsyncTenantPool::new(raw.clone(), common::seal_key(env));
     match s {
         Scenario::Commit => {
             let (n, pid) = pool
@@ -366,7 +366,7 @@ fn without_a_tenant_nothing_is_visible_or_writable() {
     let env = TestDb::from_env().unwrap();
     common::create_schema(&env, "diesel_closed", common::Walls::Rls);
     let ctx = common::tenants(1, "closed").remove(0);
-    let pool = TenantPool::connect(&env.app_url).unwrap();
+    let pool = TenantPool::connect(&env.app_url, common::seal_key(&env)).unwrap();
     let table = "\"diesel_closed\".\"customers\"";
     pool.transaction_for(&ctx, |conn| {
         conn.batch_execute(&format!(

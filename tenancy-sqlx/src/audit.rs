@@ -11,13 +11,27 @@
 //! |---|---|
 //! | RLS enabled | otherwise policies are ignored |
 //! | RLS forced | otherwise the table owner bypasses the policies |
-//! | a policy for ALL commands with USING and WITH CHECK on `app.tenant_id` | reads *and* writes are bound to the tenant |
-//! | no other permissive policy that ignores `app.tenant_id` | permissive policies are OR-ed: one `USING (true)` opens everything |
+//! | a policy for ALL commands with USING and WITH CHECK exactly `tenant_id = (SELECT tenancy.tenant())` | reads *and* writes are bound to the sealed tenant |
+//! | no policy trusting the raw `app.tenant_id` setting (the shape before the sealed binding) | any SQL in the transaction can change that setting |
+//! | no other permissive policy | permissive policies are OR-ed: one `USING (true)` — or one `<> ''` — opens everything |
 //! | `tenant_id` NOT NULL | a NULL row belongs to nobody and is invisible to everybody |
 //! | an index leading with `tenant_id` | every tenant query filters on it |
+//! | every partition has forced RLS and the tenant policy of its own | a partition queried directly ignores its parent's policies |
+//! | no view without `security_invoker`, no materialized view over it | they read with their owner's rights, or copy rows out of RLS |
+//! | no callable `SECURITY DEFINER` function owned by a superuser or `BYPASSRLS` role naming it | it runs without RLS for whoever calls it |
 //!
-//! and for the connecting role: not superuser, not `BYPASSRLS`, not the
-//! owner (or a member of the owner role) of any tenant table.
+//! Policies are compared with the exact shape [`tenancy_core::rls::TenantTable`]
+//! creates, as PostgreSQL prints it back (`pg_get_expr`): a predicate that
+//! only mentions the tenant — `<> ''`, `IS NOT NULL`, `OR true`, another
+//! setting, a wrapper function, a `COALESCE` default — is not the tenant
+//! policy. Permissive policies for one command are accepted when every
+//! expression they use is exactly the tenant predicate; restrictive policies
+//! only narrow and are ignored; a tenant policy `TO` other roles does not
+//! count for the connecting role.
+//!
+//! For the connecting role: not superuser, not `BYPASSRLS`, not the owner
+//! (or a member of the owner role) of any tenant table, no `TEMPORARY` on the
+//! database, no `CREATE` on an audited schema or one on its `search_path`.
 //!
 //! ```no_run
 //! # async fn start(app_pool: sqlx::PgPool) -> Result<(), tenancy_sqlx::DbError> {
@@ -33,7 +47,8 @@ use std::fmt;
 
 use sqlx::PgConnection;
 
-use crate::{DbError, TENANT_SETTING};
+use crate::DbError;
+use tenancy_core::rls::TENANT_SETTING;
 
 /// One problem found by the audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +64,9 @@ pub enum Finding {
         /// Schema-qualified table.
         table: String,
     },
-    /// No policy applies to all commands with both USING and WITH CHECK
-    /// referencing `app.tenant_id`.
+    /// No policy binds the table to the sealed tenant
+    /// (`tenant_id = (SELECT tenancy.tenant())`, for ALL commands with
+    /// USING and WITH CHECK, or per command).
     NoTenantPolicy {
         /// Schema-qualified table.
         table: String,
@@ -62,8 +78,18 @@ pub enum Finding {
         /// The policy.
         policy: String,
     },
-    /// A permissive policy does not reference `app.tenant_id` and can widen access.
+    /// A permissive policy other than the exact tenant predicate: it is
+    /// OR-ed with the tenant policy and can widen access.
     WideningPolicy {
+        /// Schema-qualified table.
+        table: String,
+        /// The policy.
+        policy: String,
+    },
+    /// A policy trusts the raw `app.tenant_id` setting (the policy shape
+    /// before the sealed binding): SQL inside a tenant transaction can
+    /// change that setting and read another tenant's rows.
+    UnsealedPolicy {
         /// Schema-qualified table.
         table: String,
         /// The policy.
@@ -96,6 +122,71 @@ pub enum Finding {
         /// The table's owner.
         owner: String,
     },
+    /// A tenant policy of the right shape applies only to other roles: for
+    /// the connecting role it is not there.
+    PolicyForOtherRoles {
+        /// Schema-qualified table.
+        table: String,
+        /// The policy.
+        policy: String,
+        /// The connecting role.
+        role: String,
+    },
+    /// Only restrictive policies bind the table to the tenant: restrictive
+    /// policies narrow what permissive ones grant, and alone grant nothing.
+    RestrictiveOnly {
+        /// Schema-qualified table.
+        table: String,
+        /// The restrictive policy.
+        policy: String,
+    },
+    /// The connecting role may create temporary tables: `pg_temp` is
+    /// searched first and has no row-level security, so a temporary table
+    /// can shadow a tenant table for the next transaction on the connection.
+    RoleCanCreateTemp {
+        /// The role.
+        role: String,
+        /// The database.
+        database: String,
+    },
+    /// The connecting role may create objects in a schema (a function or
+    /// operator it plants there can be resolved by other code).
+    RoleCanCreateInSchema {
+        /// The role.
+        role: String,
+        /// The schema.
+        schema: String,
+    },
+    /// A partition of a tenant table has no forced row-level security of its
+    /// own: queried directly, it ignores the parent's policies.
+    UnprotectedPartition {
+        /// The partitioned (parent) table.
+        table: String,
+        /// The partition.
+        partition: String,
+    },
+    /// A view reads a tenant table with its owner's rights (no
+    /// `security_invoker`), or a materialized view copies tenant rows out
+    /// of row-level security.
+    ViewOverTenantTable {
+        /// The tenant table.
+        table: String,
+        /// The view (schema-qualified).
+        view: String,
+        /// Whether it is materialized.
+        materialized: bool,
+    },
+    /// A `SECURITY DEFINER` function owned by a role that bypasses row-level
+    /// security (superuser or `BYPASSRLS`) reads a tenant table, and the
+    /// connecting role may call it.
+    DefinerBypassesRls {
+        /// The tenant table it names.
+        table: String,
+        /// The function (`schema.name(args)`).
+        function: String,
+        /// Its owner.
+        owner: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -111,7 +202,8 @@ impl fmt::Display for Finding {
             ),
             Finding::NoTenantPolicy { table } => write!(
                 f,
-                "{table}: no policy FOR ALL with USING and WITH CHECK on {TENANT_SETTING} — see tenancy_sqlx::rls::TenantTable"
+                "{table}: no policy binds rows to the sealed tenant — CREATE POLICY tenant_isolation ON {table} AS PERMISSIVE FOR ALL USING ({p}) WITH CHECK ({p}) (tenancy_sqlx::rls::TenantTable)",
+                p = tenancy_core::rls::tenant_predicate("tenant_id")
             ),
             Finding::MissingWithCheck { table, policy } => write!(
                 f,
@@ -119,7 +211,12 @@ impl fmt::Display for Finding {
             ),
             Finding::WideningPolicy { table, policy } => write!(
                 f,
-                "{table}: permissive policy {policy} does not reference {TENANT_SETTING} and is OR-ed with the tenant policy — drop it or make it RESTRICTIVE"
+                "{table}: permissive policy {policy} is not exactly the tenant predicate and is OR-ed with it, widening access — DROP POLICY {policy} ON {table}, or make it RESTRICTIVE"
+            ),
+            Finding::UnsealedPolicy { table, policy } => write!(
+                f,
+                "{table}: policy {policy} trusts the raw {TENANT_SETTING} setting, which SQL inside a tenant transaction can change — re-apply tenancy_sqlx::rls::TenantTable to recreate it on {p}",
+                p = tenancy_core::rls::tenant_predicate("tenant_id")
             ),
             Finding::NullableTenantColumn { table } => write!(
                 f,
@@ -140,6 +237,54 @@ impl fmt::Display for Finding {
             Finding::RoleOwnsTable { table, owner } => write!(
                 f,
                 "{table}: owned by {owner}, which the connecting role is or belongs to — run the application as a non-owner role"
+            ),
+            Finding::PolicyForOtherRoles {
+                table,
+                policy,
+                role,
+            } => write!(
+                f,
+                "{table}: policy {policy} applies to other roles, not to {role}, which is left without a tenant policy — ALTER POLICY {policy} ON {table} TO PUBLIC"
+            ),
+            Finding::RestrictiveOnly { table, policy } => write!(
+                f,
+                "{table}: policy {policy} is RESTRICTIVE and no permissive tenant policy exists, so it grants nothing — DROP POLICY {policy} ON {table} and re-apply tenancy_sqlx::rls::TenantTable"
+            ),
+            Finding::RoleCanCreateTemp { role, database } => write!(
+                f,
+                "role {role} may create temporary tables in {database}, which shadow tenant tables without row-level security — REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC, {role}"
+            ),
+            Finding::RoleCanCreateInSchema { role, schema } => write!(
+                f,
+                "role {role} may create objects in schema {schema} — REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC, {role}"
+            ),
+            Finding::UnprotectedPartition { table, partition } => write!(
+                f,
+                "{table}: partition {partition} has no forced tenant policy of its own and can be queried directly — apply TenantTable to {partition} too"
+            ),
+            Finding::ViewOverTenantTable {
+                table,
+                view,
+                materialized: false,
+            } => write!(
+                f,
+                "{table}: view {view} reads it with its owner's rights — ALTER VIEW {view} SET (security_invoker = true)"
+            ),
+            Finding::ViewOverTenantTable {
+                table,
+                view,
+                materialized: true,
+            } => write!(
+                f,
+                "{table}: materialized view {view} holds its rows outside row-level security — DROP MATERIALIZED VIEW {view}, or REVOKE SELECT on it from the application role"
+            ),
+            Finding::DefinerBypassesRls {
+                table,
+                function,
+                owner,
+            } => write!(
+                f,
+                "{table}: SECURITY DEFINER function {function} is owned by {owner}, which bypasses row-level security — ALTER FUNCTION {function} OWNER TO a role without BYPASSRLS, or REVOKE EXECUTE from the application role"
             ),
         }
     }
@@ -221,6 +366,8 @@ struct PolicyRow {
     permissive: bool,
     using_expr: Option<String>,
     check_expr: Option<String>,
+    /// Whether the policy applies to the connecting role.
+    applies: bool,
 }
 
 impl Audit {
@@ -267,6 +414,34 @@ impl Audit {
         if bypass {
             findings.push(Finding::RoleBypassesRls { role: role.clone() });
         }
+        let (database, temp): (String, bool) = sqlx::query_as(
+            "SELECT current_database()::text, has_database_privilege(current_database(), 'TEMPORARY')",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if temp {
+            findings.push(Finding::RoleCanCreateTemp {
+                role: role.clone(),
+                database,
+            });
+        }
+        // The audited schemas and those on the role's search_path: where a
+        // planted object would be found by name.
+        let creatable: Vec<String> = sqlx::query_scalar(
+            "SELECT nspname::text FROM pg_namespace \
+             WHERE has_schema_privilege(oid, 'CREATE') \
+               AND (nspname = ANY($1) OR nspname = ANY(current_schemas(false))) \
+             ORDER BY 1",
+        )
+        .bind(&schemas)
+        .fetch_all(&mut *conn)
+        .await?;
+        for schema in creatable {
+            findings.push(Finding::RoleCanCreateInSchema {
+                role: role.clone(),
+                schema,
+            });
+        }
 
         let tables: Vec<TableRow> = sqlx::query_as(
             r#"
@@ -282,7 +457,7 @@ impl Audit {
             JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2
                                AND NOT a.attisdropped AND a.attnum > 0
-            WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY($1)
+            WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY($1)
             ORDER BY 1
             "#,
         )
@@ -312,40 +487,83 @@ impl Audit {
                 r#"
                 SELECT polname::text AS name, polcmd::text AS cmd, polpermissive AS permissive,
                        pg_get_expr(polqual, polrelid) AS using_expr,
-                       pg_get_expr(polwithcheck, polrelid) AS check_expr
+                       pg_get_expr(polwithcheck, polrelid) AS check_expr,
+                       (0::oid = ANY (polroles)
+                        OR EXISTS (SELECT 1 FROM unnest(polroles) r
+                                   WHERE pg_has_role(current_user, r, 'USAGE'))) AS applies
                 FROM pg_policy WHERE polrelid = $1::regclass ORDER BY polname
                 "#,
             )
             .bind(&t.qualified)
             .fetch_all(&mut *conn)
             .await?;
-            let mentions = |e: &Option<String>| {
+            let exact = sealed_expr(&self.column);
+            let is_exact = |e: &Option<String>| e.as_deref() == Some(exact.as_str());
+            let unsealed = |e: &Option<String>| {
                 e.as_deref()
-                    .is_some_and(|e| e.contains(TENANT_SETTING) && e.contains(&self.column))
+                    .is_some_and(|e| e.contains(&format!("current_setting('{TENANT_SETTING}'")))
             };
             let mut has_tenant_policy = false;
+            let mut restrictive = Vec::new();
             for p in &policies {
-                let binds_tenant = mentions(&p.using_expr);
-                if p.cmd == "*" && p.permissive && binds_tenant && mentions(&p.check_expr) {
-                    has_tenant_policy = true;
-                }
-                if binds_tenant && p.check_expr.is_none() && p.cmd != "r" && p.cmd != "d" {
-                    findings.push(Finding::MissingWithCheck {
+                if unsealed(&p.using_expr) || unsealed(&p.check_expr) {
+                    findings.push(Finding::UnsealedPolicy {
                         table: table.clone(),
                         policy: p.name.clone(),
                     });
+                    continue;
                 }
-                if p.permissive && !binds_tenant && !(p.cmd == "a" && mentions(&p.check_expr)) {
+                if !p.permissive {
+                    // Restrictive policies are AND-ed: they can only narrow.
+                    if is_exact(&p.using_expr) || is_exact(&p.check_expr) {
+                        restrictive.push(p.name.clone());
+                    }
+                    continue;
+                }
+                // Every expression the command uses must be the predicate.
+                let exact_policy = match p.cmd.as_str() {
+                    "*" | "w" => {
+                        is_exact(&p.using_expr)
+                            && (p.check_expr.is_none() || is_exact(&p.check_expr))
+                    }
+                    "r" | "d" => is_exact(&p.using_expr) && p.check_expr.is_none(),
+                    "a" => is_exact(&p.check_expr) && p.using_expr.is_none(),
+                    _ => false,
+                };
+                if !exact_policy {
                     findings.push(Finding::WideningPolicy {
+                        table: table.clone(),
+                        policy: p.name.clone(),
+                    });
+                    continue;
+                }
+                // A tenant policy for other roles leaves this one without.
+                if p.applies {
+                    has_tenant_policy = true;
+                } else {
+                    findings.push(Finding::PolicyForOtherRoles {
+                        table: table.clone(),
+                        policy: p.name.clone(),
+                        role: role.clone(),
+                    });
+                }
+                if matches!(p.cmd.as_str(), "*" | "w") && p.check_expr.is_none() {
+                    findings.push(Finding::MissingWithCheck {
                         table: table.clone(),
                         policy: p.name.clone(),
                     });
                 }
             }
             if !has_tenant_policy {
-                findings.push(Finding::NoTenantPolicy {
-                    table: table.clone(),
-                });
+                match restrictive.first() {
+                    Some(policy) => findings.push(Finding::RestrictiveOnly {
+                        table: table.clone(),
+                        policy: policy.clone(),
+                    }),
+                    None => findings.push(Finding::NoTenantPolicy {
+                        table: table.clone(),
+                    }),
+                }
             }
             if !t.not_null {
                 findings.push(Finding::NullableTenantColumn {
@@ -363,6 +581,7 @@ impl Audit {
                     owner: t.owner.clone(),
                 });
             }
+            self.dependents(conn, &table, &mut findings).await?;
             examined.push(table);
         }
         Ok(AuditReport {
@@ -370,6 +589,104 @@ impl Audit {
             tables: examined,
             findings,
         })
+    }
+
+    /// Partitions, views and definer functions that reach `table`.
+    async fn dependents(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), DbError> {
+        // Every partition, at any depth, needs forced RLS and the tenant
+        // policy of its own: a direct query ignores the parent's.
+        let partitions: Vec<(String, bool, bool, i64)> = sqlx::query_as(
+            r#"
+            WITH RECURSIVE parts(oid) AS (
+                SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::regclass
+                UNION ALL
+                SELECT i.inhrelid FROM pg_inherits i JOIN parts p ON i.inhparent = p.oid
+            )
+            SELECT format('%I.%I', n.nspname, c.relname), c.relrowsecurity, c.relforcerowsecurity,
+                   (SELECT count(*) FROM pg_policy pol WHERE pol.polrelid = c.oid
+                      AND pol.polpermissive AND pol.polcmd = '*'
+                      AND pg_get_expr(pol.polqual, pol.polrelid) = $2
+                      AND pg_get_expr(pol.polwithcheck, pol.polrelid) = $2)
+            FROM parts JOIN pg_class c ON c.oid = parts.oid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            ORDER BY 1
+            "#,
+        )
+        .bind(table)
+        .bind(sealed_expr(&self.column))
+        .fetch_all(&mut *conn)
+        .await?;
+        for (partition, rls, forced, policies) in partitions {
+            if !(rls && forced && policies > 0) {
+                findings.push(Finding::UnprotectedPartition {
+                    table: table.to_owned(),
+                    partition,
+                });
+            }
+        }
+        // Views (any schema) whose rewrite rule reads the table.
+        let views: Vec<(String, bool, bool)> = sqlx::query_as(
+            r#"
+            SELECT DISTINCT format('%I.%I', n.nspname, v.relname), v.relkind = 'm',
+                   coalesce(array_to_string(v.reloptions, ',') ~* 'security_invoker=(true|on|1|yes)', false)
+            FROM pg_depend d
+            JOIN pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_rewrite'::regclass
+            JOIN pg_class v ON v.oid = r.ev_class
+            JOIN pg_namespace n ON n.oid = v.relnamespace
+            WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1::regclass
+              AND v.oid <> $1::regclass AND v.relkind IN ('v', 'm')
+            ORDER BY 1
+            "#,
+        )
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (view, materialized, invoker) in views {
+            if materialized || !invoker {
+                findings.push(Finding::ViewOverTenantTable {
+                    table: table.to_owned(),
+                    view,
+                    materialized,
+                });
+            }
+        }
+        // SECURITY DEFINER functions the role may call, owned by a role that
+        // bypasses RLS, whose body names the table.
+        // The body names the table, and the schema (or the function lives
+        // in that schema, or sets a search_path naming it).
+        let unquoted = unquote(table);
+        let (schema, name) = unquoted.split_once('.').unwrap_or(("public", &unquoted));
+        let definers: Vec<(String, String)> = sqlx::query_as(
+            r#"
+            SELECT p.oid::regprocedure::text, r.rolname::text
+            FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+            JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE p.prosecdef AND (r.rolsuper OR r.rolbypassrls)
+              AND has_function_privilege(p.oid, 'EXECUTE')
+              AND p.prosrc ~* ('\m' || $1 || '\M')
+              AND (n.nspname = $3 OR p.prosrc ~* ('\m' || $2 || '\M')
+                   OR array_to_string(p.proconfig, ',') ~* ('\m' || $2 || '\M'))
+            ORDER BY 1
+            "#,
+        )
+        .bind(regex_escape(name))
+        .bind(regex_escape(schema))
+        .bind(schema)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (function, owner) in definers {
+            findings.push(Finding::DefinerBypassesRls {
+                table: table.to_owned(),
+                function,
+                owner,
+            });
+        }
+        Ok(())
     }
 
     /// Strict mode: runs the audit and fails with [`DbError::Audit`] on any finding.
@@ -383,6 +700,44 @@ impl Audit {
             Err(DbError::Audit(Box::new(report)))
         }
     }
+}
+
+/// The tenant predicate as PostgreSQL prints a policy expression back
+/// (`pg_get_expr`) for a policy made by [`tenancy_core::rls::TenantTable`].
+fn sealed_expr(column: &str) -> String {
+    format!(
+        "({} = ( SELECT tenancy.tenant() AS tenant))",
+        pg_ident(column)
+    )
+}
+
+/// An identifier as PostgreSQL prints it: bare when it is lower case,
+/// quoted otherwise.
+fn pg_ident(ident: &str) -> String {
+    let bare = ident
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && ident
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if bare {
+        ident.to_owned()
+    } else {
+        tenancy_core::rls::quote_ident(ident)
+    }
+}
+
+/// Escapes regular-expression metacharacters (for a table name in `~*`).
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if !c.is_ascii_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `"a"."b"` → `a.b` for comparing with configured names.

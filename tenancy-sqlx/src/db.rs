@@ -8,6 +8,7 @@ use sqlx::{Postgres, Transaction};
 use std::sync::Arc;
 
 use tenancy_core::quota::{QuotaEvents, ThresholdCrossed, TracingEvents};
+use tenancy_core::rls::SealKey;
 use tenancy_core::{Placement, TenantContext, TenantId, TenantScoped};
 use tracing::Instrument;
 
@@ -67,12 +68,14 @@ type DefaultSearchPath = Arc<std::sync::RwLock<Option<String>>>;
 
 /// Opens tenant-scoped transactions on a PostgreSQL pool.
 ///
-/// Every transaction it opens runs `BEGIN; SET LOCAL app.tenant_id = '<uuid>'`
-/// (the statement form of `set_config('app.tenant_id', '<uuid>', true)`) as
-/// **one** simple-query message (one round trip), so the tenant lives exactly as
-/// long as the transaction: it is gone after `COMMIT`, `ROLLBACK`, an error,
-/// a panic or a dropped future, and it is safe behind pgbouncer in
-/// transaction mode. Nothing in this crate sets the tenant at session level.
+/// Every transaction it opens runs `BEGIN; CALL tenancy.seal(<tenant>, <issued>, <proof>)`
+/// as **one** simple-query message (one round trip): the tenant is sealed
+/// into that transaction with a proof made from the [`SealKey`], and lives
+/// exactly as long as the transaction — it is gone after `COMMIT`,
+/// `ROLLBACK`, an error, a panic or a dropped future, and it is safe behind
+/// pgbouncer in transaction mode. SQL that runs inside the transaction
+/// cannot re-scope it to another tenant (see [`tenancy_core::rls`] and the
+/// threat model). Nothing in this crate sets the tenant at session level.
 ///
 /// Build the pool with [`TenantDb::pool_options`] to get the pool hygiene
 /// checks (see [`PoolHygiene`]). The application role must be neither
@@ -88,7 +91,8 @@ type DefaultSearchPath = Arc<std::sync::RwLock<Option<String>>>;
 ///     .max_connections(16)
 ///     .connect("postgres://app:secret@localhost/insurance")
 ///     .await?;
-/// let db = TenantDb::new(pool);
+/// let seal = tenancy_core::rls::SealKey::from_hex(&std::env::var("TENANCY_SEAL_KEY")?)?;
+/// let db = TenantDb::new(pool, seal);
 ///
 /// let mut tx = db.begin(&ctx).await?;
 /// let names: Vec<String> = sqlx::query_scalar("SELECT name FROM customers ORDER BY name")
@@ -100,6 +104,7 @@ type DefaultSearchPath = Arc<std::sync::RwLock<Option<String>>>;
 #[derive(Debug, Clone)]
 pub struct TenantDb {
     pool: PgPool,
+    seal: SealKey,
     quota: Arc<QuotaConfig>,
     databases: Option<crate::DatabaseRouter>,
     move_guard: bool,
@@ -212,10 +217,14 @@ impl TenantDb {
         }
     }
 
-    /// Wraps a pool. Prefer one built from [`TenantDb::pool_options`].
-    pub fn new(pool: PgPool) -> Self {
+    /// Wraps a pool connected as the application role, sealing its
+    /// transactions with `seal` (the key in `tenancy.seal_key` of this
+    /// database: [`crate::migrate::seal_key`] reads it as the owner). Prefer
+    /// a pool built from [`TenantDb::pool_options`].
+    pub fn new(pool: PgPool, seal: SealKey) -> Self {
         Self {
             pool,
+            seal,
             quota: Arc::new(QuotaConfig::default()),
             databases: None,
             move_guard: false,
@@ -258,8 +267,8 @@ impl TenantDb {
     }
 
     /// Connects with [`TenantDb::pool_options`] defaults.
-    pub async fn connect(url: &str) -> Result<Self, DbError> {
-        Ok(Self::new(Self::pool_options().connect(url).await?))
+    pub async fn connect(url: &str, seal: SealKey) -> Result<Self, DbError> {
+        Ok(Self::new(Self::pool_options().connect(url).await?, seal))
     }
 
     /// Opens a transaction in which PostgreSQL sees `ctx`'s tenant.
@@ -284,7 +293,7 @@ impl TenantDb {
                 sqlx::Error::Database(d) if d.code().as_deref() == Some(MOVED_SQLSTATE) => {
                     DbError::TenantMoved { tenant }
                 }
-                _ => DbError::Sqlx(e),
+                _ => seal_error(e),
             };
             let tx = match pool.begin_with(sql.clone()).await {
                 Ok(tx) => tx,
@@ -329,15 +338,23 @@ impl TenantDb {
             Ok(sql)
         };
         match (placement, name) {
-            (Placement::Shared, _) => Ok((self.pool.clone(), guarded(begin_sql(tenant.id))?)),
+            (Placement::Shared, _) => Ok((
+                self.pool.clone(),
+                guarded(tenancy_core::rls::begin_sql(tenant.id, &self.seal))?,
+            )),
             (Placement::Schema { .. }, Some(schema)) => Ok((
                 self.pool.clone(),
-                guarded(tenancy_core::rls::begin_sql_in_schema(tenant.id, schema))?,
+                guarded(tenancy_core::rls::begin_sql_in_schema(
+                    tenant.id, schema, &self.seal,
+                ))?,
             )),
             (Placement::Database { .. }, Some(database)) => match &self.databases {
                 // The tenant's own database: its tables still carry the
                 // policy, so the tenant setting is set there too.
-                Some(router) => Ok((router.pool(database).await, begin_sql(tenant.id))),
+                Some(router) => Ok((
+                    router.pool(database).await,
+                    tenancy_core::rls::begin_sql(tenant.id, &self.seal),
+                )),
                 None => Err(refuse(
                     "placed in a database of its own, but this TenantDb has no DatabaseRouter \
                      (TenantDb::with_databases)"
@@ -358,7 +375,10 @@ impl TenantDb {
         &self,
         tenant: TenantId,
     ) -> Result<Transaction<'static, Postgres>, DbError> {
-        Ok(self.pool.begin_with(begin_sql(tenant)).await?)
+        self.pool
+            .begin_with(tenancy_core::rls::begin_sql(tenant, &self.seal))
+            .await
+            .map_err(seal_error)
     }
 
     /// Closes the pool.
@@ -376,16 +396,26 @@ fn is_connection_loss(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The statement that opens a tenant transaction.
-///
-/// `SET LOCAL` is `set_config(name, value, true)`: the value lasts until the
-/// transaction ends. It is used rather than `SELECT set_config(...)` because
-/// it returns no result set and needs no planning, which measured ~20 µs
-/// cheaper per transaction on loopback. It cannot take a bind parameter, but
-/// the id is a parsed UUID formatted by `uuid` (hex digits and hyphens only),
-/// so the literal is injection-safe.
-fn begin_sql(tenant: TenantId) -> String {
-    tenancy_core::rls::begin_sql(tenant)
+/// A refusal from `tenancy.seal` (or its absence) as [`DbError::Seal`].
+fn seal_error(e: sqlx::Error) -> DbError {
+    match &e {
+        sqlx::Error::Database(d)
+            if d.code().as_deref() == Some("42501") && d.message().starts_with("tenancy.seal") =>
+        {
+            DbError::Seal(d.message().to_owned())
+        }
+        // 42883 undefined_function / 3F000 invalid_schema_name: not installed.
+        sqlx::Error::Database(d)
+            if matches!(d.code().as_deref(), Some("42883" | "3F000"))
+                && d.message().contains("tenancy.seal") =>
+        {
+            DbError::Seal(format!(
+                "{} — install the sealed binding with tenancy_sqlx::migrate::run (as the owner)",
+                d.message()
+            ))
+        }
+        _ => DbError::Sqlx(e),
+    }
 }
 
 /// A transaction bound to one tenant.
@@ -480,19 +510,5 @@ impl Deref for TenantTx {
 impl DerefMut for TenantTx {
     fn deref_mut(&mut self) -> &mut PgConnection {
         &mut self.tx
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn begin_statement_is_transaction_scoped() {
-        let id: TenantId = "67e55044-10b1-426f-9247-bb680e5fe0c8".parse().unwrap();
-        assert_eq!(
-            begin_sql(id),
-            "BEGIN; SET LOCAL app.tenant_id = '67e55044-10b1-426f-9247-bb680e5fe0c8'"
-        );
     }
 }

@@ -72,6 +72,12 @@ pub enum DbError {
     /// placement was not switched.
     #[error("tenant move: {0}")]
     Relocation(String),
+    /// The database refused to seal the tenant transaction: the seal key is
+    /// not this database's, the proof is stale (clock skew), the sealed
+    /// binding is not installed, or something other than the library tried
+    /// to seal. Nothing was read or written. HTTP: 500.
+    #[error("tenant transaction not sealed: {0}")]
+    Seal(String),
     /// A cross-tenant capability was requested without a reason.
     #[error("cross-tenant access needs a non-empty reason for the audit trail")]
     MissingReason,

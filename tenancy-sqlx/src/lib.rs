@@ -37,3 +37,4 @@ pub use quota::PgRateLimiter;
 pub use route::DatabaseRouter;
 pub use settings::PgSettingsStore;
 pub use store::{PgMembershipStore, PgTenantStore};
+pub use tenancy_core::rls::SealKey;

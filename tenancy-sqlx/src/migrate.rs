@@ -10,6 +10,11 @@ use sqlx::{Executor, PgConnection};
 
 use crate::DbError;
 use crate::rls::quote_ident;
+use tenancy_core::rls::SealKey;
+
+/// Grants run in one transaction holding the migration lock: concurrent
+/// GRANTs on the same schema would fail with "tuple concurrently updated".
+const LOCKED: &str = "BEGIN; SELECT pg_advisory_xact_lock(hashtext('tenancy.migrate')); ";
 
 /// The embedded system-schema migrations.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -35,6 +40,10 @@ pub async fn run(conn: &mut PgConnection) -> Result<(), DbError> {
     let result = async {
         conn.execute("CREATE SCHEMA IF NOT EXISTS tenancy; SET search_path TO tenancy")
             .await?;
+        // The sealed binding first: the migrations' policies call tenancy.tenant().
+        sqlx::raw_sql(tenancy_core::rls::SEAL_SQL)
+            .execute(&mut *conn)
+            .await?;
         MIGRATOR.run_direct(&mut *conn).await?;
         Ok::<_, DbError>(())
     }
@@ -47,6 +56,51 @@ pub async fn run(conn: &mut PgConnection) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Installs only the sealed binding ([`tenancy_core::rls::SEAL_SQL`]) and
+/// makes `key` its seal key — for a database that must accept the same
+/// proofs as another one (a tenant database or its template, served through
+/// [`crate::DatabaseRouter`] by the same [`crate::TenantDb`]). Connect as
+/// the owner of that database's tenant tables.
+pub async fn install_seal(conn: &mut PgConnection, key: &SealKey) -> Result<(), DbError> {
+    sqlx::raw_sql(tenancy_core::rls::SEAL_SQL)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO tenancy.seal_key (id, key, ipad, opad) VALUES (true, $1, '', '') \
+         ON CONFLICT (id) DO UPDATE SET key = EXCLUDED.key",
+    )
+    .bind(key.expose_bytes().as_slice())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Reads the database's seal key (generated when the sealed binding was
+/// installed). Connect as the owner: the application role cannot read it.
+/// Give it to [`crate::TenantDb::new`]; keep it like a password.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), tenancy_sqlx::DbError> {
+/// use sqlx::Connection;
+/// let mut owner = sqlx::PgConnection::connect("postgres://owner@localhost/app").await?;
+/// tenancy_sqlx::migrate::run(&mut owner).await?;
+/// let seal = tenancy_sqlx::migrate::seal_key(&mut owner).await?;
+/// let db = tenancy_sqlx::TenantDb::connect("postgres://app@localhost/app", seal).await?;
+/// # Ok(()) }
+/// ```
+pub async fn seal_key(conn: &mut PgConnection) -> Result<SealKey, DbError> {
+    let bytes: Vec<u8> = sqlx::query_scalar("SELECT key FROM tenancy.seal_key WHERE id")
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| {
+            DbError::Seal("no seal key in tenancy.seal_key: run migrate::run first".into())
+        })?;
+    SealKey::from_slice(&bytes).map_err(|e| DbError::InvalidData {
+        what: "tenancy.seal_key.key",
+        reason: e.to_string(),
+    })
+}
+
 /// Lets `role` — the request-serving application role — read the system
 /// schema (what `PgTenantStore` and `PgMembershipStore` need to resolve
 /// tenants and memberships) and keep its tenants' quota state (those tables
@@ -55,13 +109,13 @@ pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<()
     let role = quote_ident(role);
     conn.execute(
         format!(
-            "GRANT USAGE ON SCHEMA tenancy TO {role}; \
+            "{LOCKED}GRANT USAGE ON SCHEMA tenancy TO {role}; \
              GRANT SELECT ON tenancy.tenants, tenancy.tenant_domains, tenancy.memberships TO {role}; \
              GRANT SELECT, INSERT, UPDATE ON tenancy.quota_usage, tenancy.quota_rate, \
                    tenancy.quota_records, tenancy.quota_thresholds, tenancy.tenant_keys TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.tenant_settings TO {role}; \
              GRANT SELECT, INSERT ON tenancy.audit_log TO {role}; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}; COMMIT"
         )
         .as_str(),
     )
@@ -76,9 +130,9 @@ pub async fn grant_system_write(conn: &mut PgConnection, role: &str) -> Result<(
     let role = quote_ident(role);
     conn.execute(
         format!(
-            "GRANT INSERT, UPDATE, DELETE ON tenancy.tenants, tenancy.tenant_domains, \
+            "{LOCKED}GRANT INSERT, UPDATE, DELETE ON tenancy.tenants, tenancy.tenant_domains, \
              tenancy.memberships TO {role}; \
-             GRANT SELECT, INSERT, UPDATE ON tenancy.provisioning_log TO {role}"
+             GRANT SELECT, INSERT, UPDATE ON tenancy.provisioning_log TO {role}; COMMIT"
         )
         .as_str(),
     )
@@ -94,8 +148,8 @@ pub async fn grant_purge(conn: &mut PgConnection, role: &str) -> Result<(), DbEr
     let role = quote_ident(role);
     conn.execute(
         format!(
-            "GRANT DELETE ON tenancy.tenant_settings, tenancy.quota_usage, tenancy.quota_rate, \
-             tenancy.quota_records, tenancy.quota_thresholds TO {role}"
+            "{LOCKED}GRANT DELETE ON tenancy.tenant_settings, tenancy.quota_usage, tenancy.quota_rate, \
+             tenancy.quota_records, tenancy.quota_thresholds TO {role}; COMMIT"
         )
         .as_str(),
     )

@@ -36,15 +36,16 @@
 //! target's partial copy before copying again.
 //!
 //! The mover connects as the tables' owner; the tables force row-level
-//! security, so the mover sets the tenant (`SET LOCAL app.tenant_id`) and
-//! sees, copies and deletes that tenant's rows only, on both sides.
+//! security, so the mover seals its transaction to the tenant (as the owner,
+//! it can read the seal key) and sees, copies and deletes that tenant's rows
+//! only, on both sides.
 
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Postgres, Transaction};
-use tenancy_core::rls::{TENANT_SETTING, quote_ident};
+use tenancy_core::rls::quote_ident;
 use tenancy_core::{Placement, Tenant, TenantId};
 
 use crate::DbError;
@@ -167,13 +168,18 @@ impl TenantMover {
         let span = tracing::info_span!("tenant_move", tenant.id = %id, from = ?from.model(), to = ?to.model());
         let _entered = span.enter();
 
-        let mut tx = self.owner.begin().await?;
+        // The tables force the sealed policies on their owner too: the
+        // mover seals its transaction like any tenant transaction.
+        let seal = crate::migrate::seal_key(&mut *self.owner.acquire().await?).await?;
+        let mut tx = self
+            .owner
+            .begin_with(tenancy_core::rls::begin_sql(id, &seal))
+            .await?;
         (&mut *tx)
             .execute(
                 format!(
-                    "SET LOCAL lock_timeout = {}; SET LOCAL {TENANT_SETTING} = '{}'",
-                    self.lock_timeout.as_millis().max(1),
-                    id.as_uuid().hyphenated()
+                    "SET LOCAL lock_timeout = {}",
+                    self.lock_timeout.as_millis().max(1)
                 )
                 .as_str(),
             )
@@ -303,15 +309,9 @@ impl TenantMover {
             });
         };
         let mut conn: PgConnection = options.clone().database(database).connect().await?;
-        let mut ttx = conn.begin().await?;
-        (&mut *ttx)
-            .execute(
-                format!(
-                    "SET LOCAL {TENANT_SETTING} = '{}'",
-                    tenant.as_uuid().hyphenated()
-                )
-                .as_str(),
-            )
+        let seal = crate::migrate::seal_key(&mut conn).await?;
+        let mut ttx = conn
+            .begin_with(tenancy_core::rls::begin_sql(tenant, &seal))
             .await?;
         for t in self.tables.iter().rev() {
             let sql = format!("DELETE FROM public.{}", quote_ident(t));

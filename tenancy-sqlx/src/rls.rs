@@ -7,7 +7,8 @@
 //! 1. `tenant_id` is `NOT NULL`;
 //! 2. row-level security is enabled **and forced** (so the owner is bound too);
 //! 3. one policy for **all** commands with both `USING` and `WITH CHECK` on
-//!    `tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid)`;
+//!    `tenant_id = (SELECT tenancy.tenant())` — the sealed tenant (see
+//!    [`tenancy_core::rls`]), never the raw setting;
 //! 4. `SELECT, INSERT, UPDATE, DELETE` for the application role, nothing more;
 //! 5. an index leading with `tenant_id`.
 //!

@@ -31,8 +31,9 @@ use crate::{PoolHygiene, TenantDb};
 /// use std::time::Duration;
 /// use tenancy_sqlx::{DatabaseRouter, TenantDb};
 ///
-/// # async fn f() -> Result<(), tenancy_sqlx::DbError> {
-/// let shared = TenantDb::connect("postgres://app@localhost/app").await?;
+/// # async fn f(seal: tenancy_sqlx::SealKey) -> Result<(), tenancy_sqlx::DbError> {
+/// // Every tenant database holds the same seal key (migrate::install_seal).
+/// let shared = TenantDb::connect("postgres://app@localhost/app", seal).await?;
 /// let router = DatabaseRouter::new("postgres://app@localhost/postgres".parse()?)
 ///     .max_pools(200)
 ///     .connection_budget(400)

@@ -498,6 +498,12 @@ impl TenantSchemas for PgSchemas {
         let place = format!("schema {schema}");
         let (from, to) =
             apply_pending(&mut tx, migrator, &applied, &place, Some(target.tenant)).await?;
+        // Pin every table of the schema to its tenant (new tables included).
+        sqlx::query("SELECT tenancy.pin_schema($1, $2)")
+            .bind(schema)
+            .bind(target.tenant.as_uuid())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok((from, to))
     }

@@ -19,7 +19,9 @@ async fn setup() -> (TestDb, TenantDb, PgAuditLog) {
     migrate::grant_system_read(&mut conn, "tenancy_app")
         .await
         .unwrap();
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let log = PgAuditLog::new(db.clone(), ROOT).with_rules(
         ComplianceRules::default()
             .pii_field("customers.pan")
@@ -251,7 +253,12 @@ async fn verification_detects_owner_updates_deletes_and_inserts() {
     );
 
     // Someone with the table but without the application's root secret.
-    let other_root = PgAuditLog::new(TenantDb::connect(&env.app_url).await.unwrap(), [1u8; 32]);
+    let other_root = PgAuditLog::new(
+        TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+            .await
+            .unwrap(),
+        [1u8; 32],
+    );
     assert!(!other_root.verify_chain(updated).await.unwrap().is_intact());
 }
 

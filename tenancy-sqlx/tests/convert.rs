@@ -52,7 +52,9 @@ async fn a_single_tenant_table_is_converted_in_place() {
         .await
         .unwrap();
 
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let names = |ctx: TenantContext| {
         let (db, table) = (db.clone(), table.clone());
         async move {

@@ -64,7 +64,7 @@ async fn fixture() -> Fixture {
         .connect(&env.app_url)
         .await
         .unwrap();
-    let db = TenantDb::new(app.clone());
+    let db = TenantDb::new(app.clone(), env.seal_key().await.unwrap());
     let (a, b) = (tenant("a"), tenant("b"));
     for (ctx, n) in [(&a, 3), (&b, 2)] {
         let mut tx = db.begin(ctx).await.unwrap();

@@ -34,6 +34,13 @@ async fn database_tenant(env: &TestDb, admin: &PgPool, slug: &str) -> (TenantCon
         .connect_with(owner_opts.database(&name))
         .await
         .unwrap();
+    // The same seal key as the main database: one TenantDb serves both.
+    tenancy_sqlx::migrate::install_seal(
+        &mut owner.acquire().await.unwrap(),
+        &env.seal_key().await.unwrap(),
+    )
+    .await
+    .unwrap();
     for stmt in isolation::create_tables_sql("public") {
         sqlx::raw_sql(&stmt).execute(&owner).await.unwrap();
     }
@@ -78,7 +85,7 @@ async fn isolation_suite_database_per_tenant() {
         tenants.push(ctx);
         oracles.push(oracle);
     }
-    let db = TenantDb::connect(&env.app_url)
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
         .await
         .unwrap()
         .with_databases(router(&env).max_pools(8).connection_budget(16));
@@ -144,7 +151,7 @@ async fn the_router_bounds_open_pools_closes_evicted_ones_and_keeps_the_budget()
         .collect();
     let router = router(&env).max_pools(2).connection_budget(4);
     assert_eq!(router.per_pool(), 2);
-    let db = TenantDb::connect(&env.app_url)
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
         .await
         .unwrap()
         .with_databases(router.clone());
@@ -178,7 +185,7 @@ async fn an_idle_pool_is_closed() {
         .unwrap()
         .to_owned();
     let router = router(&env).idle_timeout(Duration::from_millis(300));
-    let db = TenantDb::connect(&env.app_url)
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
         .await
         .unwrap()
         .with_databases(router.clone());
@@ -222,7 +229,7 @@ async fn database_tenants_are_provisioned_from_a_template() {
         ["tenancy_app"],
     )
     .with_database_template(&template);
-    let db = TenantDb::connect(&env.app_url)
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
         .await
         .unwrap()
         .with_databases(router(&env));
@@ -303,7 +310,7 @@ async fn pool_leak_matrix_database_per_tenant() {
     // One connection per tenant database: every step reuses it.
     let router = router(&env).max_pools(2).connection_budget(2);
     assert_eq!(router.per_pool(), 1);
-    let db = TenantDb::connect(&env.app_url)
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
         .await
         .unwrap()
         .with_databases(router);

@@ -43,7 +43,7 @@ async fn isolation_property_suite_over_tenant_db() {
         .await
         .unwrap();
     let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool),
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
         admin: env.admin_pool(2).await.unwrap(),
         qualify: Some(schema.clone()),
         oracle_schemas: vec![schema],
@@ -87,7 +87,7 @@ async fn suite_detects_a_data_path_without_rls() {
         .await
         .unwrap();
     let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool),
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
         admin: env.admin_pool(1).await.unwrap(),
         qualify: Some(schema.clone()),
         oracle_schemas: vec![schema],

@@ -20,7 +20,9 @@ async fn setup() -> (TestDb, PgKeyStore, Arc<LocalKeyProvider>) {
     migrate::grant_system_read(&mut conn, "tenancy_app")
         .await
         .unwrap();
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let provider = Arc::new(LocalKeyProvider::new(
         LocalKeyProvider::master_from_base64(MASTER).unwrap(),
     ));
@@ -99,7 +101,9 @@ async fn stores_are_separate_per_tenant_and_refuse_duplicates() {
 async fn settings_in_postgres_keep_secrets_sealed_and_tenants_apart() {
     let (env, store, provider) = setup().await;
     let keys = Arc::new(Keyring::new(provider, Arc::new(store)));
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let pg = Arc::new(PgSettingsStore::new(db));
     let settings = TenantSettings::new(pg.clone(), keys.clone());
     let (a, b) = (TenantId::new_v4(), TenantId::new_v4());
@@ -154,10 +158,9 @@ async fn settings_in_postgres_keep_secrets_sealed_and_tenants_apart() {
     // The table holds ciphertext only; read as the owner (bypassing nothing
     // but seeing raw bytes), no plaintext appears.
     let owner = env.owner_pool(1).await.unwrap();
-    let mut tx = owner.begin().await.unwrap();
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(a.to_string())
-        .execute(&mut *tx)
+    let seal = env.seal_key().await.unwrap();
+    let mut tx = owner
+        .begin_with(tenancy_core::rls::begin_sql(a, &seal))
         .await
         .unwrap();
     let raw: Vec<u8> =

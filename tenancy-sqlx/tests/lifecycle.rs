@@ -65,7 +65,9 @@ async fn offboarding_exports_then_purges_one_tenant_and_spares_the_other() {
         .await
         .unwrap();
 
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let store = Arc::new(PgTenantStore::new(owner.clone()));
     let audit = Arc::new(PgAuditLog::new(db.clone(), [9u8; 32]));
     let lifecycle = Lifecycle::new(store.clone()).with_audit(audit.clone());
@@ -305,7 +307,12 @@ async fn system_schema() -> (sqlx::PgPool, TenantDb) {
             .await
             .unwrap();
     }
-    (owner, TenantDb::connect(&env.app_url).await.unwrap())
+    (
+        owner,
+        TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -433,7 +440,9 @@ async fn the_database_probe_checks_the_tenant_data_path() {
     use tenancy_sqlx::DatabaseProbe;
 
     let env = TestDb::from_env().unwrap();
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let t = tenant("probe");
     let health = TenantHealth::new(Duration::from_secs(5)).probe(DatabaseProbe::new(db.clone()));
     let r = health.check(&t).await;

@@ -67,7 +67,9 @@ async fn fixture_for(model: Model) -> Fixture {
         .await
         .unwrap();
     // Data that could leak: rows of the tenant used in every scenario.
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let mut tx = db.begin(&tenant).await.unwrap();
     for v in 0..5 {
         sqlx::query(&format!(
@@ -238,7 +240,7 @@ async fn matrix_for(url: &str, same_backend_expected: bool, model: Model) {
             .connect(url)
             .await
             .unwrap();
-        let db = TenantDb::new(pool.clone());
+        let db = TenantDb::new(pool.clone(), f.env.seal_key().await.unwrap());
         let pid = run_scenario(s, &db, &f).await;
         let (setting, rows, next_pid, search_path) = next_user(&pool, &f.table).await;
         assert_eq!(
@@ -337,9 +339,11 @@ async fn session_level_setting_is_caught_by_pool_hygiene() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_hygiene_the_same_misuse_leaks() {
+async fn without_hygiene_the_setting_survives_but_the_seal_does_not() {
     // Negative control for the hygiene test above: with the checks off the
-    // polluted connection is reused and the next user sees the rows.
+    // polluted connection is reused and the setting survives — yet it opens
+    // nothing, because the policies trust only a sealed transaction: the next
+    // user's read is refused instead of showing the tenant's rows.
     let f = fixture().await;
     let pool = TenantDb::pool_options_with(tenancy_sqlx::PoolHygiene::Off)
         .max_connections(1)
@@ -353,9 +357,21 @@ async fn without_hygiene_the_same_misuse_leaks() {
     .execute(&pool)
     .await
     .unwrap();
-    let (setting, rows, _, _) = next_user(&pool, &f.table).await;
+    let setting: String =
+        sqlx::query_scalar("SELECT coalesce(current_setting('app.tenant_id', true), '')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(setting, f.tenant.tenant_id().to_string());
-    assert_eq!(rows, 5);
+    let read = sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {}", f.table))
+        .fetch_one(&pool)
+        .await;
+    match read {
+        // A session that never sealed: the claim is an error (55000).
+        Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("55000")),
+        Ok(n) => assert_eq!(n, 0, "an unsealed claim must not show the tenant's rows"),
+        Err(e) => panic!("unexpected error {e}"),
+    }
 }
 
 /// A session-level `search_path` set inside a tenant transaction (a plain
@@ -368,7 +384,7 @@ async fn session_search_path(hygiene: tenancy_sqlx::PoolHygiene) -> (i32, i32, S
         .connect(&f.env.app_url)
         .await
         .unwrap();
-    let db = TenantDb::new(pool.clone());
+    let db = TenantDb::new(pool.clone(), f.env.seal_key().await.unwrap());
     let mut tx = db.begin(&f.tenant).await.unwrap();
     let pid = backend_pid(&mut tx).await;
     sqlx::raw_sql("SET search_path TO pg_catalog")

@@ -38,7 +38,8 @@ async fn db(max: u32) -> (TestDb, TenantDb) {
         .connect(&env.app_url)
         .await
         .unwrap();
-    (env, TenantDb::new(pool))
+    let seal = env.seal_key().await.unwrap();
+    (env, TenantDb::new(pool, seal))
 }
 
 fn ctx_for(id: TenantId) -> TenantContext {

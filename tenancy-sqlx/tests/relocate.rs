@@ -232,8 +232,13 @@ async fn collect(handles: Vec<tokio::task::JoinHandle<(Vec<Uuid>, usize)>>) -> (
 #[allow(clippy::print_stderr)] // the figures line, like the isolation suite's
 /// Runs writers for the moving tenant and a neighbour, moves the tenant
 /// mid-run, and checks that every acknowledged write is where it now lives.
-async fn move_under_writers(w: Arc<World>, db: TenantDb, to: Placement, label: &str) {
-    let tenant = w.shared_tenant("moving").await;
+async fn move_under_writers(
+    w: Arc<World>,
+    db: TenantDb,
+    tenant: Tenant,
+    to: Placement,
+    label: &str,
+) {
     let neighbour = w.shared_tenant("neighbour").await;
     let mut seeded = seed(&w, &db, &tenant, 200).await;
     let mut seeded_n = seed(&w, &db, &neighbour, 50).await;
@@ -296,11 +301,18 @@ async fn move_under_writers(w: Arc<World>, db: TenantDb, to: Placement, label: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shared_to_schema_under_concurrent_writers_loses_nothing() {
     let w = Arc::new(world().await);
-    let db = TenantDb::new(w.app.clone()).with_move_guard();
-    let id = TenantId::new_v4();
-    // The target schema, provisioned before the move.
-    let name = w.target_schema(id).await;
-    move_under_writers(w, db, Placement::schema(&name).unwrap(), "shared->schema").await;
+    let db = TenantDb::new(w.app.clone(), w.env.seal_key().await.unwrap()).with_move_guard();
+    let tenant = w.shared_tenant("moving").await;
+    // The target schema, provisioned (and pinned to the tenant) before the move.
+    let name = w.target_schema(tenant.id).await;
+    move_under_writers(
+        w,
+        db,
+        tenant,
+        Placement::schema(&name).unwrap(),
+        "shared->schema",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -317,17 +329,25 @@ async fn shared_to_database_under_concurrent_writers_loses_nothing() {
         .connect_with(owner_opts.database(&name))
         .await
         .unwrap();
+    tenancy_sqlx::migrate::install_seal(
+        &mut target.acquire().await.unwrap(),
+        &w.env.seal_key().await.unwrap(),
+    )
+    .await
+    .unwrap();
     sqlx::raw_sql(&table_sql(None))
         .execute(&target)
         .await
         .unwrap();
     target.close().await;
-    let db = TenantDb::new(w.app.clone())
+    let db = TenantDb::new(w.app.clone(), w.env.seal_key().await.unwrap())
         .with_move_guard()
         .with_databases(DatabaseRouter::new(w.env.app_url.parse().unwrap()));
+    let tenant = w.shared_tenant("moving").await;
     move_under_writers(
         w,
         db,
+        tenant,
         Placement::database(&name).unwrap(),
         "shared->database",
     )
@@ -337,7 +357,7 @@ async fn shared_to_database_under_concurrent_writers_loses_nothing() {
 #[tokio::test]
 async fn a_context_loaded_before_the_move_is_refused_after_it() {
     let w = world().await;
-    let db = TenantDb::new(w.app.clone()).with_move_guard();
+    let db = TenantDb::new(w.app.clone(), w.env.seal_key().await.unwrap()).with_move_guard();
     let tenant = w.shared_tenant("stale").await;
     seed(&w, &db, &tenant, 3).await;
     let name = w.target_schema(tenant.id).await;
@@ -370,7 +390,7 @@ async fn a_context_loaded_before_the_move_is_refused_after_it() {
 #[tokio::test]
 async fn a_copy_that_does_not_verify_switches_nothing() {
     let w = world().await;
-    let db = TenantDb::new(w.app.clone()).with_move_guard();
+    let db = TenantDb::new(w.app.clone(), w.env.seal_key().await.unwrap()).with_move_guard();
     let tenant = w.shared_tenant("corrupt").await;
     let before = seed(&w, &db, &tenant, 5).await;
     let name = w.target_schema(tenant.id).await;
@@ -403,7 +423,7 @@ async fn a_copy_that_does_not_verify_switches_nothing() {
 #[tokio::test]
 async fn a_transaction_in_flight_past_the_lock_timeout_stops_the_move() {
     let w = world().await;
-    let db = TenantDb::new(w.app.clone()).with_move_guard();
+    let db = TenantDb::new(w.app.clone(), w.env.seal_key().await.unwrap()).with_move_guard();
     let tenant = w.shared_tenant("busy").await;
     let name = w.target_schema(tenant.id).await;
     let ctx = TenantContext::new(tenant.clone());

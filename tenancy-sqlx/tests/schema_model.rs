@@ -82,7 +82,7 @@ async fn isolation_suite_schema_per_tenant() {
         .unwrap();
     // Unqualified table names: `search_path` decides whose tables they are.
     let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool),
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
         admin: env.admin_pool(2).await.unwrap(),
         qualify: None,
         oracle_schemas: tenants.iter().map(|t| target(t).schema).collect(),
@@ -119,7 +119,8 @@ async fn search_path_never_survives(url: &str, owner: &PgPool) {
         .await
         .unwrap();
     let (default_path, _, _) = next_user(&pool).await;
-    let db = TenantDb::new(pool.clone());
+    let seal = TestDb::from_env().unwrap().seal_key().await.unwrap();
+    let db = TenantDb::new(pool.clone(), seal);
     for outcome in ["commit", "rollback", "error"] {
         let mut tx = db.begin(&ctx).await.unwrap();
         let inside: String = sqlx::raw_sql("SELECT current_setting('search_path')")
@@ -179,7 +180,9 @@ async fn search_path_never_survives_a_transaction_through_pgbouncer() {
 #[tokio::test]
 async fn placements_the_single_database_handle_cannot_serve_are_refused() {
     let env = TestDb::from_env().unwrap();
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let id = TenantId::new_v4();
     // A name that bypassed `Placement::schema` never reaches SQL.
     let forged = TenantContext::new(
@@ -445,7 +448,9 @@ async fn the_allocate_storage_step_provisions_by_placement() {
     step.run(ctx.tenant()).await.unwrap();
     step.run(ctx.tenant()).await.unwrap();
     assert_eq!(versions(&owner, &ctx).await, [1]);
-    let db = TenantDb::connect(&env.app_url).await.unwrap();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap();
     let mut tx = db.begin(&ctx).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
         .fetch_one(&mut *tx)

@@ -131,8 +131,10 @@ impl TestDb {
 
     /// Creates a fresh schema owned by `tenancy_owner`, usable by the
     /// application and operations roles, so that tests running in parallel
-    /// never share tables. Returns its name.
+    /// never share tables. Returns its name. The sealed binding is installed
+    /// first (tenant tables' policies call `tenancy.tenant()`).
     pub async fn fresh_schema(&self, prefix: &str) -> Result<String, TestkitError> {
+        self.seal_key().await?;
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let owner = self.owner_pool(1).await?;
         sqlx::raw_sql(&format!(
@@ -151,18 +153,68 @@ impl TestDb {
     pub async fn fresh_database(&self, prefix: &str) -> Result<TestDb, TestkitError> {
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let admin = self.admin_pool(1).await?;
+        // As for the main database: no temporary tables for the application
+        // role (a new database grants TEMPORARY to PUBLIC).
         sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER tenancy_owner"))
             .execute(&admin)
             .await?;
+        sqlx::raw_sql(&format!(
+            "REVOKE TEMPORARY ON DATABASE \"{name}\" FROM PUBLIC"
+        ))
+        .execute(&admin)
+        .await?;
         admin.close().await;
         let at = |url: &str| with_database(url, &name);
-        Ok(TestDb {
+        let db = TestDb {
             admin_url: at(&self.admin_url),
             owner_url: at(&self.owner_url),
             app_url: at(&self.app_url),
             ops_url: at(&self.ops_url),
             pgbouncer_app_url: self.pgbouncer_app_url.clone(),
-        })
+        };
+        // Its own sealed binding, with its own key.
+        db.seal_key().await?;
+        Ok(db)
+    }
+
+    /// The database's seal key ([`tenancy_core::rls::SealKey`]), installing
+    /// the sealed binding ([`tenancy_core::rls::SEAL_SQL`]) as the owner
+    /// first when it is missing. Serialised with the system migrations.
+    pub async fn seal_key(&self) -> Result<tenancy_core::rls::SealKey, TestkitError> {
+        use sqlx::Connection as _;
+        let mut owner = sqlx::PgConnection::connect(&self.owner_url).await?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext('tenancy.migrate'))")
+            .execute(&mut owner)
+            .await?;
+        let installed: bool =
+            sqlx::query_scalar("SELECT to_regprocedure('tenancy.tenant()') IS NOT NULL")
+                .fetch_one(&mut owner)
+                .await?;
+        if !installed {
+            sqlx::raw_sql(tenancy_core::rls::SEAL_SQL)
+                .execute(&mut owner)
+                .await?;
+        }
+        let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM tenancy.seal_key WHERE id")
+            .fetch_one(&mut owner)
+            .await?;
+        owner.close().await?;
+        tenancy_core::rls::SealKey::from_slice(&key)
+            .map_err(|e| TestkitError::Connect(sqlx::Error::Protocol(e.to_string())))
+    }
+
+    /// The same roles on `tenancy_loose`, the database `scripts/with-db`
+    /// creates where the application role keeps `TEMPORARY` (pool-hygiene
+    /// tests only), directly and through pgbouncer.
+    pub fn loose(&self) -> TestDb {
+        let at = |url: &str| with_database(url, "tenancy_loose");
+        TestDb {
+            admin_url: at(&self.admin_url),
+            owner_url: at(&self.owner_url),
+            app_url: at(&self.app_url),
+            ops_url: at(&self.ops_url),
+            pgbouncer_app_url: at(&self.pgbouncer_app_url),
+        }
     }
 
     /// A pool connected as the superuser.

@@ -9,8 +9,8 @@
 //!   tenant registry, status-gated, the token's user required to be a
 //!   member) and puts the `TenantContext` in the request;
 //! - every handler reaches data through
-//!   `AsyncTenantPool::transaction_for(&ctx, ..)` — `BEGIN; SET LOCAL
-//!   app.tenant_id` in one message — so row-level security confines every
+//!   `AsyncTenantPool::transaction_for(&ctx, ..)` — `BEGIN; CALL
+//!   tenancy.seal(..)` in one message — so row-level security confines every
 //!   query, and the query DSL's `for_tenant` keeps them index-friendly;
 //! - inserts are stamped with the transaction's tenant (`dsl::stamped`), and
 //!   a row claiming another tenant is refused before any SQL

@@ -48,7 +48,23 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     let sessions = Sessions::new(secret.clone());
     let pipeline = pipeline(&secret, store, Arc::new(PgMembershipStore::new(app)));
-    let db = web::Data::new(AsyncTenantPool::connect(&app_url, 8).map_err(std::io::Error::other)?);
+    // The seal key proves our transactions were opened by the library: read
+    // it as the owner when we have the owner's URL, else from TENANCY_SEAL_KEY.
+    let seal = match std::env::var("DATABASE_OWNER_URL") {
+        Ok(owner) => {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&owner)
+                .await
+                .map_err(std::io::Error::other)?;
+            tenancy_sqlx::migrate::seal_key(&mut conn)
+                .await
+                .map_err(std::io::Error::other)?
+        }
+        Err(_) => tenancy_diesel::rls::SealKey::from_hex(&env("TENANCY_SEAL_KEY")?)
+            .map_err(std::io::Error::other)?,
+    };
+    let db =
+        web::Data::new(AsyncTenantPool::connect(&app_url, 8, seal).map_err(std::io::Error::other)?);
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:8081".into());
     println!("agents-actix-diesel on http://{bind} (sign in with insurance-agent; send its token)");
     HttpServer::new(move || {

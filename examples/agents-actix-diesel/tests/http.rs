@@ -74,7 +74,8 @@ async fn serve() -> World {
         Arc::new(CachedStore::new(PgTenantStore::new(app.clone()))),
         Arc::new(PgMembershipStore::new(app)),
     );
-    let pool = web::Data::new(AsyncTenantPool::connect(&db.app_url, 4).unwrap());
+    let seal = db.seal_key().await.unwrap();
+    let pool = web::Data::new(AsyncTenantPool::connect(&db.app_url, 4, seal).unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let for_server = sessions.clone();

@@ -496,7 +496,10 @@ impl Data {
             .schema("public")
             .enforce(&mut *app.acquire().await?)
             .await?;
-        let db = TenantDb::new(app.clone());
+        // The seal key proves our transactions were opened by the library;
+        // only the owner can read it.
+        let seal = tenancy_sqlx::migrate::seal_key(&mut *owner.acquire().await?).await?;
+        let db = TenantDb::new(app.clone(), seal);
         let keyring = Keyring::new(local_keys(dir)?, Arc::new(PgKeyStore::new(db.clone())));
         let audit = AuditLog::Postgres(Box::new(PgAuditLog::new(
             db.clone(),

@@ -32,7 +32,7 @@ async fn the_app_schema_passes_the_strict_audit_and_isolates_tenants() {
 
     // Two tenants insert an agent each; each sees only its own, and a row
     // stamped with the other tenant is refused by the policy.
-    let db = TenantDb::new(app);
+    let db = TenantDb::new(app, env.seal_key().await.unwrap());
     let ctx = |slug: &str| {
         TenantContext::new(Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), slug))
     };

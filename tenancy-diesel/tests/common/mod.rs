@@ -23,6 +23,8 @@ pub enum Walls {
 /// Drops and recreates `schema` with the isolation suite's tables, as the
 /// owner, over a diesel connection.
 pub fn create_schema(env: &TestDb, schema: &str, walls: Walls) {
+    // The policies call tenancy.tenant(): the sealed binding comes first.
+    seal_key(env);
     let mut owner = PgConnection::establish(&env.owner_url).unwrap();
     owner
         .batch_execute(&format!(
@@ -50,6 +52,22 @@ pub fn create_schema(env: &TestDb, schema: &str, walls: Walls) {
                 .unwrap(),
         }
     }
+}
+
+/// The database's seal key, installing the sealed binding when missing
+/// (from sync or async tests: it runs on a thread of its own).
+pub fn seal_key(env: &TestDb) -> tenancy_core::rls::SealKey {
+    let env = env.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(env.seal_key())
+            .unwrap()
+    })
+    .join()
+    .unwrap()
 }
 
 /// `n` tenants for the suite.
