@@ -22,11 +22,18 @@ pub use tenancy_core::rls::TENANT_SETTING;
 pub enum PoolHygiene {
     /// Check every new connection (`after_connect`) and every connection
     /// returned to the pool (`after_release`); a connection that carries
-    /// `app.tenant_id` outside a transaction, or whose `search_path` was
+    /// `app.tenant_id` outside a transaction, whose `search_path` was
     /// changed at session level (a plain `SET search_path` — it outlives
     /// the transaction and would point the next tenant's unqualified names
-    /// at another schema), is closed, never reused. The release check costs
-    /// one round trip, off the releasing task's path.
+    /// at another schema), that holds temporary relations (they shadow
+    /// tenant tables and have no row-level security) or listens on a
+    /// channel is closed, never reused. The same message cleans what it
+    /// does not check: session advisory locks are released and every
+    /// session-level setting is reset (`RESET ALL`), and `LISTEN`s and
+    /// temporary tables are dropped (behind pgbouncer in transaction mode,
+    /// closing the client connection does not reset the server connection).
+    /// The release check costs one round trip, off the releasing task's
+    /// path.
     #[default]
     Verify,
     /// No checks. Transaction-scoped settings cannot leak by themselves; the
@@ -38,8 +45,19 @@ pub enum PoolHygiene {
 /// The SQLSTATE `tenancy.enter` raises for a tenant that was moved.
 const MOVED_SQLSTATE: &str = "TN001";
 
-const CHECK_SQL: &str =
-    "SELECT coalesce(current_setting('app.tenant_id', true), ''), current_setting('search_path')";
+/// Reads what a connection carries outside any transaction, then cleans
+/// what is cheap to clean: session advisory locks (`pg_advisory_unlock_all`),
+/// every session-level setting (`RESET ALL`: custom ones included), `LISTEN`
+/// registrations and temporary tables. Reading `pg_locks` or `pg_settings`
+/// instead would cost 0.2–1 ms per release; the temp-relation check scans
+/// `pg_class` only when the session has a temporary schema at all.
+const CHECK_SQL: &str = "SELECT coalesce(current_setting('app.tenant_id', true), ''), \
+     current_setting('search_path'), \
+     CASE WHEN pg_my_temp_schema() = 0 THEN false \
+          ELSE EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = pg_my_temp_schema()) END, \
+     EXISTS (SELECT 1 FROM pg_listening_channels()), \
+     pg_advisory_unlock_all() IS NULL; \
+     RESET ALL; UNLISTEN *; DISCARD TEMP";
 
 /// What the hygiene checks read from a connection outside any transaction.
 struct Session {
@@ -47,18 +65,62 @@ struct Session {
     tenant: Option<String>,
     /// The session's `search_path`.
     search_path: String,
+    /// Temporary relations exist (they shadow tenant tables, without RLS).
+    temp: bool,
+    /// The session listens on a channel (another tenant's notifications).
+    listening: bool,
 }
 
-/// Reads [`Session`]. Simple-query protocol: one round trip, no prepared
-/// statement (so it also works through pgbouncer in transaction mode).
+impl Session {
+    /// Why the connection must not be reused, if it must not.
+    fn polluted(&self, expected_path: Option<&str>) -> Option<String> {
+        if let Some(found) = &self.tenant {
+            return Some(format!(
+                "carries app.tenant_id = {found:?} at session level"
+            ));
+        }
+        if expected_path != Some(self.search_path.as_str()) {
+            return Some(format!(
+                "has a session-level search_path {:?} (expected {expected_path:?})",
+                self.search_path
+            ));
+        }
+        if self.temp {
+            return Some("holds temporary relations (pg_temp shadows tenant tables)".into());
+        }
+        if self.listening {
+            return Some("listens on a channel".into());
+        }
+        None
+    }
+}
+
+/// Reads [`Session`] (and cleans, see [`CHECK_SQL`]). Simple-query
+/// protocol: one round trip, no prepared statement (so it also works
+/// through pgbouncer in transaction mode).
 async fn session_state(conn: &mut PgConnection) -> Result<Session, sqlx::Error> {
+    use futures_util::TryStreamExt;
     use sqlx::{Executor, Row};
     // A bare &str has no arguments: sqlx sends it with the simple protocol.
-    let row = conn.fetch_one(CHECK_SQL).await?;
+    // Drain every statement's result so the clean-up has run on return.
+    let mut rows = Vec::new();
+    let mut stream = conn.fetch_many(CHECK_SQL);
+    while let Some(item) = stream.try_next().await? {
+        if let sqlx::Either::Right(row) = item {
+            rows.push(row);
+        }
+    }
+    drop(stream);
+    let row = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| sqlx::Error::Protocol("the hygiene check returned no row".into()))?;
     let tenant: String = row.try_get(0)?;
     Ok(Session {
         tenant: Some(tenant).filter(|v| !v.is_empty()),
         search_path: row.try_get(1)?,
+        temp: row.try_get(2)?,
+        listening: row.try_get(3)?,
     })
 }
 
@@ -202,11 +264,9 @@ impl TenantDb {
                                 .read()
                                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .clone();
-                            if expected.as_deref() != Some(session.search_path.as_str()) {
+                            if let Some(why) = session.polluted(expected.as_deref()) {
                                 tracing::error!(
-                                    found = %session.search_path,
-                                    expected = ?expected,
-                                    "connection returned to the pool has a session-level search_path; closing it"
+                                    "connection returned to the pool {why}; closing it"
                                 );
                                 return Ok(false);
                             }

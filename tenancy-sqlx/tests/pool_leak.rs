@@ -433,3 +433,198 @@ async fn connection_options_carrying_a_tenant_are_refused() {
         .unwrap_err();
     assert!(matches!(err, sqlx::Error::PoolTimedOut), "{err}");
 }
+
+// ------------------------------------------------------------ session state
+
+/// Session state SQL inside a tenant transaction can leave on a pooled
+/// connection, beyond the tenant setting and `search_path`.
+#[derive(Debug, Clone, Copy)]
+enum Residue {
+    /// `CREATE TEMP TABLE items AS …`: `pg_temp` is searched first and has
+    /// no row-level security, so the next tenant's unqualified `items`
+    /// reads the copy.
+    TempTable,
+    /// `pg_advisory_lock(…)` at session level: held for the next user.
+    AdvisoryLock,
+    /// `LISTEN …`: the next user receives this tenant's notifications.
+    Listen,
+    /// `SET myapp.secret = …` at session level: the next user reads it.
+    CustomSetting,
+}
+
+const RESIDUES: [Residue; 4] = [
+    Residue::TempTable,
+    Residue::AdvisoryLock,
+    Residue::Listen,
+    Residue::CustomSetting,
+];
+
+/// The tenant tables of the `tenancy_loose` database (where the application
+/// role keeps TEMPORARY, so a temporary table can be made at all): `items`
+/// in `public`, three rows of `a`, two of `b`.
+async fn loose_fixture() -> (
+    TestDb,
+    tenancy_core::rls::SealKey,
+    TenantContext,
+    TenantContext,
+) {
+    let env = TestDb::from_env().unwrap().loose();
+    let seal = env.seal_key().await.unwrap();
+    let owner = env.owner_pool(1).await.unwrap();
+    sqlx::raw_sql(
+        "SELECT pg_advisory_lock(hashtext('tenancy.migrate')); \
+         CREATE TABLE IF NOT EXISTS public.items (tenant_id uuid NOT NULL, \
+           id uuid NOT NULL DEFAULT gen_random_uuid(), PRIMARY KEY (tenant_id, id)); \
+         SELECT pg_advisory_unlock(hashtext('tenancy.migrate'))",
+    )
+    .execute(&owner)
+    .await
+    .unwrap();
+    let mut conn = owner.acquire().await.unwrap();
+    sqlx::raw_sql("SELECT pg_advisory_lock(hashtext('tenancy.migrate'))")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    TenantTable::new("items")
+        .schema("public")
+        .grant_to("tenancy_app")
+        .apply(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql("SELECT pg_advisory_unlock(hashtext('tenancy.migrate'))")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let db = TenantDb::connect(&env.app_url, seal.clone()).await.unwrap();
+    let (a, b) = (tenant("residue-a"), tenant("residue-b"));
+    for (ctx, n) in [(&a, 3), (&b, 2)] {
+        let mut tx = db.begin(ctx).await.unwrap();
+        for _ in 0..n {
+            sqlx::query("INSERT INTO items (tenant_id) VALUES ($1)")
+                .bind(ctx.tenant_id().as_uuid())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    (env, seal, a, b)
+}
+
+/// Tenant `a` leaves `residue` on the only pooled connection; returns
+/// whether tenant `b`, the next user of that pool, finds it.
+async fn residue_reaches_next_user(
+    url: &str,
+    hygiene: tenancy_sqlx::PoolHygiene,
+    residue: Residue,
+) -> bool {
+    let (env, seal, a, b) = loose_fixture().await;
+    let pool = TenantDb::pool_options_with(hygiene)
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    let db = TenantDb::new(pool.clone(), seal);
+    // A lock key and channel of this run only.
+    let key = i64::from(rand_key(&a));
+    let channel = format!("tenant_{}", a.tenant_id().as_uuid().simple());
+    let mut tx = db.begin(&a).await.unwrap();
+    let pollute = match residue {
+        Residue::TempTable => "CREATE TEMP TABLE items AS SELECT * FROM public.items".to_owned(),
+        Residue::AdvisoryLock => format!("SELECT pg_advisory_lock({key})"),
+        Residue::Listen => format!("LISTEN {channel}"),
+        Residue::CustomSetting => "SET myapp.secret = 'residue-of-a'".to_owned(),
+    };
+    sqlx::raw_sql(&pollute).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Simple-protocol reads only: behind pgbouncer, prepared statements of
+    // successive client connections would meet on the one server connection.
+    let mut tx = db.begin(&b).await.unwrap();
+    let found = match residue {
+        Residue::TempTable => {
+            let foreign: i64 = sqlx::raw_sql(&format!(
+                "SELECT count(*) FROM items WHERE tenant_id = '{}'",
+                a.tenant_id()
+            ))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+            .get(0);
+            foreign > 0
+        }
+        Residue::AdvisoryLock => {
+            // Held by anyone? (asked from another session)
+            let admin = env.admin_pool(1).await.unwrap();
+            let held: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND ((classid::bigint << 32) | objid::bigint) = $1",
+            )
+            .bind(key)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            held > 0
+        }
+        Residue::Listen => {
+            let listening: Vec<String> = sqlx::raw_sql("SELECT pg_listening_channels()::text")
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            listening.contains(&channel)
+        }
+        Residue::CustomSetting => {
+            let seen: String =
+                sqlx::raw_sql("SELECT coalesce(current_setting('myapp.secret', true), '')")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap()
+                    .get(0);
+            seen == "residue-of-a"
+        }
+    };
+    tx.rollback().await.unwrap();
+    // Leave nothing behind for other tests on the shared pgbouncer server connection.
+    sqlx::raw_sql(&format!(
+        "DISCARD TEMP; UNLISTEN *; SELECT pg_advisory_unlock_all(); RESET ALL; SELECT {key}"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    found
+}
+
+/// A positive 31-bit key from the tenant id (advisory lock keys of this run).
+fn rand_key(ctx: &TenantContext) -> i32 {
+    let b = ctx.tenant_id().as_uuid().as_bytes()[..4].to_owned();
+    i32::from_be_bytes([b[0] & 0x7f, b[1], b[2], b[3]])
+}
+
+async fn residues_both_ways(url: &str) {
+    for residue in RESIDUES {
+        assert!(
+            !residue_reaches_next_user(url, tenancy_sqlx::PoolHygiene::Verify, residue).await,
+            "{residue:?} reached the next user despite pool hygiene"
+        );
+        assert!(
+            residue_reaches_next_user(url, tenancy_sqlx::PoolHygiene::Off, residue).await,
+            "{residue:?}: without hygiene it must reach the next user, or this test proves nothing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_residue_never_reaches_the_next_user_directly() {
+    let env = TestDb::from_env().unwrap().loose();
+    residues_both_ways(&env.app_url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_residue_never_reaches_the_next_user_through_pgbouncer() {
+    let env = TestDb::from_env().unwrap().loose();
+    residues_both_ways(&env.pgbouncer_app_url).await;
+}
