@@ -10,7 +10,7 @@ use tenancy_actix::{
 };
 use tenancy_core::UserId;
 use tenancy_core::pipeline::RequestPipeline;
-use tenancy_testkit::web::{self as web_table, World, run_table, upload};
+use tenancy_testkit::web::{self as web_table, Path, World, run_table, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -82,6 +82,14 @@ fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
 #[actix_web::test]
 async fn the_behaviour_table_over_http() {
     let world = World::new();
+    let open = serve(world.clone(), world.pipeline.clone());
+    let members = serve(world.clone(), world.members_only.clone());
+    run_table(&world, open, members).await;
+}
+
+#[actix_web::test]
+async fn the_behaviour_table_over_http_on_the_async_path() {
+    let world = World::on(Path::Async);
     let open = serve(world.clone(), world.pipeline.clone());
     let members = serve(world.clone(), world.members_only.clone());
     run_table(&world, open, members).await;

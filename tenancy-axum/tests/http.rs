@@ -11,7 +11,7 @@ use tenancy_axum::{
 };
 use tenancy_core::UserId;
 use tenancy_core::pipeline::RequestPipeline;
-use tenancy_testkit::web::{self as web_table, World, run_table, upload};
+use tenancy_testkit::web::{self as web_table, Path, World, run_table, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -83,6 +83,14 @@ async fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
 #[tokio::test]
 async fn the_behaviour_table_over_http() {
     let world = World::new();
+    let open = serve(world.clone(), world.pipeline.clone()).await;
+    let members = serve(world.clone(), world.members_only.clone()).await;
+    run_table(&world, open, members).await;
+}
+
+#[tokio::test]
+async fn the_behaviour_table_over_http_on_the_async_path() {
+    let world = World::on(Path::Async);
     let open = serve(world.clone(), world.pipeline.clone()).await;
     let members = serve(world.clone(), world.members_only.clone()).await;
     run_table(&world, open, members).await;

@@ -72,6 +72,73 @@ pub async fn send(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawRespon
     parse(&raw)
 }
 
+/// [`get`] with `Connection: keep-alive`, for [`send_all`].
+pub fn get_keep_alive(path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = get(path, headers);
+    let close = b"Connection: close\r\n\r\n";
+    out.truncate(out.len() - close.len());
+    out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
+    out
+}
+
+/// Sends `requests` one after another on **one** connection (HTTP/1.1
+/// keep-alive), reading each response before the next request (10 s
+/// timeout in all). Bodies must be sized by `Content-Length` or chunked.
+pub async fn send_all(addr: SocketAddr, requests: &[Vec<u8>]) -> std::io::Result<Vec<RawResponse>> {
+    let io = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut buffered: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        for request in requests {
+            stream.write_all(request).await?;
+            loop {
+                if let Some(len) = complete_response(&buffered)? {
+                    let rest = buffered.split_off(len);
+                    out.push(parse(&buffered)?);
+                    buffered = rest;
+                    break;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(bad("connection closed before the response was complete"));
+                }
+                buffered.extend_from_slice(&chunk[..n]);
+            }
+        }
+        Ok::<_, std::io::Error>(out)
+    };
+    tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response in 10 s"))?
+}
+
+/// The length of the first complete response in `raw`, if there is one.
+fn complete_response(raw: &[u8]) -> std::io::Result<Option<usize>> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = end + 4;
+    if head.contains("transfer-encoding: chunked") {
+        let Some(last) = raw[body..].windows(5).position(|w| w == b"0\r\n\r\n") else {
+            return Ok(None);
+        };
+        return Ok(Some(body + last + 5));
+    }
+    let length = head
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| bad("bad content-length"))
+        })
+        .transpose()?
+        .unwrap_or(0);
+    Ok((raw.len() >= body + length).then_some(body + length))
+}
+
 fn bad(msg: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_owned())
 }

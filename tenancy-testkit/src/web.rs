@@ -18,13 +18,13 @@ use tenancy_core::quota::QuotaError;
 use tenancy_core::resolve::{
     HeaderStrategy, JwtStrategy, PathPrefixStrategy, ResolverChain, SubdomainStrategy,
 };
-use tenancy_core::store::InMemoryTenantStore;
+use tenancy_core::store::{InMemoryTenantStore, TenantRef, TenantStore};
 use tenancy_core::{
     Authorizer, InMemoryMembershipStore, Membership, PlanId, Role, Tenant, TenantContext,
     TenantError, TenantId, TenantStatus, UserId,
 };
 
-use crate::http::{RawResponse, get, send};
+use crate::http::{RawResponse, get, get_keep_alive, send, send_all};
 
 /// Routes each adapter's test app serves:
 /// - `/whoami`: the tenant id from the task-local scope (`tenancy_core::current`);
@@ -119,6 +119,70 @@ const CATALOG: &str = r#"{"plans": [
   {"id": "free", "name": "Free", "limits": {"api_calls": {"rate": {"per_minute": 3}}, "storage_bytes": {"stock": 100}}, "features": {"analytics": false}}
 ]}"#;
 
+/// Which way the adapters must admit the table's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The synchronous fast path (`RequestPipeline::admit_now`): the store
+    /// answers `peek`.
+    Fast,
+    /// The asynchronous path: the store never answers `peek`, every tenant
+    /// is loaded with `by_id`/`by_slug`/`by_domain`.
+    Async,
+}
+
+/// The world's tenant store, counting which way it was asked.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: InMemoryTenantStore,
+    path: Path,
+    /// `peek` calls answered.
+    pub peeks: std::sync::atomic::AtomicU64,
+    /// Asynchronous loads.
+    pub loads: std::sync::atomic::AtomicU64,
+}
+
+impl CountingStore {
+    fn load(&self) {
+        self.loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl TenantStore for CountingStore {
+    async fn by_id(&self, id: TenantId) -> Result<Option<Arc<Tenant>>, tenancy_core::StoreError> {
+        self.load();
+        self.inner.by_id(id).await
+    }
+
+    async fn by_slug(
+        &self,
+        slug: &tenancy_core::TenantSlug,
+    ) -> Result<Option<Arc<Tenant>>, tenancy_core::StoreError> {
+        self.load();
+        self.inner.by_slug(slug).await
+    }
+
+    async fn by_domain(
+        &self,
+        domain: &tenancy_core::DomainName,
+    ) -> Result<Option<Arc<Tenant>>, tenancy_core::StoreError> {
+        self.load();
+        self.inner.by_domain(domain).await
+    }
+
+    fn peek(&self, key: &TenantRef) -> Option<Arc<Tenant>> {
+        match self.path {
+            Path::Fast => {
+                self.peeks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.peek(key)
+            }
+            Path::Async => None,
+        }
+    }
+}
+
 /// Tenants and pipelines for the table.
 #[derive(Debug, Clone)]
 pub struct World {
@@ -130,6 +194,13 @@ pub struct World {
     pub denials: Arc<MemorySink>,
     /// Active, plan `pro`, slug `acme`.
     pub acme: Tenant,
+    /// Active, plan `pro`, slug `beta`: the second tenant the identity
+    /// checks interleave with `acme`.
+    pub beta: Tenant,
+    /// The store behind [`World::pipeline`] (counts the path taken).
+    pub store: Arc<CountingStore>,
+    /// The path [`World::pipeline`] is meant to take.
+    pub path: Path,
     /// Active, plan `free` (3 requests a minute), slug `small`.
     pub small: Tenant,
     /// Suspended, trial over, offboarding, deleted.
@@ -145,8 +216,14 @@ pub struct World {
 }
 
 impl World {
-    /// Builds the world (fresh ids each time).
+    /// Builds the world (fresh ids each time); [`World::pipeline`] takes the
+    /// synchronous fast path.
     pub fn new() -> Self {
+        Self::on(Path::Fast)
+    }
+
+    /// The world whose [`World::pipeline`] takes `path`.
+    pub fn on(path: Path) -> Self {
         let now = Utc::now();
         let t = |slug: &str, plan: &str| {
             Tenant::new(
@@ -157,6 +234,7 @@ impl World {
             .with_plan(PlanId::new(plan))
         };
         let acme = t("acme", "pro");
+        let beta = t("beta", "pro");
         let small = t("small", "free");
         let suspended = t("frozen", "pro").with_status(TenantStatus::Suspended {
             reason: "unpaid invoice".into(),
@@ -168,9 +246,26 @@ impl World {
             purge_after: now + Duration::days(9),
         });
         let deleted = t("gone", "pro").with_status(TenantStatus::Deleted);
+        let tenants = InMemoryTenantStore::with_tenants([
+            acme.clone(),
+            beta.clone(),
+            small.clone(),
+            suspended.clone(),
+            expired.clone(),
+            leaving.clone(),
+            deleted.clone(),
+        ])
+        .unwrap_or_else(|_| unreachable!());
+        let counting = Arc::new(CountingStore {
+            inner: tenants,
+            path,
+            peeks: 0.into(),
+            loads: 0.into(),
+        });
         let store = Arc::new(
             InMemoryTenantStore::with_tenants([
                 acme.clone(),
+                beta.clone(),
                 small.clone(),
                 suspended.clone(),
                 expired.clone(),
@@ -187,7 +282,7 @@ impl World {
             ))
             .with(JwtStrategy::hs256(JWT_SECRET))
             .with(PathPrefixStrategy::new("t"));
-        let pipeline = RequestPipeline::new(resolver.clone(), store.clone())
+        let pipeline = RequestPipeline::new(resolver.clone(), counting.clone())
             .with_plans(catalog.clone())
             .with_flags(Arc::new(FlagEngine::new([FlagDefinition::boolean(
                 "analytics",
@@ -207,6 +302,9 @@ impl World {
             members_only,
             denials,
             acme,
+            beta,
+            store: counting,
+            path,
             small,
             suspended,
             expired,
@@ -236,6 +334,11 @@ pub struct Case {
     pub status: u16,
     /// Expected problem code (`None` for a success).
     pub code: Option<&'static str>,
+    /// The tenant a success must answer for (`X-Tenant-ID`, and the body of
+    /// the routes that return the tenant id).
+    pub tenant: Option<TenantId>,
+    /// The request path.
+    pub path: String,
 }
 
 fn bearer(token: &str) -> String {
@@ -256,11 +359,69 @@ fn case(
         request: get(path, headers),
         status,
         code,
+        tenant: None,
+        path: path.to_owned(),
     }
+}
+
+/// Routes whose body is the id of the tenant that answered.
+fn answers_with_id(path: &str) -> bool {
+    path == "/whoami"
+        || path == "/spawned"
+        || (path.starts_with("/t/") && path.ends_with("/whoami"))
 }
 
 /// The rows.
 pub fn table(w: &World) -> Vec<Case> {
+    let mut cases = rows(w);
+    let beta = w.beta.id.to_string().into_bytes();
+    cases.extend([
+        case(
+            "beta by header",
+            false,
+            "/whoami",
+            &[("X-Tenant-ID", &beta)],
+            200,
+            None,
+        ),
+        case(
+            "beta by subdomain",
+            false,
+            "/whoami",
+            &[("Host", b"beta.example.test")],
+            200,
+            None,
+        ),
+        case(
+            "beta by path prefix",
+            false,
+            "/t/beta/whoami",
+            &[],
+            200,
+            None,
+        ),
+        case(
+            "beta spawned task",
+            false,
+            "/spawned",
+            &[("X-Tenant-ID", &beta)],
+            200,
+            None,
+        ),
+    ]);
+    for c in &mut cases {
+        if c.code.is_none() {
+            c.tenant = Some(if c.name.starts_with("beta") {
+                w.beta.id
+            } else {
+                w.acme.id
+            });
+        }
+    }
+    cases
+}
+
+fn rows(w: &World) -> Vec<Case> {
     let id = |t: &Tenant| t.id.to_string().into_bytes();
     let acme = id(&w.acme);
     let long = vec![b'a'; 9000];
@@ -604,6 +765,17 @@ pub async fn run_table(w: &World, open: SocketAddr, members: SocketAddr) {
         check(&c, &r);
     }
     rate_limit(w, open).await;
+    interleaved(w, open).await;
+    // The pipeline took the path this world is built for.
+    let peeks = w.store.peeks.load(std::sync::atomic::Ordering::Relaxed);
+    let loads = w.store.loads.load(std::sync::atomic::Ordering::Relaxed);
+    match w.path {
+        Path::Fast => assert!(peeks > 0, "fast path never peeked ({loads} loads)"),
+        Path::Async => assert!(
+            peeks == 0 && loads > 0,
+            "async path: {peeks} peeks, {loads} loads"
+        ),
+    }
     // The adapter handed the pipeline the user: denials name who was refused.
     let denied: Vec<(String, serde_json::Value)> = w
         .denials
@@ -635,8 +807,68 @@ pub async fn run_table(w: &World, open: SocketAddr, members: SocketAddr) {
     );
 }
 
+/// Tenants interleaved on one keep-alive connection: each response answers
+/// for the tenant its request named, never the previous request's.
+async fn interleaved(w: &World, open: SocketAddr) {
+    let (a, b) = (w.acme.id.to_string(), w.beta.id.to_string());
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for round in 0..6 {
+        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        requests.push(get_keep_alive(
+            "/whoami",
+            &[("X-Tenant-ID", first.as_bytes())],
+        ));
+        expected.push(first.clone());
+        requests.push(get_keep_alive(
+            "/whoami",
+            &[("Host", host_of(w, second).as_bytes())],
+        ));
+        expected.push(second.clone());
+        requests.push(get_keep_alive(
+            "/spawned",
+            &[("X-Tenant-ID", second.as_bytes())],
+        ));
+        expected.push(second.clone());
+    }
+    let responses = send_all(open, &requests)
+        .await
+        .unwrap_or_else(|e| panic!("keep-alive: {e}"));
+    assert_eq!(responses.len(), expected.len());
+    for (i, (r, want)) in responses.iter().zip(&expected).enumerate() {
+        assert_eq!(r.status, 200, "keep-alive request {i}: {}", r.text());
+        assert_eq!(r.text(), *want, "keep-alive request {i}: body");
+        assert_eq!(
+            r.header("x-tenant-id"),
+            Some(want.as_str()),
+            "keep-alive request {i}: header"
+        );
+    }
+}
+
+fn host_of(w: &World, id: &str) -> String {
+    let slug = if id == w.acme.id.to_string() {
+        "acme"
+    } else {
+        "beta"
+    };
+    format!("{slug}.example.test")
+}
+
 fn check(c: &Case, r: &RawResponse) {
     assert_eq!(r.status, c.status, "{}: {} {}", c.name, r.status, r.text());
+    if let Some(tenant) = c.tenant {
+        let want = tenant.to_string();
+        assert_eq!(
+            r.header("x-tenant-id"),
+            Some(want.as_str()),
+            "{}: answered for another tenant",
+            c.name
+        );
+        if answers_with_id(&c.path) {
+            assert_eq!(r.text(), want, "{}: body names another tenant", c.name);
+        }
+    }
     match c.code {
         None => {
             assert!(
@@ -716,4 +948,38 @@ async fn rate_limit(w: &World, open: SocketAddr) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!((1..=60).contains(&reset), "RateLimit-Reset {reset}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_response(tenant: TenantId) -> RawResponse {
+        RawResponse {
+            status: 200,
+            headers: vec![
+                ("x-tenant-id".into(), tenant.to_string()),
+                ("ratelimit-limit".into(), "100".into()),
+            ],
+            body: tenant.to_string().into_bytes(),
+        }
+    }
+
+    /// The broken twin of the identity check: a 200 that answers for the
+    /// other tenant (a stale context) fails the row, by header or by body.
+    #[test]
+    fn a_success_for_another_tenant_fails_the_row() {
+        let w = World::new();
+        let c = table(&w)
+            .into_iter()
+            .find(|c| c.name == "by header")
+            .unwrap_or_else(|| unreachable!());
+        check(&c, &ok_response(w.acme.id));
+        let wrong = std::panic::catch_unwind(|| check(&c, &ok_response(w.beta.id)));
+        assert!(wrong.is_err(), "a response for beta passed acme's row");
+        let mut body_only = ok_response(w.acme.id);
+        body_only.body = w.beta.id.to_string().into_bytes();
+        let wrong_body = std::panic::catch_unwind(|| check(&c, &body_only));
+        assert!(wrong_body.is_err(), "a body naming beta passed acme's row");
+    }
 }
