@@ -388,4 +388,26 @@ async fn the_query_filter_and_write_guard_alone_hold() {
     let config = single_wall_config();
     let report = isolation::run(target, &common::tenants(8, "dfilter"), &config).await;
     report.assert_clean(&config, "diesel-filter-only");
+
+    // Broken twin of both walls, on the same (recreated) schema — diesel's
+    // `table!` fixes the schema name: no row-level security and no filter
+    // or write guard. The suite must see the leaks, kind by kind.
+    common::create_schema(&env, "diesel_iso_filter_only", Walls::NoRls);
+    let twin = Arc::new(FilterOnly {
+        pool: r2d2_pool(&env),
+        admin: env.admin_pool(2).await.unwrap(),
+        filter: false,
+    });
+    let config = Config { ops: 2000, seed: 5 };
+    let report = isolation::run(twin, &common::tenants(3, "dnowall"), &config).await;
+    report.assert_detects(
+        "diesel-no-walls",
+        &[
+            "read-foreign",
+            "update-foreign",
+            "delete-foreign",
+            "insert-foreign",
+            "read-all",
+        ],
+    );
 }

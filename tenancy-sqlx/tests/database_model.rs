@@ -95,6 +95,8 @@ async fn isolation_suite_database_per_tenant() {
         qualify: None,
         oracle_schemas: Vec::new(),
         oracle_databases: oracles,
+        schemas: Vec::new(),
+        persistent: true,
     });
     let mut config = isolation::Config::from_env();
     config.ops = config.ops.min(20_000);

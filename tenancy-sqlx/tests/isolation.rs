@@ -48,6 +48,8 @@ async fn isolation_property_suite_over_tenant_db() {
         qualify: Some(schema.clone()),
         oracle_schemas: vec![schema],
         oracle_databases: Vec::new(),
+        schemas: Vec::new(),
+        persistent: true,
     });
     let tenants: Vec<TenantContext> = (0..8)
         .map(|i| {
@@ -92,6 +94,8 @@ async fn suite_detects_a_data_path_without_rls() {
         qualify: Some(schema.clone()),
         oracle_schemas: vec![schema],
         oracle_databases: Vec::new(),
+        schemas: Vec::new(),
+        persistent: true,
     });
     let tenants: Vec<TenantContext> = (0..3)
         .map(|i| {
@@ -107,8 +111,102 @@ async fn suite_detects_a_data_path_without_rls() {
         seed: 42,
     };
     let report = isolation::run(target, &tenants, &config).await;
-    assert!(
-        report.leaks > 0,
-        "the suite missed a data path without RLS: {report}"
+    report.assert_detects(
+        "sqlx-no-rls",
+        &[
+            "read-foreign",
+            "update-foreign",
+            "delete-foreign",
+            "insert-foreign",
+            "read-all",
+            "switch-setting",
+            "reset-setting",
+            "update-returning",
+            "upsert-returning",
+            "copy-out",
+        ],
     );
+}
+
+/// Broken twin of the sealed binding: the policies trust the raw
+/// `app.tenant_id` setting — re-scoping inside the transaction must leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_detects_an_unsealed_binding() {
+    let env = TestDb::from_env().unwrap();
+    let schema = setup(&env).await;
+    let owner = env.owner_pool(1).await.unwrap();
+    let legacy = tenancy_core::rls::unsealed_predicate("tenant_id");
+    for t in TABLES {
+        sqlx::raw_sql(&format!(
+            "ALTER POLICY tenant_isolation ON \"{schema}\".\"{t}\" USING ({legacy}) WITH CHECK ({legacy})"
+        ))
+        .execute(&owner)
+        .await
+        .unwrap();
+    }
+    let pool = TenantDb::pool_options()
+        .max_connections(2)
+        .connect(&env.app_url)
+        .await
+        .unwrap();
+    let target = Arc::new(SqlxTarget {
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
+        admin: env.admin_pool(1).await.unwrap(),
+        qualify: Some(schema.clone()),
+        oracle_schemas: vec![schema],
+        oracle_databases: Vec::new(),
+        schemas: Vec::new(),
+        persistent: true,
+    });
+    let tenants: Vec<TenantContext> = (0..3)
+        .map(|i| {
+            TenantContext::new(Tenant::new(
+                TenantId::new_v4(),
+                format!("unsealed-{i}").parse().unwrap(),
+                "u",
+            ))
+        })
+        .collect();
+    let config = isolation::Config {
+        ops: 3000,
+        seed: 11,
+    };
+    let report = isolation::run(target, &tenants, &config).await;
+    report.assert_detects("sqlx-unsealed", &["switch-setting"]);
+}
+
+/// The suite through pgbouncer in transaction mode (one server connection
+/// shared by every client; unnamed statements, as pgbouncer needs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolation_property_suite_through_pgbouncer() {
+    let env = TestDb::from_env().unwrap();
+    let schema = setup(&env).await;
+    let options: sqlx::postgres::PgConnectOptions = env.pgbouncer_app_url.parse().unwrap();
+    let pool = TenantDb::pool_options()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let target = Arc::new(SqlxTarget {
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
+        admin: env.admin_pool(2).await.unwrap(),
+        qualify: Some(schema.clone()),
+        oracle_schemas: vec![schema],
+        oracle_databases: Vec::new(),
+        schemas: Vec::new(),
+        persistent: false,
+    });
+    let tenants: Vec<TenantContext> = (0..8)
+        .map(|i| {
+            TenantContext::new(Tenant::new(
+                TenantId::new_v4(),
+                format!("bouncer-{i}").parse().unwrap(),
+                "b",
+            ))
+        })
+        .collect();
+    let mut config = isolation::Config::from_env();
+    config.ops = config.ops.min(20_000);
+    let report = isolation::run(target, &tenants, &config).await;
+    report.assert_clean(&config, "sqlx-pgbouncer");
 }

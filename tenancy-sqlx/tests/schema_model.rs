@@ -87,11 +87,64 @@ async fn isolation_suite_schema_per_tenant() {
         qualify: None,
         oracle_schemas: tenants.iter().map(|t| target(t).schema).collect(),
         oracle_databases: Vec::new(),
+        schemas: tenants
+            .iter()
+            .map(|t| (t.tenant_id().as_uuid(), target(t).schema))
+            .collect(),
+        persistent: true,
     });
     let mut config = isolation::Config::from_env();
     config.ops = config.ops.min(50_000);
     let report = isolation::run(target, &tenants, &config).await;
     report.assert_clean(&config, "sqlx-schema");
+}
+
+/// Broken twin: the same schemas with their walls taken down (no pin, no
+/// row-level security) — the schema-qualified attacks must leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_suite_detects_open_schemas() {
+    let env = TestDb::from_env().unwrap();
+    let owner = owner_with_system_schema(&env).await;
+    let tenants: Vec<TenantContext> = (0..3)
+        .map(|i| schema_tenant(&format!("open-{i}")))
+        .collect();
+    let migrator = TenantMigrator::new(suite_migrations()).unwrap();
+    for t in &tenants {
+        migrator
+            .provision(&owner, &target(t), &["tenancy_app"])
+            .await
+            .unwrap();
+        let schema = target(t).schema;
+        for table in TABLES {
+            sqlx::raw_sql(&format!(
+                "ALTER TABLE \"{schema}\".{table} DROP CONSTRAINT tenant_schema_pin; \
+                 ALTER TABLE \"{schema}\".{table} DISABLE ROW LEVEL SECURITY"
+            ))
+            .execute(&owner)
+            .await
+            .unwrap();
+        }
+    }
+    let pool = TenantDb::pool_options()
+        .max_connections(2)
+        .connect(&env.app_url)
+        .await
+        .unwrap();
+    let target = Arc::new(SqlxTarget {
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
+        admin: env.admin_pool(1).await.unwrap(),
+        qualify: None,
+        oracle_schemas: tenants.iter().map(|t| target(t).schema).collect(),
+        oracle_databases: Vec::new(),
+        schemas: tenants
+            .iter()
+            .map(|t| (t.tenant_id().as_uuid(), target(t).schema))
+            .collect(),
+        persistent: true,
+    });
+    let config = isolation::Config { ops: 3000, seed: 7 };
+    let report = isolation::run(target, &tenants, &config).await;
+    report.assert_detects("sqlx-schema-open", &["schema-qualified"]);
 }
 
 /// What the next user of a pooled connection sees outside any transaction.

@@ -199,6 +199,33 @@ async fn isolation_suite_sqlite_file_per_tenant() {
     report.assert_clean(&config, "sqlite-file");
 }
 
+/// Broken twin: the same files without the tenant triggers — a row stamped
+/// for another tenant is accepted into the attacker's file, and the suite
+/// must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_suite_detects_files_without_triggers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteTenantDb::new(dir.path())
+        .max_pools(4)
+        .connection_budget(8);
+    let mut sql = String::new();
+    for t in TABLES {
+        sql.push_str(&format!(
+            "CREATE TABLE {t} (tenant_id TEXT NOT NULL, id TEXT NOT NULL, value INTEGER NOT NULL, \
+             PRIMARY KEY (tenant_id, id));\n"
+        ));
+    }
+    let bare = TenantMigrator::new(vec![TenantMigration::new(1, "no triggers", &sql)]).unwrap();
+    let tenants = provisioned_with(&db, 3, "twin", &bare).await;
+    let target = Arc::new(SqliteTarget {
+        db,
+        tenants: tenants.clone(),
+    });
+    let config = isolation::Config { ops: 2000, seed: 9 };
+    let report = isolation::run(target, &tenants, &config).await;
+    report.assert_detects("sqlite-no-triggers", &["insert-foreign"]);
+}
+
 /// What the next user of a tenant's pool finds: the tenant's own file
 /// (path and stamp), WAL mode, no transaction left open, and the committed
 /// rows only.

@@ -8,14 +8,22 @@
 //! - its own inserts, updates, deletes, point reads and full-table reads,
 //!   checked against an exact model of the tenant's rows — any row of another
 //!   tenant in a result is a **leak**;
-//! - attacks: reads, updates and deletes of *other* tenants' row ids, and
-//!   inserts stamped with another tenant's id — any that succeeds is a **leak**.
+//! - attacks on **live** rows of other tenants (ids are picked among rows
+//!   their owner has not deleted): reads, updates and deletes by id, inserts
+//!   stamped with another tenant's id, and — where the target supports them
+//!   ([`Target::attack`]) — SQL run inside the attacker's own transaction:
+//!   re-scoping the tenant setting, `RESET`, `UPDATE … RETURNING`,
+//!   `INSERT … ON CONFLICT … RETURNING`, `COPY … TO STDOUT`, and
+//!   schema-qualified reads and writes into another tenant's schema. Any
+//!   row of another tenant seen or changed is a **leak**.
 //!
 //! Afterwards the final contents of every table are read around isolation
 //! (by the target's `oracle`, e.g. as superuser) and compared, tenant by
 //! tenant, with the models: a row changed, lost or planted by anyone else is
 //! a **leak**. The report's `Display` is the line
-//! `isolation-suite: ops=<n> leaks=<k>`.
+//! `isolation-suite: ops=<n> leaks=<k>`; `ops` counts executed operations
+//! only, and [`Report::kinds`] keeps executed, live-row and leaked counts
+//! per attack kind (`isolation-kind: …` lines).
 //!
 //! Operation count: [`Config::from_env`] reads `TENANCY_ISOLATION_OPS`
 //! (default 100 000) and `TENANCY_ISOLATION_SEED`.
@@ -64,6 +72,50 @@ pub struct Row {
     pub value: i64,
 }
 
+/// Attacks a target may run inside the attacker's own tenant transaction
+/// ([`Target::attack`]), beyond reads and writes by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Attack {
+    /// `set_config('app.tenant_id', <victim>, true)`, then read the victim's row.
+    SwitchSetting,
+    /// `RESET app.tenant_id`, then read every row.
+    ResetSetting,
+    /// `UPDATE … SET value = value WHERE id = <victim id> RETURNING *`.
+    UpdateReturning,
+    /// `INSERT <victim's key> … ON CONFLICT DO UPDATE … RETURNING *`.
+    UpsertReturning,
+    /// `COPY (SELECT … ) TO STDOUT` of the whole table.
+    CopyOut,
+    /// Read the victim's row in the victim's schema by qualified name, and
+    /// insert a row there (schema tenants).
+    SchemaQualified,
+}
+
+impl Attack {
+    /// Every kind.
+    pub const ALL: [Attack; 6] = [
+        Attack::SwitchSetting,
+        Attack::ResetSetting,
+        Attack::UpdateReturning,
+        Attack::UpsertReturning,
+        Attack::CopyOut,
+        Attack::SchemaQualified,
+    ];
+
+    /// The name used in report lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Attack::SwitchSetting => "switch-setting",
+            Attack::ResetSetting => "reset-setting",
+            Attack::UpdateReturning => "update-returning",
+            Attack::UpsertReturning => "upsert-returning",
+            Attack::CopyOut => "copy-out",
+            Attack::SchemaQualified => "schema-qualified",
+        }
+    }
+}
+
 /// A data path under test. Every method except `oracle` runs inside the
 /// isolation of `ctx`'s tenant (a scoped transaction, a tenant schema, a
 /// tenant database...). Errors are returned as text.
@@ -93,6 +145,22 @@ pub trait Target: Send + Sync + 'static {
     async fn delete(&self, ctx: &TenantContext, table: usize, id: Uuid) -> Result<u64, String>;
     /// Every row of every tenant in `table`, read around isolation.
     async fn oracle(&self, table: usize) -> Result<Vec<Row>, String>;
+
+    /// Runs `attack` inside `ctx`'s own tenant transaction against `victim`
+    /// (a live row of another tenant in `table`) and returns every row the
+    /// attack saw, returned or changed. An error means the attack was
+    /// refused. `Ok(None)`: the target does not run this kind (the
+    /// operation is not counted).
+    async fn attack(
+        &self,
+        ctx: &TenantContext,
+        attack: Attack,
+        table: usize,
+        victim: Row,
+    ) -> Result<Option<Vec<Row>>, String> {
+        let _ = (ctx, attack, table, victim);
+        Ok(None)
+    }
 }
 
 /// How much to run.
@@ -122,11 +190,25 @@ impl Config {
     }
 }
 
+/// One attack kind's counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindStats {
+    /// Attacks executed.
+    pub executed: u64,
+    /// Of those, attacks whose victim row still existed when the attack ended.
+    pub live: u64,
+    /// Leaks they caused.
+    pub leaks: u64,
+}
+
 /// The suite's result.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// Operations executed.
+    /// Operations executed (skipped ones are not counted).
     pub ops: u64,
+    /// Counts per attack kind (`read-foreign`, `switch-setting`, …, and
+    /// `final-state` for rows changed, lost or planted found by the oracle).
+    pub kinds: BTreeMap<&'static str, KindStats>,
     /// Isolation violations observed.
     pub leaks: u64,
     /// Non-leak failures (errors where success was expected, model mismatches).
@@ -145,6 +227,37 @@ impl Report {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{self} path={label} seed={}", self.seed);
+        for (kind, k) in &self.kinds {
+            let _ = writeln!(
+                out,
+                "isolation-kind: path={label} kind={kind} executed={} live={} leaks={}",
+                k.executed, k.live, k.leaks
+            );
+        }
+    }
+
+    /// For a broken twin: writes one `isolation-control: path=<p> kind=<k>
+    /// leaks=<n>` line per kind, then panics unless every kind in `exposed`
+    /// was executed and leaked.
+    pub fn assert_detects(&self, label: &str, exposed: &[&str]) {
+        use std::io::Write;
+        {
+            let mut out = std::io::stdout().lock();
+            for (kind, k) in &self.kinds {
+                let _ = writeln!(
+                    out,
+                    "isolation-control: path={label} kind={kind} leaks={}",
+                    k.leaks
+                );
+            }
+        }
+        for kind in exposed {
+            let k = self.kinds.get(kind).copied().unwrap_or_default();
+            assert!(
+                k.leaks > 0,
+                "{label}: the broken twin's {kind} attacks went undetected ({k:?}); the suite proves nothing for them"
+            );
+        }
     }
 
     /// Emits the line, then panics unless the run had no failure, no leak,
@@ -160,6 +273,17 @@ impl Report {
             self.ops,
             config.ops
         );
+        // Attacks by id aim at rows that exist.
+        for (kind, k) in &self.kinds {
+            if k.executed >= 100 && *kind != "insert-foreign" && *kind != "final-state" {
+                assert!(
+                    k.live * 10 >= k.executed * 9,
+                    "{kind}: only {} of {} attacks hit a live row",
+                    k.live,
+                    k.executed
+                );
+            }
+        }
     }
 }
 
@@ -209,6 +333,11 @@ enum Op {
         victim: Index,
         value: i64,
     },
+    Attack {
+        kind: Attack,
+        table: usize,
+        pick: Index,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -224,34 +353,67 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (table.clone(), any::<Index>(), any::<i64>())
             .prop_map(|(table, pick, value)| Op::UpdateForeign { table, pick, value }),
         1 => (table.clone(), any::<Index>()).prop_map(|(table, pick)| Op::DeleteForeign { table, pick }),
-        1 => (table, any::<Index>(), any::<i64>())
+        1 => (table.clone(), any::<Index>(), any::<i64>())
             .prop_map(|(table, victim, value)| Op::InsertForeign { table, victim, value }),
+        2 => (0..Attack::ALL.len(), table, any::<Index>())
+            .prop_map(|(k, table, pick)| Op::Attack { kind: Attack::ALL[k], table, pick }),
     ]
 }
 
-/// Every row id ever inserted, per tenant and table, for attacks.
+/// The live rows (inserted and not deleted by their owner), per tenant and
+/// table, for attacks.
 #[derive(Default)]
 struct Registry {
-    ids: Mutex<BTreeMap<(Uuid, usize), Vec<Uuid>>>,
+    ids: Mutex<BTreeMap<(Uuid, usize), BTreeMap<Uuid, i64>>>,
 }
 
 impl Registry {
-    fn add(&self, tenant: Uuid, table: usize, id: Uuid) {
+    fn add(&self, tenant: Uuid, table: usize, id: Uuid, value: i64) {
         self.ids
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry((tenant, table))
             .or_default()
-            .push(id);
+            .insert(id, value);
     }
 
-    /// An id of another tenant's row in `table` (if any was ever inserted).
+    fn remove(&self, tenant: Uuid, table: usize, id: Uuid) {
+        if let Some(rows) = self
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&(tenant, table))
+        {
+            rows.remove(&id);
+        }
+    }
+
+    fn is_live(&self, tenant: Uuid, table: usize, id: Uuid) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(tenant, table))
+            .is_some_and(|rows| rows.contains_key(&id))
+    }
+
+    /// A live row of another tenant in `table`, if there is one.
     fn foreign(&self, me: Uuid, table: usize, pick: &Index) -> Option<(Uuid, Uuid)> {
+        self.foreign_row(me, table, pick)
+            .map(|r| (r.tenant_id, r.id))
+    }
+
+    fn foreign_row(&self, me: Uuid, table: usize, pick: &Index) -> Option<Row> {
         let ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
-        let candidates: Vec<(Uuid, Uuid)> = ids
+        let candidates: Vec<Row> = ids
             .iter()
             .filter(|((t, tb), _)| *t != me && *tb == table)
-            .flat_map(|((t, _), v)| v.iter().map(move |id| (*t, *id)))
+            .flat_map(|((t, _), v)| {
+                v.iter().map(move |(id, value)| Row {
+                    tenant_id: *t,
+                    id: *id,
+                    value: *value,
+                })
+            })
             .collect();
         (!candidates.is_empty()).then(|| candidates[pick.index(candidates.len())])
     }
@@ -262,11 +424,21 @@ struct Tally {
     ops: u64,
     leaks: Vec<String>,
     failures: Vec<String>,
+    kinds: BTreeMap<&'static str, KindStats>,
 }
 
 impl Tally {
     fn leak(&mut self, what: String) {
         self.leaks.push(what);
+    }
+
+    /// An attack of `kind` ran; `live`: its victim still exists; `leaked`
+    /// leaks it caused (also recorded with [`Tally::leak`]).
+    fn attacked(&mut self, kind: &'static str, live: bool, leaked: u64) {
+        let k = self.kinds.entry(kind).or_default();
+        k.executed += 1;
+        k.live += u64::from(live);
+        k.leaks += leaked;
     }
     fn fail(&mut self, what: String) {
         if self.failures.len() < 50 {
@@ -282,18 +454,24 @@ async fn drive(
     ctx: TenantContext,
     others: Vec<TenantId>,
     ops: Vec<Op>,
+    budget: usize,
     registry: Arc<Registry>,
 ) -> (Tally, Model) {
     let me = ctx.tenant_id().as_uuid();
     let mut model: Model = vec![BTreeMap::new(); TABLES.len()];
     let mut t = Tally::default();
     for op in ops {
-        t.ops += 1;
+        if t.ops >= budget as u64 {
+            break;
+        }
+        // Counted only when it runs (`continue` before this skips it).
         match op {
             Op::Insert { table, value } => {
+                t.ops += 1;
                 if model[table].len() >= MAX_ROWS {
                     // Keep tables small: delete the oldest instead.
                     if let Some((&id, _)) = model[table].iter().next() {
+                        registry.remove(me, table, id);
                         match target.delete(&ctx, table, id).await {
                             Ok(1) => {
                                 model[table].remove(&id);
@@ -312,43 +490,48 @@ async fn drive(
                 match target.insert(&ctx, table, row).await {
                     Ok(()) => {
                         model[table].insert(id, value);
-                        registry.add(me, table, id);
+                        registry.add(me, table, id, value);
                     }
                     Err(e) => t.fail(format!("insert own row: {e}")),
                 }
             }
-            Op::SelectAll { table } => match target.select_all(&ctx, table).await {
-                Ok(rows) => {
-                    let mut seen = BTreeMap::new();
-                    for r in rows {
-                        if r.tenant_id != me {
-                            t.leak(format!(
-                                "{me} read row {} of tenant {} in {}",
-                                r.id, r.tenant_id, TABLES[table]
+            Op::SelectAll { table } => {
+                t.ops += 1;
+                match target.select_all(&ctx, table).await {
+                    Ok(rows) => {
+                        let mut seen = BTreeMap::new();
+                        let foreign = rows.iter().filter(|r| r.tenant_id != me).count() as u64;
+                        t.attacked("read-all", true, foreign);
+                        for r in rows {
+                            if r.tenant_id != me {
+                                t.leak(format!(
+                                    "{me} read row {} of tenant {} in {}",
+                                    r.id, r.tenant_id, TABLES[table]
+                                ));
+                            } else {
+                                seen.insert(r.id, r.value);
+                            }
+                        }
+                        if seen != model[table] {
+                            t.fail(format!(
+                                "{me}: {} holds {} own rows, model has {}",
+                                TABLES[table],
+                                seen.len(),
+                                model[table].len()
                             ));
-                        } else {
-                            seen.insert(r.id, r.value);
                         }
                     }
-                    if seen != model[table] {
-                        t.fail(format!(
-                            "{me}: {} holds {} own rows, model has {}",
-                            TABLES[table],
-                            seen.len(),
-                            model[table].len()
-                        ));
-                    }
+                    Err(e) => t.fail(format!("select all: {e}")),
                 }
-                Err(e) => t.fail(format!("select all: {e}")),
-            },
+            }
             Op::SelectOwn { table, pick } => {
-                if model[table].is_empty() {
-                    continue;
-                }
-                let Some((&id, &value)) = model[table].iter().nth(pick.index(model[table].len()))
+                let Some((&id, &value)) = model[table]
+                    .iter()
+                    .nth(pick.index(model[table].len().max(1)))
                 else {
                     continue;
                 };
+                t.ops += 1;
                 match target.select_one(&ctx, table, id).await {
                     Ok(Some(r))
                         if r == (Row {
@@ -363,34 +546,33 @@ async fn drive(
                 }
             }
             Op::Update { table, pick, value } => {
-                if model[table].is_empty() {
-                    continue;
-                }
                 let Some(id) = model[table]
                     .keys()
-                    .nth(pick.index(model[table].len()))
+                    .nth(pick.index(model[table].len().max(1)))
                     .copied()
                 else {
                     continue;
                 };
+                t.ops += 1;
                 match target.update(&ctx, table, id, value).await {
                     Ok(1) => {
                         model[table].insert(id, value);
+                        registry.add(me, table, id, value);
                     }
                     r => t.fail(format!("update own {id}: {r:?}")),
                 }
             }
             Op::Delete { table, pick } => {
-                if model[table].is_empty() {
-                    continue;
-                }
                 let Some(id) = model[table]
                     .keys()
-                    .nth(pick.index(model[table].len()))
+                    .nth(pick.index(model[table].len().max(1)))
                     .copied()
                 else {
                     continue;
                 };
+                t.ops += 1;
+                // Out of the registry first: attackers aim at live rows.
+                registry.remove(me, table, id);
                 match target.delete(&ctx, table, id).await {
                     Ok(1) => {
                         model[table].remove(&id);
@@ -402,28 +584,46 @@ async fn drive(
                 let Some((owner, id)) = registry.foreign(me, table, &pick) else {
                     continue;
                 };
-                match target.select_one(&ctx, table, id).await {
-                    Ok(None) | Err(_) => {}
-                    Ok(Some(r)) => t.leak(format!("{me} read {owner}'s row {r:?}")),
-                }
+                t.ops += 1;
+                let leaked = match target.select_one(&ctx, table, id).await {
+                    Ok(None) | Err(_) => 0,
+                    Ok(Some(r)) => {
+                        t.leak(format!("{me} read {owner}'s row {r:?}"));
+                        1
+                    }
+                };
+                let live = registry.is_live(owner, table, id);
+                t.attacked("read-foreign", live, leaked);
             }
             Op::UpdateForeign { table, pick, value } => {
                 let Some((owner, id)) = registry.foreign(me, table, &pick) else {
                     continue;
                 };
-                match target.update(&ctx, table, id, value).await {
-                    Ok(0) | Err(_) => {}
-                    Ok(n) => t.leak(format!("{me} updated {n} row(s) of {owner} ({id})")),
-                }
+                t.ops += 1;
+                let leaked = match target.update(&ctx, table, id, value).await {
+                    Ok(0) | Err(_) => 0,
+                    Ok(n) => {
+                        t.leak(format!("{me} updated {n} row(s) of {owner} ({id})"));
+                        1
+                    }
+                };
+                let live = registry.is_live(owner, table, id);
+                t.attacked("update-foreign", live, leaked);
             }
             Op::DeleteForeign { table, pick } => {
                 let Some((owner, id)) = registry.foreign(me, table, &pick) else {
                     continue;
                 };
-                match target.delete(&ctx, table, id).await {
-                    Ok(0) | Err(_) => {}
-                    Ok(n) => t.leak(format!("{me} deleted {n} row(s) of {owner} ({id})")),
-                }
+                t.ops += 1;
+                let live = registry.is_live(owner, table, id);
+                let leaked = match target.delete(&ctx, table, id).await {
+                    Ok(0) | Err(_) => 0,
+                    Ok(n) => {
+                        t.leak(format!("{me} deleted {n} row(s) of {owner} ({id})"));
+                        1
+                    }
+                };
+                t.attacked("delete-foreign", live, leaked);
             }
             Op::InsertForeign {
                 table,
@@ -433,15 +633,37 @@ async fn drive(
                 if others.is_empty() {
                     continue;
                 }
+                t.ops += 1;
                 let victim = others[victim.index(others.len())].as_uuid();
                 let row = Row {
                     tenant_id: victim,
                     id: Uuid::new_v4(),
                     value,
                 };
-                if target.insert(&ctx, table, row).await.is_ok() {
+                let leaked = if target.insert(&ctx, table, row).await.is_ok() {
                     t.leak(format!("{me} inserted a row stamped for {victim}"));
+                    1
+                } else {
+                    0
+                };
+                t.attacked("insert-foreign", true, leaked);
+            }
+            Op::Attack { kind, table, pick } => {
+                let Some(victim) = registry.foreign_row(me, table, &pick) else {
+                    continue;
+                };
+                let seen = match target.attack(&ctx, kind, table, victim).await {
+                    Ok(None) => continue,
+                    Ok(Some(rows)) => rows,
+                    Err(_) => Vec::new(),
+                };
+                t.ops += 1;
+                let foreign: Vec<&Row> = seen.iter().filter(|r| r.tenant_id != me).collect();
+                for r in &foreign {
+                    t.leak(format!("{me}: {} attack saw or changed {r:?}", kind.name()));
                 }
+                let live = registry.is_live(victim.tenant_id, table, victim.id);
+                t.attacked(kind.name(), live, foreign.len() as u64);
             }
         }
     }
@@ -467,7 +689,11 @@ pub async fn run(target: Arc<dyn Target>, tenants: &[TenantContext], config: &Co
     let ids: Vec<TenantId> = tenants.iter().map(TenantContext::tenant_id).collect();
     let mut tasks = Vec::new();
     for ctx in tenants {
-        let ops = match proptest::collection::vec(op_strategy(), per_tenant).new_tree(&mut runner) {
+        // Some operations are skipped (nothing to pick yet, a kind the
+        // target does not run): generate more than the budget.
+        let ops = match proptest::collection::vec(op_strategy(), per_tenant * 2 + 16)
+            .new_tree(&mut runner)
+        {
             Ok(tree) => tree.current(),
             Err(e) => {
                 report
@@ -488,6 +714,7 @@ pub async fn run(target: Arc<dyn Target>, tenants: &[TenantContext], config: &Co
                 ctx.clone(),
                 others,
                 ops,
+                per_tenant,
                 registry.clone(),
             )),
         ));
@@ -498,6 +725,12 @@ pub async fn run(target: Arc<dyn Target>, tenants: &[TenantContext], config: &Co
         match task.await {
             Ok((tally, model)) => {
                 report.ops += tally.ops;
+                for (kind, k) in tally.kinds {
+                    let total = report.kinds.entry(kind).or_default();
+                    total.executed += k.executed;
+                    total.live += k.live;
+                    total.leaks += k.leaks;
+                }
                 leaks.extend(tally.leaks);
                 report.failures.extend(tally.failures);
                 models.insert(tenant, model);
@@ -537,6 +770,16 @@ pub async fn run(target: Arc<dyn Target>, tenants: &[TenantContext], config: &Co
             Err(e) => report.failures.push(format!("oracle {name}: {e}")),
         }
     }
+    let attack_leaks: u64 = report.kinds.values().map(|k| k.leaks).sum();
+    let final_state = (leaks.len() as u64).saturating_sub(attack_leaks);
+    report.kinds.insert(
+        "final-state",
+        KindStats {
+            executed: 1,
+            live: 1,
+            leaks: final_state,
+        },
+    );
     report.leaks = leaks.len() as u64;
     report.leak_samples = leaks.into_iter().take(20).collect();
     report

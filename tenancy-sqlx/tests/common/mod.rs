@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use tenancy_core::TenantContext;
 use tenancy_sqlx::TenantDb;
-use tenancy_testkit::isolation::{Row, TABLES, Target};
+use tenancy_testkit::isolation::{Attack, Row, TABLES, Target};
 use uuid::Uuid;
 
 /// Every operation through `TenantDb::begin`; the oracle reads as superuser.
@@ -23,6 +23,11 @@ pub struct SqlxTarget {
     /// Database-per-tenant: superuser pools on each tenant database, whose
     /// `public` tables the oracle reads instead.
     pub oracle_databases: Vec<PgPool>,
+    /// Schema-per-tenant: each tenant's schema (for schema-qualified attacks).
+    pub schemas: Vec<(Uuid, String)>,
+    /// Named (cached) prepared statements; `false` behind pgbouncer in
+    /// transaction mode, where clients share server connections.
+    pub persistent: bool,
 }
 
 impl SqlxTarget {
@@ -46,14 +51,167 @@ pub fn row((tenant_id, id, value): R) -> Row {
     }
 }
 
+/// Runs `sql` (simple protocol) inside `tx` under a savepoint; an error
+/// rolls back to it and is returned.
+fn guarded<'a>(
+    tx: &'a mut tenancy_sqlx::TenantTx,
+    sql: &'a str,
+) -> futures_util::future::BoxFuture<'a, Result<Vec<R>, String>> {
+    Box::pin(guarded_inner(tx, sql))
+}
+
+async fn guarded_inner(tx: &mut tenancy_sqlx::TenantTx, sql: &str) -> Result<Vec<R>, String> {
+    use sqlx::Executor as _;
+    (&mut **tx)
+        .execute("SAVEPOINT attack")
+        .await
+        .map_err(|e| e.to_string())?;
+    match (&mut **tx).fetch_all(sql).await {
+        Ok(rows) => {
+            use sqlx::Row as _;
+            let mut out = Vec::new();
+            for r in rows {
+                if r.columns().len() == 3
+                    && let (Ok(t), Ok(i), Ok(v)) = (r.try_get(0), r.try_get(1), r.try_get(2))
+                {
+                    out.push((t, i, v));
+                }
+            }
+            Ok(out)
+        }
+        Err(e) => {
+            (&mut **tx)
+                .execute("ROLLBACK TO SAVEPOINT attack")
+                .await
+                .map_err(|e| e.to_string())?;
+            Err(e.to_string())
+        }
+    }
+}
+
+/// `COPY … TO STDOUT` rows (text format, tab-separated).
+fn copy_out<'a>(
+    tx: &'a mut tenancy_sqlx::TenantTx,
+    sql: &'a str,
+) -> futures_util::future::BoxFuture<'a, Result<Vec<R>, String>> {
+    Box::pin(copy_out_inner(tx, sql))
+}
+
+async fn copy_out_inner(tx: &mut tenancy_sqlx::TenantTx, sql: &str) -> Result<Vec<R>, String> {
+    use futures_util::TryStreamExt;
+    let mut stream = tx.copy_out_raw(sql).await.map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    while let Some(chunk) = stream.try_next().await.map_err(|e| e.to_string())? {
+        text.extend_from_slice(&chunk);
+    }
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        let mut f = line.split('\t');
+        let (Some(t), Some(i), Some(v)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if let (Ok(t), Ok(i), Ok(v)) = (t.parse(), i.parse(), v.parse()) {
+            out.push((t, i, v));
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Target for SqlxTarget {
+    async fn attack(
+        &self,
+        ctx: &TenantContext,
+        attack: Attack,
+        table: usize,
+        victim: Row,
+    ) -> Result<Option<Vec<Row>>, String> {
+        let name = self.table(table);
+        let (v_tenant, v_id) = (victim.tenant_id, victim.id);
+        let mut tx = self.db.begin(ctx).await.map_err(|e| e.to_string())?;
+        let select = format!("SELECT tenant_id, id, value FROM {name}");
+        let seen: Vec<R> = match attack {
+            Attack::SwitchSetting => {
+                let mut seen = Vec::new();
+                for switch in [
+                    format!("SELECT set_config('app.tenant_id', '{v_tenant}', true)"),
+                    format!("SET LOCAL app.tenant_id = '{v_tenant}'"),
+                ] {
+                    let _ = guarded(&mut tx, &switch).await;
+                    if let Ok(rows) = guarded(&mut tx, &format!("{select} WHERE id = '{v_id}'")).await {
+                        seen.extend(rows);
+                    }
+                }
+                seen
+            }
+            Attack::ResetSetting => {
+                let _ = guarded(&mut tx, "RESET app.tenant_id").await;
+                guarded(&mut tx, &select).await.unwrap_or_default()
+            }
+            Attack::UpdateReturning => guarded(
+                &mut tx,
+                &format!("UPDATE {name} SET value = value WHERE id = '{v_id}' RETURNING tenant_id, id, value"),
+            )
+            .await
+            .unwrap_or_default(),
+            Attack::UpsertReturning => guarded(
+                &mut tx,
+                &format!(
+                    "INSERT INTO {name} (tenant_id, id, value) VALUES ('{v_tenant}', '{v_id}', 0) \
+                     ON CONFLICT (tenant_id, id) DO UPDATE SET value = {name}.value \
+                     RETURNING tenant_id, id, value"
+                ),
+            )
+            .await
+            .unwrap_or_default(),
+            Attack::CopyOut => copy_out(
+                &mut tx,
+                &format!("COPY (SELECT tenant_id, id, value FROM {name}) TO STDOUT"),
+            )
+            .await
+            .unwrap_or_default(),
+            Attack::SchemaQualified => {
+                let Some((_, schema)) = self.schemas.iter().find(|(t, _)| *t == v_tenant) else {
+                    return Ok(None);
+                };
+                let other = format!("\"{schema}\".\"{}\"", TABLES[table]);
+                let mut seen = guarded(
+                    &mut tx,
+                    &format!("SELECT tenant_id, id, value FROM {other} WHERE id = '{v_id}'"),
+                )
+                .await
+                .unwrap_or_default();
+                // A row planted in the victim's schema, stamped with either tenant.
+                for stamp in [ctx.tenant_id().as_uuid(), v_tenant] {
+                    if let Ok(rows) = guarded(
+                        &mut tx,
+                        &format!(
+                            "INSERT INTO {other} (tenant_id, id, value) \
+                             VALUES ('{stamp}', gen_random_uuid(), 0) RETURNING tenant_id, id, value"
+                        ),
+                    )
+                    .await
+                    {
+                        // Any row written into another tenant's schema is a leak.
+                        seen.extend(rows.into_iter().map(|(_, i, v)| (v_tenant, i, v)));
+                    }
+                }
+                seen
+            }
+            _ => return Ok(None),
+        };
+        // Attacks never commit: whatever they changed is rolled back.
+        tx.rollback().await.map_err(|e| e.to_string())?;
+        Ok(Some(seen.into_iter().map(row).collect()))
+    }
+
     async fn insert(&self, ctx: &TenantContext, table: usize, r: Row) -> Result<(), String> {
         let mut tx = self.db.begin(ctx).await.map_err(|e| e.to_string())?;
         sqlx::query(&format!(
             "INSERT INTO {} (tenant_id, id, value) VALUES ($1, $2, $3)",
             self.table(table)
         ))
+        .persistent(self.persistent)
         .bind(r.tenant_id)
         .bind(r.id)
         .bind(r.value)
@@ -69,6 +227,7 @@ impl Target for SqlxTarget {
             "SELECT tenant_id, id, value FROM {}",
             self.table(table)
         ))
+        .persistent(self.persistent)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| e.to_string())?;
@@ -87,6 +246,7 @@ impl Target for SqlxTarget {
             "SELECT tenant_id, id, value FROM {} WHERE id = $1",
             self.table(table)
         ))
+        .persistent(self.persistent)
         .bind(id)
         .fetch_optional(&mut *tx)
         .await
@@ -107,6 +267,7 @@ impl Target for SqlxTarget {
             "UPDATE {} SET value = $2 WHERE id = $1",
             self.table(table)
         ))
+        .persistent(self.persistent)
         .bind(id)
         .bind(value)
         .execute(&mut *tx)
@@ -120,6 +281,7 @@ impl Target for SqlxTarget {
     async fn delete(&self, ctx: &TenantContext, table: usize, id: Uuid) -> Result<u64, String> {
         let mut tx = self.db.begin(ctx).await.map_err(|e| e.to_string())?;
         let n = sqlx::query(&format!("DELETE FROM {} WHERE id = $1", self.table(table)))
+            .persistent(self.persistent)
             .bind(id)
             .execute(&mut *tx)
             .await
