@@ -58,8 +58,10 @@ SELECT sha256(uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid())
 WHERE NOT EXISTS (SELECT 1 FROM tenancy.seal_key);
 
 -- The sealed tenant (two halves) and the start of the transaction it was
--- sealed in. Unlogged: nothing here needs to survive a crash, and setval on
--- an unlogged sequence writes no WAL. Only the owner may use them.
+-- sealed in, as this session's sequence values. Unlogged: nothing here needs
+-- to survive a crash, and setval on an unlogged sequence writes no WAL. Only
+-- the owner may change them (setval needs UPDATE); reading this session's
+-- values (currval) is granted to everyone below.
 CREATE UNLOGGED SEQUENCE IF NOT EXISTS tenancy.sealed_hi
     AS bigint MINVALUE -9223372036854775808 MAXVALUE 9223372036854775807 CACHE 1;
 CREATE UNLOGGED SEQUENCE IF NOT EXISTS tenancy.sealed_lo
@@ -76,40 +78,46 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT 300::double precision $$;
 CREATE OR REPLACE PROCEDURE tenancy.seal(tenant uuid, issued bigint, proof bytea)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
-    k record;
     raw bytea := uuid_send(tenant);
 BEGIN
-    -- Only the message that began this transaction may seal it: SQL sent
-    -- later in the transaction, or in a message that first ends it
-    -- (`...; COMMIT; BEGIN; CALL tenancy.seal(...)`), is refused.
+    -- Few statements on the path taken: plpgsql prepares each expression
+    -- again in every transaction, and this runs once per transaction.
     IF left(current_query(), 6) <> 'BEGIN;'
-       OR statement_timestamp() <> transaction_timestamp() THEN
-        RAISE EXCEPTION 'tenancy.seal: a tenant transaction is sealed only by the message that begins it'
-            USING ERRCODE = '42501',
-                  HINT = 'open tenant transactions through the library (TenantDb::begin, TenantPool::transaction_for)';
-    END IF;
-    IF coalesce(current_setting('app.tenant_id', true), '') <> '' THEN
-        RAISE EXCEPTION 'tenancy.seal: this transaction is already sealed'
-            USING ERRCODE = '42501';
-    END IF;
-    IF abs(date_part('epoch', transaction_timestamp()) - issued) > tenancy.seal_max_age() THEN
+       OR statement_timestamp() <> transaction_timestamp()
+       OR coalesce(current_setting('app.tenant_id', true), '') <> ''
+       OR abs(date_part('epoch', transaction_timestamp()) - issued) > tenancy.seal_max_age() THEN
+        -- Only the message that began this transaction may seal it: SQL
+        -- sent later in the transaction, or in a message that first ends it
+        -- (`...; COMMIT; BEGIN; CALL tenancy.seal(...)`), is refused.
+        IF left(current_query(), 6) <> 'BEGIN;'
+           OR statement_timestamp() <> transaction_timestamp() THEN
+            RAISE EXCEPTION 'tenancy.seal: a tenant transaction is sealed only by the message that begins it'
+                USING ERRCODE = '42501',
+                      HINT = 'open tenant transactions through the library (TenantDb::begin, TenantPool::transaction_for)';
+        END IF;
+        IF coalesce(current_setting('app.tenant_id', true), '') <> '' THEN
+            RAISE EXCEPTION 'tenancy.seal: this transaction is already sealed'
+                USING ERRCODE = '42501';
+        END IF;
         RAISE EXCEPTION 'tenancy.seal: the proof was issued % s from the server''s clock (limit % s)',
             round(date_part('epoch', transaction_timestamp()) - issued), tenancy.seal_max_age()
             USING ERRCODE = '42501',
                   HINT = 'check the clocks of the application and database hosts';
     END IF;
-    SELECT s.ipad, s.opad INTO k FROM tenancy.seal_key s WHERE s.id;
-    IF NOT FOUND
-       OR proof IS NULL
-       OR sha256(k.opad || sha256(k.ipad || raw || int8send(issued))) <> proof THEN
+    -- The proof check, the sealed tenant and its transaction stamp in one
+    -- statement: nothing is recorded unless the proof is genuine.
+    PERFORM setval('tenancy.sealed_hi', ('x' || encode(substr(raw, 1, 8), 'hex'))::bit(64)::bigint),
+            setval('tenancy.sealed_lo', ('x' || encode(substr(raw, 9, 8), 'hex'))::bit(64)::bigint),
+            setval('tenancy.sealed_at', (date_part('epoch', transaction_timestamp()) * 1000000)::bigint),
+            set_config('app.tenant_id', tenant::text, true)
+    FROM tenancy.seal_key s
+    WHERE s.id AND proof IS NOT NULL
+      AND sha256(s.opad || sha256(s.ipad || raw || int8send(issued))) = proof;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'tenancy.seal: invalid proof for tenant %', tenant
             USING ERRCODE = '42501',
                   HINT = 'the application''s seal key must be the one in tenancy.seal_key of this database';
     END IF;
-    PERFORM setval('tenancy.sealed_hi', ('x' || encode(substr(raw, 1, 8), 'hex'))::bit(64)::bigint),
-            setval('tenancy.sealed_lo', ('x' || encode(substr(raw, 9, 8), 'hex'))::bit(64)::bigint),
-            setval('tenancy.sealed_at', (date_part('epoch', transaction_timestamp()) * 1000000)::bigint);
-    PERFORM set_config('app.tenant_id', tenant::text, true);
 END;
 $$;
 REVOKE ALL ON PROCEDURE tenancy.seal(uuid, bigint, bytea) FROM PUBLIC;
@@ -118,34 +126,34 @@ GRANT EXECUTE ON PROCEDURE tenancy.seal(uuid, bigint, bytea) TO PUBLIC;
 -- The tenant of the current transaction, for row-level security policies:
 -- `tenant_id = (SELECT tenancy.tenant())`. NULL (no row visible, no row
 -- writable) unless this transaction was sealed and `app.tenant_id` still
--- names the sealed tenant. Operators are schema-qualified: the function sets
--- no search_path (it runs once per statement, and a SET clause would cost
--- more than the rest of it).
+-- names the sealed tenant; an error (55000) when the setting claims a tenant
+-- in a session that never sealed. A plain SQL expression, so PostgreSQL
+-- inlines it into the policy (once per statement, no function call): it
+-- only reads this session's sequence values (`currval`, which SELECT on the
+-- sequences allows; `setval` needs UPDATE, which only the owner has). Every
+-- name and operator is schema-qualified, so the caller's search_path cannot
+-- redirect it. CASE evaluates its branches in order.
 CREATE OR REPLACE FUNCTION tenancy.tenant() RETURNS uuid
-LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED AS $$
-DECLARE
-    claimed text := pg_catalog.current_setting('app.tenant_id', true);
-    sealed uuid;
-BEGIN
-    IF claimed IS NULL OR claimed OPERATOR(pg_catalog.=) '' THEN
-        RETURN NULL;
-    END IF;
-    -- Raises 55000 in a session that was never sealed: a claim without a
-    -- seal is an error, not a tenant.
-    IF pg_catalog.currval('tenancy.sealed_at'::pg_catalog.regclass) OPERATOR(pg_catalog.<>)
-       (pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()) OPERATOR(pg_catalog.*) 1000000)::bigint THEN
-        RETURN NULL;
-    END IF;
-    sealed := pg_catalog.encode(
-        pg_catalog.int8send(pg_catalog.currval('tenancy.sealed_hi'::pg_catalog.regclass))
-        OPERATOR(pg_catalog.||)
-        pg_catalog.int8send(pg_catalog.currval('tenancy.sealed_lo'::pg_catalog.regclass)),
-        'hex')::uuid;
-    IF sealed::text OPERATOR(pg_catalog.<>) claimed THEN
-        RETURN NULL;
-    END IF;
-    RETURN sealed;
-END;
+LANGUAGE sql VOLATILE PARALLEL RESTRICTED AS $$
+SELECT CASE
+    WHEN COALESCE(pg_catalog.current_setting('app.tenant_id', true), '') OPERATOR(pg_catalog.=) ''
+        THEN NULL::uuid
+    WHEN pg_catalog.currval('tenancy.sealed_at'::pg_catalog.regclass) OPERATOR(pg_catalog.<>)
+         (pg_catalog.date_part('epoch', pg_catalog.transaction_timestamp()) OPERATOR(pg_catalog.*) 1000000)::bigint
+        THEN NULL::uuid
+    WHEN pg_catalog.encode(
+             pg_catalog.int8send(pg_catalog.currval('tenancy.sealed_hi'::pg_catalog.regclass))
+             OPERATOR(pg_catalog.||)
+             pg_catalog.int8send(pg_catalog.currval('tenancy.sealed_lo'::pg_catalog.regclass)),
+             'hex') OPERATOR(pg_catalog.<>)
+         pg_catalog.replace(pg_catalog.current_setting('app.tenant_id', true), '-', '')
+        THEN NULL::uuid
+    ELSE pg_catalog.current_setting('app.tenant_id', true)::uuid
+END
 $$;
+-- Replacing the earlier SECURITY DEFINER version keeps its attributes
+-- unless reset explicitly.
+ALTER FUNCTION tenancy.tenant() SECURITY INVOKER;
 REVOKE ALL ON FUNCTION tenancy.tenant() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.tenant() TO PUBLIC;
+GRANT SELECT ON SEQUENCE tenancy.sealed_hi, tenancy.sealed_lo, tenancy.sealed_at TO PUBLIC;

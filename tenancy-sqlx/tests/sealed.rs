@@ -334,9 +334,9 @@ async fn the_application_role_cannot_reach_the_seal_state() {
     for sql in [
         "SELECT key FROM tenancy.seal_key",
         "SELECT setval('tenancy.sealed_hi', 1)",
-        "SELECT currval('tenancy.sealed_hi')",
+        "SELECT setval('tenancy.sealed_at', 1, true)",
         "SELECT nextval('tenancy.sealed_at')",
-        "SELECT last_value FROM tenancy.sealed_lo",
+        "ALTER SEQUENCE tenancy.sealed_lo RESTART",
         "UPDATE tenancy.seal_key SET key = key",
     ] {
         sqlx::raw_sql("SAVEPOINT s")
