@@ -115,7 +115,7 @@ async fn setup() -> Setup {
     let twin = format!("\"{schema}\".items_unsealed");
     sqlx::raw_sql(&format!(
         "CREATE TABLE {twin} (LIKE {table} INCLUDING ALL); \
-         GRANT SELECT ON {twin} TO tenancy_app, tenancy_ops"
+         GRANT SELECT ON {twin} TO tenancy_app; GRANT SELECT, INSERT ON {twin} TO tenancy_ops"
     ))
     .execute(&owner)
     .await

@@ -80,44 +80,48 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE
     raw bytea := uuid_send(tenant);
 BEGIN
-    -- Few statements on the path taken: plpgsql prepares each expression
-    -- again in every transaction, and this runs once per transaction.
-    IF left(current_query(), 6) <> 'BEGIN;'
-       OR statement_timestamp() <> transaction_timestamp()
-       OR coalesce(current_setting('app.tenant_id', true), '') <> ''
-       OR abs(date_part('epoch', transaction_timestamp()) - issued) > tenancy.seal_max_age() THEN
-        -- Only the message that began this transaction may seal it: SQL
-        -- sent later in the transaction, or in a message that first ends it
-        -- (`...; COMMIT; BEGIN; CALL tenancy.seal(...)`), is refused.
-        IF left(current_query(), 6) <> 'BEGIN;'
-           OR statement_timestamp() <> transaction_timestamp() THEN
-            RAISE EXCEPTION 'tenancy.seal: a tenant transaction is sealed only by the message that begins it'
-                USING ERRCODE = '42501',
-                      HINT = 'open tenant transactions through the library (TenantDb::begin, TenantPool::transaction_for)';
-        END IF;
-        IF coalesce(current_setting('app.tenant_id', true), '') <> '' THEN
-            RAISE EXCEPTION 'tenancy.seal: this transaction is already sealed'
-                USING ERRCODE = '42501';
-        END IF;
-        RAISE EXCEPTION 'tenancy.seal: the proof was issued % s from the server''s clock (limit % s)',
-            round(date_part('epoch', transaction_timestamp()) - issued), tenancy.seal_max_age()
-            USING ERRCODE = '42501',
-                  HINT = 'check the clocks of the application and database hosts';
-    END IF;
-    -- The proof check, the sealed tenant and its transaction stamp in one
-    -- statement: nothing is recorded unless the proof is genuine.
+    -- One statement on the normal path (plpgsql prepares every statement
+    -- again in each transaction, and this runs once per transaction): the
+    -- guards, the key lookup and proof check, and the record of the sealed
+    -- tenant and its transaction stamp. Nothing is recorded unless all hold.
     PERFORM setval('tenancy.sealed_hi', ('x' || encode(substr(raw, 1, 8), 'hex'))::bit(64)::bigint),
             setval('tenancy.sealed_lo', ('x' || encode(substr(raw, 9, 8), 'hex'))::bit(64)::bigint),
             setval('tenancy.sealed_at', (date_part('epoch', transaction_timestamp()) * 1000000)::bigint),
             set_config('app.tenant_id', tenant::text, true)
     FROM tenancy.seal_key s
-    WHERE s.id AND proof IS NOT NULL
+    WHERE s.id
+      -- Only the message that began this transaction may seal it: SQL sent
+      -- later in the transaction, or in a message that first ends it
+      -- (`...; COMMIT; BEGIN; CALL tenancy.seal(...)`), is refused.
+      AND left(current_query(), 6) = 'BEGIN;'
+      AND statement_timestamp() = transaction_timestamp()
+      AND coalesce(current_setting('app.tenant_id', true), '') = ''
+      AND abs(date_part('epoch', transaction_timestamp()) - issued) <= tenancy.seal_max_age()
+      AND proof IS NOT NULL
       AND sha256(s.opad || sha256(s.ipad || raw || int8send(issued))) = proof;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'tenancy.seal: invalid proof for tenant %', tenant
-            USING ERRCODE = '42501',
-                  HINT = 'the application''s seal key must be the one in tenancy.seal_key of this database';
+    IF FOUND THEN
+        RETURN;
     END IF;
+    -- Refused: say why.
+    IF left(current_query(), 6) <> 'BEGIN;'
+       OR statement_timestamp() <> transaction_timestamp() THEN
+        RAISE EXCEPTION 'tenancy.seal: a tenant transaction is sealed only by the message that begins it'
+            USING ERRCODE = '42501',
+                  HINT = 'open tenant transactions through the library (TenantDb::begin, TenantPool::transaction_for)';
+    END IF;
+    IF coalesce(current_setting('app.tenant_id', true), '') <> '' THEN
+        RAISE EXCEPTION 'tenancy.seal: this transaction is already sealed'
+            USING ERRCODE = '42501';
+    END IF;
+    IF abs(date_part('epoch', transaction_timestamp()) - issued) > tenancy.seal_max_age() THEN
+        RAISE EXCEPTION 'tenancy.seal: the proof was issued % s from the server''s clock (limit % s)',
+            round(date_part('epoch', transaction_timestamp()) - issued), tenancy.seal_max_age()
+            USING ERRCODE = '42501',
+                  HINT = 'check the clocks of the application and database hosts';
+    END IF;
+    RAISE EXCEPTION 'tenancy.seal: invalid proof for tenant %', tenant
+        USING ERRCODE = '42501',
+              HINT = 'the application''s seal key must be the one in tenancy.seal_key of this database';
 END;
 $$;
 REVOKE ALL ON PROCEDURE tenancy.seal(uuid, bigint, bytea) FROM PUBLIC;

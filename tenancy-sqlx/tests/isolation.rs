@@ -32,34 +32,52 @@ pub async fn setup(db: &TestDb) -> String {
     schema
 }
 
+/// The suite's target over `schema`'s tables, through `url` with a pool of
+/// `connections` (fewer than tenants: physical connections are shared).
+/// `persistent`: named prepared statements (off behind pgbouncer).
+async fn shared_target(
+    env: &TestDb,
+    url: &str,
+    schema: &str,
+    connections: u32,
+    persistent: bool,
+) -> Arc<SqlxTarget> {
+    let pool = TenantDb::pool_options()
+        .max_connections(connections)
+        .connect(url)
+        .await
+        .unwrap();
+    Arc::new(SqlxTarget {
+        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
+        admin: env.admin_pool(2).await.unwrap(),
+        qualify: Some(schema.to_owned()),
+        oracle_schemas: vec![schema.to_owned()],
+        oracle_databases: Vec::new(),
+        schemas: Vec::new(),
+        persistent,
+    })
+}
+
+/// `n` tenants with slugs `<prefix>-<i>`.
+fn tenants(n: usize, prefix: &str) -> Vec<TenantContext> {
+    (0..n)
+        .map(|i| {
+            TenantContext::new(Tenant::new(
+                TenantId::new_v4(),
+                format!("{prefix}-{i}").parse().unwrap(),
+                prefix,
+            ))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn isolation_property_suite_over_tenant_db() {
     let env = TestDb::from_env().unwrap();
     let schema = setup(&env).await;
     // Fewer connections than tenants: physical connections are shared.
-    let pool = TenantDb::pool_options()
-        .max_connections(4)
-        .connect(&env.app_url)
-        .await
-        .unwrap();
-    let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
-        admin: env.admin_pool(2).await.unwrap(),
-        qualify: Some(schema.clone()),
-        oracle_schemas: vec![schema],
-        oracle_databases: Vec::new(),
-        schemas: Vec::new(),
-        persistent: true,
-    });
-    let tenants: Vec<TenantContext> = (0..8)
-        .map(|i| {
-            TenantContext::new(Tenant::new(
-                TenantId::new_v4(),
-                format!("iso-{i}").parse().unwrap(),
-                "iso",
-            ))
-        })
-        .collect();
+    let target = shared_target(&env, &env.app_url, &schema, 4, true).await;
+    let tenants = tenants(8, "iso");
     let config = isolation::Config::from_env();
     let report = isolation::run(target, &tenants, &config).await;
     report.assert_clean(&config, "sqlx");
@@ -83,29 +101,8 @@ async fn suite_detects_a_data_path_without_rls() {
         .await
         .unwrap();
     }
-    let pool = TenantDb::pool_options()
-        .max_connections(2)
-        .connect(&env.app_url)
-        .await
-        .unwrap();
-    let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
-        admin: env.admin_pool(1).await.unwrap(),
-        qualify: Some(schema.clone()),
-        oracle_schemas: vec![schema],
-        oracle_databases: Vec::new(),
-        schemas: Vec::new(),
-        persistent: true,
-    });
-    let tenants: Vec<TenantContext> = (0..3)
-        .map(|i| {
-            TenantContext::new(Tenant::new(
-                TenantId::new_v4(),
-                format!("broken-{i}").parse().unwrap(),
-                "b",
-            ))
-        })
-        .collect();
+    let target = shared_target(&env, &env.app_url, &schema, 2, true).await;
+    let tenants = tenants(3, "broken");
     let config = isolation::Config {
         ops: 1500,
         seed: 42,
@@ -144,29 +141,8 @@ async fn suite_detects_an_unsealed_binding() {
         .await
         .unwrap();
     }
-    let pool = TenantDb::pool_options()
-        .max_connections(2)
-        .connect(&env.app_url)
-        .await
-        .unwrap();
-    let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
-        admin: env.admin_pool(1).await.unwrap(),
-        qualify: Some(schema.clone()),
-        oracle_schemas: vec![schema],
-        oracle_databases: Vec::new(),
-        schemas: Vec::new(),
-        persistent: true,
-    });
-    let tenants: Vec<TenantContext> = (0..3)
-        .map(|i| {
-            TenantContext::new(Tenant::new(
-                TenantId::new_v4(),
-                format!("unsealed-{i}").parse().unwrap(),
-                "u",
-            ))
-        })
-        .collect();
+    let target = shared_target(&env, &env.app_url, &schema, 2, true).await;
+    let tenants = tenants(3, "unsealed");
     let config = isolation::Config {
         ops: 3000,
         seed: 11,
@@ -181,30 +157,8 @@ async fn suite_detects_an_unsealed_binding() {
 async fn isolation_property_suite_through_pgbouncer() {
     let env = TestDb::from_env().unwrap();
     let schema = setup(&env).await;
-    let options: sqlx::postgres::PgConnectOptions = env.pgbouncer_app_url.parse().unwrap();
-    let pool = TenantDb::pool_options()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
-        admin: env.admin_pool(2).await.unwrap(),
-        qualify: Some(schema.clone()),
-        oracle_schemas: vec![schema],
-        oracle_databases: Vec::new(),
-        schemas: Vec::new(),
-        persistent: false,
-    });
-    let tenants: Vec<TenantContext> = (0..8)
-        .map(|i| {
-            TenantContext::new(Tenant::new(
-                TenantId::new_v4(),
-                format!("bouncer-{i}").parse().unwrap(),
-                "b",
-            ))
-        })
-        .collect();
+    let target = shared_target(&env, &env.pgbouncer_app_url, &schema, 4, false).await;
+    let tenants = tenants(8, "bouncer");
     let mut config = isolation::Config::from_env();
     config.ops = config.ops.min(20_000);
     let report = isolation::run(target, &tenants, &config).await;
