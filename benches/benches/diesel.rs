@@ -147,19 +147,7 @@ fn setup() -> Setup {
             .first(&mut ops)
             .unwrap()
     };
-    let seal = {
-        let env = env.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(env.seal_key())
-                .unwrap()
-        })
-        .join()
-        .unwrap()
-    };
+    let seal = env.seal_key_blocking().unwrap();
     Setup {
         ctx,
         probe,

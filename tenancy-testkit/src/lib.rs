@@ -203,6 +203,21 @@ impl TestDb {
             .map_err(|e| TestkitError::Connect(sqlx::Error::Protocol(e.to_string())))
     }
 
+    /// [`TestDb::seal_key`] from synchronous code (or from inside a runtime):
+    /// it runs on a thread and runtime of its own.
+    pub fn seal_key_blocking(&self) -> Result<tenancy_core::rls::SealKey, TestkitError> {
+        let env = self.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| TestkitError::Connect(sqlx::Error::Io(e)))?
+                .block_on(env.seal_key())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(TestkitError::Connect(sqlx::Error::PoolClosed)))
+    }
+
     /// The same roles on `tenancy_loose`, the database `scripts/with-db`
     /// creates where the application role keeps `TEMPORARY` (pool-hygiene
     /// tests only), directly and through pgbouncer.

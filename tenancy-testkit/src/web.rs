@@ -246,7 +246,7 @@ impl World {
             purge_after: now + Duration::days(9),
         });
         let deleted = t("gone", "pro").with_status(TenantStatus::Deleted);
-        let tenants = InMemoryTenantStore::with_tenants([
+        let all = [
             acme.clone(),
             beta.clone(),
             small.clone(),
@@ -254,26 +254,16 @@ impl World {
             expired.clone(),
             leaving.clone(),
             deleted.clone(),
-        ])
-        .unwrap_or_else(|_| unreachable!());
+        ];
         let counting = Arc::new(CountingStore {
-            inner: tenants,
+            inner: InMemoryTenantStore::with_tenants(all.clone())
+                .unwrap_or_else(|_| unreachable!()),
             path,
             peeks: 0.into(),
             loads: 0.into(),
         });
-        let store = Arc::new(
-            InMemoryTenantStore::with_tenants([
-                acme.clone(),
-                beta.clone(),
-                small.clone(),
-                suspended.clone(),
-                expired.clone(),
-                leaving.clone(),
-                deleted.clone(),
-            ])
-            .unwrap_or_else(|_| unreachable!()),
-        );
+        let store =
+            Arc::new(InMemoryTenantStore::with_tenants(all).unwrap_or_else(|_| unreachable!()));
         let catalog = Arc::new(PlanCatalog::from_json(CATALOG).unwrap_or_else(|_| unreachable!()));
         let resolver = ResolverChain::new()
             .with(HeaderStrategy::tenant_id())

@@ -57,17 +57,7 @@ pub fn create_schema(env: &TestDb, schema: &str, walls: Walls) {
 /// The database's seal key, installing the sealed binding when missing
 /// (from sync or async tests: it runs on a thread of its own).
 pub fn seal_key(env: &TestDb) -> tenancy_core::rls::SealKey {
-    let env = env.clone();
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(env.seal_key())
-            .unwrap()
-    })
-    .join()
-    .unwrap()
+    env.seal_key_blocking().unwrap()
 }
 
 /// `n` tenants for the suite.
