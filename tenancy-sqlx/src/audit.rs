@@ -187,6 +187,18 @@ pub enum Finding {
         /// Its owner.
         owner: String,
     },
+    /// A foreign key references a tenant table without pairing the tenant
+    /// column: a row can point at another tenant's row (the check bypasses
+    /// row-level security), and whether the insert fails tells the attacker
+    /// that the row exists.
+    ForeignKeyWithoutTenant {
+        /// The referenced tenant table.
+        table: String,
+        /// The referencing table.
+        referencing: String,
+        /// The constraint.
+        constraint: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -285,6 +297,14 @@ impl fmt::Display for Finding {
             } => write!(
                 f,
                 "{table}: SECURITY DEFINER function {function} is owned by {owner}, which bypasses row-level security — ALTER FUNCTION {function} OWNER TO a role without BYPASSRLS, or REVOKE EXECUTE from the application role"
+            ),
+            Finding::ForeignKeyWithoutTenant {
+                table,
+                referencing,
+                constraint,
+            } => write!(
+                f,
+                "{table}: foreign key {constraint} of {referencing} leaves out tenant_id, so a row may point at another tenant's row and the error tells whether it exists — make it FOREIGN KEY (tenant_id, …) REFERENCES {table} (tenant_id, …)"
             ),
         }
     }
@@ -591,7 +611,7 @@ impl Audit {
         })
     }
 
-    /// Partitions, views and definer functions that reach `table`.
+    /// Partitions, views, definer functions and foreign keys that reach `table`.
     async fn dependents(
         &self,
         conn: &mut PgConnection,
@@ -684,6 +704,34 @@ impl Audit {
                 table: table.to_owned(),
                 function,
                 owner,
+            });
+        }
+        // Foreign keys (from any table) into this one that do not pair the
+        // tenant column with the tenant column.
+        let keys: Vec<(String, String)> = sqlx::query_as(
+            r#"
+            SELECT format('%I.%I', n.nspname, r.relname), quote_ident(c.conname)
+            FROM pg_constraint c
+            JOIN pg_class r ON r.oid = c.conrelid
+            JOIN pg_namespace n ON n.oid = r.relnamespace
+            WHERE c.contype = 'f' AND c.confrelid = $1::regclass
+              AND NOT EXISTS (
+                SELECT 1 FROM unnest(c.conkey, c.confkey) AS k(fk, pk)
+                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.fk
+                JOIN pg_attribute b ON b.attrelid = c.confrelid AND b.attnum = k.pk
+                WHERE a.attname = $2 AND b.attname = $2)
+            ORDER BY 1, 2
+            "#,
+        )
+        .bind(table)
+        .bind(&self.column)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (referencing, constraint) in keys {
+            findings.push(Finding::ForeignKeyWithoutTenant {
+                table: table.to_owned(),
+                referencing,
+                constraint,
             });
         }
         Ok(())

@@ -289,6 +289,12 @@ const NEAR_MISSES: &[(&str, &str, &str)] = &[
         "DROP MATERIALIZED VIEW",
     ),
     (
+        "a foreign key that leaves out tenant_id",
+        "CREATE TABLE {s}.near_links (tenant_id uuid NOT NULL, id uuid PRIMARY KEY, \
+         parent uuid NOT NULL REFERENCES {t} (id))",
+        "FOREIGN KEY (tenant_id",
+    ),
+    (
         "CREATE on the schema for the application role",
         "GRANT CREATE ON SCHEMA {s} TO tenancy_app",
         "REVOKE CREATE",
@@ -323,6 +329,36 @@ async fn near_miss_policies_are_each_refused_with_table_policy_and_fix() {
             .await;
         assert!(matches!(strict, Err(DbError::Audit(_))), "{what}");
     }
+}
+
+/// A foreign key that pairs the tenant columns is the safe shape: no finding.
+#[tokio::test]
+async fn a_foreign_key_that_pairs_tenant_id_is_accepted() {
+    let (report, _) = audit_app(
+        "ALTER TABLE {t} ADD UNIQUE (tenant_id, id); \
+         CREATE TABLE {s}.links (tenant_id uuid NOT NULL, id uuid NOT NULL, parent uuid NOT NULL, \
+             PRIMARY KEY (tenant_id, id), FOREIGN KEY (tenant_id, parent) REFERENCES {t} (tenant_id, id))",
+    )
+    .await;
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::ForeignKeyWithoutTenant { .. })),
+        "{report}"
+    );
+    // The twin: the same link on `parent` alone is reported, naming both tables.
+    let (report, _) = audit_app(
+        "CREATE TABLE {s}.links (tenant_id uuid NOT NULL, id uuid NOT NULL, \
+             parent uuid NOT NULL REFERENCES {t} (id), PRIMARY KEY (tenant_id, id))",
+    )
+    .await;
+    assert!(
+        report.findings.iter().any(|f| matches!(f,
+            Finding::ForeignKeyWithoutTenant { table, referencing, .. }
+                if table.ends_with(".t") && referencing.ends_with(".links"))),
+        "{report}"
+    );
 }
 
 #[tokio::test]

@@ -90,18 +90,86 @@ async fn isolation_suite_database_per_tenant() {
         .unwrap()
         .with_databases(router(&env).max_pools(8).connection_budget(16));
     let target = Arc::new(SqlxTarget {
-        db,
-        admin: admin.clone(),
-        qualify: None,
-        oracle_schemas: Vec::new(),
         oracle_databases: oracles,
-        schemas: Vec::new(),
-        persistent: true,
+        ..SqlxTarget::new(db, admin.clone())
     });
     let mut config = isolation::Config::from_env();
     config.ops = config.ops.min(20_000);
     let report = isolation::run(target, &tenants, &config).await;
     report.assert_clean(&config, "sqlx-database");
+}
+
+/// Broken twin: the database walls taken down — every tenant placed in one
+/// database whose tables have no row-level security (a router that
+/// collapses placements) — the suite must see other tenants' rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_suite_detects_collapsed_databases() {
+    let env = TestDb::from_env().unwrap();
+    let admin = env.admin_pool(1).await.unwrap();
+    let name = Placement::name_for(TenantId::new_v4());
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER tenancy_owner"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let owner_opts: PgConnectOptions = env.owner_url.parse().unwrap();
+    let owner = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(owner_opts.database(&name))
+        .await
+        .unwrap();
+    tenancy_sqlx::migrate::install_seal(
+        &mut owner.acquire().await.unwrap(),
+        &env.seal_key().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    for stmt in isolation::create_tables_sql("public") {
+        sqlx::raw_sql(&stmt).execute(&owner).await.unwrap();
+    }
+    for t in TABLES {
+        sqlx::raw_sql(&format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON public.\"{t}\" TO tenancy_app"
+        ))
+        .execute(&owner)
+        .await
+        .unwrap();
+    }
+    owner.close().await;
+    let admin_opts: PgConnectOptions = env.admin_url.parse().unwrap();
+    let oracle = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(admin_opts.database(&name))
+        .await
+        .unwrap();
+    let tenants: Vec<TenantContext> = (0..3)
+        .map(|i| {
+            let slug = format!("collapsed-{i}");
+            TenantContext::new(
+                Tenant::new(TenantId::new_v4(), slug.parse().unwrap(), &slug)
+                    .with_placement(Placement::database(&name).unwrap()),
+            )
+        })
+        .collect();
+    let db = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap()
+        .with_databases(router(&env).max_pools(2).connection_budget(4));
+    let target = Arc::new(SqlxTarget {
+        oracle_databases: vec![oracle],
+        ..SqlxTarget::new(db, admin.clone())
+    });
+    let config = isolation::Config { ops: 1500, seed: 3 };
+    let report = isolation::run(target, &tenants, &config).await;
+    report.assert_detects(
+        "sqlx-database-collapsed",
+        &[
+            "read-all",
+            "read-foreign",
+            "update-foreign",
+            "delete-foreign",
+            "insert-foreign",
+        ],
+    );
 }
 
 /// Connections the application role holds, per tenant database.

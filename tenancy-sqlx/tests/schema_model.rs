@@ -81,17 +81,23 @@ async fn isolation_suite_schema_per_tenant() {
         .await
         .unwrap();
     // Unqualified table names: `search_path` decides whose tables they are.
+    let shadow = TenantDb::pool_options()
+        .max_connections(1)
+        .connect(&env.app_url)
+        .await
+        .unwrap();
     let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
-        admin: env.admin_pool(2).await.unwrap(),
-        qualify: None,
         oracle_schemas: tenants.iter().map(|t| target(t).schema).collect(),
-        oracle_databases: Vec::new(),
         schemas: tenants
             .iter()
             .map(|t| (t.tenant_id().as_uuid(), target(t).schema))
             .collect(),
-        persistent: true,
+        shadow: Some(TenantDb::new(shadow, env.seal_key().await.unwrap())),
+        tenants: tenants.clone(),
+        ..SqlxTarget::new(
+            TenantDb::new(pool, env.seal_key().await.unwrap()),
+            env.admin_pool(2).await.unwrap(),
+        )
     });
     let mut config = isolation::Config::from_env();
     config.ops = config.ops.min(50_000);
@@ -131,16 +137,15 @@ async fn isolation_suite_detects_open_schemas() {
         .await
         .unwrap();
     let target = Arc::new(SqlxTarget {
-        db: TenantDb::new(pool, env.seal_key().await.unwrap()),
-        admin: env.admin_pool(1).await.unwrap(),
-        qualify: None,
         oracle_schemas: tenants.iter().map(|t| target(t).schema).collect(),
-        oracle_databases: Vec::new(),
         schemas: tenants
             .iter()
             .map(|t| (t.tenant_id().as_uuid(), target(t).schema))
             .collect(),
-        persistent: true,
+        ..SqlxTarget::new(
+            TenantDb::new(pool, env.seal_key().await.unwrap()),
+            env.admin_pool(1).await.unwrap(),
+        )
     });
     let config = isolation::Config { ops: 3000, seed: 7 };
     let report = isolation::run(target, &tenants, &config).await;

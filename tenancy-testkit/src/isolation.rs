@@ -13,9 +13,13 @@
 //!   stamped with another tenant's id, and — where the target supports them
 //!   ([`Target::attack`]) — SQL run inside the attacker's own transaction:
 //!   re-scoping the tenant setting, `RESET`, `UPDATE … RETURNING`,
-//!   `INSERT … ON CONFLICT … RETURNING`, `COPY … TO STDOUT`, and
-//!   schema-qualified reads and writes into another tenant's schema. Any
-//!   row of another tenant seen or changed is a **leak**.
+//!   `INSERT … ON CONFLICT … RETURNING`, `COPY … TO STDOUT`,
+//!   schema-qualified reads and writes into another tenant's schema, a
+//!   temporary table left to shadow the next tenant's table on the same
+//!   connection, a foreign-key reference to another tenant's row (refused
+//!   like a reference to a missing row, so it is no existence oracle), and
+//!   reads through views and functions over a tenant table. Any row of
+//!   another tenant seen or changed is a **leak**.
 //!
 //! Afterwards the final contents of every table are read around isolation
 //! (by the target's `oracle`, e.g. as superuser) and compared, tenant by
@@ -61,6 +65,38 @@ pub fn create_tables_sql(schema: &str) -> Vec<String> {
         .collect()
 }
 
+/// Objects the attacks of kinds [`Attack::ForeignKeyRef`],
+/// [`Attack::ViewRead`] and [`Attack::FunctionRead`] go through, for each of
+/// [`TABLES`] in `schema`, as a careful deployment would write them: a child
+/// table `<t>_links` whose foreign key includes `tenant_id` (give it the
+/// same isolation as the tenant tables), a view `<t>_v` with
+/// `security_invoker`, and a `SECURITY INVOKER` function `<t>_f()`, both
+/// readable by `app_role`. The owner runs them.
+pub fn attack_fixtures_sql(schema: &str, app_role: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in TABLES {
+        out.push(format!(
+            "CREATE TABLE \"{schema}\".\"{t}_links\" (tenant_id uuid NOT NULL, id uuid NOT NULL, \
+             parent uuid NOT NULL, PRIMARY KEY (tenant_id, id), \
+             FOREIGN KEY (tenant_id, parent) REFERENCES \"{schema}\".\"{t}\" (tenant_id, id))"
+        ));
+        out.push(format!(
+            "CREATE VIEW \"{schema}\".\"{t}_v\" WITH (security_invoker = true) AS \
+             SELECT tenant_id, id, value FROM \"{schema}\".\"{t}\""
+        ));
+        out.push(format!(
+            "CREATE FUNCTION \"{schema}\".\"{t}_f\"() \
+             RETURNS TABLE (tenant_id uuid, id uuid, value bigint) \
+             LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog \
+             AS $f$ SELECT tenant_id, id, value FROM \"{schema}\".\"{t}\" $f$"
+        ));
+        out.push(format!(
+            "GRANT SELECT ON \"{schema}\".\"{t}_v\" TO \"{app_role}\""
+        ));
+    }
+    out
+}
+
 /// One row of a suite table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Row {
@@ -90,17 +126,36 @@ pub enum Attack {
     /// Read the victim's row in the victim's schema by qualified name, and
     /// insert a row there (schema tenants).
     SchemaQualified,
+    /// Plant a row in a temporary table named like the tenant table, commit,
+    /// and look for it from the victim's next transaction on the same
+    /// connection (temporary tables are searched first and have no
+    /// row-level security).
+    TempShadow,
+    /// Insert a child row that references the victim's row as its parent:
+    /// the reference must be refused with the same error as a reference to
+    /// a row that does not exist (no cross-tenant link, no existence oracle).
+    ForeignKeyRef,
+    /// Read through a view over the tenant table (the deployment's, and one
+    /// the attacker tries to create).
+    ViewRead,
+    /// Read through a set-returning function over the tenant table (the
+    /// deployment's, and one the attacker tries to create).
+    FunctionRead,
 }
 
 impl Attack {
     /// Every kind.
-    pub const ALL: [Attack; 6] = [
+    pub const ALL: [Attack; 10] = [
         Attack::SwitchSetting,
         Attack::ResetSetting,
         Attack::UpdateReturning,
         Attack::UpsertReturning,
         Attack::CopyOut,
         Attack::SchemaQualified,
+        Attack::TempShadow,
+        Attack::ForeignKeyRef,
+        Attack::ViewRead,
+        Attack::FunctionRead,
     ];
 
     /// The name used in report lines.
@@ -112,6 +167,10 @@ impl Attack {
             Attack::UpsertReturning => "upsert-returning",
             Attack::CopyOut => "copy-out",
             Attack::SchemaQualified => "schema-qualified",
+            Attack::TempShadow => "temp-shadow",
+            Attack::ForeignKeyRef => "fk-reference",
+            Attack::ViewRead => "view-read",
+            Attack::FunctionRead => "function-read",
         }
     }
 }

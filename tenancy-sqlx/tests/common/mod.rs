@@ -28,9 +28,41 @@ pub struct SqlxTarget {
     /// Named (cached) prepared statements; `false` behind pgbouncer in
     /// transaction mode, where clients share server connections.
     pub persistent: bool,
+    /// The `qualify` schema holds `isolation::attack_fixtures_sql` (links
+    /// tables, views, functions): foreign-key, view and function attacks run.
+    pub fixtures: bool,
+    /// A one-connection handle on the same database for temp-table
+    /// shadowing: the attacker's transaction and the victim's next one are
+    /// sure to share the connection.
+    pub shadow: Option<TenantDb>,
+    /// The suite's tenants (the victim's context for temp-table shadowing;
+    /// a tenant not listed gets a shared placement).
+    pub tenants: Vec<TenantContext>,
 }
 
 impl SqlxTarget {
+    /// A target over `db` with everything else off.
+    pub fn new(db: TenantDb, admin: PgPool) -> Self {
+        Self {
+            db,
+            admin,
+            qualify: None,
+            oracle_schemas: Vec::new(),
+            oracle_databases: Vec::new(),
+            schemas: Vec::new(),
+            persistent: true,
+            fixtures: false,
+            shadow: None,
+            tenants: Vec::new(),
+        }
+    }
+
+    /// `<schema>.<table><suffix>` for fixture objects.
+    fn fixture(&self, t: usize, suffix: &str) -> Option<String> {
+        let schema = self.qualify.as_ref().filter(|_| self.fixtures)?;
+        Some(format!("\"{schema}\".\"{}{suffix}\"", TABLES[t]))
+    }
+
     fn table(&self, t: usize) -> String {
         match &self.qualify {
             Some(schema) => format!("\"{schema}\".\"{}\"", TABLES[t]),
@@ -117,6 +149,65 @@ async fn copy_out_inner(tx: &mut tenancy_sqlx::TenantTx, sql: &str) -> Result<Ve
     Ok(out)
 }
 
+impl SqlxTarget {
+    /// The attacker plants a row (stamped with the victim's tenant, under a
+    /// fresh id) in a temporary table named like the tenant table and
+    /// commits; the victim's next transaction on the same connection reads
+    /// the unqualified name. Planted rows the victim sees are returned.
+    async fn temp_shadow(
+        &self,
+        shadow: &TenantDb,
+        ctx: &TenantContext,
+        table: usize,
+        victim: Row,
+    ) -> Result<Vec<Row>, String> {
+        let bare = TABLES[table];
+        let planted = Uuid::new_v4();
+        let mut tx = shadow.begin(ctx).await.map_err(|e| e.to_string())?;
+        let _ = guarded(
+            &mut tx,
+            &format!("CREATE TEMP TABLE {bare} (tenant_id uuid, id uuid, value bigint)"),
+        )
+        .await;
+        let _ = guarded(
+            &mut tx,
+            &format!(
+                "INSERT INTO pg_temp.{bare} VALUES ('{}', '{planted}', {})",
+                victim.tenant_id, victim.value
+            ),
+        )
+        .await;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        // The victim, on the same (only) connection, with its tables on the
+        // search path and an unqualified name, as application code writes it.
+        let victim_ctx = match self
+            .tenants
+            .iter()
+            .find(|t| t.tenant_id().as_uuid() == victim.tenant_id)
+        {
+            Some(t) => t.clone(),
+            None => TenantContext::new(tenancy_core::Tenant::new(
+                tenancy_core::TenantId::from_uuid(victim.tenant_id).map_err(|e| e.to_string())?,
+                "victim".parse().map_err(|e| format!("{e}"))?,
+                "victim",
+            )),
+        };
+        let mut tx = shadow.begin(&victim_ctx).await.map_err(|e| e.to_string())?;
+        if let Some(schema) = &self.qualify {
+            let _ = guarded(&mut tx, &format!("SET LOCAL search_path = \"{schema}\"")).await;
+        }
+        let seen = guarded(&mut tx, &format!("SELECT tenant_id, id, value FROM {bare}"))
+            .await
+            .unwrap_or_default();
+        tx.rollback().await.map_err(|e| e.to_string())?;
+        Ok(seen
+            .into_iter()
+            .filter(|(_, id, _)| *id == planted)
+            .map(row)
+            .collect())
+    }
+}
+
 #[async_trait]
 impl Target for SqlxTarget {
     async fn attack(
@@ -197,6 +288,90 @@ impl Target for SqlxTarget {
                     }
                 }
                 seen
+            }
+            Attack::ForeignKeyRef => {
+                let Some(links) = self.fixture(table, "_links") else {
+                    return Ok(None);
+                };
+                let me = ctx.tenant_id().as_uuid();
+                let missing = Uuid::new_v4();
+                let link = |stamp: Uuid, parent: Uuid| {
+                    format!(
+                        "INSERT INTO {links} (tenant_id, id, parent) \
+                         VALUES ('{stamp}', gen_random_uuid(), '{parent}') RETURNING tenant_id, id, 0::bigint"
+                    )
+                };
+                let to_victim = guarded(&mut tx, &link(me, v_id)).await;
+                let to_missing = guarded(&mut tx, &link(me, missing)).await;
+                let stamped_victim = guarded(&mut tx, &link(v_tenant, v_id)).await;
+                let mut seen = Vec::new();
+                // A link to the victim's row that was accepted, in either stamp.
+                if to_victim.is_ok() || stamped_victim.is_ok() {
+                    seen.push((v_tenant, v_id, victim.value));
+                }
+                // Refused differently from a link to nothing: an existence oracle.
+                if let (Err(a), Err(b)) = (&to_victim, &to_missing) {
+                    let norm = |e: &str, id: Uuid| e.replace(&id.to_string(), "<id>");
+                    if norm(a, v_id) != norm(b, missing) {
+                        seen.push((v_tenant, v_id, victim.value));
+                    }
+                }
+                seen
+            }
+            Attack::ViewRead => {
+                let Some(view) = self.fixture(table, "_v") else {
+                    return Ok(None);
+                };
+                let mut seen = guarded(&mut tx, &format!("SELECT tenant_id, id, value FROM {view}"))
+                    .await
+                    .unwrap_or_default();
+                // A view of the attacker's own: needs TEMP (or CREATE somewhere).
+                if guarded(
+                    &mut tx,
+                    &format!("CREATE TEMP VIEW attack_view AS SELECT tenant_id, id, value FROM {name}"),
+                )
+                .await
+                .is_ok()
+                {
+                    seen.extend(
+                        guarded(&mut tx, "SELECT tenant_id, id, value FROM pg_temp.attack_view")
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+                seen
+            }
+            Attack::FunctionRead => {
+                let Some(f) = self.fixture(table, "_f") else {
+                    return Ok(None);
+                };
+                let mut seen = guarded(&mut tx, &format!("SELECT tenant_id, id, value FROM {f}()"))
+                    .await
+                    .unwrap_or_default();
+                if guarded(
+                    &mut tx,
+                    &format!(
+                        "CREATE FUNCTION pg_temp.attack_f() RETURNS TABLE (tenant_id uuid, id uuid, value bigint) \
+                         LANGUAGE sql SECURITY DEFINER AS $f$ SELECT tenant_id, id, value FROM {name} $f$"
+                    ),
+                )
+                .await
+                .is_ok()
+                {
+                    seen.extend(
+                        guarded(&mut tx, "SELECT tenant_id, id, value FROM pg_temp.attack_f()")
+                            .await
+                            .unwrap_or_default(),
+                    );
+                }
+                seen
+            }
+            Attack::TempShadow => {
+                let Some(shadow) = &self.shadow else {
+                    return Ok(None);
+                };
+                tx.rollback().await.map_err(|e| e.to_string())?;
+                return self.temp_shadow(shadow, ctx, table, victim).await.map(Some);
             }
             _ => return Ok(None),
         };
