@@ -6,6 +6,9 @@
 //! admin looking into a regional office) is never implicit: it needs a
 //! [`HierarchyRule::Inherit`] configured on the [`Authorizer`], and the
 //! resulting actor records the ancestor it came through in [`Actor::via`].
+//! An ancestor grants nothing unless it is itself admitted to serve
+//! ([`crate::gate::check`]): the access of a suspended, offboarding or
+//! deleted provider's admins ends in its offices too.
 
 use std::sync::Arc;
 
@@ -165,11 +168,27 @@ impl Authorizer {
         else {
             return Err(TenantError::NotAMember);
         };
+        // Walk up the ancestors. Each one on the way — the one that grants
+        // the role and every one between it and `tenant` — must itself be
+        // admitted to serve: a suspended, offboarding or deleted provider
+        // grants nothing in its offices, and neither does one above it.
+        let now = chrono::Utc::now();
         let mut parent = tenant.parent;
         let mut depth = 0u8;
         while let Some(ancestor_id) = parent {
             depth = depth.saturating_add(1);
             if depth > max_depth || ancestor_id == tenant.id {
+                break;
+            }
+            let Some(ancestor) = self.tenants.by_id(ancestor_id).await? else {
+                break;
+            };
+            if crate::gate::check(&ancestor, now).is_err() {
+                tracing::debug!(
+                    tenant.id = %tenant.id,
+                    ancestor = %ancestor_id,
+                    "inherited access refused: the ancestor is not admitted"
+                );
                 break;
             }
             if let Some(m) = self.memberships.membership(user, ancestor_id).await?
@@ -183,12 +202,45 @@ impl Authorizer {
                     via: Some(ancestor_id),
                 });
             }
-            parent = match self.tenants.by_id(ancestor_id).await? {
-                Some(t) => t.parent,
-                None => None,
-            };
+            parent = ancestor.parent;
         }
         Err(TenantError::NotAMember)
+    }
+
+    /// The actor `user` signs in as in `tenant`, for issuing a session: the
+    /// user's access is checked first (a non-member learns nothing about
+    /// the tenant: [`TenantError::NotAMember`]), then the tenant must be
+    /// admitted to serve ([`crate::gate::check`]) — a suspended, offboarding,
+    /// expired or deleted tenant issues no session
+    /// ([`TenantError::Suspended`], [`TenantError::Offboarding`],
+    /// [`TenantError::TrialExpired`], [`TenantError::NotFound`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tenancy_core::store::InMemoryTenantStore;
+    /// use tenancy_core::{
+    ///     Authorizer, InMemoryMembershipStore, Membership, Role, Tenant, TenantError, TenantId,
+    ///     TenantStatus, UserId,
+    /// };
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme")
+    ///     .with_status(TenantStatus::Suspended { reason: "unpaid".into() });
+    /// let members = Arc::new(InMemoryMembershipStore::new());
+    /// members.upsert(Membership::new(UserId::new("ana"), acme.id, Role::Admin));
+    /// let authz = Authorizer::new(members, Arc::new(InMemoryTenantStore::new()));
+    ///
+    /// let refused = authz.sign_in(&UserId::new("ana"), &acme).await.unwrap_err();
+    /// assert!(matches!(refused, TenantError::Suspended { .. }));
+    /// // A stranger is told only that they are not a member.
+    /// let stranger = authz.sign_in(&UserId::new("eve"), &acme).await.unwrap_err();
+    /// assert!(matches!(stranger, TenantError::NotAMember));
+    /// # Ok(()) }
+    /// ```
+    pub async fn sign_in(&self, user: &UserId, tenant: &Tenant) -> Result<Actor, TenantError> {
+        let actor = self.actor(user, tenant).await?;
+        crate::gate::check(tenant, chrono::Utc::now())?;
+        Ok(actor)
     }
 
     /// `ctx` with the actor `user` is in its tenant attached.

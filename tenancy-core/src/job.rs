@@ -21,11 +21,12 @@ use crate::{TenantContext, TenantError, TenantId, UserId, scope};
 /// ```
 /// use tenancy_core::job::JobEnvelope;
 /// use tenancy_core::store::InMemoryTenantStore;
-/// use tenancy_core::{current, Tenant, TenantContext, TenantId, TenantStatus};
+/// use tenancy_core::lifecycle::{Lifecycle, Transition};
+/// use tenancy_core::{current, Tenant, TenantContext, TenantId};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
-/// let store = InMemoryTenantStore::with_tenants([acme.clone()])?;
+/// let store = std::sync::Arc::new(InMemoryTenantStore::with_tenants([acme.clone()])?);
 ///
 /// let envelope = JobEnvelope::new(&TenantContext::new(acme.clone()), "send-renewal-reminders");
 /// let wire = serde_json::to_string(&envelope)?; // onto the queue ...
@@ -37,7 +38,9 @@ use crate::{TenantContext, TenantError, TenantId, UserId, scope};
 /// assert_eq!(ran_for, (acme.id, true));
 ///
 /// // Suspended after enqueueing: the job is refused.
-/// store.update(acme.clone().with_status(TenantStatus::Suspended { reason: "fraud".into() }))?;
+/// Lifecycle::new(store.clone())
+///     .apply(&acme, Transition::Suspend { reason: "fraud".into() }, "ops")
+///     .await?;
 /// let envelope = JobEnvelope::new(&TenantContext::new(acme), ());
 /// assert!(envelope.run(&store, |_, _| async {}).await.is_err());
 /// # Ok(()) }

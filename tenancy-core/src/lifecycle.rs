@@ -39,7 +39,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::audit::{AuditEvent, AuditSink};
-use crate::store::TenantWriter;
+use crate::store::{StatusChange, TenantChange, TenantUpdate, TenantWriter, WriteError};
 use crate::{StoreError, Tenant, TenantStatus};
 
 /// A requested change of status.
@@ -117,6 +117,10 @@ pub enum LifecycleError {
     /// The store failed; the status is unchanged.
     #[error("tenant store failed: {0}")]
     Store(#[from] StoreError),
+    /// The store refused the change: the tenant's status changed since the
+    /// caller read it ([`WriteError::StatusChanged`], HTTP 409), or it is gone.
+    #[error(transparent)]
+    Write(#[from] WriteError),
     /// The status changed, but a hook failed (hooks must be idempotent; retry it).
     #[error("status changed to {status}, but hook {hook} failed: {reason}")]
     Hook {
@@ -271,10 +275,14 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<Tenant, LifecycleError> {
         let status = next_status(&tenant.status, &transition, now)?;
-        let mut next = tenant.clone();
-        next.status = status;
-        next.updated_at = now;
-        self.store.save(&next).await?;
+        // Applied only while the stored status is still the one the
+        // transition was decided from: a caller holding an older copy (a
+        // request admitted before a suspension) cannot write it back.
+        let update = TenantUpdate::new().change(TenantChange::Status(StatusChange::new(
+            &tenant.status,
+            &status,
+        )));
+        let next = (*self.store.update(tenant.id, &update).await?).clone();
         let from = status_name(&tenant.status);
         self.record(
             &next,

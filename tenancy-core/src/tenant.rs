@@ -262,6 +262,10 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
     /// When the tenant record last changed.
     pub updated_at: DateTime<Utc>,
+    /// The record's version: 0 until a store holds it, 1 once created, and
+    /// one more on every change (see [`TenantUpdate`](crate::store::TenantUpdate)).
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Tenant {
@@ -283,6 +287,7 @@ impl Tenant {
             placement: Placement::default(),
             created_at: now,
             updated_at: now,
+            version: 0,
         }
     }
 

@@ -7,15 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{Duration, Utc};
 use tenancy_core::gate::Admission;
 use tenancy_core::job::JobEnvelope;
-use tenancy_core::store::InMemoryTenantStore;
+use tenancy_core::store::{InMemoryTenantStore, TenantUpdate};
 use tenancy_core::{
     Actor, Role, Tenant, TenantContext, TenantError, TenantId, TenantStatus, UserId, current,
 };
 
 fn setup(status: TenantStatus) -> (Tenant, InMemoryTenantStore) {
     let t = Tenant::new(TenantId::new_v4(), "acme".parse().unwrap(), "Acme");
-    let store = InMemoryTenantStore::with_tenants([t.clone()]).unwrap();
-    store.update(t.clone().with_status(status)).unwrap();
+    let store = InMemoryTenantStore::with_tenants([t.clone().with_status(status)]).unwrap();
     (t, store)
 }
 
@@ -32,9 +31,9 @@ async fn runs_inside_the_tenant_scope_with_fresh_tenant_data() {
     let back: JobEnvelope<u32> = serde_json::from_value(json).unwrap();
 
     // Renamed after enqueueing: the job sees the current record.
-    let mut renamed = t.clone();
-    renamed.display_name = "Acme Group".into();
-    store.update(renamed).unwrap();
+    store
+        .apply(t.id, &TenantUpdate::new().display_name("Acme Group"))
+        .unwrap();
     let (name, in_scope, payload) = back
         .run(&store, |ctx, p| async move {
             let cur = current().unwrap();

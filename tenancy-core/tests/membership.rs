@@ -183,3 +183,109 @@ async fn a_direct_membership_wins_over_an_inherited_one() {
     let actor = authz.actor(&user, &w.region).await.unwrap();
     assert_eq!((actor.role, actor.via), (Role::Viewer, None));
 }
+
+/// Inherited access passes the status gate at every ancestor on the way:
+/// the granting provider, and the region between it and the office.
+#[tokio::test]
+async fn an_ancestor_that_may_not_serve_grants_nothing() {
+    use chrono::{Duration, Utc};
+    use tenancy_core::TenantStatus;
+    use tenancy_core::lifecycle::{Lifecycle, Transition};
+
+    let now = Utc::now();
+    let statuses: [(&str, Option<TenantStatus>); 6] = [
+        ("active", None),
+        (
+            "running trial",
+            Some(TenantStatus::Trial {
+                ends_at: now + Duration::days(3),
+            }),
+        ),
+        (
+            "ended trial",
+            Some(TenantStatus::Trial {
+                ends_at: now - Duration::days(1),
+            }),
+        ),
+        (
+            "suspended",
+            Some(TenantStatus::Suspended {
+                reason: "unpaid".into(),
+            }),
+        ),
+        (
+            "offboarding",
+            Some(TenantStatus::Offboarding {
+                purge_after: now + Duration::days(30),
+            }),
+        ),
+        ("deleted", Some(TenantStatus::Deleted)),
+    ];
+    for (which, status) in statuses {
+        let granted = status
+            .as_ref()
+            .is_none_or(|s| matches!(s, TenantStatus::Trial { ends_at } if *ends_at > now));
+        // The granting ancestor in that status; then the one in between.
+        for at_region in [false, true] {
+            let w = world();
+            let boss = UserId::new("boss");
+            w.members
+                .upsert(Membership::new(boss.clone(), w.provider.id, Role::Admin));
+            let target = if at_region { &w.region } else { &w.provider };
+            if let Some(s) = &status {
+                // Set directly: the table is about what the authorizer reads.
+                w.tenants.remove(target.id);
+                w.tenants
+                    .insert(target.clone().with_status(s.clone()))
+                    .unwrap();
+            }
+            let authz = Authorizer::new(w.members.clone(), w.tenants.clone()).with_hierarchy(
+                HierarchyRule::Inherit {
+                    min_role: Role::Admin,
+                    max_depth: 2,
+                    cap: Role::Admin,
+                },
+            );
+            let got = authz.actor(&boss, &w.office).await;
+            assert_eq!(
+                got.is_ok(),
+                granted,
+                "{which} {}: {got:?}",
+                if at_region {
+                    "region in between"
+                } else {
+                    "granting provider"
+                }
+            );
+        }
+    }
+
+    // And the change takes effect on the next authorization: suspend the
+    // provider through the lifecycle, the inherited admin is out.
+    let w = world();
+    let boss = UserId::new("boss");
+    w.members
+        .upsert(Membership::new(boss.clone(), w.provider.id, Role::Admin));
+    let authz = Authorizer::new(w.members.clone(), w.tenants.clone()).with_hierarchy(
+        HierarchyRule::Inherit {
+            min_role: Role::Admin,
+            max_depth: 1,
+            cap: Role::Admin,
+        },
+    );
+    assert!(authz.actor(&boss, &w.region).await.is_ok());
+    Lifecycle::new(w.tenants.clone())
+        .apply(
+            &w.provider,
+            Transition::Suspend {
+                reason: "fraud".into(),
+            },
+            "ops",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        authz.actor(&boss, &w.region).await,
+        Err(TenantError::NotAMember)
+    ));
+}

@@ -142,3 +142,40 @@ async fn without_a_targeting_key_the_current_tenant_scope_is_used() {
     .unwrap();
     assert!(d.value);
 }
+
+/// The tenant's own plan overrides count, as in the request path, and a
+/// plan the catalog does not know is an error — never an answer computed as
+/// if the tenant had no plan.
+#[tokio::test]
+async fn plan_overrides_count_and_entitlement_errors_surface() {
+    let mut overrides = tenancy_core::plan::Overrides::default();
+    overrides.set("features.analytics", serde_json::json!(false));
+    let custom = Tenant::new(TenantId::new_v4(), "custom".parse().unwrap(), "Custom")
+        .with_plan(PlanId::new("pro"))
+        .with_plan_overrides(overrides);
+    let ghost = Tenant::new(TenantId::new_v4(), "ghost".parse().unwrap(), "Ghost")
+        .with_plan(PlanId::new("no-such-plan"));
+    let engine = Arc::new(FlagEngine::new([FlagDefinition::boolean("analytics")]));
+    let catalog = Arc::new(
+        PlanCatalog::from_json(
+            r#"{"plans": [{"id": "pro", "name": "Pro", "features": {"analytics": true}}]}"#,
+        )
+        .unwrap(),
+    );
+    let store =
+        Arc::new(InMemoryTenantStore::with_tenants([custom.clone(), ghost.clone()]).unwrap());
+    let provider = TenancyFlagProvider::new(engine, store).with_plans(catalog);
+    let d = provider
+        .resolve_bool_value("analytics", &for_tenant(&custom))
+        .await
+        .unwrap();
+    assert!(
+        !d.value,
+        "the tenant's override turns the plan's feature off"
+    );
+    let e = provider
+        .resolve_bool_value("analytics", &for_tenant(&ghost))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.code, EvaluationErrorCode::General(_)), "{e:?}");
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tenancy_core::store::{CachedStore, InMemoryTenantStore, TenantStore};
+use tenancy_core::store::{CachedStore, InMemoryTenantStore, TenantStore, TenantUpdate};
 use tenancy_core::{DomainName, StoreError, Tenant, TenantId, TenantSlug};
 
 /// A store that counts backend loads, can be slowed down and made to fail.
@@ -169,10 +169,15 @@ async fn invalidation_drops_entries_under_every_name() {
     assert_eq!(backend.loads(), 3);
 
     // Rename the tenant and drop its domain in the backend.
-    let mut renamed = acme.clone();
-    renamed.slug = "acme-group".parse().unwrap();
-    renamed.domains.clear();
-    backend.inner.update(renamed.clone()).unwrap();
+    backend
+        .inner
+        .apply(
+            acme.id,
+            &TenantUpdate::new()
+                .slug("acme-group".parse().unwrap())
+                .remove_domain(domain.clone()),
+        )
+        .unwrap();
     store.invalidate(acme.id).await;
 
     let by_id = store.by_id(acme.id).await.unwrap().unwrap();
@@ -243,9 +248,10 @@ async fn a_load_overtaken_by_an_invalidation_is_not_cached() {
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     // ...the tenant changes and the cache is told while the load is in flight.
-    let mut renamed = acme.clone();
-    renamed.display_name = "Acme Renamed".into();
-    backend.inner.update(renamed).unwrap();
+    backend
+        .inner
+        .apply(acme.id, &TenantUpdate::new().display_name("Acme Renamed"))
+        .unwrap();
     store.invalidate(acme.id).await;
     slow.await.unwrap().unwrap();
     // The next read goes to the backend again and sees the change.

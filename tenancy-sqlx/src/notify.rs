@@ -88,15 +88,18 @@ impl InvalidationListener {
                 async move {
                     match parse(&payload) {
                         Some(change) => {
-                            if let Some(id) = change.id {
-                                cache.invalidate(id).await;
-                                tracing::debug!(tenant.id = %id, "tenant changed; cache entries dropped");
-                            }
+                            // Names first, the id last: once a reader sees
+                            // the new record by id, no stale entry (a cached
+                            // miss for a name just acquired) is left behind.
                             for s in &change.slugs {
                                 cache.invalidate_slug(s).await;
                             }
                             for d in &change.domains {
                                 cache.invalidate_domain(d).await;
+                            }
+                            if let Some(id) = change.id {
+                                cache.invalidate(id).await;
+                                tracing::debug!(tenant.id = %id, "tenant changed; cache entries dropped");
                             }
                         }
                         None => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tenancy_core::store::TenantStore;
+use tenancy_core::store::{TenantStore, TenantUpdate, UniqueViolation, WriteError};
 use tenancy_core::{
     DomainName, Membership, MembershipStore, Permission, Placement, PlanId, Role, StoreError,
     Tenant, TenantId, TenantKind, TenantSlug, TenantStatus, UserId,
@@ -54,6 +54,7 @@ struct TenantRow {
     placement: serde_json::Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    version: i64,
     domains: Vec<String>,
 }
 
@@ -108,6 +109,7 @@ impl TryFrom<TenantRow> for Tenant {
         }
         t.created_at = r.created_at;
         t.updated_at = r.updated_at;
+        t.version = u64::try_from(r.version).map_err(|e| invalid("tenants.version", e))?;
         Ok(t)
     }
 }
@@ -124,7 +126,7 @@ macro_rules! select_tenant {
             r#"
     SELECT t.id, t.slug, t.display_name, t.kind, t.parent_id, t.status, t.status_reason,
            t.trial_ends_at, t.purge_after, t.plan_id, t.plan_overrides, t.settings, t.placement,
-           t.created_at, t.updated_at,
+           t.created_at, t.updated_at, t.version,
            COALESCE((SELECT array_agg(d.domain ORDER BY d.domain)
                      FROM tenancy.tenant_domains d WHERE d.tenant_id = t.id), '{}') AS domains
     FROM tenancy.tenants t WHERE "#,
@@ -134,6 +136,7 @@ macro_rules! select_tenant {
 }
 
 const SELECT_BY_ID: &str = select_tenant!("t.id = $1");
+const SELECT_FOR_UPDATE: &str = select_tenant!("t.id = $1 FOR NO KEY UPDATE OF t");
 const SELECT_BY_SLUG: &str = select_tenant!("t.slug = $1");
 const SELECT_BY_DOMAIN: &str =
     select_tenant!("t.id = (SELECT tenant_id FROM tenancy.tenant_domains WHERE domain = $1)");
@@ -234,69 +237,98 @@ impl PgTenantStore {
         Ok(())
     }
 
-    /// Replaces a tenant's record and domain set, in one transaction.
-    pub async fn update(&self, tenant: &Tenant) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        let (status, reason, trial, purge) = status_columns(&tenant.status);
-        let updated = sqlx::query(
-            "UPDATE tenancy.tenants SET slug = $2, display_name = $3, kind = $4, parent_id = $5, \
-             status = $6, status_reason = $7, trial_ends_at = $8, purge_after = $9, plan_id = $10, \
-             settings = $11, placement = $12, plan_overrides = $13, updated_at = now() WHERE id = $1",
+    /// Applies `update` to tenant `id` in one transaction: the row is locked
+    /// (`FOR NO KEY UPDATE`), the change is applied to the record as stored
+    /// ([`TenantUpdate::apply_to`]), and the result is written with the
+    /// version bumped. Concurrent updates of different fields both persist;
+    /// an update that insists on a version someone else has moved past is
+    /// [`WriteError::Conflict`].
+    pub async fn apply(
+        &self,
+        id: TenantId,
+        update: &TenantUpdate,
+    ) -> Result<Arc<Tenant>, WriteError> {
+        let store = |e: DbError| WriteError::Store(StoreError::new(e));
+        let mut tx = self.pool.begin().await.map_err(|e| store(e.into()))?;
+        let row: Option<TenantRow> = sqlx::query_as(SELECT_FOR_UPDATE)
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| store(e.into()))?;
+        let current = Tenant::try_from(row.ok_or(WriteError::NotFound(id))?).map_err(store)?;
+        let next = update.apply_to(&current, Utc::now())?;
+        let (status, reason, trial, purge) = status_columns(&next.status);
+        let version = |v: u64| i64::try_from(v).map_err(|e| store(invalid("version", e)));
+        let done = sqlx::query(
+            "UPDATE tenancy.tenants SET slug = $2, display_name = $3, status = $4, \
+             status_reason = $5, trial_ends_at = $6, purge_after = $7, plan_id = $8, \
+             settings = $9, placement = $10, plan_overrides = $11, updated_at = $12, version = $13 \
+             WHERE id = $1 AND version = $14",
         )
-        .bind(tenant.id.as_uuid())
-        .bind(tenant.slug.as_str())
-        .bind(&tenant.display_name)
-        .bind(tenant.kind.as_str())
-        .bind(tenant.parent.map(|p| p.as_uuid()))
+        .bind(id.as_uuid())
+        .bind(next.slug.as_str())
+        .bind(&next.display_name)
         .bind(status)
         .bind(reason)
         .bind(trial)
         .bind(purge)
-        .bind(tenant.plan.as_ref().map(PlanId::as_str))
-        .bind(&tenant.settings)
-        .bind(serde_json::to_value(&tenant.placement).map_err(|e| invalid("placement", e))?)
-        .bind(serde_json::to_value(&tenant.plan_overrides).map_err(|e| invalid("plan_overrides", e))?)
+        .bind(next.plan.as_ref().map(PlanId::as_str))
+        .bind(&next.settings)
+        .bind(serde_json::to_value(&next.placement).map_err(|e| store(invalid("placement", e)))?)
+        .bind(
+            serde_json::to_value(&next.plan_overrides)
+                .map_err(|e| store(invalid("plan_overrides", e)))?,
+        )
+        .bind(next.updated_at)
+        .bind(version(next.version)?)
+        .bind(version(current.version)?)
         .execute(&mut *tx)
         .await
-        .map_err(map_unique)?;
-        if updated.rows_affected() != 1 {
-            return Err(DbError::Conflict(format!(
-                "no tenant with id {}",
-                tenant.id
-            )));
+        .map_err(|e| unique_or(e, || UniqueViolation::Slug(next.slug.clone())))?;
+        if done.rows_affected() != 1 {
+            // Unreachable while the row lock is held; refuse rather than guess.
+            return Err(WriteError::Conflict {
+                id,
+                expected: current.version,
+                actual: current.version.saturating_add(1),
+            });
         }
-        let domains: Vec<&str> = tenant.domains.iter().map(DomainName::as_str).collect();
-        sqlx::query(
-            "DELETE FROM tenancy.tenant_domains WHERE tenant_id = $1 AND NOT (domain = ANY($2))",
-        )
-        .bind(tenant.id.as_uuid())
-        .bind(&domains)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO tenancy.tenant_domains (domain, tenant_id) \
-             SELECT unnest($2::text[]), $1 ON CONFLICT (domain) DO NOTHING",
-        )
-        .bind(tenant.id.as_uuid())
-        .bind(&domains)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_unique)?;
-        let owned: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM tenancy.tenant_domains WHERE tenant_id = $1 AND domain = ANY($2)",
-        )
-        .bind(tenant.id.as_uuid())
-        .bind(&domains)
-        .fetch_one(&mut *tx)
-        .await?;
-        if usize::try_from(owned).ok() != Some(domains.len()) {
-            return Err(DbError::Conflict(
-                "a domain belongs to another tenant".to_owned(),
-            ));
+        if update.touches_domains() {
+            for d in current.domains.iter().filter(|d| !next.domains.contains(d)) {
+                sqlx::query(
+                    "DELETE FROM tenancy.tenant_domains WHERE tenant_id = $1 AND domain = $2",
+                )
+                .bind(id.as_uuid())
+                .bind(d.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| store(e.into()))?;
+            }
+            for d in next.domains.iter().filter(|d| !current.domains.contains(d)) {
+                sqlx::query(
+                    "INSERT INTO tenancy.tenant_domains (domain, tenant_id) VALUES ($1, $2)",
+                )
+                .bind(d.as_str())
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique_or(e, || UniqueViolation::Domain(d.clone())))?;
+            }
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await.map_err(|e| store(e.into()))?;
+        Ok(Arc::new(next))
     }
+}
+
+/// A unique violation as the [`UniqueViolation`] `which` names; any other
+/// error as a store failure.
+fn unique_or(e: sqlx::Error, which: impl FnOnce() -> UniqueViolation) -> WriteError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("23505")
+    {
+        return WriteError::Unique(which());
+    }
+    WriteError::Store(StoreError::new(DbError::Sqlx(e)))
 }
 
 #[async_trait]
@@ -328,8 +360,8 @@ impl tenancy_core::store::TenantWriter for PgTenantStore {
             .map_err(StoreError::new)
     }
 
-    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        self.update(tenant).await.map_err(StoreError::new)
+    async fn update(&self, id: TenantId, update: &TenantUpdate) -> Result<Arc<Tenant>, WriteError> {
+        self.apply(id, update).await
     }
 }
 

@@ -447,6 +447,32 @@ async fn the_database_probe_checks_the_tenant_data_path() {
     let health = TenantHealth::new(Duration::from_secs(5)).probe(DatabaseProbe::new(db.clone()));
     let r = health.check(&t).await;
     assert_eq!(r.status, Status::Healthy, "{r:?}");
+
+    // The probe goes through the tenant's placement: a schema tenant is
+    // healthy while its schema exists, a database tenant while its
+    // database does.
+    let routed = TenantDb::connect(&env.app_url, env.seal_key().await.unwrap())
+        .await
+        .unwrap()
+        .with_databases(tenancy_sqlx::DatabaseRouter::new(
+            env.app_url.parse().unwrap(),
+        ));
+    let placed = TenantHealth::new(Duration::from_secs(5)).probe(DatabaseProbe::new(routed));
+    let schema = env.fresh_schema("probe").await.unwrap();
+    let in_schema =
+        tenant("probe-schema").with_placement(tenancy_core::Placement::schema(&schema).unwrap());
+    let r = placed.check(&in_schema).await;
+    assert_eq!(r.status, Status::Healthy, "{r:?}");
+    let gone = tenant("probe-gone")
+        .with_placement(tenancy_core::Placement::schema("t_no_such_schema").unwrap());
+    let r = placed.check(&gone).await;
+    assert_eq!(r.status, Status::Unhealthy, "{r:?}");
+    assert!(r.probes[0].detail.contains("does not exist"), "{r:?}");
+    let no_db = tenant("probe-db")
+        .with_placement(tenancy_core::Placement::database("t_no_such_database").unwrap());
+    let r = placed.check(&no_db).await;
+    assert_eq!(r.status, Status::Unhealthy, "{r:?}");
+
     db.close().await;
     let r = health.check(&t).await;
     assert_eq!(r.status, Status::Unhealthy, "{r:?}");

@@ -2,7 +2,10 @@
 #![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
-use tenancy_core::store::TenantStore;
+use std::sync::Arc;
+
+use tenancy_core::lifecycle::{Lifecycle, Transition};
+use tenancy_core::store::{TenantStore, TenantUpdate, WriteError};
 use tenancy_core::{
     DomainName, Membership, MembershipStore, Placement, Role, Tenant, TenantId, TenantStatus,
     UserId,
@@ -24,8 +27,9 @@ async fn tenants_round_trip_by_id_slug_and_domain() {
         .await
         .unwrap();
     let store = control.tenants();
-    let acme = tenant("acme");
+    let mut acme = tenant("acme");
     store.create(&acme).await.unwrap();
+    acme.version = 1; // as stored
     assert_eq!(*store.by_id(acme.id).await.unwrap().unwrap(), acme);
     assert_eq!(
         *store
@@ -54,18 +58,38 @@ async fn tenants_round_trip_by_id_slug_and_domain() {
     ));
     assert!(store.by_id(thief.id).await.unwrap().is_none());
 
-    // Update: status and domains replaced.
-    let mut changed = acme.clone().with_status(TenantStatus::Suspended {
-        reason: "unpaid".into(),
-    });
-    changed.domains = vec![DomainName::parse("acme.test").unwrap()];
-    store.update(&changed).await.unwrap();
+    // Update: status (through the lifecycle) and domains replaced.
+    Lifecycle::new(Arc::new(store.clone()))
+        .apply(
+            &acme,
+            Transition::Suspend {
+                reason: "unpaid".into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    store
+        .apply(
+            acme.id,
+            &TenantUpdate::new()
+                .remove_domain(domain.clone())
+                .add_domain(DomainName::parse("acme.test").unwrap()),
+        )
+        .await
+        .unwrap();
     assert!(store.by_domain(&domain).await.unwrap().is_none());
     let now = store.by_id(acme.id).await.unwrap().unwrap();
     assert!(matches!(now.status, TenantStatus::Suspended { .. }));
+    assert_eq!(now.version, 3);
     assert_eq!(store.list().await.unwrap().len(), 1);
     // Updating an unknown tenant is an error, not an insert.
-    assert!(store.update(&tenant("ghost")).await.is_err());
+    assert!(matches!(
+        store
+            .apply(tenant("ghost").id, &TenantUpdate::new().display_name("x"))
+            .await,
+        Err(WriteError::NotFound(_))
+    ));
     // Reopening finds everything again.
     drop(control);
     let again = SqliteControl::open(dir.path().join("control.sqlite3"))
@@ -269,4 +293,92 @@ async fn a_failed_join_gives_the_sqlite_invitation_back() {
         t.id,
     )
     .await;
+}
+
+/// Two processes on one control database (two handles here): a change made
+/// through one reaches the other's tenant cache within the watcher's
+/// interval — and, the broken twin, a cache without the watcher still
+/// serves the old record a second later.
+#[tokio::test]
+async fn another_processs_change_reaches_the_cache_through_the_change_log() {
+    use std::time::{Duration, Instant};
+    use tenancy_core::store::CachedStore;
+    use tenancy_sqlx::sqlite::SqliteChangeWatcher;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sqlite3");
+    let server = SqliteControl::open(&path).await.unwrap();
+    let cli = SqliteControl::open(&path).await.unwrap();
+    let acme = tenant("acme");
+    cli.tenants().create(&acme).await.unwrap();
+
+    let watched = Arc::new(CachedStore::new(server.tenants()));
+    let unwatched = Arc::new(CachedStore::new(server.tenants()));
+    let _watcher =
+        SqliteChangeWatcher::start(&server, watched.clone(), None, Duration::from_millis(100))
+            .await
+            .unwrap();
+    for cache in [&watched, &unwatched] {
+        assert!(matches!(
+            cache.by_id(acme.id).await.unwrap().unwrap().status,
+            TenantStatus::Active
+        ));
+    }
+    let current = cli.tenants().by_id(acme.id).await.unwrap().unwrap();
+    Lifecycle::new(Arc::new(cli.tenants()))
+        .apply(
+            &current,
+            Transition::Suspend {
+                reason: "unpaid".into(),
+            },
+            "cli",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let t = watched.by_id(acme.id).await.unwrap().unwrap();
+        if matches!(t.status, TenantStatus::Suspended { .. }) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "still active after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new slug and a dropped domain reach it too, under every name.
+    cli.tenants()
+        .apply(
+            acme.id,
+            &TenantUpdate::new()
+                .slug("acme-group".parse().unwrap())
+                .remove_domain(acme.domains[0].clone()),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        watched
+            .by_slug(&"acme".parse().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(watched.by_domain(&acme.domains[0]).await.unwrap().is_none());
+    assert_eq!(
+        watched
+            .by_slug(&"acme-group".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        acme.id
+    );
+    // The twin: without the watcher the server keeps the old record.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(matches!(
+        unwatched.by_id(acme.id).await.unwrap().unwrap().status,
+        TenantStatus::Active
+    ));
 }

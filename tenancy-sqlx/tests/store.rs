@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use tenancy_core::store::{CachedStore, TenantStore};
+use tenancy_core::lifecycle::{Lifecycle, Transition};
+use tenancy_core::store::{CachedStore, TenantStore, TenantUpdate};
 use tenancy_core::{
     Authorizer, Membership, MembershipStore, PlanId, Role, Tenant, TenantContext, TenantId,
     TenantKind, TenantStatus, UserId, authorize,
@@ -80,6 +81,7 @@ async fn tenants_round_trip_through_postgres() {
         *ends_at = micros(*ends_at);
     }
     s.write.create(&t).await.unwrap();
+    t.version = 1; // as stored
 
     let by_id = s.read.by_id(t.id).await.unwrap().unwrap();
     assert_eq!(*by_id, t);
@@ -115,12 +117,29 @@ async fn uniqueness_is_enforced_and_updates_replace_domains() {
     ));
 
     let d2 = format!("{}.example.test", unique("two"));
-    let mut renamed = a.clone().with_status(TenantStatus::Suspended {
-        reason: "unpaid invoice".into(),
-    });
-    renamed.slug = unique("a2").parse().unwrap();
-    renamed.domains = vec![d2.parse().unwrap()];
-    s.write.update(&renamed).await.unwrap();
+    let suspended = Lifecycle::new(Arc::new(s.write.clone()))
+        .apply(
+            &s.read.by_id(a.id).await.unwrap().unwrap(),
+            Transition::Suspend {
+                reason: "unpaid invoice".into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let renamed = s
+        .write
+        .apply(
+            a.id,
+            &TenantUpdate::new()
+                .slug(unique("a2").parse().unwrap())
+                .remove_domain(d1.parse().unwrap())
+                .add_domain(d2.parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.status, suspended.status);
+    assert_eq!(renamed.version, 3);
     let got = s.read.by_id(a.id).await.unwrap().unwrap();
     assert_eq!(got.slug, renamed.slug);
     assert_eq!(got.domains, renamed.domains);
@@ -227,10 +246,15 @@ async fn changes_invalidate_caches_in_every_process() {
     }
     stale.by_id(t.id).await.unwrap();
 
-    let mut changed = t.clone();
-    changed.display_name = "After".into();
-    changed.slug = new_slug.clone();
-    s.write.update(&changed).await.unwrap();
+    s.write
+        .apply(
+            t.id,
+            &TenantUpdate::new()
+                .display_name("After")
+                .slug(new_slug.clone()),
+        )
+        .await
+        .unwrap();
 
     for c in &caches {
         eventually("the rename reaches every cache", || async {
@@ -304,9 +328,10 @@ async fn the_listener_survives_its_connection_being_killed() {
         cache.by_id(t.id).await.unwrap().unwrap().display_name,
         "Before"
     );
-    let mut changed = t.clone();
-    changed.display_name = "After".into();
-    s.write.update(&changed).await.unwrap();
+    s.write
+        .apply(t.id, &TenantUpdate::new().display_name("After"))
+        .await
+        .unwrap();
     eventually(
         "the change reaches the cache after the reconnect",
         || async { cache.by_id(t.id).await.unwrap().unwrap().display_name == "After" },

@@ -23,6 +23,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub mod http;
 pub mod invite;
 pub mod isolation;
+pub mod store;
 pub mod web;
 
 /// The environment variable holding the superuser URL.

@@ -46,6 +46,9 @@ pub struct Running {
     /// The demo tenants seeded by this start (empty when the data directory
     /// already had tenants).
     pub seeded: Vec<String>,
+    /// The server's data access (operations code in the same process: a
+    /// suspension made here is seen by the next request).
+    pub data: Data,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -104,7 +107,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         sessions: Sessions::new(session_key(&config.data_dir)?),
         plans: Arc::new(plans(config.plans.as_deref())?),
         quota: Arc::new(tenancy_core::quota::MemoryQuota::new()),
-        data,
+        data: data.clone(),
     };
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -124,6 +127,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         addr,
         storage,
         seeded,
+        data,
         stop: Some(stop),
         task,
     })

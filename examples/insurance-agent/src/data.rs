@@ -17,14 +17,15 @@ use tenancy_core::audit::AuditEvent;
 use tenancy_core::audit::chain::{Anchor, ChainReport};
 use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
 use tenancy_core::invite::InvitationStore;
-use tenancy_core::store::{CachedStore, TenantStore};
+use tenancy_core::lifecycle::{Lifecycle, LifecycleError, Transition};
+use tenancy_core::store::{CachedStore, TenantStore, TenantUpdate, TenantWriter, WriteError};
 use tenancy_core::{
     DomainName, Membership, MembershipStore, MembershipWriter, Placement, StoreError, Tenant,
     TenantContext, TenantId, TenantSlug, UserId,
 };
 use tenancy_sqlx::sqlite::{
-    SqliteAuditLog, SqliteControl, SqliteMembershipStore, SqliteTenantDb, SqliteTenantStore,
-    SqliteTenantTx, guard_table_sql,
+    SqliteAuditLog, SqliteChangeWatcher, SqliteControl, SqliteMembershipStore, SqliteTenantDb,
+    SqliteTenantStore, SqliteTenantTx, guard_table_sql,
 };
 use tenancy_sqlx::tenant_migrate::{RolloutReport, TenantMigration, TenantMigrator};
 use tenancy_sqlx::{
@@ -228,6 +229,9 @@ pub struct Data {
     keyring: Arc<Keyring>,
     audit: AuditLog,
     _listeners: Option<Arc<(InvalidationListener, KeyInvalidationListener)>>,
+    /// SQLite: changes made by other processes (the command line), read
+    /// from the control database's change log.
+    _watcher: Option<Arc<SqliteChangeWatcher>>,
 }
 
 #[derive(Clone)]
@@ -270,12 +274,18 @@ impl Tenants {
             Tenants::Postgres(s) => s.create(tenant).await,
         }
     }
+}
 
-    /// Replaces a tenant's record.
-    pub async fn update(&self, tenant: &Tenant) -> Result<(), DbError> {
+#[async_trait]
+impl TenantWriter for Tenants {
+    async fn create(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        Tenants::create(self, tenant).await.map_err(StoreError::new)
+    }
+
+    async fn update(&self, id: TenantId, update: &TenantUpdate) -> Result<Arc<Tenant>, WriteError> {
         match self {
-            Tenants::Sqlite(s) => s.update(tenant).await,
-            Tenants::Postgres(s) => s.update(tenant).await,
+            Tenants::Sqlite(s) => s.apply(id, update).await,
+            Tenants::Postgres(s) => s.apply(id, update).await,
         }
     }
 }
@@ -458,20 +468,29 @@ impl Data {
         sqlx::raw_sql(include_str!("../migrations/sqlite/control_users.sql"))
             .execute(control.pool())
             .await?;
-        let keyring = Keyring::new(local_keys(dir)?, Arc::new(control.keys()));
+        let keyring = Arc::new(Keyring::new(local_keys(dir)?, Arc::new(control.keys())));
         let audit = AuditLog::Sqlite(SqliteAuditLog::new(secret_file(dir, "audit.key")?));
         let store: Arc<dyn TenantStore> = Arc::new(control.tenants());
+        let store = Arc::new(CachedStore::new(store));
+        let watcher = SqliteChangeWatcher::start(
+            &control,
+            store.clone(),
+            Some(keyring.clone()),
+            std::time::Duration::from_millis(250),
+        )
+        .await?;
         Ok(Self {
             dir: dir.to_owned(),
-            store: Arc::new(CachedStore::new(store)),
+            store,
             backend: Backend::Sqlite {
                 tenants: SqliteTenantDb::new(dir.join("tenants")).max_pools(64),
                 control,
                 migrator: migrator(),
             },
-            keyring: Arc::new(keyring),
+            keyring,
             audit,
             _listeners: None,
+            _watcher: Some(Arc::new(watcher)),
         })
     }
 
@@ -526,6 +545,7 @@ impl Data {
             keyring,
             audit,
             _listeners: Some(Arc::new(listeners)),
+            _watcher: None,
         })
     }
 
@@ -745,11 +765,31 @@ impl Data {
         }
     }
 
-    /// Replaces a tenant's record and drops it from the cache.
-    pub async fn save_tenant(&self, tenant: &Tenant) -> Result<(), DbError> {
-        self.tenant_store().update(tenant).await?;
-        self.store.invalidate_tenant(tenant).await;
-        Ok(())
+    /// Applies field-level changes to a tenant's record as stored (see
+    /// [`TenantUpdate`]) and drops it from the cache.
+    pub async fn update_tenant(
+        &self,
+        id: TenantId,
+        update: &TenantUpdate,
+    ) -> Result<Arc<Tenant>, WriteError> {
+        let next = self.tenant_store().update(id, update).await?;
+        self.store.invalidate_tenant(&next).await;
+        Ok(next)
+    }
+
+    /// Moves a tenant through its lifecycle; refused (409) when its status
+    /// changed since `tenant` was read.
+    pub async fn transition(
+        &self,
+        tenant: &Tenant,
+        transition: Transition,
+        actor: &str,
+    ) -> Result<Tenant, LifecycleError> {
+        let result = Lifecycle::new(Arc::new(self.tenant_store()))
+            .apply(tenant, transition, actor)
+            .await;
+        self.store.invalidate(tenant.id).await;
+        result
     }
 
     /// A tenant by id (cached).

@@ -225,10 +225,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
         data_dir: cli.data_dir,
         postgres,
     };
-    let command = cli.command.unwrap_or(Command::Serve {
-        bind: "127.0.0.1:8080".parse()?,
-        plans: None,
-    });
+    // No subcommand: serve, honouring INSURANCE_BIND as `serve` does.
+    let command = match cli.command {
+        Some(c) => c,
+        None => Command::Serve {
+            bind: match std::env::var("INSURANCE_BIND") {
+                Ok(v) => v
+                    .parse()
+                    .map_err(|e| format!("INSURANCE_BIND={v:?} is not an address: {e}"))?,
+                Err(_) => "127.0.0.1:8080".parse()?,
+            },
+            plans: None,
+        },
+    };
     match command {
         Command::Serve { bind, plans } => serve(at, bind, plans).await,
         Command::Migrate => migrate(&at).await,
@@ -478,13 +487,8 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
         }
         TenantCommand::Suspend { slug, reason } => {
             let t = by_slug(&slug).await?;
-            let next = tenancy_core::lifecycle::next_status(
-                &t.status,
-                &Transition::Suspend { reason },
-                chrono::Utc::now(),
-            )?;
-            let changed = (*t).clone().with_status(next);
-            data.save_tenant(&changed).await?;
+            data.transition(&t, Transition::Suspend { reason }, "cli")
+                .await?;
             println!("suspended {slug}");
             Ok(())
         }
@@ -518,12 +522,7 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
         }
         TenantCommand::Resume { slug } => {
             let t = by_slug(&slug).await?;
-            let next = tenancy_core::lifecycle::next_status(
-                &t.status,
-                &Transition::Resume,
-                chrono::Utc::now(),
-            )?;
-            data.save_tenant(&(*t).clone().with_status(next)).await?;
+            data.transition(&t, Transition::Resume, "cli").await?;
             println!("resumed {slug}");
             Ok(())
         }

@@ -95,7 +95,10 @@ pub async fn export_rows(
     Ok(out)
 }
 
-/// Writes [`export_rows`] as `<dir>/<table>.jsonl`, owner-readable only.
+/// Writes [`export_rows`] as `<dir>/<table>.jsonl`, owner-readable only
+/// (mode 0600). The files must not exist yet: an existing file — or a
+/// symbolic link planted where one will be written — is refused, never
+/// followed or overwritten.
 pub async fn export_to(
     data: &Data,
     tenant: &Tenant,
@@ -104,54 +107,76 @@ pub async fn export_to(
 ) -> Result<ExportCounts, ApiError> {
     let io = |e: std::io::Error| ApiError::internal(format!("export to {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut counts = Vec::new();
-    for (table, rows) in export_rows(data, tenant, actor).await? {
+    // Every file is created before any row is read: a refused export reads
+    // (and audits) nothing, and leaves nothing behind.
+    let mut files = Vec::new();
+    for table in TENANT_TABLES {
         let path: PathBuf = dir.join(format!("{table}.jsonl"));
-        let mut f = private_file(&path).map_err(io)?;
-        for r in &rows {
+        match private_file(&path) {
+            Ok(f) => files.push((table, path, f)),
+            Err(e) => {
+                for (_, created, _) in &files {
+                    let _ = std::fs::remove_file(created);
+                }
+                return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    ApiError::conflict(format!(
+                        "{} already exists: export into a new directory",
+                        path.display()
+                    ))
+                } else {
+                    io(e)
+                });
+            }
+        }
+    }
+    let mut rows = export_rows(data, tenant, actor).await?;
+    let mut counts = Vec::new();
+    for (table, _, mut f) in files {
+        let table_rows = rows
+            .iter_mut()
+            .find(|(t, _)| *t == table)
+            .map(|(_, r)| std::mem::take(r))
+            .unwrap_or_default();
+        for r in &table_rows {
             serde_json::to_writer(&mut f, r).map_err(|e| ApiError::internal(e.to_string()))?;
             f.write_all(b"\n").map_err(io)?;
         }
         f.sync_all().map_err(io)?;
-        counts.push((table, rows.len() as u64));
+        counts.push((table.to_owned(), table_rows.len() as u64));
     }
     Ok(counts)
 }
 
+/// A new file only the owner can read: `O_CREAT | O_EXCL` (fails on an
+/// existing file or any symbolic link, dangling or not), mode 0600.
 #[cfg(unix)]
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
 }
 
 #[cfg(not(unix))]
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::create(path)
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
 }
 
 /// Starts offboarding: the tenant is refused from now on (403
 /// `tenant-offboarding`), its data kept for `grace_days`.
 pub async fn offboard(data: &Data, tenant: &Tenant, grace_days: i64) -> Result<Tenant, ApiError> {
-    let next = next_status(
-        &tenant.status,
-        &Transition::Offboard {
-            grace: if grace_days >= 0 {
-                chrono::Duration::days(grace_days)
-            } else {
-                return Err(ApiError::invalid("grace days must not be negative"));
-            },
-        },
-        chrono::Utc::now(),
-    )
-    .map_err(|e| ApiError::conflict(e.to_string()))?;
-    let t = tenant.clone().with_status(next);
-    data.save_tenant(&t).await?;
-    Ok(t)
+    if grace_days < 0 {
+        return Err(ApiError::invalid("grace days must not be negative"));
+    }
+    let grace = chrono::Duration::days(grace_days);
+    Ok(data
+        .transition(tenant, Transition::Offboard { grace }, "operator")
+        .await?)
 }
 
 /// Purges an offboarded tenant whose grace period is over: crypto-shreds
@@ -172,7 +197,7 @@ pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
             .remove(&UserId::new(m.user_id.as_str().to_owned()), tenant.id)
             .await?;
     }
-    let t = tenant.clone().with_status(next);
-    data.save_tenant(&t).await?;
-    Ok(t)
+    Ok(data
+        .transition(tenant, Transition::Purge, "operator")
+        .await?)
 }

@@ -13,6 +13,7 @@ use insurance_agent::app::{self, Config, Running};
 use insurance_agent::data::PgUrls;
 use insurance_agent::seed::DEMO_PASSWORD;
 use serde_json::{Value, json};
+use tenancy_core::store::TenantStore;
 use tenancy_testkit::TestDb;
 use tenancy_testkit::http::{RawResponse, send};
 
@@ -110,7 +111,8 @@ on_both_backends!(
     usage_plan_changes_thresholds_and_compliance_reports,
     invitations_enforce_the_tenants_password_policy_and_are_single_use,
     a_providers_admins_administer_its_regional_office_and_no_further,
-    the_hourly_api_quota_answers_429_per_tenant
+    the_hourly_api_quota_answers_429_per_tenant,
+    a_plan_change_and_a_settings_change_sent_together_both_persist
 );
 
 fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
@@ -582,6 +584,82 @@ async fn the_run_command_starts_on_a_fresh_data_directory() {
     );
 }
 
+/// Polls `GET /customers` until it answers `want`; fails after a second.
+async fn status_within_a_second(
+    addr: SocketAddr,
+    token: &str,
+    want: u16,
+) -> (RawResponse, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let r = call(addr, "GET", "/customers", Some(token), None).await;
+        if r.status == want {
+            return (r, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "still {} after 1 s: {}",
+            r.status,
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// On the embedded default the command line and the server are two
+/// processes on one control database: a suspension made by the command
+/// line is refused by the running server within a second (the change log,
+/// not the cache TTL of a minute), and resuming it is seen as fast.
+#[tokio::test]
+async fn the_command_line_reaches_a_running_sqlite_server_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let env = [("INSURANCE_DATA_DIR", data_dir)];
+    let (mut child, addr, _) = spawn_server(&env).await;
+    let token = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    // Cached by the server.
+    assert_eq!(
+        call(addr, "GET", "/customers", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    let out = command(
+        &env,
+        &[
+            "tenant",
+            "suspend",
+            "sunrise-insurance",
+            "--reason",
+            "unpaid",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (refused, took) = status_within_a_second(addr, &token, 403).await;
+    assert_problem(&refused, 403, "tenant-suspended");
+    println!(
+        "cross-process: suspension seen after {} ms",
+        took.as_millis()
+    );
+    let out = command(&env, &["tenant", "resume", "sunrise-insurance"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, took) = status_within_a_second(addr, &token, 200).await;
+    println!(
+        "cross-process: resumption seen after {} ms",
+        took.as_millis()
+    );
+    child.kill().await.unwrap();
+}
+
 /// Deletes the tenant's newest audit event the way someone with direct
 /// access to the storage could: as the superuser on PostgreSQL, by dropping
 /// the append-only trigger in the tenant's file on SQLite.
@@ -1007,6 +1085,20 @@ async fn every_state_change_is_audited_and_the_chain_verifies(backend: Backend) 
         .count();
     assert_eq!(writes, changes, "{items:?}");
     assert!(items.iter().any(|e| e["event"]["action"] == "login"));
+    // A page bound beyond any stored sequence number is no bound (not a 500).
+    let past_the_end = call(
+        addr,
+        "GET",
+        &format!("/audit?limit=1000&before={}", u64::MAX),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(past_the_end.status, 200, "{}", past_the_end.text());
+    assert_eq!(
+        past_the_end.json()["items"].as_array().unwrap().len(),
+        items.len()
+    );
     let check = call(addr, "GET", "/audit/verify", Some(&admin), None)
         .await
         .json();
@@ -1784,6 +1876,53 @@ async fn a_providers_admins_administer_its_regional_office_and_no_further(backen
         .await
         .json();
     assert_eq!(north_only["total"], 1);
+
+    // The provider suspended: its admins keep nothing in the office (the
+    // office itself is active), and the provider issues no new session.
+    let provider = app
+        .running
+        .data
+        .store()
+        .by_slug(&"sunrise-insurance".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    app.running
+        .data
+        .transition(
+            &provider,
+            tenancy_core::lifecycle::Transition::Suspend {
+                reason: "unpaid".into(),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(refused("admin@sunrise.test", "sunrise-north")),
+    )
+    .await;
+    assert_problem(&r, 401, "app.unauthorized");
+    let r = call(addr, "GET", "/agents", Some(&in_child), None).await;
+    assert_eq!(
+        r.status,
+        403,
+        "an inherited session outlived the suspension: {}",
+        r.text()
+    );
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(refused("admin@sunrise.test", "sunrise-insurance")),
+    )
+    .await;
+    assert_problem(&r, 403, "tenant-suspended");
     app.running.stop().await.unwrap();
 }
 
@@ -1825,4 +1964,56 @@ async fn the_hourly_api_quota_answers_429_per_tenant(backend: Backend) {
         200
     );
     app.running.stop().await.unwrap();
+}
+
+/// Handlers change the fields they own on the record as stored: a plan
+/// change and a settings change sent at the same time both persist, round
+/// after round (a handler writing back the whole record it was admitted
+/// with would revert the other's change).
+async fn a_plan_change_and_a_settings_change_sent_together_both_persist(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    for round in 0..6u64 {
+        let plan = if round % 2 == 0 {
+            "professional"
+        } else {
+            "enterprise"
+        };
+        let min_length = 10 + round;
+        let policy = json!({"min_length": min_length, "require_upper": true,
+            "require_lower": true, "require_digit": true, "require_symbol": false});
+        let (p, s) = tokio::join!(
+            call(
+                addr,
+                "POST",
+                "/plan",
+                Some(&admin),
+                Some(json!({"plan": plan}))
+            ),
+            call(
+                addr,
+                "PUT",
+                "/settings/password-policy",
+                Some(&admin),
+                Some(policy)
+            ),
+        );
+        assert_eq!(p.status, 200, "round {round}: {}", p.text());
+        assert_eq!(s.status, 200, "round {round}: {}", s.text());
+        let usage = call(addr, "GET", "/usage", Some(&admin), None).await;
+        assert_eq!(
+            usage.json()["plan"],
+            plan,
+            "round {round}: {}",
+            usage.text()
+        );
+        let now = call(addr, "GET", "/settings/password-policy", Some(&admin), None).await;
+        assert_eq!(
+            now.json()["min_length"],
+            min_length,
+            "round {round}: {}",
+            now.text()
+        );
+    }
 }

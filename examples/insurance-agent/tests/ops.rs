@@ -74,6 +74,24 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "export files are owner-only");
+        // An export never overwrites a file, nor writes through a link
+        // planted where one of its files goes.
+        let again = ops::export_to(&data, &tenant, &out, "test")
+            .await
+            .unwrap_err();
+        assert_eq!(again.0.status, 409, "{again}");
+        let planted = dir.path().join("planted");
+        std::fs::create_dir_all(&planted).unwrap();
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, b"untouched").unwrap();
+        for table in insurance_agent::data::TENANT_TABLES {
+            std::os::unix::fs::symlink(&victim, planted.join(format!("{table}.jsonl"))).unwrap();
+        }
+        let linked = ops::export_to(&data, &tenant, &planted, "test")
+            .await
+            .unwrap_err();
+        assert_eq!(linked.0.status, 409, "{linked}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
     }
     // A ciphertext as stored, to check the shredding later.
     let mut tx = data.begin(&ctx).await.unwrap();
@@ -102,15 +120,22 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
         ops::purge(&data, &offboarding).await.unwrap_err().0.status,
         409
     );
-    // (A zero grace period, as an operator would after the real one.)
-    let fresh = data.tenant_store().by_id(tenant.id).await.unwrap().unwrap();
-    let restored = ops::offboard(
-        &data,
-        &(*fresh).clone().with_status(TenantStatus::Active),
-        0,
-    )
-    .await
-    .unwrap();
+    // A copy from before the offboarding cannot be used to decide again.
+    assert_eq!(
+        ops::offboard(&data, &tenant, 0).await.unwrap_err().0.status,
+        409
+    );
+    // (A zero grace period, as an operator would after the real one:
+    // restored, then offboarded again.)
+    let restored = data
+        .transition(
+            &offboarding,
+            tenancy_core::lifecycle::Transition::Restore,
+            "test",
+        )
+        .await
+        .unwrap();
+    let restored = ops::offboard(&data, &restored, 0).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     let path = (!postgres).then(|| data.tenant_path(&restored).unwrap());
     let gone = ops::purge(&data, &restored).await.unwrap();

@@ -212,7 +212,7 @@ impl LocalKeyProvider {
             .collect();
         let bytes = serde_json::to_vec_pretty(&raw).map_err(|e| kek_file_error(path, e))?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| kek_file_error(&tmp, e))?;
+        write_private(&tmp, &bytes).map_err(|e| kek_file_error(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| kek_file_error(path, e))
     }
 
@@ -783,6 +783,29 @@ impl Keyring {
     }
 }
 
+/// Writes `bytes` to a new file at `path` that only the owner can read
+/// (mode 0600), never through a symbolic link: a leftover file or link at
+/// `path` (a crash between write and rename, or a planted link) is removed
+/// first, then the file is created exclusively (`O_EXCL`) and synced.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod persistent_tests {
     //! Tests only: a failed unwrap is a failed test.
@@ -827,6 +850,30 @@ mod persistent_tests {
                 .unwrap(tenant, &w)
                 .await
                 .is_err()
+        );
+    }
+
+    /// The KEK file is the owner's alone, and a link planted where its
+    /// temporary file goes is replaced, not written through.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_kek_file_is_private_and_never_written_through_a_link() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keks.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        let p = LocalKeyProvider::persistent(master(1), &path).unwrap();
+        p.generate(TenantId::new_v4()).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "KEK file mode {mode:o}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
         );
     }
 

@@ -11,7 +11,7 @@ use open_feature::{
 };
 
 use super::{Evaluation, FlagEngine, Reason};
-use crate::plan::{FlagValue, Overrides, PlanCatalog};
+use crate::plan::{FlagValue, PlanCatalog};
 use crate::store::TenantStore;
 use crate::{Tenant, TenantId};
 
@@ -126,11 +126,28 @@ impl TenancyFlagProvider {
             ancestors.push(p);
             parent = match self.tenants.by_id(p).await {
                 Ok(Some(t)) => t.parent,
-                _ => None,
+                Ok(None) => None,
+                // An ancestor that cannot be read could hold an override:
+                // an error, not an answer computed without it.
+                Err(e) => {
+                    return Err(error(
+                        EvaluationErrorCode::General(e.to_string()),
+                        "tenant store failed",
+                    ));
+                }
             };
         }
+        // The tenant's own plan overrides count, as in the request path; a
+        // plan the catalog cannot resolve is an error, not "no plan".
         let entitlements = match (&self.plans, &tenant.plan) {
-            (Some(c), Some(plan)) => c.entitlements(plan, &Overrides::default()).ok(),
+            (Some(c), Some(plan)) => {
+                Some(c.entitlements(plan, &tenant.plan_overrides).map_err(|e| {
+                    error(
+                        EvaluationErrorCode::General(e.to_string()),
+                        "the tenant's entitlements cannot be computed",
+                    )
+                })?)
+            }
             _ => None,
         };
         Ok(self

@@ -3,7 +3,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 
-use super::{TenantStore, UniqueViolation};
+use super::{TenantStore, TenantUpdate, UniqueViolation, WriteError};
 use crate::{DomainName, StoreError, Tenant, TenantId, TenantSlug};
 
 /// A [`TenantStore`] held in memory, enforcing unique ids, slugs and domains.
@@ -95,29 +95,34 @@ impl InMemoryTenantStore {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a new tenant.
-    pub fn insert(&self, tenant: Tenant) -> Result<(), UniqueViolation> {
+    /// Adds a new tenant, stored at version 1.
+    pub fn insert(&self, mut tenant: Tenant) -> Result<(), UniqueViolation> {
         let mut maps = self.write();
         if maps.by_id.contains_key(&tenant.id) {
             return Err(UniqueViolation::Id(tenant.id));
         }
         maps.check_unique(&tenant)?;
+        tenant.version = 1;
         maps.index(tenant);
         Ok(())
     }
 
-    /// Replaces an existing tenant (slug and domains may change).
+    /// Applies `update` to tenant `id` under the store's lock (see
+    /// [`TenantWriter::update`](super::TenantWriter::update)).
     ///
     /// Remember to invalidate any [`super::CachedStore`] in front of this store.
-    pub fn update(&self, tenant: Tenant) -> Result<(), UniqueViolation> {
+    pub fn apply(&self, id: TenantId, update: &TenantUpdate) -> Result<Arc<Tenant>, WriteError> {
         let mut maps = self.write();
-        if !maps.by_id.contains_key(&tenant.id) {
-            return Err(UniqueViolation::Missing(tenant.id));
-        }
-        maps.check_unique(&tenant)?;
-        maps.unindex(tenant.id);
-        maps.index(tenant);
-        Ok(())
+        let current = maps
+            .by_id
+            .get(&id)
+            .cloned()
+            .ok_or(WriteError::NotFound(id))?;
+        let next = update.apply_to(&current, chrono::Utc::now())?;
+        maps.check_unique(&next)?;
+        maps.unindex(id);
+        maps.index(next);
+        maps.by_id.get(&id).cloned().ok_or(WriteError::NotFound(id))
     }
 
     /// Removes a tenant record entirely; returns it if it existed.
@@ -177,8 +182,8 @@ impl super::TenantWriter for InMemoryTenantStore {
         self.insert(tenant.clone()).map_err(StoreError::new)
     }
 
-    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        self.update(tenant.clone()).map_err(StoreError::new)
+    async fn update(&self, id: TenantId, update: &TenantUpdate) -> Result<Arc<Tenant>, WriteError> {
+        self.apply(id, update)
     }
 }
 
@@ -191,22 +196,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn update_reindexes_slug_and_domains() {
+    async fn update_reindexes_domains_and_bumps_the_version() {
         let store = InMemoryTenantStore::new();
         let t = tenant("old").with_domain("old.test".parse().unwrap());
         store.insert(t.clone()).unwrap();
-        let mut renamed = t.clone();
-        renamed.slug = "new".parse().unwrap();
-        renamed.domains = vec!["new.test".parse().unwrap()];
-        store.update(renamed).unwrap();
-
-        assert!(
-            store
-                .by_slug(&"old".parse().unwrap())
-                .await
-                .unwrap()
-                .is_none()
-        );
+        let next = store
+            .apply(
+                t.id,
+                &TenantUpdate::new()
+                    .remove_domain("old.test".parse().unwrap())
+                    .add_domain("new.test".parse().unwrap()),
+            )
+            .unwrap();
+        assert_eq!(next.version, 2);
         assert!(
             store
                 .by_domain(&"old.test".parse().unwrap())
@@ -216,7 +218,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .by_slug(&"new".parse().unwrap())
+                .by_domain(&"new.test".parse().unwrap())
                 .await
                 .unwrap()
                 .unwrap()
@@ -240,9 +242,19 @@ mod tests {
             Err(UniqueViolation::Domain(_))
         ));
         assert!(matches!(
-            store.update(tenant("c")),
-            Err(UniqueViolation::Missing(_))
+            store.apply(tenant("c").id, &TenantUpdate::new().display_name("c")),
+            Err(WriteError::NotFound(_))
         ));
-        assert_eq!(store.len(), 1);
+        // A domain another tenant owns cannot be added.
+        let b = tenant("b");
+        store.insert(b.clone()).unwrap();
+        assert!(matches!(
+            store.apply(
+                b.id,
+                &TenantUpdate::new().add_domain("a.test".parse().unwrap())
+            ),
+            Err(WriteError::Unique(UniqueViolation::Domain(_)))
+        ));
+        assert_eq!(store.len(), 2);
     }
 }

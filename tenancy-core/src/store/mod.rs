@@ -17,9 +17,11 @@ use async_trait::async_trait;
 use crate::{DomainName, StoreError, Tenant, TenantId, TenantSlug};
 
 mod cached;
+mod change;
 mod memory;
 
 pub use cached::{CachedStore, CachedStoreBuilder};
+pub use change::{StatusChange, TenantChange, TenantUpdate, WriteError};
 pub use memory::InMemoryTenantStore;
 
 /// Looks up tenant records.
@@ -49,15 +51,24 @@ pub trait TenantStore: Send + Sync {
     }
 }
 
-/// Creates and changes tenant records (lifecycle, provisioning). Only
-/// operations code needs it; the request path reads through [`TenantStore`].
+/// Creates and changes tenant records (lifecycle, provisioning, settings).
+/// The request path reads through [`TenantStore`].
+///
+/// There is no whole-record save: a change names the fields it touches
+/// ([`TenantUpdate`]) and the store applies it to the record as stored,
+/// atomically, bumping [`Tenant::version`]; an update that insists on the
+/// version it read is refused with [`WriteError::Conflict`] when anyone wrote
+/// since. Status changes only through
+/// [`Lifecycle`](crate::lifecycle::Lifecycle).
 #[async_trait]
 pub trait TenantWriter: TenantStore {
-    /// Adds a new tenant; an existing id, slug or domain is an error.
+    /// Adds a new tenant, stored at version 1; an existing id, slug or
+    /// domain is an error.
     async fn create(&self, tenant: &Tenant) -> Result<(), StoreError>;
 
-    /// Replaces an existing tenant's record.
-    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    /// Applies `update` to the stored record of tenant `id` atomically and
+    /// returns the record as now stored.
+    async fn update(&self, id: TenantId, update: &TenantUpdate) -> Result<Arc<Tenant>, WriteError>;
 }
 
 #[async_trait]

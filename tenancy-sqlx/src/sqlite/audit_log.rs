@@ -177,11 +177,8 @@ impl SqliteAuditLog {
         q: &AuditQuery,
     ) -> Result<AuditPage, DbError> {
         let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
-        let before = q
-            .before_seq
-            .map(i64::try_from)
-            .transpose()
-            .map_err(|_| invalid("before_seq"))?;
+        // Every stored seq is below i64::MAX: a larger bound is no bound.
+        let before = q.before_seq.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log \
              WHERE ($1 IS NULL OR actor_id = $1) AND ($2 IS NULL OR action = $2) \

@@ -12,7 +12,7 @@ use sqlx::{Executor, SqlitePool};
 use tenancy_core::crypto::CryptoError;
 use tenancy_core::crypto::keys::{KeyState, KeyStore, StoredKey};
 use tenancy_core::invite::{Invitation, InvitationStore};
-use tenancy_core::store::{TenantStore, TenantWriter};
+use tenancy_core::store::{TenantStore, TenantUpdate, TenantWriter, UniqueViolation, WriteError};
 use tenancy_core::{
     DomainName, Membership, MembershipStore, MembershipWriter, StoreError, Tenant, TenantId,
     TenantSlug, UserId,
@@ -59,6 +59,37 @@ CREATE TABLE IF NOT EXISTS tenancy_tenant_keys (
     created_at TEXT    NOT NULL,
     PRIMARY KEY (tenant_id, version)
 );
+-- Every change to a tenant, its domains or its keys, in commit order, for
+-- other processes on this control database (SqliteChangeWatcher). Written
+-- by triggers, so no writer can forget it; bounded to the last 10 000.
+CREATE TABLE IF NOT EXISTS tenancy_changes (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind      TEXT NOT NULL CHECK (kind IN ('slug', 'domain', 'key')),
+    tenant_id TEXT NOT NULL,
+    name      TEXT
+);
+CREATE TRIGGER IF NOT EXISTS tenancy_changes_bound AFTER INSERT ON tenancy_changes
+BEGIN DELETE FROM tenancy_changes WHERE seq <= NEW.seq - 10000; END;
+CREATE TRIGGER IF NOT EXISTS tenancy_tenants_changed_ins AFTER INSERT ON tenancy_tenants
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id, name) VALUES ('slug', NEW.id, NEW.slug); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_tenants_changed_upd AFTER UPDATE ON tenancy_tenants
+BEGIN
+    INSERT INTO tenancy_changes (kind, tenant_id, name) VALUES ('slug', NEW.id, OLD.slug);
+    INSERT INTO tenancy_changes (kind, tenant_id, name)
+        SELECT 'slug', NEW.id, NEW.slug WHERE NEW.slug <> OLD.slug;
+END;
+CREATE TRIGGER IF NOT EXISTS tenancy_tenants_changed_del AFTER DELETE ON tenancy_tenants
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id, name) VALUES ('slug', OLD.id, OLD.slug); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_domains_changed_ins AFTER INSERT ON tenancy_tenant_domains
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id, name) VALUES ('domain', NEW.tenant_id, NEW.domain); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_domains_changed_del AFTER DELETE ON tenancy_tenant_domains
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id, name) VALUES ('domain', OLD.tenant_id, OLD.domain); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_ins AFTER INSERT ON tenancy_tenant_keys
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id) VALUES ('key', NEW.tenant_id); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_upd AFTER UPDATE ON tenancy_tenant_keys
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id) VALUES ('key', NEW.tenant_id); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_del AFTER DELETE ON tenancy_tenant_keys
+BEGIN INSERT INTO tenancy_changes (kind, tenant_id) VALUES ('key', OLD.tenant_id); END;
 ";
 
 /// The control database of a SQLite deployment (one file, WAL): the tenant
@@ -181,49 +212,21 @@ impl SqliteTenantStore {
         record.as_deref().map(decode_tenant).transpose()
     }
 
-    /// Adds a tenant; an existing id, slug or domain is [`DbError::Conflict`].
+    /// Adds a tenant, stored at version 1; an existing id, slug or domain is
+    /// [`DbError::Conflict`].
     pub async fn create(&self, tenant: &Tenant) -> Result<(), DbError> {
-        self.write(tenant, true).await
-    }
-
-    /// Replaces an existing tenant's record (and its domains).
-    pub async fn update(&self, tenant: &Tenant) -> Result<(), DbError> {
-        self.write(tenant, false).await
-    }
-
-    /// Every tenant, by slug.
-    pub async fn list(&self) -> Result<Vec<Arc<Tenant>>, DbError> {
-        let records: Vec<String> =
-            sqlx::query_scalar("SELECT record FROM tenancy_tenants ORDER BY slug")
-                .fetch_all(&self.pool)
-                .await?;
-        records.iter().map(|r| decode_tenant(r)).collect()
-    }
-
-    async fn write(&self, tenant: &Tenant, new: bool) -> Result<(), DbError> {
-        let record = serde_json::to_string(tenant).map_err(|e| invalid("tenant", e))?;
+        let mut tenant = tenant.clone();
+        tenant.version = 1;
+        let record = serde_json::to_string(&tenant).map_err(|e| invalid("tenant", e))?;
         let id = tenant.id.to_string();
         let mut tx = self.pool.begin().await?;
-        let sql = if new {
-            "INSERT INTO tenancy_tenants (id, slug, record) VALUES ($1, $2, $3)"
-        } else {
-            "UPDATE tenancy_tenants SET slug = $2, record = $3, updated_at = CURRENT_TIMESTAMP \
-             WHERE id = $1"
-        };
-        let done = sqlx::query(sql)
+        sqlx::query("INSERT INTO tenancy_tenants (id, slug, record) VALUES ($1, $2, $3)")
             .bind(&id)
             .bind(tenant.slug.as_str())
             .bind(&record)
             .execute(&mut *tx)
             .await
             .map_err(map_unique)?;
-        if done.rows_affected() == 0 {
-            return Err(DbError::Conflict(format!("no tenant {id} to update")));
-        }
-        sqlx::query("DELETE FROM tenancy_tenant_domains WHERE tenant_id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
         for d in &tenant.domains {
             sqlx::query("INSERT INTO tenancy_tenant_domains (domain, tenant_id) VALUES ($1, $2)")
                 .bind(d.as_str())
@@ -235,6 +238,96 @@ impl SqliteTenantStore {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Applies `update` to tenant `id`: the change is applied to the record
+    /// as stored ([`TenantUpdate::apply_to`]) and written only if the stored
+    /// version has not moved (compare-and-set in the `UPDATE` itself, with
+    /// the domains in the same transaction). A writer that lost the race
+    /// reads again and re-applies its fields, so concurrent updates of
+    /// different fields both persist; an update that insists on a version
+    /// someone else has moved past is [`WriteError::Conflict`].
+    pub async fn apply(
+        &self,
+        id: TenantId,
+        update: &TenantUpdate,
+    ) -> Result<Arc<Tenant>, WriteError> {
+        let store = |e: DbError| WriteError::Store(StoreError::new(e));
+        let key = id.to_string();
+        // Each lost race means another writer committed: progress is
+        // guaranteed, the bound only stops a pathological storm.
+        for _ in 0..64 {
+            let current = self
+                .fetch("SELECT record FROM tenancy_tenants WHERE id = $1", &key)
+                .await
+                .map_err(store)?
+                .ok_or(WriteError::NotFound(id))?;
+            let next = update.apply_to(&current, chrono::Utc::now())?;
+            let record = serde_json::to_string(&next).map_err(|e| store(invalid("tenant", e)))?;
+            let mut tx = self.pool.begin().await.map_err(|e| store(e.into()))?;
+            let done = sqlx::query(
+                "UPDATE tenancy_tenants SET slug = $2, record = $3, updated_at = CURRENT_TIMESTAMP \
+                 WHERE id = $1 AND COALESCE(json_extract(record, '$.version'), 0) = $4",
+            )
+            .bind(&key)
+            .bind(next.slug.as_str())
+            .bind(&record)
+            .bind(i64::try_from(current.version).map_err(|e| store(invalid("version", e)))?)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sqlite_unique_or(e, || UniqueViolation::Slug(next.slug.clone())))?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await.map_err(|e| store(e.into()))?;
+                continue;
+            }
+            if update.touches_domains() {
+                for d in current.domains.iter().filter(|d| !next.domains.contains(d)) {
+                    sqlx::query(
+                        "DELETE FROM tenancy_tenant_domains WHERE tenant_id = $1 AND domain = $2",
+                    )
+                    .bind(&key)
+                    .bind(d.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| store(e.into()))?;
+                }
+                for d in next.domains.iter().filter(|d| !current.domains.contains(d)) {
+                    sqlx::query(
+                        "INSERT INTO tenancy_tenant_domains (domain, tenant_id) VALUES ($1, $2)",
+                    )
+                    .bind(d.as_str())
+                    .bind(&key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| sqlite_unique_or(e, || UniqueViolation::Domain(d.clone())))?;
+                }
+            }
+            tx.commit().await.map_err(|e| store(e.into()))?;
+            return Ok(Arc::new(next));
+        }
+        Err(store(DbError::Conflict(format!(
+            "tenant {id} kept changing under 64 attempts to update it"
+        ))))
+    }
+
+    /// Every tenant, by slug.
+    pub async fn list(&self) -> Result<Vec<Arc<Tenant>>, DbError> {
+        let records: Vec<String> =
+            sqlx::query_scalar("SELECT record FROM tenancy_tenants ORDER BY slug")
+                .fetch_all(&self.pool)
+                .await?;
+        records.iter().map(|r| decode_tenant(r)).collect()
+    }
+}
+
+/// A unique violation as the [`UniqueViolation`] `which` names; any other
+/// error as a store failure.
+fn sqlite_unique_or(e: sqlx::Error, which: impl FnOnce() -> UniqueViolation) -> WriteError {
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return WriteError::Unique(which());
+    }
+    WriteError::Store(StoreError::new(DbError::Sqlx(e)))
 }
 
 #[async_trait]
@@ -276,8 +369,8 @@ impl TenantWriter for SqliteTenantStore {
             .map_err(StoreError::new)
     }
 
-    async fn save(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        self.update(tenant).await.map_err(StoreError::new)
+    async fn update(&self, id: TenantId, update: &TenantUpdate) -> Result<Arc<Tenant>, WriteError> {
+        self.apply(id, update).await
     }
 }
 

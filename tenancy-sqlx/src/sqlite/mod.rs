@@ -61,11 +61,13 @@
 
 mod audit_log;
 mod control;
+mod watch;
 
 pub use audit_log::SqliteAuditLog;
 pub use control::{
     SqliteControl, SqliteInvitationStore, SqliteKeyStore, SqliteMembershipStore, SqliteTenantStore,
 };
+pub use watch::SqliteChangeWatcher;
 
 use audit_log::AUDIT_TABLE;
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tenancy_core::audit::AuditEvent;
 use tenancy_core::invite::{Invitations, InviteError, parse_token};
 use tenancy_core::problem::Problem;
+use tenancy_core::store::TenantUpdate;
 use tenancy_core::{Role, TenantContext, UserId};
 
 use super::{ApiError, AppState, Body, Caller};
@@ -224,6 +225,13 @@ pub async fn accept(
     }))
 }
 
+/// The tenant's password policy (its own, or the default).
+#[utoipa::path(get, path = "/settings/password-policy",
+    responses((status = 200, body = PasswordPolicy)), security(("bearer" = [])))]
+pub async fn password_policy(caller: Caller) -> Result<Json<PasswordPolicy>, ApiError> {
+    Ok(Json(PasswordPolicy::of(&caller.ctx.tenant().settings)?))
+}
+
 /// Sets the tenant's password policy (tenant admins).
 #[utoipa::path(put, path = "/settings/password-policy", request_body = PasswordPolicy,
     responses((status = 200, body = PasswordPolicy), (status = 403), (status = 422)), security(("bearer" = [])))]
@@ -240,16 +248,9 @@ pub async fn set_password_policy(
     if !(8..=128).contains(&policy.min_length) {
         return Err(ApiError::invalid("min_length must be between 8 and 128"));
     }
-    let mut tenant = caller.ctx.tenant().clone();
-    let mut settings = match tenant.settings.clone() {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    settings.insert(
-        "password_policy".to_owned(),
-        serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?,
-    );
-    tenant.settings = serde_json::Value::Object(settings);
+    let patch = serde_json::json!({
+        "password_policy": serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?,
+    });
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     state
         .data
@@ -261,6 +262,14 @@ pub async fn set_password_policy(
         )
         .await?;
     tx.commit().await?;
-    state.data.save_tenant(&tenant).await?;
+    // One field of the settings, merged into the record as stored: a
+    // concurrent plan change or settings change is kept.
+    state
+        .data
+        .update_tenant(
+            caller.ctx.tenant_id(),
+            &TenantUpdate::new().settings_patch(patch),
+        )
+        .await?;
     Ok(Json(policy))
 }

@@ -10,11 +10,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tenancy_axum::{Tenant, TenantLayer};
+use tenancy_core::lifecycle::LifecycleError;
 use tenancy_core::pipeline::RequestPipeline;
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
 use tenancy_core::quota::MemoryQuota;
 use tenancy_core::resolve::{JwtStrategy, ResolverChain};
+use tenancy_core::store::WriteError;
 use tenancy_core::{Authorizer, Role, TenantContext, TenantError, UserId};
 use tenancy_sqlx::DbError;
 
@@ -75,7 +77,7 @@ pub fn router(state: AppState) -> Router {
             .route("/invitations", post(invitations::invite))
             .route(
                 "/settings/password-policy",
-                axum::routing::put(invitations::set_password_policy),
+                get(invitations::password_policy).put(invitations::set_password_policy),
             )
             .route("/usage", get(tenant::usage))
             .route("/export", get(tenant::export))
@@ -245,6 +247,37 @@ impl From<DbError> for ApiError {
                 "the tenant's data moved while the request was in flight; retry",
             ))),
             _ => Self::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e.status() {
+            500 => Self::internal(e.to_string()),
+            status => Self(Box::new(Problem::new(
+                status,
+                e.code(),
+                match status {
+                    409 => "Conflict",
+                    404 => "Not found",
+                    _ => "Invalid change",
+                },
+                e.to_string(),
+            ))),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Write(w) => w.into(),
+            LifecycleError::InvalidTransition { .. } | LifecycleError::GracePeriod { .. } => {
+                Self::conflict(e.to_string())
+            }
+            LifecycleError::Invalid(_) => Self::invalid(e.to_string()),
+            other => Self::internal(other.to_string()),
         }
     }
 }

@@ -43,6 +43,7 @@ use super::{
         dashboard::dashboard,
         invitations::invite,
         invitations::accept,
+        invitations::password_policy,
         invitations::set_password_policy,
         tenant::usage,
         tenant::change_plan,

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tenancy_core::store::TenantStore;
-use tenancy_core::{Role, TenantSlug, UserId};
+use tenancy_core::{Role, TenantError, TenantSlug, UserId};
 
 use super::{ApiError, AppState, Body, Caller};
 use crate::auth::verify_password;
@@ -65,11 +65,18 @@ pub async fn login(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(refused)?;
-    // Direct members, and the parent's tenant admins for a child tenant.
+    // Direct members, and the parent's tenant admins for a child tenant
+    // (while the parent may serve); then the tenant itself must be admitted:
+    // a suspended or offboarding tenant issues no session.
     let actor = super::authorizer(&state)
-        .actor(&UserId::new(user_id.clone()), &tenant)
+        .sign_in(&UserId::new(user_id.clone()), &tenant)
         .await
-        .map_err(|_| refused())?;
+        .map_err(|e| match e {
+            TenantError::Suspended { .. }
+            | TenantError::Offboarding
+            | TenantError::TrialExpired { .. } => ApiError::from(e),
+            _ => refused(),
+        })?;
     let token = state.sessions.issue(&user_id, tenant.id, actor.role)?;
     // Sign-ins are recorded in the tenant's own audit log.
     let ctx = tenancy_core::TenantContext::new((*tenant).clone());

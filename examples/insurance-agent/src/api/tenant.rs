@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use tenancy_core::audit::AuditActor;
 use tenancy_core::plan::{DowngradePolicy, PlanError};
+use tenancy_core::store::TenantUpdate;
 use tenancy_core::{PlanId, Role};
 
 use super::{ApiError, AppState, Body, Caller, QueryOf, STOCK, THRESHOLDS, require_feature};
@@ -159,8 +160,17 @@ pub async fn change_plan(
         )
         .await?;
     tx.commit().await?;
-    let changed = tenant.with_plan(new_plan);
-    state.data.save_tenant(&changed).await?;
+    // Applied only while the plan is still the one the downgrade check saw;
+    // other fields changed meanwhile (settings) are kept.
+    state
+        .data
+        .update_tenant(
+            tenant.id,
+            &TenantUpdate::new()
+                .expect_plan(tenant.plan.clone())
+                .plan(Some(new_plan)),
+        )
+        .await?;
     Ok(Json(PlanChanged {
         from: event.old.as_ref().map(ToString::to_string),
         to: event.new.to_string(),
