@@ -302,21 +302,29 @@ impl RedisQuota {
             .map_err(backend)?;
         match reply.as_slice() {
             [1, used] => {
-                if limit >= 0 {
-                    self.note_thresholds(
-                        ctx,
-                        resource,
-                        u64::try_from(*used).unwrap_or(0),
-                        u64::try_from(limit).unwrap_or(u64::MAX),
-                    )
-                    .await?;
-                }
-                Ok(RedisReservation {
+                // The stock is taken from here on: hold it in a reservation
+                // first, so that a failure below gives it back instead of
+                // leaking it.
+                let reservation = RedisReservation {
                     quota: self.clone(),
                     key: k,
                     amount,
                     done: false,
-                })
+                };
+                if limit >= 0
+                    && let Err(e) = self
+                        .note_thresholds(
+                            ctx,
+                            resource,
+                            u64::try_from(*used).unwrap_or(0),
+                            u64::try_from(limit).unwrap_or(u64::MAX),
+                        )
+                        .await
+                {
+                    reservation.release().await?;
+                    return Err(e);
+                }
+                Ok(reservation)
             }
             [0, used] => Err(QuotaError::exceeded(
                 ctx,

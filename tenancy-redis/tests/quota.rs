@@ -268,3 +268,42 @@ async fn the_request_pipeline_can_rate_limit_through_redis() {
         429
     );
 }
+
+/// A reservation whose threshold claim cannot be written (a Redis user
+/// that may not `SET`, standing in for a failed write) is refused and gives
+/// its stock back: the full limit is still available afterwards.
+#[tokio::test]
+async fn a_failed_threshold_write_gives_the_reserved_stock_back() {
+    let url = tenancy_testkit::redis_url().unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let user = format!("no_set_{}", std::process::id());
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-set")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let limited_url = url.replacen("redis://", &format!("redis://{user}:pw@"), 1);
+    let limited = RedisQuota::connect(&limited_url).await.unwrap();
+    let ctx = ctx_for(TenantId::new_v4());
+    // 10 of 10 crosses the 80 % and 95 % thresholds: their claims fail.
+    let refused = limited.reserve(&ctx, "policies", 10).await.unwrap_err();
+    assert!(matches!(refused, QuotaError::Backend(_)), "{refused}");
+    // Nothing leaked: an unrestricted client gets all ten.
+    let full = quota().await.reserve(&ctx, "policies", 10).await.unwrap();
+    full.release().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+}
