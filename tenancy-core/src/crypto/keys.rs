@@ -85,8 +85,13 @@ fn aad(label: &str, tenant: TenantId, version: u32) -> Vec<u8> {
 /// Built with [`LocalKeyProvider::new`] the wrapped KEKs live **in memory
 /// only**: after a restart nothing wrapped by them can be unwrapped — fine
 /// for tests, never for data you keep. [`LocalKeyProvider::persistent`] keeps
-/// them (still wrapped by the master key) in a file, rewritten atomically on
-/// every change; `destroy` removes the tenant's KEKs from that file.
+/// them (still wrapped by the master key) in a file that several processes
+/// may share: each operation reads it under a file lock, each change is a
+/// read-modify-write of the file as it is on disk, rewritten atomically;
+/// `destroy` removes the tenant's KEKs and leaves a tombstone. The file
+/// lives beside the master key, not in the database, so a copy of the
+/// database taken before a purge holds only data keys wrapped by KEKs that
+/// no longer exist.
 ///
 /// Wrapped data keys are `kek version (u32 BE) ‖ nonce ‖ key ‖ tag`.
 ///
@@ -105,13 +110,34 @@ fn aad(label: &str, tenant: TenantId, version: u32) -> Vec<u8> {
 /// ```
 pub struct LocalKeyProvider {
     master: Secret,
-    /// Wrapped KEKs by tenant and version.
-    keks: RwLock<HashMap<TenantId, BTreeMap<u32, Vec<u8>>>>,
-    /// Where the wrapped KEKs are kept, if anywhere.
-    file: Option<std::path::PathBuf>,
+    /// In memory (tests) or in a file shared by every process using it.
+    keks: KekHome,
+}
+
+enum KekHome {
+    Memory(RwLock<KekFile>),
+    File(std::path::PathBuf),
 }
 
 type KekMap = HashMap<TenantId, BTreeMap<u32, Vec<u8>>>;
+
+/// The wrapped KEKs and the tenants whose KEKs were destroyed (tombstones:
+/// a destroyed tenant never gets a KEK again, so nothing can be encrypted
+/// under a key that looks like the shredded one's successor).
+#[derive(Default)]
+struct KekFile {
+    keks: KekMap,
+    destroyed: std::collections::BTreeSet<TenantId>,
+}
+
+/// The file's form: `{"keks": {tenant: {version: base64url}}, "destroyed":
+/// [tenant]}` (an older file is the bare `keks` map).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KekFileForm {
+    keks: HashMap<String, BTreeMap<u32, String>>,
+    #[serde(default)]
+    destroyed: Vec<String>,
+}
 
 fn kek_file_error(path: &std::path::Path, e: impl std::fmt::Display) -> CryptoError {
     CryptoError::KeyStore(format!("KEK file {}: {e}", path.display()))
@@ -123,13 +149,76 @@ impl std::fmt::Debug for LocalKeyProvider {
     }
 }
 
+impl KekFile {
+    fn read(path: &std::path::Path) -> Result<Self, CryptoError> {
+        use base64::Engine as _;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(kek_file_error(path, e)),
+        };
+        let form: KekFileForm = serde_json::from_slice::<KekFileForm>(&bytes)
+            .or_else(|_| {
+                serde_json::from_slice(&bytes).map(|keks| KekFileForm {
+                    keks,
+                    destroyed: Vec::new(),
+                })
+            })
+            .map_err(|e| kek_file_error(path, e))?;
+        let mut out = Self::default();
+        for (tenant, versions) in form.keks {
+            let tenant: TenantId = tenant.parse().map_err(|e| kek_file_error(path, e))?;
+            let mut kept = BTreeMap::new();
+            for (v, w) in versions {
+                let w = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(w)
+                    .map_err(|e| kek_file_error(path, e))?;
+                kept.insert(v, w);
+            }
+            out.keks.insert(tenant, kept);
+        }
+        for t in form.destroyed {
+            out.destroyed
+                .insert(t.parse().map_err(|e| kek_file_error(path, e))?);
+        }
+        Ok(out)
+    }
+
+    /// Writes the file atomically: a private temporary file renamed over it.
+    fn write(&self, path: &std::path::Path) -> Result<(), CryptoError> {
+        use base64::Engine as _;
+        let form = KekFileForm {
+            keks: self
+                .keks
+                .iter()
+                .map(|(t, versions)| {
+                    let v = versions
+                        .iter()
+                        .map(|(v, w)| {
+                            (
+                                *v,
+                                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(w),
+                            )
+                        })
+                        .collect();
+                    (t.to_string(), v)
+                })
+                .collect(),
+            destroyed: self.destroyed.iter().map(ToString::to_string).collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&form).map_err(|e| kek_file_error(path, e))?;
+        let tmp = path.with_extension("tmp");
+        write_private(&tmp, &bytes).map_err(|e| kek_file_error(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| kek_file_error(path, e))
+    }
+}
+
 impl LocalKeyProvider {
     /// A provider with this master key.
     pub fn new(master: Secret) -> Self {
         Self {
             master,
-            keks: RwLock::new(HashMap::new()),
-            file: None,
+            keks: KekHome::Memory(RwLock::new(KekFile::default())),
         }
     }
 
@@ -154,66 +243,25 @@ impl LocalKeyProvider {
     /// # std::fs::remove_dir_all(&dir)?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// Several processes may share the file: every operation reads it under
+    /// a lock (shared to read, exclusive to change) and a change is a
+    /// read-modify-write of what is on disk **now**, never of a copy held in
+    /// memory. So a KEK one process created is used, not replaced, by the
+    /// others; a KEK another process destroyed is gone for every process at
+    /// its next operation, and never written back; and a destroyed tenant is
+    /// remembered (a tombstone) so it never gets a KEK again.
     pub fn persistent(
         master: Secret,
         path: impl Into<std::path::PathBuf>,
     ) -> Result<Self, CryptoError> {
-        use base64::Engine as _;
         let path = path.into();
-        let keks = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let raw: HashMap<String, BTreeMap<u32, String>> =
-                    serde_json::from_slice(&bytes).map_err(|e| kek_file_error(&path, e))?;
-                let mut keks = KekMap::new();
-                for (tenant, versions) in raw {
-                    let tenant: TenantId = tenant.parse().map_err(|e| kek_file_error(&path, e))?;
-                    let mut out = BTreeMap::new();
-                    for (v, w) in versions {
-                        let w = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                            .decode(w)
-                            .map_err(|e| kek_file_error(&path, e))?;
-                        out.insert(v, w);
-                    }
-                    keks.insert(tenant, out);
-                }
-                keks
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KekMap::new(),
-            Err(e) => return Err(kek_file_error(&path, e)),
-        };
+        // Refuse a damaged file now rather than at the first operation.
+        KekFile::read(&path)?;
         Ok(Self {
             master,
-            keks: RwLock::new(keks),
-            file: Some(path),
+            keks: KekHome::File(path),
         })
-    }
-
-    /// Writes the wrapped KEKs to the file (atomically: a temporary file
-    /// renamed over the old one). No-op for an in-memory provider.
-    fn save(&self, keks: &KekMap) -> Result<(), CryptoError> {
-        use base64::Engine as _;
-        let Some(path) = &self.file else {
-            return Ok(());
-        };
-        let raw: HashMap<String, BTreeMap<u32, String>> = keks
-            .iter()
-            .map(|(t, versions)| {
-                let v = versions
-                    .iter()
-                    .map(|(v, w)| {
-                        (
-                            *v,
-                            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(w),
-                        )
-                    })
-                    .collect();
-                (t.to_string(), v)
-            })
-            .collect();
-        let bytes = serde_json::to_vec_pretty(&raw).map_err(|e| kek_file_error(path, e))?;
-        let tmp = path.with_extension("tmp");
-        write_private(&tmp, &bytes).map_err(|e| kek_file_error(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| kek_file_error(path, e))
     }
 
     /// Reads a 32-byte master key from unpadded base64url (as kept in an
@@ -233,41 +281,55 @@ impl LocalKeyProvider {
         Ok(out)
     }
 
-    fn kek(&self, tenant: TenantId, version: Option<u32>) -> Result<(u32, Secret), CryptoError> {
-        let keks = self.keks.read().unwrap_or_else(PoisonError::into_inner);
-        let versions = keks.get(&tenant).ok_or(CryptoError::UnknownKeyVersion(0))?;
-        let (v, wrapped) = match version {
-            Some(v) => (
-                v,
-                versions.get(&v).ok_or(CryptoError::UnknownKeyVersion(v))?,
-            ),
-            None => versions
-                .iter()
-                .next_back()
-                .map(|(v, w)| (*v, w))
-                .ok_or(CryptoError::UnknownKeyVersion(0))?,
-        };
-        Ok((
-            v,
-            open(&self.master, &aad("tenancy-rs/kek/v1", tenant, v), wrapped)?,
-        ))
-    }
-
-    fn ensure_kek(&self, tenant: TenantId) -> Result<(), CryptoError> {
-        if self
-            .keks
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&tenant)
-        {
-            return Ok(());
+    /// Runs `f` on the KEKs as they are now; `change`: under an exclusive
+    /// lock, and what `f` leaves is written back (only if `f` succeeded).
+    fn with_keks<R>(
+        &self,
+        change: bool,
+        f: impl FnOnce(&mut KekFile) -> Result<R, CryptoError>,
+    ) -> Result<R, CryptoError> {
+        match &self.keks {
+            KekHome::Memory(keks) => {
+                let mut keks = keks.write().unwrap_or_else(PoisonError::into_inner);
+                f(&mut keks)
+            }
+            KekHome::File(path) => {
+                let lock_path = path.with_extension("lock");
+                let lock = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&lock_path)
+                    .map_err(|e| kek_file_error(&lock_path, e))?;
+                if change {
+                    lock.lock()
+                } else {
+                    lock.lock_shared()
+                }
+                .map_err(|e| kek_file_error(&lock_path, e))?;
+                let mut keks = KekFile::read(path)?;
+                let out = f(&mut keks)?;
+                if change {
+                    keks.write(path)?;
+                }
+                drop(lock);
+                Ok(out)
+            }
         }
-        self.add_kek(tenant).map(|_| ())
     }
 
-    fn add_kek(&self, tenant: TenantId) -> Result<u32, CryptoError> {
-        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
-        let versions = keks.entry(tenant).or_default();
+    fn open_kek(&self, tenant: TenantId, v: u32, wrapped: &[u8]) -> Result<Secret, CryptoError> {
+        open(&self.master, &aad("tenancy-rs/kek/v1", tenant, v), wrapped)
+    }
+
+    fn new_kek(&self, keks: &mut KekFile, tenant: TenantId) -> Result<u32, CryptoError> {
+        if keks.destroyed.contains(&tenant) {
+            return Err(CryptoError::KeyStore(format!(
+                "the keys of tenant {tenant} were destroyed; it gets no new key"
+            )));
+        }
+        let versions = keks.keks.entry(tenant).or_default();
         let v = versions.keys().next_back().map_or(1, |v| v + 1);
         let mut kek: Secret = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(kek.as_mut_slice());
@@ -279,23 +341,58 @@ impl LocalKeyProvider {
                 kek.as_slice(),
             )?,
         );
-        // A KEK that is not kept must not wrap anything: undo on failure.
-        if let Err(e) = self.save(&keks) {
-            if let Some(versions) = keks.get_mut(&tenant) {
-                versions.remove(&v);
-                if versions.is_empty() {
-                    keks.remove(&tenant);
-                }
-            }
-            return Err(e);
-        }
         Ok(v)
     }
 
-    fn wrap_with_current(&self, tenant: TenantId, key: &[u8; 32]) -> Result<Vec<u8>, CryptoError> {
-        let (v, kek) = self.kek(tenant, None)?;
+    /// The tenant's KEK at `version` (or its newest), as stored now.
+    fn kek(&self, tenant: TenantId, version: Option<u32>) -> Result<(u32, Secret), CryptoError> {
+        let (v, wrapped) = self.with_keks(false, |keks| {
+            let versions = keks
+                .keks
+                .get(&tenant)
+                .ok_or(CryptoError::UnknownKeyVersion(version.unwrap_or(0)))?;
+            match version {
+                Some(v) => versions
+                    .get(&v)
+                    .map(|w| (v, w.clone()))
+                    .ok_or(CryptoError::UnknownKeyVersion(v)),
+                None => versions
+                    .iter()
+                    .next_back()
+                    .map(|(v, w)| (*v, w.clone()))
+                    .ok_or(CryptoError::UnknownKeyVersion(0)),
+            }
+        })?;
+        Ok((v, self.open_kek(tenant, v, &wrapped)?))
+    }
+
+    /// The tenant's newest KEK, creating the first one if it has none (in
+    /// one locked read-modify-write: concurrent processes agree on one).
+    fn current_kek(&self, tenant: TenantId) -> Result<(u32, Secret), CryptoError> {
+        if let Ok(found) = self.kek(tenant, None) {
+            return Ok(found);
+        }
+        let (v, wrapped) = self.with_keks(true, |keks| {
+            if keks.keks.get(&tenant).is_none_or(BTreeMap::is_empty) {
+                self.new_kek(keks, tenant)?;
+            }
+            keks.keks
+                .get(&tenant)
+                .and_then(|versions| versions.iter().next_back())
+                .map(|(v, w)| (*v, w.clone()))
+                .ok_or(CryptoError::UnknownKeyVersion(0))
+        })?;
+        Ok((v, self.open_kek(tenant, v, &wrapped)?))
+    }
+
+    fn wrap_with(
+        tenant: TenantId,
+        v: u32,
+        kek: &Secret,
+        key: &[u8; 32],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut out = v.to_be_bytes().to_vec();
-        out.extend(seal(&kek, &aad("tenancy-rs/dek/v1", tenant, v), key)?);
+        out.extend(seal(kek, &aad("tenancy-rs/dek/v1", tenant, v), key)?);
         Ok(out)
     }
 }
@@ -303,10 +400,10 @@ impl LocalKeyProvider {
 #[async_trait]
 impl KeyProvider for LocalKeyProvider {
     async fn generate(&self, tenant: TenantId) -> Result<(Secret, Vec<u8>), CryptoError> {
-        self.ensure_kek(tenant)?;
+        let (v, kek) = self.current_kek(tenant)?;
         let mut key: Secret = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(key.as_mut_slice());
-        let wrapped = self.wrap_with_current(tenant, &key)?;
+        let wrapped = Self::wrap_with(tenant, v, &kek, &key)?;
         Ok((key, wrapped))
     }
 
@@ -322,18 +419,21 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     async fn rotate_kek(&self, tenant: TenantId) -> Result<(), CryptoError> {
-        self.add_kek(tenant).map(|_| ())
+        self.with_keks(true, |keks| self.new_kek(keks, tenant).map(|_| ()))
     }
 
     async fn rewrap(&self, tenant: TenantId, wrapped: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let key = self.unwrap(tenant, wrapped).await?;
-        self.wrap_with_current(tenant, &key)
+        let (v, kek) = self.current_kek(tenant)?;
+        Self::wrap_with(tenant, v, &kek, &key)
     }
 
     async fn destroy(&self, tenant: TenantId) -> Result<(), CryptoError> {
-        let mut keks = self.keks.write().unwrap_or_else(PoisonError::into_inner);
-        keks.remove(&tenant);
-        self.save(&keks)
+        self.with_keks(true, |keks| {
+            keks.keks.remove(&tenant);
+            keks.destroyed.insert(tenant);
+            Ok(())
+        })
     }
 }
 
