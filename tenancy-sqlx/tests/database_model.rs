@@ -18,12 +18,12 @@ use tenancy_sqlx::{DatabaseRouter, TenantDb};
 use tenancy_testkit::TestDb;
 use tenancy_testkit::isolation::{self, TABLES};
 
-/// A tenant with a database of its own, created with the suite's tables
-/// (RLS kept inside as a second wall). Returns the context and a superuser
-/// pool on that database for the oracle.
-async fn database_tenant(env: &TestDb, admin: &PgPool, slug: &str) -> (TenantContext, PgPool) {
-    let id = TenantId::new_v4();
-    let name = Placement::name_for(id);
+/// Creates database `name` with the suite's tables and the seal (the same
+/// key as the main database: one TenantDb serves both); `rls`: isolated
+/// with `TenantTable` (a second wall inside the tenant's own database),
+/// else plain tables granted to the application role. Returns a superuser
+/// pool on it for the oracle.
+async fn suite_database(env: &TestDb, admin: &PgPool, name: &str, rls: bool) -> PgPool {
     sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER tenancy_owner"))
         .execute(admin)
         .await
@@ -31,10 +31,9 @@ async fn database_tenant(env: &TestDb, admin: &PgPool, slug: &str) -> (TenantCon
     let owner_opts: PgConnectOptions = env.owner_url.parse().unwrap();
     let owner = PgPoolOptions::new()
         .max_connections(1)
-        .connect_with(owner_opts.database(&name))
+        .connect_with(owner_opts.database(name))
         .await
         .unwrap();
-    // The same seal key as the main database: one TenantDb serves both.
     tenancy_sqlx::migrate::install_seal(
         &mut owner.acquire().await.unwrap(),
         &env.seal_key().await.unwrap(),
@@ -45,24 +44,32 @@ async fn database_tenant(env: &TestDb, admin: &PgPool, slug: &str) -> (TenantCon
         sqlx::raw_sql(&stmt).execute(&owner).await.unwrap();
     }
     for t in TABLES {
-        sqlx::raw_sql(
-            &TenantTable::new(t)
+        let ddl = if rls {
+            TenantTable::new(t)
                 .schema("public")
                 .index_on(["id"])
                 .grant_to("tenancy_app")
-                .ddl(),
-        )
-        .execute(&owner)
-        .await
-        .unwrap();
+                .ddl()
+        } else {
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON public.\"{t}\" TO tenancy_app")
+        };
+        sqlx::raw_sql(&ddl).execute(&owner).await.unwrap();
     }
     owner.close().await;
     let admin_opts: PgConnectOptions = env.admin_url.parse().unwrap();
-    let oracle = PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(1)
-        .connect_with(admin_opts.database(&name))
+        .connect_with(admin_opts.database(name))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A tenant with a database of its own (RLS kept inside as a second wall).
+/// Returns the context and a superuser pool on that database for the oracle.
+async fn database_tenant(env: &TestDb, admin: &PgPool, slug: &str) -> (TenantContext, PgPool) {
+    let id = TenantId::new_v4();
+    let name = Placement::name_for(id);
+    let oracle = suite_database(env, admin, &name, true).await;
     let ctx = TenantContext::new(
         Tenant::new(id, slug.parse().unwrap(), slug)
             .with_placement(Placement::database(&name).unwrap()),
@@ -107,40 +114,7 @@ async fn isolation_suite_detects_collapsed_databases() {
     let env = TestDb::from_env().unwrap();
     let admin = env.admin_pool(1).await.unwrap();
     let name = Placement::name_for(TenantId::new_v4());
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\" OWNER tenancy_owner"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let owner_opts: PgConnectOptions = env.owner_url.parse().unwrap();
-    let owner = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(owner_opts.database(&name))
-        .await
-        .unwrap();
-    tenancy_sqlx::migrate::install_seal(
-        &mut owner.acquire().await.unwrap(),
-        &env.seal_key().await.unwrap(),
-    )
-    .await
-    .unwrap();
-    for stmt in isolation::create_tables_sql("public") {
-        sqlx::raw_sql(&stmt).execute(&owner).await.unwrap();
-    }
-    for t in TABLES {
-        sqlx::raw_sql(&format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON public.\"{t}\" TO tenancy_app"
-        ))
-        .execute(&owner)
-        .await
-        .unwrap();
-    }
-    owner.close().await;
-    let admin_opts: PgConnectOptions = env.admin_url.parse().unwrap();
-    let oracle = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(admin_opts.database(&name))
-        .await
-        .unwrap();
+    let oracle = suite_database(&env, &admin, &name, false).await;
     let tenants: Vec<TenantContext> = (0..3)
         .map(|i| {
             let slug = format!("collapsed-{i}");
