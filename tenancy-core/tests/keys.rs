@@ -152,6 +152,45 @@ async fn nonce_budget_triggers_rotation() {
     assert_eq!(versions, vec![1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
 }
 
+/// Rotation by age, on an injected clock: the key rotates once its age
+/// passes `with_max_age` — not a moment before, exactly once — and the old
+/// version keeps decrypting. The twin without a maximum age keeps version 1.
+#[tokio::test]
+async fn age_triggers_rotation_exactly_once() {
+    use tenancy_core::quota::ManualClock;
+    const DAY: u64 = 86_400;
+    let clock = ManualClock::new(std::time::Duration::from_secs(20_000 * DAY));
+    let store = Arc::new(InMemoryKeyStore::default());
+    let aged = Keyring::new(provider(), store.clone())
+        .with_clock(Arc::new(clock.clone()))
+        .with_max_age(std::time::Duration::from_secs(90 * DAY));
+    let t = TenantId::new_v4();
+    let first = aged.encrypt(t, b"c", b"v").await.unwrap();
+    assert_eq!(key_version(&first).unwrap(), 1);
+    clock.advance(std::time::Duration::from_secs(90 * DAY - 60));
+    let v = key_version(&aged.encrypt(t, b"c", b"v").await.unwrap()).unwrap();
+    assert_eq!(v, 1, "a minute before the limit");
+    clock.advance(std::time::Duration::from_secs(120));
+    let mut after = Vec::new();
+    for _ in 0..5 {
+        after.push(key_version(&aged.encrypt(t, b"c", b"v").await.unwrap()).unwrap());
+    }
+    assert_eq!(after, vec![2; 5], "rotated once, then the new key is young");
+    assert_eq!(store.keys(t).await.unwrap().len(), 2);
+    assert_eq!(
+        aged.decrypt(t, b"c", &first).await.unwrap().as_slice(),
+        b"v"
+    );
+
+    let unaged = Keyring::new(provider(), Arc::new(InMemoryKeyStore::default()))
+        .with_clock(Arc::new(clock.clone()));
+    let u = TenantId::new_v4();
+    unaged.encrypt(u, b"c", b"v").await.unwrap();
+    clock.advance(std::time::Duration::from_secs(3650 * DAY));
+    let v = key_version(&unaged.encrypt(u, b"c", b"v").await.unwrap()).unwrap();
+    assert_eq!(v, 1, "without a maximum age, age never rotates");
+}
+
 #[tokio::test]
 async fn kek_rotation_rewraps_without_touching_data() {
     let p = provider();

@@ -571,6 +571,7 @@ pub struct Keyring {
     epoch: std::sync::atomic::AtomicU64,
     rotate_after: u64,
     max_age: Option<Duration>,
+    clock: Arc<dyn crate::quota::Clock>,
     audit: Option<Arc<dyn crate::audit::AuditSink>>,
 }
 
@@ -598,8 +599,24 @@ impl Keyring {
             epoch: std::sync::atomic::AtomicU64::new(0),
             rotate_after: NONCE_BUDGET / 2,
             max_age: None,
+            clock: Arc::new(crate::quota::SystemClock),
             audit: None,
         }
+    }
+
+    /// Reads time from `clock` (key creation times and the age check of
+    /// [`Keyring::with_max_age`]); the system clock by default.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::quota::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        let t = self.clock.now();
+        i64::try_from(t.as_secs())
+            .ok()
+            .and_then(|s| DateTime::from_timestamp(s, t.subsec_nanos()))
+            .unwrap_or_else(Utc::now)
     }
 
     /// Records key rotations (`key.rotated`, `kek.rotated`) and destruction
@@ -692,7 +709,7 @@ impl Keyring {
                 } else {
                     KeyState::Primary
                 },
-                created_at: Utc::now(),
+                created_at: self.now(),
             })
             .await
     }
@@ -715,7 +732,7 @@ impl Keyring {
             }
         };
         let too_old = self.max_age.is_some_and(|age| {
-            chrono::Duration::from_std(age).is_ok_and(|age| Utc::now() - created_at > age)
+            chrono::Duration::from_std(age).is_ok_and(|age| self.now() - created_at > age)
         });
         let key = if too_old {
             None
