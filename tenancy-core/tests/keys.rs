@@ -59,6 +59,18 @@ impl KeyStore for CountingStore {
     async fn update(&self, k: StoredKey) -> Result<(), CryptoError> {
         self.inner.update(k).await
     }
+    async fn reserve(
+        &self,
+        t: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        self.inner.reserve(t, version, block, limit).await
+    }
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        self.inner.rotate(retire, next).await
+    }
 }
 
 fn provider() -> Arc<Counting> {
@@ -150,6 +162,217 @@ async fn nonce_budget_triggers_rotation() {
         versions.push(key_version(&keys.encrypt(t, b"c", b"v").await.unwrap()).unwrap());
     }
     assert_eq!(versions, vec![1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3]);
+}
+
+/// Two keyrings over one store stand for two processes: encrypting
+/// concurrently past a small budget, no version encrypts more than the
+/// budget, each is rotated once its budget is spent (reserved to the last
+/// nonce), and a manual rotation racing another makes one version, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyrings_sharing_a_store_share_the_nonce_budget() {
+    const BUDGET: u64 = 40;
+    let store = Arc::new(InMemoryKeyStore::default());
+    let p = provider();
+    let ring = || {
+        Arc::new(
+            Keyring::new(p.clone(), store.clone())
+                .with_rotation_after(BUDGET)
+                .with_nonce_block(8),
+        )
+    };
+    let (a, b) = (ring(), ring());
+    let t = TenantId::new_v4();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let keys = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for _ in 0..50 {
+                let sealed = keys.encrypt(t, b"c", b"v").await.unwrap();
+                versions.push(key_version(&sealed).unwrap());
+            }
+            versions
+        }));
+    }
+    let mut per_version = std::collections::BTreeMap::<u32, u64>::new();
+    for task in tasks {
+        for v in task.await.unwrap() {
+            *per_version.entry(v).or_default() += 1;
+        }
+    }
+    assert_eq!(per_version.values().sum::<u64>(), 400);
+    assert!(
+        per_version.values().all(|n| *n <= BUDGET),
+        "{per_version:?}"
+    );
+    let stored = store.keys(t).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|k| k.version).collect::<Vec<_>>(),
+        (1..=stored.len() as u32).collect::<Vec<_>>()
+    );
+    for k in &stored[..stored.len() - 1] {
+        assert_eq!((k.state, k.reserved), (KeyState::Retired, BUDGET));
+    }
+}
+
+/// Holds every rotation until two are in flight, both having read the same
+/// primary version: the store must let exactly one of them through.
+struct RotationsMeet {
+    inner: Arc<InMemoryKeyStore>,
+    meet: tokio::sync::Barrier,
+}
+
+#[async_trait]
+impl KeyStore for RotationsMeet {
+    async fn keys(&self, t: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        self.inner.keys(t).await
+    }
+    async fn insert(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.insert(k).await
+    }
+    async fn update(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.update(k).await
+    }
+    async fn reserve(
+        &self,
+        t: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        self.inner.reserve(t, version, block, limit).await
+    }
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        self.meet.wait().await;
+        self.inner.rotate(retire, next).await
+    }
+}
+
+/// Two processes rotating the same version at the same moment (two
+/// operators, or both noticing the key's age) make one new version, and
+/// both answer with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_of_one_version_make_one_new_version() {
+    let inner = Arc::new(InMemoryKeyStore::default());
+    let store = Arc::new(RotationsMeet {
+        inner: inner.clone(),
+        meet: tokio::sync::Barrier::new(2),
+    });
+    let p = provider();
+    let a = Keyring::new(p.clone(), store.clone());
+    let b = Keyring::new(p.clone(), store.clone());
+    let t = TenantId::new_v4();
+    a.encrypt(t, b"c", b"v").await.unwrap();
+    let (x, y) = tokio::join!(a.rotate(t), b.rotate(t));
+    assert_eq!((x.unwrap(), y.unwrap()), (2, 2));
+    let states: Vec<(u32, KeyState)> = inner
+        .keys(t)
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| (k.version, k.state))
+        .collect();
+    assert_eq!(states, vec![(1, KeyState::Retired), (2, KeyState::Primary)]);
+}
+
+/// Age rotation seen by two processes at once fires once: the second finds
+/// the version already replaced and moves to the new one.
+#[tokio::test]
+async fn age_rotation_in_two_processes_fires_once() {
+    use tenancy_core::quota::ManualClock;
+    let clock = ManualClock::new(std::time::Duration::from_secs(1_000_000_000));
+    let store = Arc::new(InMemoryKeyStore::default());
+    let p = provider();
+    let ring = || {
+        Keyring::new(p.clone(), store.clone())
+            .with_clock(Arc::new(clock.clone()))
+            .with_max_age(std::time::Duration::from_secs(3_600))
+    };
+    let (a, b) = (ring(), ring());
+    let t = TenantId::new_v4();
+    a.encrypt(t, b"c", b"v").await.unwrap();
+    b.encrypt(t, b"c", b"v").await.unwrap(); // both now hold version 1
+    clock.advance(std::time::Duration::from_secs(3_601));
+    let va = key_version(&a.encrypt(t, b"c", b"v").await.unwrap()).unwrap();
+    let vb = key_version(&b.encrypt(t, b"c", b"v").await.unwrap()).unwrap();
+    assert_eq!((va, vb), (2, 2));
+    assert_eq!(
+        store.keys(t).await.unwrap().len(),
+        2,
+        "one rotation, not two"
+    );
+}
+
+/// Counts reservations in this "process" only, granting up to the budget
+/// from its own count: what a keyring without shared reservations does.
+struct PerProcessCounts {
+    inner: Arc<InMemoryKeyStore>,
+    used: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
+}
+
+#[async_trait]
+impl KeyStore for PerProcessCounts {
+    async fn keys(&self, t: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        self.inner.keys(t).await
+    }
+    async fn insert(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.insert(k).await
+    }
+    async fn update(&self, k: StoredKey) -> Result<(), CryptoError> {
+        self.inner.update(k).await
+    }
+    async fn reserve(
+        &self,
+        _: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        let mut used = self.used.lock().unwrap();
+        let used = used.entry(version).or_default();
+        let granted = block.min(limit - *used);
+        *used += granted;
+        Ok(granted)
+    }
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        self.inner.rotate(retire, next).await
+    }
+}
+
+/// The broken twin of the test above: each keyring counting alone, the two
+/// overshoot the budget of a version they share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_shared_reservations_the_budget_is_exceeded() {
+    const BUDGET: u64 = 40;
+    let store = Arc::new(InMemoryKeyStore::default());
+    let p = provider();
+    let ring = || {
+        Arc::new(
+            Keyring::new(
+                p.clone(),
+                Arc::new(PerProcessCounts {
+                    inner: store.clone(),
+                    used: Default::default(),
+                }),
+            )
+            .with_rotation_after(BUDGET)
+            .with_nonce_block(8),
+        )
+    };
+    let (a, b) = (ring(), ring());
+    let t = TenantId::new_v4();
+    let mut per_version = std::collections::BTreeMap::<u32, u64>::new();
+    // Alternate strictly, so both spend the same versions.
+    for _ in 0..200 {
+        for keys in [&a, &b] {
+            let v = key_version(&keys.encrypt(t, b"c", b"v").await.unwrap()).unwrap();
+            *per_version.entry(v).or_default() += 1;
+        }
+    }
+    assert!(
+        per_version.values().any(|n| *n > BUDGET),
+        "per-process counts must overshoot: {per_version:?}"
+    );
 }
 
 /// Rotation by age, on an injected clock: the key rotates once its age
@@ -335,6 +558,18 @@ impl KeyStore for Gated {
     }
     async fn update(&self, k: StoredKey) -> Result<(), CryptoError> {
         self.inner.update(k).await
+    }
+    async fn reserve(
+        &self,
+        t: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        self.inner.reserve(t, version, block, limit).await
+    }
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        self.inner.rotate(retire, next).await
     }
 }
 

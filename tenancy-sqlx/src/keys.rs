@@ -51,8 +51,8 @@ fn state_text(s: KeyState) -> &'static str {
 impl KeyStore for PgKeyStore {
     async fn keys(&self, tenant: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
         let mut tx = self.db.begin_for_id(tenant).await.map_err(backend)?;
-        let rows: Vec<(i32, Vec<u8>, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT version, wrapped, state, created_at FROM tenancy.tenant_keys \
+        let rows: Vec<(i32, Vec<u8>, String, DateTime<Utc>, i64)> = sqlx::query_as(
+            "SELECT version, wrapped, state, created_at, reserved FROM tenancy.tenant_keys \
              WHERE tenant_id = $1 ORDER BY version",
         )
         .bind(tenant.as_uuid())
@@ -61,7 +61,7 @@ impl KeyStore for PgKeyStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         rows.into_iter()
-            .map(|(version, wrapped, state, created_at)| {
+            .map(|(version, wrapped, state, created_at, reserved)| {
                 let state = match state.as_str() {
                     "primary" => KeyState::Primary,
                     "retired" => KeyState::Retired,
@@ -74,7 +74,8 @@ impl KeyStore for PgKeyStore {
                     wrapped,
                     state,
                     created_at,
-                ))
+                )
+                .with_reserved(u64::try_from(reserved).map_err(backend)?))
             })
             .collect()
     }
@@ -123,5 +124,85 @@ impl KeyStore for PgKeyStore {
         } else {
             Err(CryptoError::UnknownKeyVersion(key.version))
         }
+    }
+
+    /// One transaction scoped to the tenant: the key row is locked
+    /// (`FOR UPDATE`), so concurrent reservations queue and never overlap.
+    async fn reserve(
+        &self,
+        tenant: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        let mut tx = self.db.begin_for_id(tenant).await.map_err(backend)?;
+        let version_i = i32::try_from(version).map_err(backend)?;
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT state, reserved FROM tenancy.tenant_keys \
+             WHERE tenant_id = $1 AND version = $2 FOR UPDATE",
+        )
+        .bind(tenant.as_uuid())
+        .bind(version_i)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let (state, reserved) = row.ok_or(CryptoError::UnknownKeyVersion(version))?;
+        let reserved = u64::try_from(reserved).map_err(backend)?;
+        let granted = if state == "primary" {
+            block.min(limit.saturating_sub(reserved))
+        } else {
+            0
+        };
+        if granted > 0 {
+            sqlx::query(
+                "UPDATE tenancy.tenant_keys SET reserved = $3 \
+                 WHERE tenant_id = $1 AND version = $2",
+            )
+            .bind(tenant.as_uuid())
+            .bind(version_i)
+            .bind(i64::try_from(reserved + granted).map_err(backend)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(granted)
+    }
+
+    /// One transaction scoped to the tenant: retiring `retire` only while it
+    /// is primary, then inserting the new version; either both or neither.
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        let mut tx = self.db.begin_for_id(next.tenant).await.map_err(backend)?;
+        let retired = sqlx::query(
+            "UPDATE tenancy.tenant_keys SET state = 'retired' \
+             WHERE tenant_id = $1 AND version = $2 AND state = 'primary'",
+        )
+        .bind(next.tenant.as_uuid())
+        .bind(i32::try_from(retire).map_err(backend)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if retired.rows_affected() != 1 {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO tenancy.tenant_keys (tenant_id, version, wrapped, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(next.tenant.as_uuid())
+        .bind(i32::try_from(next.version).map_err(backend)?)
+        .bind(&next.wrapped)
+        .bind(state_text(next.state))
+        .bind(next.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if inserted.rows_affected() != 1 {
+            tx.rollback().await.map_err(backend)?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
     }
 }

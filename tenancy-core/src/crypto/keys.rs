@@ -16,6 +16,15 @@ use zeroize::Zeroizing;
 use super::{BlindIndexKey, CryptoError, DataKey, NONCE_BUDGET, Plaintext};
 use crate::TenantId;
 
+/// The largest block of nonces a keyring reserves at once, by default.
+const DEFAULT_NONCE_BLOCK: u64 = 1 << 16;
+/// The first block reserved for a key just loaded.
+const INITIAL_NONCE_BLOCK: u64 = 256;
+/// Reservation locks per keyring (tenants hash onto them).
+const REFILL_STRIPES: usize = 16;
+/// How often one call re-reads the primary version after losing a race.
+const ROTATION_ATTEMPTS: usize = 8;
+
 /// A 32-byte secret that is wiped when dropped.
 pub type Secret = Zeroizing<[u8; 32]>;
 
@@ -463,6 +472,9 @@ pub struct StoredKey {
     pub state: KeyState,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// How many nonces of this key have been reserved, by every process
+    /// together ([`KeyStore::reserve`]): an upper bound of the values it has encrypted.
+    pub reserved: u64,
 }
 
 impl StoredKey {
@@ -480,7 +492,14 @@ impl StoredKey {
             wrapped,
             state,
             created_at,
+            reserved: 0,
         }
+    }
+
+    /// This key with `reserved` nonces already reserved (as read from a store).
+    pub fn with_reserved(mut self, reserved: u64) -> Self {
+        self.reserved = reserved;
+        self
     }
 }
 
@@ -493,6 +512,25 @@ pub trait KeyStore: Send + Sync {
     async fn insert(&self, key: StoredKey) -> Result<(), CryptoError>;
     /// Replaces a key's wrapped bytes and state.
     async fn update(&self, key: StoredKey) -> Result<(), CryptoError>;
+    /// Reserves up to `block` nonces of key `version` of `tenant` for the
+    /// caller, atomically across every process sharing the store, so that
+    /// the total reserved for that version never exceeds `limit`. Returns
+    /// how many were granted: fewer than `block` near the limit, and 0 when
+    /// the budget is spent or the version is not the tenant's primary key
+    /// (retired keys encrypt nothing new).
+    async fn reserve(
+        &self,
+        tenant: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError>;
+    /// Rotates in one atomic step: if version `retire` of `next.tenant` is
+    /// still its primary key, marks it retired and inserts `next` (the new
+    /// primary) and returns `true`. Returns `false` and changes nothing when
+    /// `retire` is no longer primary or `next.version` already exists (another
+    /// process rotated first), so concurrent rotations make one new version.
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError>;
 }
 
 /// A [`KeyStore`] in memory (tests, examples).
@@ -532,8 +570,45 @@ impl KeyStore for InMemoryKeyStore {
             .get_mut(&key.tenant)
             .and_then(|m| m.get_mut(&key.version))
             .ok_or(CryptoError::UnknownKeyVersion(key.version))?;
-        *slot = key;
+        slot.wrapped = key.wrapped;
+        slot.state = key.state;
         Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        tenant: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        let key = keys
+            .get_mut(&tenant)
+            .and_then(|m| m.get_mut(&version))
+            .ok_or(CryptoError::UnknownKeyVersion(version))?;
+        if key.state != KeyState::Primary {
+            return Ok(0);
+        }
+        let granted = block.min(limit.saturating_sub(key.reserved));
+        key.reserved += granted;
+        Ok(granted)
+    }
+
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        let versions = keys.entry(next.tenant).or_default();
+        let still_primary = versions
+            .get(&retire)
+            .is_some_and(|k| k.state == KeyState::Primary);
+        if !still_primary || versions.contains_key(&next.version) {
+            return Ok(false);
+        }
+        if let Some(old) = versions.get_mut(&retire) {
+            old.state = KeyState::Retired;
+        }
+        versions.insert(next.version, next);
+        Ok(true)
     }
 }
 
@@ -569,7 +644,13 @@ pub struct Keyring {
     /// Bumped by every eviction: a load that read the store before an
     /// eviction does not put what it read back into the caches.
     epoch: std::sync::atomic::AtomicU64,
+    /// The nonce budget of one key version, across every process.
     rotate_after: u64,
+    /// The largest block of nonces reserved at once.
+    nonce_block: u64,
+    /// Serialises reservations per tenant (striped), so concurrent
+    /// encryptions in this process reserve one block, not one each.
+    refills: Box<[tokio::sync::Mutex<()>]>,
     max_age: Option<Duration>,
     clock: Arc<dyn crate::quota::Clock>,
     audit: Option<Arc<dyn crate::audit::AuditSink>>,
@@ -598,6 +679,10 @@ impl Keyring {
                 .build(),
             epoch: std::sync::atomic::AtomicU64::new(0),
             rotate_after: NONCE_BUDGET / 2,
+            nonce_block: DEFAULT_NONCE_BLOCK,
+            refills: (0..REFILL_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             max_age: None,
             clock: Arc::new(crate::quota::SystemClock),
             audit: None,
@@ -660,10 +745,29 @@ impl Keyring {
         self
     }
 
-    /// Rotates a tenant's data key once it has encrypted `n` values in this
-    /// process (default: half the nonce budget, 2^31).
+    /// Rotates a tenant's data key once it has encrypted `n` values — in
+    /// every process sharing the key store together (default: half the
+    /// nonce budget, about 2^31).
+    ///
+    /// The budget is enforced, not estimated: each process reserves blocks
+    /// of nonces in the key store ([`KeyStore::reserve`]) before it uses
+    /// them, and the store never grants more than `n` per key version. When
+    /// the store grants nothing more, the keyring rotates — once, whichever
+    /// process gets there first ([`KeyStore::rotate`]) — and the others move
+    /// to the new version. A process that stops holding a key (restart,
+    /// cache expiry) loses at most the rest of its current block, so a
+    /// version may end up to one block per process short of `n`, never over.
     pub fn with_rotation_after(mut self, n: u64) -> Self {
         self.rotate_after = n.clamp(1, NONCE_BUDGET);
+        self
+    }
+
+    /// Reserves nonces in blocks of at most `n` (default 65 536). A key
+    /// starts with a small block (256, or `n` if smaller) and doubles it with
+    /// each reservation: a busy key reaches the store once per `n`
+    /// encryptions, an idle one wastes little when its process lets it go.
+    pub fn with_nonce_block(mut self, n: u64) -> Self {
+        self.nonce_block = n.max(1);
         self
     }
 
@@ -686,9 +790,17 @@ impl Keyring {
             .find(|k| k.version == version && k.state != KeyState::Destroyed)
             .ok_or(CryptoError::UnknownKeyVersion(version))?;
         let secret = self.provider.unwrap(tenant, &stored.wrapped).await?;
-        let key = Arc::new(DataKey::from_bytes(version, *secret));
+        // Decrypts at once; encrypts only what the store grants (`primary`).
+        let key = Arc::new(DataKey::from_bytes(version, *secret).with_allowance(0));
         if self.epoch() == epoch {
-            self.cache.insert((tenant, version), key.clone()).await;
+            // Concurrent loads of one key agree on the first one cached, so
+            // nonces reserved for it are not stranded on a duplicate.
+            return Ok(self
+                .cache
+                .entry((tenant, version))
+                .or_insert(key)
+                .await
+                .into_value());
         }
         Ok(key)
     }
@@ -710,86 +822,134 @@ impl Keyring {
                     KeyState::Primary
                 },
                 created_at: self.now(),
+                reserved: 0,
             })
             .await
     }
 
-    /// The primary data key of `tenant`, created on first use.
+    /// The primary data key of `tenant`, created on first use, with nonces
+    /// reserved for at least one encryption.
     ///
     /// A warm call reads two in-memory caches and makes no store or provider
-    /// call; it rotates first when the key reached its encryption budget or
-    /// its maximum age.
+    /// call. Once the key's reserved nonces are spent it reserves another
+    /// block; when the store grants none (the version's budget is spent) or
+    /// the key is older than [`Keyring::with_max_age`], it rotates first.
     pub async fn primary(&self, tenant: TenantId) -> Result<Arc<DataKey>, CryptoError> {
-        let (version, created_at) = match self.primaries.get(&tenant).await {
-            Some(p) => p,
-            None => {
-                let epoch = self.epoch();
-                let p = self.primary_from_store(tenant).await?;
-                if self.epoch() == epoch {
-                    self.primaries.insert(tenant, p).await;
-                }
-                p
+        let mut last = 0;
+        for _ in 0..ROTATION_ATTEMPTS {
+            let (version, created_at) = self.primary_version(tenant).await?;
+            last = version;
+            let too_old = self.max_age.is_some_and(|age| {
+                chrono::Duration::from_std(age).is_ok_and(|age| self.now() - created_at > age)
+            });
+            if too_old {
+                self.rotate_from(tenant, version).await?;
+                continue;
             }
-        };
-        let too_old = self.max_age.is_some_and(|age| {
-            chrono::Duration::from_std(age).is_ok_and(|age| self.now() - created_at > age)
-        });
-        let key = if too_old {
-            None
-        } else {
-            Some(self.load(tenant, version).await?)
-        };
-        match key {
-            Some(key) if key.encryptions() < self.rotate_after => Ok(key),
-            _ => {
-                self.rotate(tenant).await?;
-                Box::pin(self.primary(tenant)).await
+            let key = self.load(tenant, version).await?;
+            if key.remaining() > 0 {
+                return Ok(key);
             }
+            let stripe = usize::try_from(tenant.as_uuid().as_u128() % REFILL_STRIPES as u128)
+                .unwrap_or_default();
+            let _refill = self.refills[stripe].lock().await;
+            if key.remaining() > 0 {
+                return Ok(key);
+            }
+            let block = key
+                .allowance()
+                .clamp(INITIAL_NONCE_BLOCK.min(self.nonce_block), self.nonce_block);
+            let granted = self
+                .store
+                .reserve(tenant, version, block, self.rotate_after)
+                .await?;
+            if granted > 0 {
+                key.grant(granted);
+                return Ok(key);
+            }
+            // The budget is spent, or another process already rotated.
+            self.rotate_from(tenant, version).await?;
         }
+        Err(CryptoError::NonceBudgetExhausted(last))
+    }
+
+    async fn primary_version(&self, tenant: TenantId) -> Result<(u32, DateTime<Utc>), CryptoError> {
+        if let Some(p) = self.primaries.get(&tenant).await {
+            return Ok(p);
+        }
+        let epoch = self.epoch();
+        let p = self.primary_from_store(tenant).await?;
+        if self.epoch() == epoch {
+            self.primaries.insert(tenant, p).await;
+        }
+        Ok(p)
     }
 
     async fn primary_from_store(
         &self,
         tenant: TenantId,
     ) -> Result<(u32, DateTime<Utc>), CryptoError> {
+        for _ in 0..ROTATION_ATTEMPTS {
+            let keys = self.store.keys(tenant).await?;
+            if keys.iter().any(|k| k.state == KeyState::Destroyed) {
+                return Err(CryptoError::UnknownKeyVersion(0));
+            }
+            if let Some(k) = keys.iter().find(|k| k.state == KeyState::Primary) {
+                return Ok((k.version, k.created_at));
+            }
+            // First use. A concurrent first use may create it too: the
+            // loser's insert conflicts, and the next read finds the winner's.
+            let next = keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+            if let Err(e) = self.create(tenant, next).await {
+                tracing::debug!(tenant.id = %tenant, error = %e, "first data key created concurrently");
+            }
+        }
+        Err(CryptoError::KeyStore(format!(
+            "tenant {tenant} has no primary data key and none could be created"
+        )))
+    }
+
+    /// Replaces primary version `from` with a new one, unless another
+    /// process already did; returns the version this call created.
+    async fn rotate_from(&self, tenant: TenantId, from: u32) -> Result<Option<u32>, CryptoError> {
         let keys = self.store.keys(tenant).await?;
         if keys.iter().any(|k| k.state == KeyState::Destroyed) {
             return Err(CryptoError::UnknownKeyVersion(0));
         }
-        if let Some(k) = keys.iter().find(|k| k.state == KeyState::Primary) {
-            return Ok((k.version, k.created_at));
+        let still_primary = keys
+            .iter()
+            .any(|k| k.version == from && k.state == KeyState::Primary);
+        let rotated = if still_primary {
+            let next = keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
+            let (_, wrapped) = self.provider.generate(tenant).await?;
+            let key = StoredKey::new(tenant, next, wrapped, KeyState::Primary, self.now());
+            self.store.rotate(from, key).await?.then_some(next)
+        } else {
+            None
+        };
+        self.primaries.invalidate(&tenant).await;
+        if let Some(next) = rotated {
+            tracing::info!(tenant.id = %tenant, version = next, "tenant data key rotated");
+            self.audit(
+                tenant,
+                "key.rotated",
+                serde_json::json!({ "version": next }),
+            )
+            .await;
         }
-        // A concurrent first use may have created it: then read it back.
-        if let Err(e) = self.create(tenant, 1).await {
-            tracing::debug!(error = %e, "first data key created concurrently");
-        }
-        self.store
-            .keys(tenant)
-            .await?
-            .into_iter()
-            .find(|k| k.state == KeyState::Primary)
-            .map(|k| (k.version, k.created_at))
-            .ok_or(CryptoError::UnknownKeyVersion(1))
+        Ok(rotated)
     }
 
     /// Makes a new data key version primary; older versions still decrypt.
+    /// If another process rotates at the same moment, one new version is
+    /// made, not two, and its number is returned.
     pub async fn rotate(&self, tenant: TenantId) -> Result<u32, CryptoError> {
-        let keys = self.store.keys(tenant).await?;
-        let next = keys.iter().map(|k| k.version).max().unwrap_or(0) + 1;
-        for mut k in keys.into_iter().filter(|k| k.state == KeyState::Primary) {
-            k.state = KeyState::Retired;
-            self.store.update(k).await?;
+        let (current, _) = self.primary_from_store(tenant).await?;
+        if let Some(next) = self.rotate_from(tenant, current).await? {
+            return Ok(next);
         }
-        self.create(tenant, next).await?;
-        self.primaries.invalidate(&tenant).await;
-        tracing::info!(tenant.id = %tenant, version = next, "tenant data key rotated");
-        self.audit(
-            tenant,
-            "key.rotated",
-            serde_json::json!({ "version": next }),
-        )
-        .await;
-        Ok(next)
+        let (now, _) = self.primary_from_store(tenant).await?;
+        Ok(now)
     }
 
     /// Rotates the tenant's KEK and re-wraps every stored key under it,
@@ -859,8 +1019,17 @@ impl Keyring {
         context: &[u8],
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CryptoError> {
-        let key = self.primary(tenant).await?;
-        super::encrypt(&key, tenant, context, plaintext)
+        let mut result = Err(CryptoError::NonceBudgetExhausted(0));
+        // Other tasks may take the last reserved nonces between `primary`
+        // and the encryption: then reserve (or rotate) and try again.
+        for _ in 0..ROTATION_ATTEMPTS {
+            let key = self.primary(tenant).await?;
+            result = super::encrypt(&key, tenant, context, plaintext);
+            if !matches!(result, Err(CryptoError::NonceBudgetExhausted(_))) {
+                break;
+            }
+        }
+        result
     }
 
     /// Decrypts a field value of `tenant` with whichever version made it.

@@ -82,7 +82,8 @@ pub enum CryptoError {
     /// another tenant, key or context.
     #[error("decryption failed: the value was altered or belongs to another tenant or context")]
     Authentication,
-    /// The key has encrypted as many values as its nonce budget allows: rotate it.
+    /// The key has encrypted as many values as its nonce budget (or the share
+    /// of it granted to this process) allows: rotate it, or grant more.
     #[error("key version {0} reached its nonce budget; rotate to a new key version")]
     NonceBudgetExhausted(u32),
     /// Key material had the wrong length.
@@ -104,7 +105,8 @@ pub enum CryptoError {
 /// A 256-bit data-encryption key of one tenant, at one version.
 ///
 /// The key bytes are zeroized when the value is dropped. It counts the
-/// values it encrypts and refuses to go past [`NONCE_BUDGET`].
+/// values it encrypts and refuses to go past its allowance
+/// ([`DataKey::allowance`]), never more than [`NONCE_BUDGET`].
 ///
 /// ```
 /// use tenancy_core::crypto::{decrypt, encrypt, DataKey};
@@ -131,6 +133,11 @@ pub struct DataKey {
     cipher: Aes256Gcm,
     #[zeroize(skip)]
     used: AtomicU64,
+    /// How many values this key may encrypt here: [`NONCE_BUDGET`] for a
+    /// standalone key; a [`keys::Keyring`] grants blocks reserved in its key
+    /// store, so every process together stays within the version's budget.
+    #[zeroize(skip)]
+    allowed: AtomicU64,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -156,6 +163,7 @@ impl DataKey {
             cipher: Aes256Gcm::new((&bytes).into()),
             bytes,
             used: AtomicU64::new(0),
+            allowed: AtomicU64::new(NONCE_BUDGET),
         }
     }
 
@@ -177,12 +185,67 @@ impl DataKey {
 
     /// How many values this key has encrypted (in this process).
     pub fn encryptions(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.used.load(Ordering::Acquire)
     }
 
     /// Sets the encryption count (restore it from storage at load).
     pub fn set_encryptions(&self, n: u64) {
-        self.used.store(n, Ordering::Relaxed);
+        self.used.store(n, Ordering::Release);
+    }
+
+    /// How many values this key may encrypt in total here (its allowance):
+    /// [`NONCE_BUDGET`] for a key made with [`DataKey::generate`] or
+    /// [`DataKey::from_bytes`]; what the key store granted for a key a
+    /// [`keys::Keyring`] loaded.
+    ///
+    /// ```
+    /// use tenancy_core::crypto::{encrypt, CryptoError, DataKey};
+    /// use tenancy_core::TenantId;
+    ///
+    /// let key = DataKey::generate(3).with_allowance(2);
+    /// let t = TenantId::new_v4();
+    /// encrypt(&key, t, b"c", b"1")?;
+    /// encrypt(&key, t, b"c", b"2")?;
+    /// assert_eq!(key.remaining(), 0);
+    /// assert_eq!(encrypt(&key, t, b"c", b"3"), Err(CryptoError::NonceBudgetExhausted(3)));
+    /// key.grant(1); // one more nonce reserved
+    /// encrypt(&key, t, b"c", b"3")?;
+    /// # Ok::<(), CryptoError>(())
+    /// ```
+    pub fn allowance(&self) -> u64 {
+        self.allowed.load(Ordering::Acquire)
+    }
+
+    /// This key, allowed to encrypt at most `n` values (capped at [`NONCE_BUDGET`]).
+    pub fn with_allowance(self, n: u64) -> Self {
+        self.allowed.store(n.min(NONCE_BUDGET), Ordering::Release);
+        self
+    }
+
+    /// Allows `n` more encryptions (a block of nonces reserved for this
+    /// process); the allowance never exceeds [`NONCE_BUDGET`].
+    pub fn grant(&self, n: u64) {
+        // The closure always returns Some: the update cannot fail.
+        let _ = self
+            .allowed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                Some(a.saturating_add(n).min(NONCE_BUDGET))
+            });
+    }
+
+    /// How many more values this key may encrypt before it needs a grant.
+    pub fn remaining(&self) -> u64 {
+        self.allowance().saturating_sub(self.encryptions())
+    }
+
+    /// Takes one nonce of the allowance, or refuses once it is spent.
+    fn take_nonce(&self) -> Result<(), CryptoError> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.allowed.load(Ordering::Acquire).min(NONCE_BUDGET)).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| CryptoError::NonceBudgetExhausted(self.version))
     }
 
     fn cipher(&self) -> &Aes256Gcm {
@@ -213,10 +276,7 @@ pub fn encrypt(
     context: &[u8],
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let n = key.used.fetch_add(1, Ordering::Relaxed);
-    if n >= NONCE_BUDGET {
-        return Err(CryptoError::NonceBudgetExhausted(key.version));
-    }
+    key.take_nonce()?;
     let mut nonce = [0u8; 12];
     OsRng.fill_bytes(&mut nonce);
     let aad = aad(tenant, key.version, context);

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS tenancy_tenant_keys (
     wrapped    BLOB    NOT NULL,
     state      TEXT    NOT NULL CHECK (state IN ('primary', 'retired', 'destroyed')),
     created_at TEXT    NOT NULL,
+    reserved   INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
     PRIMARY KEY (tenant_id, version)
 );
 -- Every change to a tenant, its domains or its keys, in commit order, for
@@ -86,7 +87,10 @@ CREATE TRIGGER IF NOT EXISTS tenancy_domains_changed_del AFTER DELETE ON tenancy
 BEGIN INSERT INTO tenancy_changes (kind, tenant_id, name) VALUES ('domain', OLD.tenant_id, OLD.domain); END;
 CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_ins AFTER INSERT ON tenancy_tenant_keys
 BEGIN INSERT INTO tenancy_changes (kind, tenant_id) VALUES ('key', NEW.tenant_id); END;
-CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_upd AFTER UPDATE ON tenancy_tenant_keys
+-- Nonce reservations (column `reserved`) are not key changes.
+DROP TRIGGER IF EXISTS tenancy_keys_changed_upd;
+CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_state
+    AFTER UPDATE OF wrapped, state ON tenancy_tenant_keys
 BEGIN INSERT INTO tenancy_changes (kind, tenant_id) VALUES ('key', NEW.tenant_id); END;
 CREATE TRIGGER IF NOT EXISTS tenancy_keys_changed_del AFTER DELETE ON tenancy_tenant_keys
 BEGIN INSERT INTO tenancy_changes (kind, tenant_id) VALUES ('key', OLD.tenant_id); END;
@@ -138,6 +142,7 @@ impl SqliteControl {
             )
             .await?;
         (&pool).execute(SCHEMA).await?;
+        add_reserved_column(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -468,6 +473,35 @@ impl MembershipWriter for SqliteMembershipStore {
     }
 }
 
+/// Control databases made before nonce reservations lack the `reserved`
+/// column: add it (another process opening the file at the same moment may
+/// add it first; that is fine).
+async fn add_reserved_column(pool: &SqlitePool) -> Result<(), DbError> {
+    if has_reserved_column(pool).await? {
+        return Ok(());
+    }
+    let added = sqlx::query(
+        "ALTER TABLE tenancy_tenant_keys \
+         ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0)",
+    )
+    .execute(pool)
+    .await;
+    match added {
+        Ok(_) => Ok(()),
+        Err(_) if has_reserved_column(pool).await? => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn has_reserved_column(pool: &SqlitePool) -> Result<bool, DbError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pragma_table_info('tenancy_tenant_keys') WHERE name = 'reserved'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(n > 0)
+}
+
 /// Wrapped per-tenant data keys in the control database, apart from the
 /// tenant files they protect: a copied tenant file alone cannot be read.
 /// Plaintext keys are never stored ([`KeyStore`]).
@@ -492,8 +526,8 @@ fn key_state(s: KeyState) -> &'static str {
 #[async_trait]
 impl KeyStore for SqliteKeyStore {
     async fn keys(&self, tenant: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
-        let rows: Vec<(i64, Vec<u8>, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT version, wrapped, state, created_at FROM tenancy_tenant_keys \
+        let rows: Vec<(i64, Vec<u8>, String, DateTime<Utc>, i64)> = sqlx::query_as(
+            "SELECT version, wrapped, state, created_at, reserved FROM tenancy_tenant_keys \
              WHERE tenant_id = $1 ORDER BY version",
         )
         .bind(tenant.to_string())
@@ -501,7 +535,7 @@ impl KeyStore for SqliteKeyStore {
         .await
         .map_err(key_backend)?;
         rows.into_iter()
-            .map(|(version, wrapped, state, created_at)| {
+            .map(|(version, wrapped, state, created_at, reserved)| {
                 let state = match state.as_str() {
                     "primary" => KeyState::Primary,
                     "retired" => KeyState::Retired,
@@ -514,7 +548,8 @@ impl KeyStore for SqliteKeyStore {
                     wrapped,
                     state,
                     created_at,
-                ))
+                )
+                .with_reserved(u64::try_from(reserved).map_err(key_backend)?))
             })
             .collect()
     }
@@ -562,6 +597,91 @@ impl KeyStore for SqliteKeyStore {
                 key.version
             )))
         }
+    }
+
+    /// Compare-and-set on the reserved count: a reservation that raced
+    /// another process's reads again, so grants never overlap.
+    async fn reserve(
+        &self,
+        tenant: TenantId,
+        version: u32,
+        block: u64,
+        limit: u64,
+    ) -> Result<u64, CryptoError> {
+        for _ in 0..64 {
+            let row: Option<(String, i64)> = sqlx::query_as(
+                "SELECT state, reserved FROM tenancy_tenant_keys \
+                 WHERE tenant_id = $1 AND version = $2",
+            )
+            .bind(tenant.to_string())
+            .bind(i64::from(version))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(key_backend)?;
+            let (state, reserved) = row.ok_or(CryptoError::UnknownKeyVersion(version))?;
+            let before = u64::try_from(reserved).map_err(key_backend)?;
+            if state != "primary" {
+                return Ok(0);
+            }
+            let granted = block.min(limit.saturating_sub(before));
+            if granted == 0 {
+                return Ok(0);
+            }
+            let done = sqlx::query(
+                "UPDATE tenancy_tenant_keys SET reserved = $4 \
+                 WHERE tenant_id = $1 AND version = $2 AND reserved = $3 AND state = 'primary'",
+            )
+            .bind(tenant.to_string())
+            .bind(i64::from(version))
+            .bind(reserved)
+            .bind(i64::try_from(before + granted).map_err(key_backend)?)
+            .execute(&self.pool)
+            .await
+            .map_err(key_backend)?;
+            if done.rows_affected() == 1 {
+                return Ok(granted);
+            }
+        }
+        Err(CryptoError::KeyStore(format!(
+            "nonce reservation for key version {version} kept racing; try again"
+        )))
+    }
+
+    /// One transaction whose first statement writes (so it holds the write
+    /// lock throughout): retire `retire` only while it is primary, then insert.
+    async fn rotate(&self, retire: u32, next: StoredKey) -> Result<bool, CryptoError> {
+        let mut tx = self.pool.begin().await.map_err(key_backend)?;
+        let retired = sqlx::query(
+            "UPDATE tenancy_tenant_keys SET state = 'retired' \
+             WHERE tenant_id = $1 AND version = $2 AND state = 'primary'",
+        )
+        .bind(next.tenant.to_string())
+        .bind(i64::from(retire))
+        .execute(&mut *tx)
+        .await
+        .map_err(key_backend)?;
+        if retired.rows_affected() != 1 {
+            tx.rollback().await.map_err(key_backend)?;
+            return Ok(false);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO tenancy_tenant_keys (tenant_id, version, wrapped, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(next.tenant.to_string())
+        .bind(i64::from(next.version))
+        .bind(&next.wrapped)
+        .bind(key_state(next.state))
+        .bind(next.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(key_backend)?;
+        if inserted.rows_affected() != 1 {
+            tx.rollback().await.map_err(key_backend)?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(key_backend)?;
+        Ok(true)
     }
 }
 
