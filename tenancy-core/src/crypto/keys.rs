@@ -733,10 +733,13 @@ impl Keyring {
         self
     }
 
-    /// How long a tenant's primary key version is cached (default 30 s): the
-    /// longest another process may keep encrypting with a version this one
-    /// has just retired. Retired versions still decrypt, so this is never a
-    /// correctness issue, only the delay before a rotation takes effect everywhere.
+    /// How long a tenant's primary key version is cached (default 30 s).
+    /// Another process that has not heard of a rotation keeps encrypting
+    /// with the retired version only until its reserved block is spent (the
+    /// store grants nothing for a retired version), then reads the new one;
+    /// within this TTL at the latest. Retired versions still decrypt, so this
+    /// is never a correctness issue, only the delay before a rotation takes
+    /// effect everywhere.
     pub fn with_primary_ttl(mut self, ttl: Duration) -> Self {
         self.primaries = moka::future::Cache::builder()
             .max_capacity(10_000)
