@@ -45,6 +45,7 @@ async fn serve() -> World {
         &PgUrls {
             app: db.app_url.clone(),
             owner: db.owner_url.clone(),
+            listen: None,
         },
     )
     .await

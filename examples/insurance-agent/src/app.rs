@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState};
 use crate::auth::Sessions;
 use crate::data::{Data, PgUrls};
+use crate::drain::{DRAIN_TIMEOUT, Drain};
 use crate::seed;
 
 /// The embedded plan catalog (`config/plans.toml`).
@@ -54,7 +55,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, finishes requests in flight, and waits.
+    /// Drains (new requests get 503, those in flight finish), stops
+    /// listening, and waits.
     pub async fn stop(mut self) -> Result<(), Error> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -63,7 +65,7 @@ impl Running {
         Ok(())
     }
 
-    /// Waits until the server stops (Ctrl-C).
+    /// Waits until the server stops (SIGTERM or Ctrl-C, after draining).
     pub async fn wait(mut self) -> Result<(), Error> {
         (&mut self.task).await??;
         Ok(())
@@ -112,14 +114,20 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = api::router(state);
+    let drain = Arc::new(Drain::default());
+    let app = api::router(state).layer(axum::middleware::from_fn_with_state(
+        drain.clone(),
+        crate::drain::admit,
+    ));
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 tokio::select! {
                     _ = stopped => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    () = crate::drain::signal() => {}
                 }
+                // New requests get 503 from here on; those in flight finish.
+                drain.drain(DRAIN_TIMEOUT).await;
             })
             .await
     });

@@ -207,10 +207,15 @@ impl AuditLog {
 /// schema and writes the control plane (tenants, memberships).
 #[derive(Clone)]
 pub struct PgUrls {
-    /// `DATABASE_URL`: the request-serving application role.
+    /// `DATABASE_URL`: the request-serving application role (directly, or
+    /// through a pooler such as pgbouncer in transaction mode).
     pub app: String,
     /// `DATABASE_OWNER_URL`: the role that owns the schema.
     pub owner: String,
+    /// `DATABASE_LISTEN_URL`: the application role on a direct connection,
+    /// for the change notifications (`LISTEN` needs a session of its own; a
+    /// transaction-mode pooler cannot keep one). Defaults to `app`.
+    pub listen: Option<String>,
 }
 
 impl std::fmt::Debug for PgUrls {
@@ -529,9 +534,18 @@ impl Data {
         // Another process (the command line) changing a tenant drops it from
         // this process's cache at once; so does shredding its keys.
         let keyring = Arc::new(keyring);
+        let listen = match &urls.listen {
+            Some(url) => {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(url)
+                    .await?
+            }
+            None => app.clone(),
+        };
         let listeners = (
-            InvalidationListener::start(&app, store.clone()).await?,
-            KeyInvalidationListener::start(&app, keyring.clone()).await?,
+            InvalidationListener::start(&listen, store.clone()).await?,
+            KeyInvalidationListener::start(&listen, keyring.clone()).await?,
         );
         Ok(Self {
             dir: dir.to_owned(),

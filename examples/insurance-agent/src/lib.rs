@@ -20,6 +20,7 @@ pub mod app;
 pub mod auth;
 pub mod data;
 pub mod domain;
+pub mod drain;
 pub mod id;
 pub mod ops;
 pub mod postgres;

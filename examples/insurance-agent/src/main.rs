@@ -41,6 +41,15 @@ struct Cli {
         hide_env_values = true
     )]
     database_owner_url: Option<String>,
+    /// With `--database-url` through a transaction-mode pooler (pgbouncer):
+    /// the application role on a direct connection, for change notifications.
+    #[arg(
+        long,
+        env = "DATABASE_LISTEN_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_listen_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -207,7 +216,11 @@ impl At {
 
 async fn run(cli: Cli) -> Result<(), Error> {
     let postgres = match (cli.database_url, cli.database_owner_url) {
-        (Some(app), Some(owner)) => Some(PgUrls { app, owner }),
+        (Some(app), Some(owner)) => Some(PgUrls {
+            app,
+            owner,
+            listen: cli.database_listen_url,
+        }),
         (None, None) => None,
         (Some(_), None) => {
             return Err(

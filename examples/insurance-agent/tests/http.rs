@@ -40,6 +40,7 @@ async fn fresh_database() -> (TestDb, PgUrls) {
     let urls = PgUrls {
         app: db.app_url.clone(),
         owner: db.owner_url.clone(),
+        listen: None,
     };
     (db, urls)
 }
@@ -112,7 +113,8 @@ on_both_backends!(
     invitations_enforce_the_tenants_password_policy_and_are_single_use,
     a_providers_admins_administer_its_regional_office_and_no_further,
     the_hourly_api_quota_answers_429_per_tenant,
-    a_plan_change_and_a_settings_change_sent_together_both_persist
+    a_plan_change_and_a_settings_change_sent_together_both_persist,
+    shutdown_finishes_requests_in_flight_and_refuses_new_ones
 );
 
 fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
@@ -792,6 +794,7 @@ async fn postgres_mode_refuses_an_app_role_that_escapes_rls_and_grants_a_new_one
     let wrong = PgUrls {
         app: urls.owner.clone(),
         owner: urls.owner.clone(),
+        listen: None,
     };
     let err = insurance_agent::data::Data::open_postgres(dir.path(), &wrong)
         .await
@@ -823,6 +826,7 @@ async fn postgres_mode_refuses_an_app_role_that_escapes_rls_and_grants_a_new_one
     let other = PgUrls {
         app: format!("{scheme}{role}:pw-{role}@{rest}"),
         owner: urls.owner.clone(),
+        listen: None,
     };
     let data = insurance_agent::data::Data::open_postgres(dir.path(), &other)
         .await
@@ -2001,4 +2005,75 @@ async fn a_plan_change_and_a_settings_change_sent_together_both_persist(backend:
             now.text()
         );
     }
+}
+
+/// Graceful shutdown: a create whose body is still arriving when the stop
+/// comes is finished and acknowledged (and stored); a request arriving
+/// during the drain gets 503 with `Retry-After`, never a reset or a 500.
+async fn shutdown_finishes_requests_in_flight_and_refuses_new_ones(backend: Backend) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let agents = call(addr, "GET", "/agents", Some(&admin), None).await;
+    let agent_id = agents.json()["items"][0]["id"].as_str().unwrap().to_owned();
+    let body = json!({"agent_id": agent_id, "first_name": "Last", "last_name": "Write",
+                      "customer_type": "individual"})
+    .to_string();
+    let head = format!(
+        "POST /customers HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {admin}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The request is in flight: head and half the body sent.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    slow.write_all(first).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let App {
+        _dir, pg, running, ..
+    } = app;
+    let data = running.data.clone();
+    let stopping = tokio::spawn(running.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the stop waits for the request in flight"
+    );
+    let refused = call(addr, "GET", "/me", Some(&admin), None).await;
+    assert_problem(&refused, 503, "app.shutting-down");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+
+    slow.write_all(rest).await.unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    tokio::time::timeout(std::time::Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    // Acknowledged means stored.
+    let tenant = data
+        .store()
+        .by_slug(&"sunrise-insurance".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let ctx = tenancy_core::TenantContext::new(tenant);
+    let mut tx = data.begin(&ctx).await.unwrap();
+    let stored: i64 = insurance_agent::on!(
+        tx,
+        sqlx::query_scalar(
+            "SELECT count(*) FROM customers WHERE first_name = 'Last' AND last_name = 'Write'"
+        ),
+        fetch_one
+    )
+    .unwrap();
+    assert_eq!(stored, 1);
+    drop((_dir, pg));
 }

@@ -30,6 +30,7 @@ async fn open(dir: &Path, pg: &Option<TestDb>) -> Data {
     let urls = pg.as_ref().map(|db| PgUrls {
         app: db.app_url.clone(),
         owner: db.owner_url.clone(),
+        listen: None,
     });
     Data::open_with(dir, urls.as_ref()).await.unwrap()
 }

@@ -1,0 +1,114 @@
+//! Graceful shutdown: on SIGTERM (or Ctrl-C, or [`crate::app::Running::stop`])
+//! the server stops admitting work — every new request is answered 503 with
+//! `Retry-After` and `Connection: close`, so a load balancer retries it on
+//! another instance — lets the requests in flight finish, and only then
+//! stops listening. An acknowledged write is never cut off half-way.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tenancy_core::problem::{CONTENT_TYPE, Problem};
+
+/// How long a drain waits for requests in flight before it gives up on them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Requests in flight, and whether the server is draining.
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Drain {
+    /// Stops admitting requests and waits (at most `timeout`) until none is
+    /// in flight; returns how many were still running at the deadline.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.idle.notified();
+            let running = self.in_flight.load(Ordering::SeqCst);
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                let left = self.in_flight.load(Ordering::SeqCst);
+                tracing::warn!(in_flight = left, "drain timed out; stopping anyway");
+                return left;
+            }
+        }
+    }
+
+    /// Whether the server has stopped admitting requests.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a request in flight until it is answered.
+struct InFlight<'a>(&'a Drain);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The middleware: 503 while draining, otherwise counted in flight.
+pub async fn admit(State(drain): State<Arc<Drain>>, request: Request, next: Next) -> Response {
+    drain.in_flight.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlight(&drain);
+    if drain.is_draining() {
+        drop(guard);
+        let problem = Problem::new(
+            503,
+            "app.shutting-down",
+            "Shutting down",
+            "this server is shutting down; retry the request",
+        );
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (http::header::CONTENT_TYPE, CONTENT_TYPE),
+                (http::header::RETRY_AFTER, "1"),
+                (http::header::CONNECTION, "close"),
+            ],
+            problem.to_json().to_string(),
+        )
+            .into_response();
+    }
+    let response = next.run(request).await;
+    drop(guard);
+    response
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
