@@ -155,7 +155,8 @@ impl TenantError {
     /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled` | 403 |
     /// | `Quota` | 429 (rate, concurrency), 413 (`*_bytes` stock), 403 (other stock) |
     /// | `NotFound` | 404 |
-    /// | `NoContext`, `Store` | 500 |
+    /// | `Store` (the tenant store could not answer; with `Retry-After: 1`) | 503 |
+    /// | `NoContext` | 500 |
     pub fn status(&self) -> u16 {
         match self {
             Self::Missing
@@ -174,7 +175,8 @@ impl TenantError {
             | Self::MissingPermission { .. }
             | Self::Mismatch(_) => 403,
             Self::NotFound => 404,
-            Self::NoContext | Self::Store(_) => 500,
+            Self::Store(_) => 503,
+            Self::NoContext => 500,
         }
     }
 
@@ -200,7 +202,7 @@ impl TenantError {
             Self::Quota(q) if q.kind == crate::plan::ResourceKind::Rate => "rate-limited",
             Self::Quota(_) => "quota-exceeded",
             Self::NoContext => "internal",
-            Self::Store(_) => "internal",
+            Self::Store(_) => "tenant-store-unavailable",
         }
     }
 
@@ -214,7 +216,9 @@ impl TenantError {
     /// assert!(!err.public_message().contains("password"));
     /// ```
     pub fn public_message(&self) -> String {
-        if self.status() >= 500 {
+        if let Self::Store(_) = self {
+            "the tenant store is unavailable; retry shortly".to_owned()
+        } else if self.status() >= 500 {
             "internal error".to_owned()
         } else {
             self.to_string()
@@ -239,8 +243,9 @@ mod tests {
     #[test]
     fn server_errors_hide_details() {
         let e = TenantError::Store(StoreError::msg("db at 10.1.2.3 refused"));
-        assert_eq!(e.status(), 500);
-        assert_eq!(e.public_message(), "internal error");
+        assert_eq!(e.status(), 503);
+        assert!(!e.public_message().contains("10.1.2.3"));
+        assert_eq!(TenantError::NoContext.public_message(), "internal error");
         assert!(e.to_string().contains("10.1.2.3"));
     }
 }

@@ -133,6 +133,8 @@ impl Problem {
             TenantError::MissingPermission { permission } => {
                 extensions.insert("permission".into(), json!(&**permission));
             }
+            // A dependency that did not answer: the client may retry.
+            TenantError::Store(_) => headers.push((RETRY_AFTER, "1".to_owned())),
             _ => {}
         }
         if let Some(rate) = rate {

@@ -354,9 +354,19 @@ async fn server_errors_carry_no_internals() {
         .await
         .unwrap_err();
     let body = rejected.problem().to_json().to_string();
-    assert_eq!(rejected.problem().status, 500);
+    // The store did not answer: 503 with Retry-After, no internals.
+    assert_eq!(rejected.problem().status, 503);
+    assert!(
+        rejected
+            .problem()
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "retry-after" && v == "1"),
+        "{:?}",
+        rejected.problem().headers
+    );
     assert!(!body.contains("10.0.0.7"), "{body}");
-    assert!(body.contains("internal error"));
+    assert!(body.contains("tenant-store-unavailable"), "{body}");
 }
 
 #[tokio::test]

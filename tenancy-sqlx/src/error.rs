@@ -99,7 +99,8 @@ pub enum DbError {
 impl DbError {
     /// The HTTP status a web handler should answer with: 403 for a write
     /// guard mismatch, 409 for a conflict, 503 for a tenant that moved while
-    /// the request was in flight (retry shortly), 500 otherwise.
+    /// the request was in flight or a database that is unavailable
+    /// ([`DbError::is_unavailable`]; retry shortly), 500 otherwise.
     ///
     /// ```
     /// let e = tenancy_sqlx::DbError::TenantMoved { tenant: tenancy_core::TenantId::new_v4() };
@@ -110,7 +111,37 @@ impl DbError {
             DbError::Mismatch(_) => 403,
             DbError::Conflict(_) => 409,
             DbError::TenantMoved { .. } => 503,
+            e if e.is_unavailable() => 503,
             _ => 500,
+        }
+    }
+
+    /// Whether the database could not be reached or dropped the work
+    /// (connection refused or lost, pool exhausted or closed, server shutting
+    /// down or not accepting connections yet, too many connections): the
+    /// same request may succeed a moment later. Web handlers answer 503
+    /// with `Retry-After`. A transaction that failed this way did not commit.
+    ///
+    /// ```
+    /// let e = tenancy_sqlx::DbError::Sqlx(sqlx::Error::PoolTimedOut);
+    /// assert!(e.is_unavailable());
+    /// assert_eq!(e.status(), 503);
+    /// ```
+    pub fn is_unavailable(&self) -> bool {
+        let DbError::Sqlx(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+                // 08: connection exception; 57P01-03: admin/crash shutdown,
+                // cannot connect now; 53300: too many connections.
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
         }
     }
 }

@@ -694,12 +694,12 @@ fn rows(w: &World) -> Vec<Case> {
             Some("quota-exceeded"),
         ),
         case(
-            "server error hides details",
+            "a store failure is 503 and hides details",
             false,
             "/boom",
             &[("X-Tenant-ID", &acme)],
-            500,
-            Some("internal"),
+            503,
+            Some("tenant-store-unavailable"),
         ),
         case(
             "unauthenticated",
@@ -895,6 +895,9 @@ fn check(c: &Case, r: &RawResponse) {
                     c.name,
                     r.text()
                 );
+            }
+            if c.status == 503 {
+                assert_eq!(r.header("retry-after"), Some("1"), "{}", c.name);
             }
             if code == "feature-not-in-plan" {
                 assert!(body["upgrade"].is_string(), "{}: no upgrade hint", c.name);

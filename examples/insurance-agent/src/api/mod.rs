@@ -220,12 +220,19 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = http::StatusCode::from_u16(self.0.status)
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
             self.0.to_json().to_string(),
         )
-            .into_response()
+            .into_response();
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -246,6 +253,15 @@ impl From<DbError> for ApiError {
                 "Try again",
                 "the tenant's data moved while the request was in flight; retry",
             ))),
+            _ if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                Self(Box::new(Problem::new(
+                    503,
+                    "app.unavailable",
+                    "Try again",
+                    "the database is not answering; nothing was changed, retry shortly",
+                )))
+            }
             _ => Self::internal(e.to_string()),
         }
     }
