@@ -523,8 +523,19 @@ impl Data {
         // The seal key proves our transactions were opened by the library;
         // only the owner can read it.
         let seal = tenancy_sqlx::migrate::seal_key(&mut *owner.acquire().await?).await?;
-        let db = TenantDb::new(app.clone(), seal);
-        let keyring = Keyring::new(local_keys(dir)?, Arc::new(PgKeyStore::new(db.clone())));
+        let db = TenantDb::new(app.clone(), seal.clone());
+        // The key store gets a pool of its own: a request holding a tenant
+        // transaction may need a key (first use, a new block of nonces), and
+        // with one shared pool, transactions waiting for connections held by
+        // each other would deadlock the pool under load.
+        let key_pool = TenantDb::pool_options()
+            .max_connections(4)
+            .connect(&urls.app)
+            .await?;
+        let keyring = Keyring::new(
+            local_keys(dir)?,
+            Arc::new(PgKeyStore::new(TenantDb::new(key_pool, seal))),
+        );
         let audit = AuditLog::Postgres(Box::new(PgAuditLog::new(
             db.clone(),
             secret_file(dir, "audit.key")?,

@@ -3,6 +3,8 @@
 //! `Retry-After` and `Connection: close`, so a load balancer retries it on
 //! another instance — lets the requests in flight finish, and only then
 //! stops listening. An acknowledged write is never cut off half-way.
+//!
+//! The same middleware bounds every request by [`REQUEST_TIMEOUT`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +17,12 @@ use tenancy_core::problem::{CONTENT_TYPE, Problem};
 
 /// How long a drain waits for requests in flight before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a request may take: past it the client gets 503 with
+/// `Retry-After` (a dependency is not answering — a database restarting, a
+/// pooler queueing) and the request is cancelled; its transaction, not yet
+/// committed, rolls back, so a timed-out write is never half-applied.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests in flight, and whether the server is draining.
 #[derive(Debug, Default)]
@@ -67,25 +75,52 @@ pub async fn admit(State(drain): State<Arc<Drain>>, request: Request, next: Next
     let guard = InFlight(&drain);
     if drain.is_draining() {
         drop(guard);
-        let problem = Problem::new(
-            503,
+        return unavailable(
             "app.shutting-down",
             "Shutting down",
             "this server is shutting down; retry the request",
+            true,
         );
-        return (
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            [
-                (http::header::CONTENT_TYPE, CONTENT_TYPE),
-                (http::header::RETRY_AFTER, "1"),
-                (http::header::CONNECTION, "close"),
-            ],
-            problem.to_json().to_string(),
-        )
-            .into_response();
     }
-    let response = next.run(request).await;
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout = ?REQUEST_TIMEOUT, "request timed out; cancelled");
+            unavailable(
+                "app.timeout",
+                "Try again",
+                "the request took too long (a dependency is not answering); it was cancelled \
+                 and nothing was changed; retry shortly",
+                false,
+            )
+        }
+    };
     drop(guard);
+    response
+}
+
+fn unavailable(
+    code: &'static str,
+    title: &'static str,
+    detail: &'static str,
+    close: bool,
+) -> Response {
+    let problem = Problem::new(503, code, title, detail);
+    let mut response = (
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (http::header::CONTENT_TYPE, CONTENT_TYPE),
+            (http::header::RETRY_AFTER, "1"),
+        ],
+        problem.to_json().to_string(),
+    )
+        .into_response();
+    if close {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     response
 }
 

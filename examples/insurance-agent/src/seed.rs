@@ -18,23 +18,23 @@ pub const DEMO_PASSWORD: &str = "Demo-Password-1";
 
 /// A demo tenant and who works there.
 #[derive(Debug, Clone)]
-pub struct DemoTenant {
+pub struct DemoTenant<'a> {
     /// Slug.
-    pub slug: &'static str,
+    pub slug: &'a str,
     /// Display name.
-    pub name: &'static str,
+    pub name: &'a str,
     /// `insurance_provider`, `independent_agent` or `agent_network`.
-    pub kind: &'static str,
+    pub kind: &'a str,
     /// Plan.
-    pub plan: &'static str,
+    pub plan: &'a str,
     /// Parent tenant's slug (regional offices of a provider).
-    pub parent: Option<&'static str>,
+    pub parent: Option<&'a str>,
     /// (email, name, role) of its users; the first is the tenant admin.
-    pub users: &'static [(&'static str, &'static str, Role)],
+    pub users: &'a [(&'a str, &'a str, Role)],
 }
 
 /// The demo tenants created on first run.
-pub const DEMO: &[DemoTenant] = &[
+pub const DEMO: &[DemoTenant<'static>] = &[
     DemoTenant {
         slug: "sunrise-insurance",
         name: "Sunrise Insurance",
@@ -103,59 +103,76 @@ pub async fn is_seeded(data: &Data) -> Result<bool, ApiError> {
 pub async fn demo(data: &Data) -> Result<Vec<Tenant>, ApiError> {
     let mut created: Vec<Tenant> = Vec::new();
     for d in DEMO {
-        let mut t = Tenant::new(
-            TenantId::new_v4(),
-            d.slug
-                .parse()
-                .map_err(|e| ApiError::internal(format!("demo slug: {e}")))?,
-            d.name,
-        )
-        .with_kind(TenantKind::new(d.kind))
-        .with_plan(PlanId::new(d.plan));
-        if let Some(parent) = d.parent {
-            let p = created
-                .iter()
-                .find(|c| c.slug.as_str() == parent)
-                .ok_or_else(|| {
-                    ApiError::internal(format!("demo parent {parent} not created first"))
-                })?;
-            t = t.with_parent(p.id);
-        }
-        let t = data.create_tenant(t).await?;
-        let ctx = TenantContext::new(t.clone());
-        let mut tx = data.begin_write(&ctx).await?;
-        let mut manager: Option<Id> = None;
-        for (i, (email, name, role)) in d.users.iter().enumerate() {
-            let user = ensure_user(data, email, name, DEMO_PASSWORD).await?;
-            data.memberships()
-                .upsert(&Membership::new(UserId::new(user.clone()), t.id, *role))
-                .await?;
-            if *role == Role::Admin {
-                continue;
-            }
-            let agent = demo_agent(
-                &format!("{}-{:03}", d.slug.split('-').next().unwrap_or("AG"), i),
-                name,
-                Some(user),
-                manager,
-            );
-            if *role == Role::Manager {
-                manager = Some(agent.id);
-            }
-            agents::insert(&mut tx, t.id.into(), &agent).await?;
-            for (n, (first, last)) in [("Ravi", "Kumar"), ("Priya", "Shah"), ("Anil", "Gupta")]
-                .iter()
-                .enumerate()
-            {
-                let mut c = demo_customer(agent.id, first, last, n);
-                c.sealed = sensitive::seal(data, t.id, c.id, &demo_sensitive(i * 10 + n)).await?;
-                customers::insert(&mut tx, t.id.into(), &c).await?;
-            }
-        }
-        tx.commit().await?;
-        created.push(t);
+        let parent = match d.parent {
+            Some(parent) => Some(
+                created
+                    .iter()
+                    .find(|c| c.slug.as_str() == parent)
+                    .ok_or_else(|| {
+                        ApiError::internal(format!("demo parent {parent} not created first"))
+                    })?
+                    .id,
+            ),
+            None => None,
+        };
+        created.push(tenant(data, d, parent).await?);
     }
     Ok(created)
+}
+
+/// Creates one tenant as the demo does: its users (password
+/// [`DEMO_PASSWORD`]) and memberships, an agent record for every user but
+/// the admins, and three customers per agent (with searchable PAN and phone).
+pub async fn tenant(
+    data: &Data,
+    d: &DemoTenant<'_>,
+    parent: Option<TenantId>,
+) -> Result<Tenant, ApiError> {
+    let mut t = Tenant::new(
+        TenantId::new_v4(),
+        d.slug
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("slug {:?}: {e}", d.slug)))?,
+        d.name,
+    )
+    .with_kind(TenantKind::new(d.kind))
+    .with_plan(PlanId::new(d.plan));
+    if let Some(parent) = parent {
+        t = t.with_parent(parent);
+    }
+    let t = data.create_tenant(t).await?;
+    let ctx = TenantContext::new(t.clone());
+    let mut tx = data.begin_write(&ctx).await?;
+    let mut manager: Option<Id> = None;
+    for (i, (email, name, role)) in d.users.iter().enumerate() {
+        let user = ensure_user(data, email, name, DEMO_PASSWORD).await?;
+        data.memberships()
+            .upsert(&Membership::new(UserId::new(user.clone()), t.id, *role))
+            .await?;
+        if *role == Role::Admin {
+            continue;
+        }
+        let agent = demo_agent(
+            &format!("{}-{:03}", d.slug.split('-').next().unwrap_or("AG"), i),
+            name,
+            Some(user),
+            manager,
+        );
+        if *role == Role::Manager {
+            manager = Some(agent.id);
+        }
+        agents::insert(&mut tx, t.id.into(), &agent).await?;
+        for (n, (first, last)) in [("Ravi", "Kumar"), ("Priya", "Shah"), ("Anil", "Gupta")]
+            .iter()
+            .enumerate()
+        {
+            let mut c = demo_customer(agent.id, first, last, n);
+            c.sealed = sensitive::seal(data, t.id, c.id, &demo_sensitive(i * 10 + n)).await?;
+            customers::insert(&mut tx, t.id.into(), &c).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(t)
 }
 
 fn demo_agent(code: &str, name: &str, user: Option<String>, manager: Option<Id>) -> Agent {

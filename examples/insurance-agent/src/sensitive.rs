@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use tenancy_core::TenantId;
-use tenancy_core::crypto::{from_text, to_text};
+use tenancy_core::crypto::{CryptoError, from_text, to_text};
 
 use crate::api::ApiError;
 use crate::data::Data;
@@ -126,7 +126,12 @@ fn context(field: &str, row: Id) -> Vec<u8> {
     format!("customers.{field}:{row}").into_bytes()
 }
 
-fn crypto_failed(e: impl std::fmt::Display) -> ApiError {
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` takes
+fn crypto_failed(e: CryptoError) -> ApiError {
+    if e.is_retryable() {
+        tracing::warn!(error = %e, "field encryption: keys unavailable");
+        return ApiError::unavailable("encryption keys are not reachable right now; retry shortly");
+    }
     ApiError::internal(format!("field encryption: {e}"))
 }
 
@@ -216,7 +221,9 @@ async fn open_one(
         .decrypt(tenant, &context(field, row), &ct)
         .await
         .map_err(crypto_failed)?;
-    let s = pt.as_str().map_err(crypto_failed)?;
+    let s = pt
+        .as_str()
+        .map_err(|e| ApiError::internal(format!("field encryption: {e}")))?;
     Ok(Some(s.to_owned()))
 }
 

@@ -102,6 +102,23 @@ pub enum CryptoError {
     KeyStore(String),
 }
 
+impl CryptoError {
+    /// Whether the failure is a dependency's — the key provider (a KMS) or
+    /// the key store did not answer or failed — rather than the data's: the
+    /// same call may succeed a moment later. Web handlers answer 503 with
+    /// `Retry-After`; a tampered or foreign value is never retryable.
+    ///
+    /// ```
+    /// use tenancy_core::crypto::CryptoError;
+    ///
+    /// assert!(CryptoError::Provider("timed out".into()).is_retryable());
+    /// assert!(!CryptoError::Authentication.is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Provider(_) | Self::KeyStore(_))
+    }
+}
+
 /// A 256-bit data-encryption key of one tenant, at one version.
 ///
 /// The key bytes are zeroized when the value is dropped. It counts the

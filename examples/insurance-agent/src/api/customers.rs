@@ -316,11 +316,13 @@ pub async fn create(
         ));
     }
     check_email(new.email.as_ref())?;
+    // Encrypted before the transaction opens: no key lookup while it holds
+    // a connection.
+    let id = Id::new();
+    let sealed = seal(&state.data, caller.ctx.tenant_id(), id, &new.sensitive).await?;
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     let agent = owner_for(&mut tx, &caller, new.agent_id).await?;
     super::check_stock(&state, &caller, &mut tx, "customers").await?;
-    let id = Id::new();
-    let sealed = seal(&state.data, caller.ctx.tenant_id(), id, &new.sensitive).await?;
     let mut c = Customer {
         id,
         agent_id: agent,

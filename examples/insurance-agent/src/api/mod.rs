@@ -195,6 +195,16 @@ impl ApiError {
         )))
     }
 
+    /// 503 with `Retry-After`: a dependency did not answer; nothing was changed.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(
+            503,
+            "app.unavailable",
+            "Try again",
+            detail,
+        )))
+    }
+
     /// 500: logged with the detail, answered without it.
     pub fn internal(detail: impl Into<String>) -> Self {
         let detail = detail.into();
@@ -255,12 +265,9 @@ impl From<DbError> for ApiError {
             ))),
             _ if e.is_unavailable() => {
                 tracing::warn!(error = %e, "database unavailable");
-                Self(Box::new(Problem::new(
-                    503,
-                    "app.unavailable",
-                    "Try again",
+                Self::unavailable(
                     "the database is not answering; nothing was changed, retry shortly",
-                )))
+                )
             }
             _ => Self::internal(e.to_string()),
         }

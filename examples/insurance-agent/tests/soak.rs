@@ -1,0 +1,711 @@
+//! The soak: the reference application, run as its own binary on PostgreSQL
+//! through pgbouncer (transaction pooling), as the application role under
+//! the strict isolation audit, driven over HTTP by 64 clients across 8
+//! tenants while its dependencies fail under it — one fault per phase.
+//!
+//! The harness keeps its own oracle: every acknowledged write (a customer
+//! created, a score changed) and every response body. At the end it reads
+//! the database as the superuser and counts
+//! - responses that carried another tenant's data (each tenant's records
+//!   carry a marker no other tenant's do; every body is scanned for the
+//!   others' markers, and every `X-Tenant-ID` must be the caller's tenant),
+//! - acknowledged writes missing (a created customer absent or moved to
+//!   another tenant, a score other than the last acknowledged one),
+//! - half-applied writes (a customer without its audit event, or an audit
+//!   event without its customer: the two are written in one transaction),
+//!
+//! all of which must be 0, and checks each tenant's audit chain. Per phase it
+//! reports requests, responses by status, and how long after the fault the
+//! last failure was seen (recovery). A 500, or a 503 without `Retry-After`,
+//! fails the run; so does a refused connection outside the restart phase.
+//!
+//! Short by default (phases of 10 s, about a minute in all, in
+//! `scripts/test`); `SOAK_PHASE_SECS` makes it longer (`scripts/soak`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a test: failures panic, figures go to the log
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use insurance_agent::data::{Data, PgUrls};
+use insurance_agent::seed::{self, DEMO_PASSWORD, DemoTenant};
+use serde_json::{Value, json};
+use tenancy_core::Role;
+use tenancy_testkit::TestDb;
+use tenancy_testkit::http::{RawResponse, send};
+
+const TENANTS: usize = 8;
+const CLIENTS: usize = 64;
+
+/// Phase names, in order; each runs the full load, with its fault injected
+/// a third of the way in.
+const PHASES: [&str; 6] = [
+    "baseline",
+    "postgres-restart",
+    "pgbouncer-restart",
+    "kill-backends",
+    "kill-listeners",
+    "sigterm-restart",
+];
+
+fn phase_length() -> Duration {
+    let secs = std::env::var("SOAK_PHASE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    Duration::from_secs(secs)
+}
+
+/// The soak database's URLs: the test database's, with `tenancy_soak`.
+struct Urls {
+    admin: String,
+    owner: String,
+    app: String,
+    pool: String,
+    fault: String,
+}
+
+fn urls() -> Urls {
+    let env = TestDb::from_env().expect("run through scripts/test (scripts/with-db)");
+    let soak = |url: &str| {
+        let (base, _) = url.rsplit_once('/').unwrap();
+        format!("{base}/tenancy_soak")
+    };
+    Urls {
+        admin: soak(&env.admin_url),
+        owner: soak(&env.owner_url),
+        app: soak(&env.app_url),
+        pool: std::env::var("TENANCY_TEST_SOAK_POOL_URL").expect("scripts/with-db exports it"),
+        fault: std::env::var("TENANCY_TEST_FAULT").expect("scripts/with-db exports it"),
+    }
+}
+
+fn fault(urls: &Urls, args: &[&str]) {
+    let out = Command::new(&urls.fault).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "fault {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the application binary, as an operator runs it.
+fn start_server(dir: &std::path::Path, urls: &Urls, addr: SocketAddr) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
+        .env("INSURANCE_DATA_DIR", dir)
+        .env("INSURANCE_BIND", addr.to_string())
+        .env("DATABASE_URL", &urls.pool)
+        .env("DATABASE_OWNER_URL", &urls.owner)
+        .env("DATABASE_LISTEN_URL", &urls.app)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(addr: SocketAddr, dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Ok(r) = send(addr, &request("GET", "/health", None, None)).await
+            && r.status == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    panic!("the server did not become healthy:\n{log}");
+}
+
+fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        out.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.map(Value::to_string).unwrap_or_default();
+    if !body.is_empty() {
+        out.push_str("Content-Type: application/json\r\n");
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    out.into_bytes()
+}
+
+/// A tenant of the soak: who signs in, and the marker its records carry.
+struct SoakTenant {
+    id: String,
+    admin: String,
+    agent: String,
+}
+
+fn marker(tenant: usize) -> String {
+    format!("Mark{tenant}x")
+}
+
+/// One acknowledged customer and what it must look like at the end.
+#[derive(Debug, Clone)]
+struct Acked {
+    tenant: usize,
+    last_name: String,
+    pan: String,
+    /// The last acknowledged score, and scores of later unacknowledged
+    /// changes (each may or may not have been applied).
+    score: i64,
+    maybe: Vec<i64>,
+}
+
+#[derive(Default)]
+struct Phase {
+    requests: u64,
+    by_status: BTreeMap<String, u64>,
+    leaks: Vec<String>,
+    violations: Vec<String>,
+    last_failure: Option<Instant>,
+    latencies: Vec<Duration>,
+}
+
+#[derive(Default)]
+struct Oracle {
+    acked: HashMap<String, Acked>,
+    phases: Vec<Phase>,
+}
+
+/// A small deterministic generator (no dependency needed for a workload mix).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A PAN unique to (client, n): five letters, four digits, one letter.
+fn pan(client: usize, n: u64) -> String {
+    let mut prefix = (client as u64) * 1_000 + n / 10_000;
+    let mut letters = String::new();
+    for _ in 0..5 {
+        letters.push((b'A' + (prefix % 26) as u8) as char);
+        prefix /= 26;
+    }
+    format!("{letters}{:04}Q", n % 10_000)
+}
+
+struct Client {
+    index: usize,
+    tenant: usize,
+    token: String,
+    agent: bool,
+    rng: Rng,
+    created: u64,
+    mine: Vec<String>,
+}
+
+/// What every client shares: the oracle and the tenants.
+struct Shared {
+    oracle: Mutex<Oracle>,
+    tenants: Vec<SoakTenant>,
+}
+
+/// Where a client's step runs: which phase, and whether a refused
+/// connection is expected (the server is being restarted).
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    shared: &'a Shared,
+    phase: usize,
+    io_allowed: bool,
+}
+
+/// What one response means for the oracle (the body is scanned for other
+/// tenants' markers whatever its status).
+fn check_response(
+    step: Step<'_>,
+    client: &Client,
+    what: &str,
+    started: Instant,
+    result: &std::io::Result<RawResponse>,
+) {
+    let (tenants, io_allowed) = (&step.shared.tenants, step.io_allowed);
+    let mut o = step.shared.oracle.lock().unwrap();
+    let p = &mut o.phases[step.phase];
+    p.requests += 1;
+    p.latencies.push(started.elapsed());
+    let r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            *p.by_status.entry("io".into()).or_default() += 1;
+            p.last_failure = Some(Instant::now());
+            if !io_allowed {
+                p.violations
+                    .push(format!("{what}: connection failed outside a restart: {e}"));
+            }
+            return;
+        }
+    };
+    *p.by_status.entry(r.status.to_string()).or_default() += 1;
+    if !(200..300).contains(&r.status) && r.status != 429 {
+        p.last_failure = Some(Instant::now());
+    }
+    let text = r.text();
+    for other in (0..TENANTS).filter(|t| *t != client.tenant) {
+        if text.contains(&marker(other)) {
+            p.leaks.push(format!(
+                "{what}: tenant {} saw tenant {other}'s data",
+                client.tenant
+            ));
+        }
+    }
+    if r.status == 200
+        && let Some(t) = r.header("x-tenant-id")
+        && t != tenants[client.tenant].id
+    {
+        p.leaks.push(format!(
+            "{what}: answered for tenant {t}, asked as {}",
+            client.tenant
+        ));
+    }
+    if r.status >= 500 && r.status != 503 {
+        p.violations.push(format!("{what}: {} {}", r.status, text));
+    }
+    if r.status == 503 && r.header("retry-after").is_none() {
+        p.violations
+            .push(format!("{what}: 503 without Retry-After: {text}"));
+    }
+}
+
+async fn client_step(c: &mut Client, addr: SocketAddr, step: Step<'_>) {
+    let oracle = &step.shared.oracle;
+    let phase = step.phase;
+    let roll = c.rng.below(100);
+    let started = Instant::now();
+    let token = c.token.clone();
+    if !c.agent {
+        let path = match roll {
+            0..40 => "/customers",
+            40..70 => "/dashboard",
+            70..90 => "/me",
+            _ => "/audit?limit=5",
+        };
+        let r = send(addr, &request("GET", path, Some(&token), None)).await;
+        check_response(step, c, path, started, &r);
+        return;
+    }
+    let own =
+        (!c.mine.is_empty()).then(|| c.mine[c.rng.below(c.mine.len() as u64) as usize].clone());
+    match (roll, own) {
+        (0..30, _) | (_, None) => {
+            let n = c.created;
+            c.created += 1;
+            let last_name = format!("C{}n{n}", c.index);
+            let pan = pan(c.index, n);
+            let body = json!({"first_name": marker(c.tenant), "last_name": last_name,
+                              "customer_type": "individual", "sensitive": {"pan": pan}});
+            let r = send(
+                addr,
+                &request("POST", "/customers", Some(&token), Some(&body)),
+            )
+            .await;
+            check_response(step, c, "create", started, &r);
+            if let Ok(r) = &r
+                && r.status == 201
+            {
+                let v = r.json();
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                let score = v["engagement_score"].as_i64().unwrap_or(-1);
+                c.mine.push(id.clone());
+                oracle.lock().unwrap().acked.insert(
+                    id,
+                    Acked {
+                        tenant: c.tenant,
+                        last_name,
+                        pan,
+                        score,
+                        maybe: Vec::new(),
+                    },
+                );
+            }
+        }
+        (30..50, Some(id)) => {
+            let score = c.rng.below(101) as i64;
+            let body = json!({ "engagement_score": score });
+            let path = format!("/customers/{id}");
+            let r = send(addr, &request("PATCH", &path, Some(&token), Some(&body))).await;
+            check_response(step, c, "update", started, &r);
+            let mut o = oracle.lock().unwrap();
+            let a = o.acked.get_mut(&id).unwrap();
+            match &r {
+                Ok(r) if r.status == 200 => {
+                    a.score = score;
+                    a.maybe.clear();
+                }
+                Ok(r) if r.status < 500 && r.status != 429 => {
+                    // A refusal changes nothing; nothing to remember.
+                }
+                _ => a.maybe.push(score),
+            }
+        }
+        (50..65, Some(id)) => {
+            let path = format!("/customers/{id}");
+            let r = send(addr, &request("GET", &path, Some(&token), None)).await;
+            check_response(step, c, "read", started, &r);
+            if let Ok(r) = &r
+                && r.status == 404
+            {
+                oracle.lock().unwrap().phases[phase]
+                    .violations
+                    .push(format!("read: acknowledged customer {id} is 404"));
+            }
+        }
+        (65..80, Some(id)) => {
+            let pan = oracle.lock().unwrap().acked[&id].pan.clone();
+            let path = format!("/customers?pan={pan}");
+            let r = send(addr, &request("GET", &path, Some(&token), None)).await;
+            check_response(step, c, "search", started, &r);
+            if let Ok(r) = &r
+                && r.status == 200
+            {
+                let found = r.json()["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| i["id"] == id.as_str()));
+                if !found {
+                    oracle.lock().unwrap().phases[phase]
+                        .violations
+                        .push(format!(
+                            "search: acknowledged customer {id} not found by PAN"
+                        ));
+                }
+            }
+        }
+        _ => {
+            let r = send(addr, &request("GET", "/customers", Some(&token), None)).await;
+            check_response(step, c, "list", started, &r);
+        }
+    }
+}
+
+async fn login(addr: SocketAddr, email: &str, tenant: &str, dir: &std::path::Path) -> String {
+    let body = json!({"email": email, "password": DEMO_PASSWORD, "tenant": tenant});
+    let r = send(addr, &request("POST", "/auth/login", None, Some(&body)))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n{}",
+        r.text(),
+        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+    );
+    r.json()["token"].as_str().unwrap().to_owned()
+}
+
+/// Creates the soak's tenants (each an admin and an agent) through the
+/// library, before the server starts.
+async fn prepare(dir: &std::path::Path, urls: &Urls) -> Vec<[String; 4]> {
+    let data = Data::open_postgres(
+        dir,
+        &PgUrls {
+            app: urls.app.clone(),
+            owner: urls.owner.clone(),
+            listen: None,
+        },
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    // Slugs unique to this run (a developer may rerun on the same database).
+    let run = &tenancy_core::TenantId::new_v4().to_string()[..8];
+    for t in 0..TENANTS {
+        let slug = format!("soak-{run}-{t}");
+        let (admin, agent) = (format!("admin@{slug}.test"), format!("agent@{slug}.test"));
+        let users = [
+            (admin.as_str(), "Soak Admin", Role::Admin),
+            (agent.as_str(), "Soak Agent", Role::Member),
+        ];
+        let spec = DemoTenant {
+            slug: &slug,
+            name: &slug,
+            kind: "independent_agent",
+            plan: "enterprise",
+            parent: None,
+            users: &users,
+        };
+        let tenant = seed::tenant(&data, &spec, None).await.unwrap();
+        out.push([
+            tenant.id.to_string(),
+            slug.clone(),
+            admin.clone(),
+            agent.clone(),
+        ]);
+    }
+    out
+}
+
+/// Runs one phase: every client's loop for the phase's length, the fault a
+/// third of the way in. Returns the clients and when the fault was injected.
+async fn run_phase(
+    phase: usize,
+    server: &mut Child,
+    stack: (&std::path::Path, &Urls, SocketAddr),
+    clients: Vec<Client>,
+    shared: Arc<Shared>,
+) -> (Vec<Client>, Option<Instant>) {
+    let (dir, urls, addr) = stack;
+    let length = phase_length();
+    let deadline = Instant::now() + length;
+    let restarting = PHASES[phase] == "sigterm-restart";
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let step = Step {
+                shared: &shared,
+                phase,
+                io_allowed: restarting,
+            };
+            while Instant::now() < deadline {
+                client_step(&mut c, addr, step).await;
+            }
+            c
+        }));
+    }
+    tokio::time::sleep(length / 3).await;
+    let injected = Instant::now();
+    match PHASES[phase] {
+        "baseline" => {}
+        "postgres-restart" => fault(urls, &["postgres", "restart"]),
+        "pgbouncer-restart" => fault(urls, &["pgbouncer", "restart"]),
+        "kill-backends" => fault(urls, &["postgres", "kill-backends"]),
+        "kill-listeners" => fault(urls, &["postgres", "kill-listeners"]),
+        "sigterm-restart" => {
+            let status = Command::new("kill")
+                .args(["-TERM", &server.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            // The drain waits for requests in flight; the process then exits 0.
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let exited = loop {
+                if let Some(status) = server.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the server did not stop after SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(exited.success(), "SIGTERM: the server exited with {exited}");
+            *server = start_server(dir, urls, addr);
+            wait_healthy(addr, dir).await;
+        }
+        other => unreachable!("{other}"),
+    }
+    let mut back = Vec::new();
+    for t in tasks {
+        back.push(t.await.unwrap());
+    }
+    (back, (PHASES[phase] != "baseline").then_some(injected))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_under_faults() {
+    let urls = urls();
+    let dir = tempfile::tempdir().unwrap();
+    let made = prepare(dir.path(), &urls).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = start_server(dir.path(), &urls, addr);
+    wait_healthy(addr, dir.path()).await;
+
+    let mut tenants = Vec::new();
+    for [id, slug, admin, agent] in &made {
+        tenants.push(SoakTenant {
+            id: id.clone(),
+            admin: login(addr, admin, slug, dir.path()).await,
+            agent: login(addr, agent, slug, dir.path()).await,
+        });
+    }
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| {
+            let tenant = i % TENANTS;
+            let agent = (i / TENANTS) % 2 == 1;
+            Client {
+                index: i,
+                tenant,
+                token: if agent {
+                    tenants[tenant].agent.clone()
+                } else {
+                    tenants[tenant].admin.clone()
+                },
+                agent,
+                rng: Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1)),
+                created: 0,
+                mine: Vec::new(),
+            }
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        oracle: Mutex::new(Oracle::default()),
+        tenants,
+    });
+    let mut recovery = Vec::new();
+    for phase in 0..PHASES.len() {
+        shared.oracle.lock().unwrap().phases.push(Phase::default());
+        let (back, injected) = run_phase(
+            phase,
+            &mut server,
+            (dir.path(), &urls, addr),
+            clients,
+            shared.clone(),
+        )
+        .await;
+        clients = back;
+        let last_failure = shared.oracle.lock().unwrap().phases[phase].last_failure;
+        recovery.push(match (injected, last_failure) {
+            (Some(at), Some(last)) if last > at => Some(last - at),
+            (Some(_), _) => Some(Duration::ZERO),
+            _ => None,
+        });
+    }
+
+    // The verdict, read as the superuser.
+    let tenants = &shared.tenants;
+    let admin = sqlx::PgPool::connect(&urls.admin).await.unwrap();
+    let acked: Vec<(String, Acked)> = shared
+        .oracle
+        .lock()
+        .unwrap()
+        .acked
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut lost = Vec::new();
+    for (id, a) in &acked {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT tenant_id::text, last_name, engagement_score::bigint FROM public.customers \
+             WHERE id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_optional(&admin)
+        .await
+        .unwrap();
+        match row {
+            None => lost.push(format!("customer {id} ({}) missing", a.last_name)),
+            Some((tenant, last_name, score)) => {
+                if tenant != tenants[a.tenant].id || last_name != a.last_name {
+                    lost.push(format!(
+                        "customer {id} is {tenant}/{last_name}, expected {a:?}"
+                    ));
+                }
+                if score != a.score && !a.maybe.contains(&score) {
+                    lost.push(format!("customer {id}: score {score}, acknowledged {a:?}"));
+                }
+            }
+        }
+    }
+    let half: Vec<(String,)> = sqlx::query_as(
+        "SELECT c.id::text FROM public.customers c WHERE c.first_name LIKE 'Mark%' \
+           AND c.tenant_id::text = ANY($1) AND NOT EXISTS \
+           (SELECT 1 FROM tenancy.audit_log a WHERE a.tenant_id = c.tenant_id \
+            AND a.resource_type = 'customers' AND a.action = 'create' AND a.resource_id = c.id::text) \
+         UNION ALL \
+         SELECT a.resource_id FROM tenancy.audit_log a WHERE a.resource_type = 'customers' \
+           AND a.tenant_id::text = ANY($1) \
+           AND a.action = 'create' AND a.actor_kind = 'user' AND NOT EXISTS \
+           (SELECT 1 FROM public.customers c WHERE c.tenant_id = a.tenant_id AND c.id::text = a.resource_id)",
+    )
+    .bind(tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let mut broken_chains = Vec::new();
+    for t in tenants.iter() {
+        let r = send(addr, &request("GET", "/audit/verify", Some(&t.admin), None))
+            .await
+            .unwrap();
+        if r.status != 200 || r.json()["intact"] != true {
+            broken_chains.push(format!("{}: {} {}", t.id, r.status, r.text()));
+        }
+    }
+
+    let o = shared.oracle.lock().unwrap();
+    println!(
+        "soak: {CLIENTS} clients, {TENANTS} tenants, phases of {} s, {} acknowledged creates",
+        phase_length().as_secs(),
+        o.acked.len()
+    );
+    println!("soak: | phase | requests | by status | p50 ms | p99 ms | recovery s |");
+    let mut leaks = 0;
+    let mut violations = Vec::new();
+    for (i, p) in o.phases.iter().enumerate() {
+        let mut lat = p.latencies.clone();
+        lat.sort();
+        let pct = |q: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * q) as usize)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "soak: | {} | {} | {:?} | {:.1} | {:.1} | {} |",
+            PHASES[i],
+            p.requests,
+            p.by_status,
+            pct(0.5),
+            pct(0.99),
+            recovery[i].map_or("–".to_owned(), |d| format!("{:.1}", d.as_secs_f64()))
+        );
+        leaks += p.leaks.len();
+        violations.extend(p.violations.iter().take(5).cloned());
+        for l in p.leaks.iter().take(5) {
+            println!("soak: LEAK {l}");
+        }
+    }
+    println!(
+        "soak: verdict: {leaks} responses with another tenant's data, {} acknowledged writes missing, \
+         {} half-applied, {} broken audit chains",
+        lost.len(),
+        half.len(),
+        broken_chains.len()
+    );
+    drop(o);
+    // What the server logged as errors (first of each kind), for the report.
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| l.contains(" ERROR ")) {
+        // `<time>  ERROR <target>: <message>`: one line per target and message.
+        let kind: String = line
+            .split_once(" ERROR ")
+            .map_or(line, |(_, rest)| rest)
+            .chars()
+            .take(140)
+            .collect();
+        if seen.insert(kind.clone()) && seen.len() <= 12 {
+            println!("soak: server error: {kind}");
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    assert_eq!(leaks, 0, "responses carried another tenant's data");
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(half.is_empty(), "half-applied writes: {half:?}");
+    assert!(broken_chains.is_empty(), "{broken_chains:?}");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
