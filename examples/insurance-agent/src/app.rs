@@ -34,6 +34,9 @@ pub struct Config {
     /// PostgreSQL instead of the embedded SQLite (the data directory then
     /// keeps only the secrets).
     pub postgres: Option<PgUrls>,
+    /// Redis for the API quota (feature `redis`), shared by every instance;
+    /// `None`: counted in this process's memory.
+    pub redis: Option<String>,
 }
 
 /// A running server.
@@ -83,6 +86,41 @@ pub fn plans(path: Option<&Path>) -> Result<PlanCatalog, Error> {
     Ok(PlanCatalog::from_toml(&text)?)
 }
 
+/// The API quota's limiter: Redis when configured, else this process's memory
+/// (which `/usage` can also read). A limiter that cannot answer refuses the
+/// request (503 with `Retry-After`): without a count there is no limit.
+async fn rate_limiter(
+    redis: Option<&str>,
+) -> Result<
+    (
+        Arc<dyn tenancy_core::pipeline::RateCheck>,
+        Option<Arc<tenancy_core::quota::MemoryQuota>>,
+    ),
+    Error,
+> {
+    match redis {
+        None => {
+            let memory = Arc::new(tenancy_core::quota::MemoryQuota::new());
+            Ok((memory.clone(), Some(memory)))
+        }
+        #[cfg(feature = "redis")]
+        Some(url) => Ok((
+            Arc::new(
+                tenancy_redis::RedisQuota::connect(url)
+                    .await
+                    .map_err(|e| format!("INSURANCE_REDIS_URL: {e}"))?,
+            ),
+            None,
+        )),
+        #[cfg(not(feature = "redis"))]
+        Some(_) => Err(
+            "INSURANCE_REDIS_URL is set but this build has no Redis support: \
+                        build with `--features redis`"
+                .into(),
+        ),
+    }
+}
+
 /// The session signing key (`session.key`), created on first run.
 pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
     Ok(crate::data::secret_file(dir, "session.key")?.to_vec())
@@ -105,10 +143,12 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         "postgres" => "PostgreSQL, row-level isolation; strict isolation audit passed".to_owned(),
         _ => format!("SQLite, data in {}", config.data_dir.display()),
     };
+    let (rate, quota) = rate_limiter(config.redis.as_deref()).await?;
     let state = AppState {
         sessions: Sessions::new(session_key(&config.data_dir)?),
         plans: Arc::new(plans(config.plans.as_deref())?),
-        quota: Arc::new(tenancy_core::quota::MemoryQuota::new()),
+        rate,
+        quota,
         data: data.clone(),
     };
     let listener = TcpListener::bind(config.bind).await?;

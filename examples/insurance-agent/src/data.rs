@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tenancy_core::audit::AuditEvent;
 use tenancy_core::audit::chain::{Anchor, ChainReport};
-use tenancy_core::crypto::keys::{Keyring, LocalKeyProvider};
+use tenancy_core::crypto::keys::{KeyProvider, Keyring, LocalKeyProvider};
 use tenancy_core::invite::InvitationStore;
 use tenancy_core::lifecycle::{Lifecycle, LifecycleError, Transition};
 use tenancy_core::store::{CachedStore, TenantStore, TenantUpdate, TenantWriter, WriteError};
@@ -454,15 +454,112 @@ impl std::fmt::Debug for Data {
     }
 }
 
-/// Development-grade key management, kept in `dir` whatever the database:
-/// a master key file wrapping per-tenant KEKs (kept wrapped in
-/// `keks.json`), which wrap the per-tenant data keys kept in the database.
-/// Use a KMS provider in production.
-fn local_keys(dir: &Path) -> Result<Arc<LocalKeyProvider>, DbError> {
+/// The key-encryption keys' provider: AWS KMS when `INSURANCE_KMS` is set
+/// (feature `kms`, see `KmsSettings`), else development-grade key
+/// management kept in `dir` whatever the database: a master key file
+/// wrapping per-tenant KEKs (kept wrapped in `keks.json`), which wrap the
+/// per-tenant data keys kept in the database.
+pub fn key_provider(dir: &Path) -> Result<Arc<dyn KeyProvider>, DbError> {
+    #[cfg(feature = "kms")]
+    if let Some(kms) = KmsSettings::from_env()? {
+        return kms.provider();
+    }
     let master = zeroize::Zeroizing::new(secret_file(dir, "master.key")?);
     let provider = LocalKeyProvider::persistent(master, dir.join("keks.json"))
         .map_err(|e| DbError::Export(e.to_string()))?;
     Ok(Arc::new(provider))
+}
+
+/// Where tenant KEKs live in AWS KMS (feature `kms`).
+#[cfg(feature = "kms")]
+#[derive(Clone)]
+pub struct KmsSettings {
+    /// `per-tenant:<alias prefix>` (one KMS key per tenant, created on first
+    /// use) or `shared:<key id>`.
+    pub spec: String,
+    /// The AWS region.
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token, for temporary credentials.
+    pub session_token: Option<String>,
+    /// A KMS-compatible endpoint instead of AWS's.
+    pub endpoint: Option<String>,
+}
+
+#[cfg(feature = "kms")]
+impl std::fmt::Debug for KmsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsSettings")
+            .field("spec", &self.spec)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "kms")]
+impl KmsSettings {
+    /// `INSURANCE_KMS` and the standard `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_ENDPOINT_URL`;
+    /// `None` when `INSURANCE_KMS` is not set.
+    pub fn from_env() -> Result<Option<Self>, DbError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let Some(spec) = env("INSURANCE_KMS") else {
+            return Ok(None);
+        };
+        let need = |k: &str| {
+            env(k).ok_or_else(|| DbError::Export(format!("INSURANCE_KMS is set but {k} is not")))
+        };
+        Ok(Some(Self {
+            spec,
+            region: need("AWS_REGION")?,
+            access_key_id: need("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: need("AWS_SECRET_ACCESS_KEY")?,
+            session_token: env("AWS_SESSION_TOKEN"),
+            endpoint: env("AWS_ENDPOINT_URL"),
+        }))
+    }
+
+    /// The provider. Every KMS call gives up after 2 s (a KMS that does not
+    /// answer is an error, never a hang).
+    pub fn provider(&self) -> Result<Arc<dyn KeyProvider>, DbError> {
+        use aws_sdk_kms::config::{Credentials, Region, timeout::TimeoutConfig};
+        use tenancy_core::crypto::kms::{KmsKeyProvider, KmsKeys};
+        let keys = match self.spec.split_once(':') {
+            Some(("per-tenant", prefix)) if !prefix.is_empty() => KmsKeys::per_tenant(prefix),
+            Some(("shared", key)) if !key.is_empty() => KmsKeys::shared(key),
+            _ => {
+                return Err(DbError::Export(format!(
+                    "INSURANCE_KMS={:?} is not per-tenant:<alias prefix> or shared:<key id>",
+                    self.spec
+                )));
+            }
+        };
+        let mut config = aws_sdk_kms::Config::builder()
+            .region(Region::new(self.region.clone()))
+            .credentials_provider(Credentials::new(
+                self.access_key_id.clone(),
+                self.secret_access_key.clone(),
+                self.session_token.clone(),
+                None,
+                "insurance-agent",
+            ))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(std::time::Duration::from_secs(2))
+                    .build(),
+            );
+        if let Some(url) = &self.endpoint {
+            config = config.endpoint_url(url.clone());
+        }
+        Ok(Arc::new(KmsKeyProvider::new(
+            aws_sdk_kms::Client::from_conf(config.build()),
+            keys,
+        )))
+    }
 }
 
 impl Data {
@@ -473,7 +570,7 @@ impl Data {
         sqlx::raw_sql(include_str!("../migrations/sqlite/control_users.sql"))
             .execute(control.pool())
             .await?;
-        let keyring = Arc::new(Keyring::new(local_keys(dir)?, Arc::new(control.keys())));
+        let keyring = Arc::new(Keyring::new(key_provider(dir)?, Arc::new(control.keys())));
         let audit = AuditLog::Sqlite(SqliteAuditLog::new(secret_file(dir, "audit.key")?));
         let store: Arc<dyn TenantStore> = Arc::new(control.tenants());
         let store = Arc::new(CachedStore::new(store));
@@ -506,6 +603,15 @@ impl Data {
     /// an application role that bypasses row-level security, …). Secrets
     /// (master key, audit chain key) stay in `dir`.
     pub async fn open_postgres(dir: &Path, urls: &PgUrls) -> Result<Self, DbError> {
+        Self::open_postgres_with_keys(dir, urls, key_provider(dir)?).await
+    }
+
+    /// [`Data::open_postgres`] with this key provider.
+    pub async fn open_postgres_with_keys(
+        dir: &Path,
+        urls: &PgUrls,
+        provider: Arc<dyn KeyProvider>,
+    ) -> Result<Self, DbError> {
         let app_role = role_of(&urls.app)?;
         let owner = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
@@ -533,7 +639,7 @@ impl Data {
             .connect(&urls.app)
             .await?;
         let keyring = Keyring::new(
-            local_keys(dir)?,
+            provider,
             Arc::new(PgKeyStore::new(TenantDb::new(key_pool, seal))),
         );
         let audit = AuditLog::Postgres(Box::new(PgAuditLog::new(

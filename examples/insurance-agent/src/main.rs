@@ -50,6 +50,15 @@ struct Cli {
         hide_env_values = true
     )]
     database_listen_url: Option<String>,
+    /// Redis for the API quota, shared by every instance (build feature
+    /// `redis`); without it each process counts in memory.
+    #[arg(
+        long,
+        env = "INSURANCE_REDIS_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    redis_url: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -208,6 +217,7 @@ async fn main() -> std::process::ExitCode {
 struct At {
     data_dir: PathBuf,
     postgres: Option<PgUrls>,
+    redis: Option<String>,
 }
 
 impl At {
@@ -239,6 +249,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let at = At {
         data_dir: cli.data_dir,
         postgres,
+        redis: cli.redis_url,
     };
     // No subcommand: serve, honouring INSURANCE_BIND as `serve` does.
     let command = match cli.command {
@@ -269,6 +280,7 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
         bind,
         plans,
         postgres: at.postgres,
+        redis: at.redis,
     })
     .await?;
     let url = format!("http://{}", running.addr);

@@ -63,6 +63,7 @@ async fn start_with(backend: Backend, plans: Option<std::path::PathBuf>) -> App 
         bind: "127.0.0.1:0".parse().unwrap(),
         plans,
         postgres,
+        redis: None,
     })
     .await
     .unwrap();

@@ -19,7 +19,7 @@
 //! last failure was seen (recovery). A 500, or a 503 without `Retry-After`,
 //! fails the run; so does a refused connection outside the restart phase.
 //!
-//! Short by default (phases of 10 s, about a minute in all, in
+//! Short by default (phases of 8 s, under two minutes in all, in
 //! `scripts/test`); `SOAK_PHASE_SECS` makes it longer (`scripts/soak`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a test: failures panic, figures go to the log
 
@@ -40,13 +40,20 @@ const TENANTS: usize = 8;
 const CLIENTS: usize = 64;
 
 /// Phase names, in order; each runs the full load, with its fault injected
-/// a third of the way in.
-const PHASES: [&str; 6] = [
+/// (none in the first three: `warm-up` fills caches, first KMS keys and the
+/// like, so `baseline` measures the steady state)
+/// a third of the way in (a pause lasts another third). In `noisy-neighbour` one more tenant, on a plan of
+/// 10 API calls a second, floods at 100 a second for the whole phase.
+const PHASES: [&str; 10] = [
+    "warm-up",
     "baseline",
+    "noisy-neighbour",
     "postgres-restart",
     "pgbouncer-restart",
     "kill-backends",
     "kill-listeners",
+    "redis-pause",
+    "kms-pause",
     "sigterm-restart",
 ];
 
@@ -54,7 +61,7 @@ fn phase_length() -> Duration {
     let secs = std::env::var("SOAK_PHASE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(8);
     Duration::from_secs(secs)
 }
 
@@ -64,7 +71,24 @@ struct Urls {
     owner: String,
     app: String,
     pool: String,
+    redis: String,
+    /// The KMS endpoint (moto), and the per-tenant alias prefix of this run.
+    kms: String,
+    kms_spec: String,
     fault: String,
+}
+
+impl Urls {
+    fn kms_settings(&self) -> insurance_agent::data::KmsSettings {
+        insurance_agent::data::KmsSettings {
+            spec: self.kms_spec.clone(),
+            region: "us-east-1".into(),
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: None,
+            endpoint: Some(self.kms.clone()),
+        }
+    }
 }
 
 fn urls() -> Urls {
@@ -78,6 +102,12 @@ fn urls() -> Urls {
         owner: soak(&env.owner_url),
         app: soak(&env.app_url),
         pool: std::env::var("TENANCY_TEST_SOAK_POOL_URL").expect("scripts/with-db exports it"),
+        redis: std::env::var("TENANCY_TEST_REDIS_URL").expect("scripts/with-db exports it"),
+        kms: std::env::var("TENANCY_TEST_KMS_URL").expect("scripts/with-db exports it"),
+        kms_spec: format!(
+            "per-tenant:soak-{}",
+            &tenancy_core::TenantId::new_v4().to_string()[..8]
+        ),
         fault: std::env::var("TENANCY_TEST_FAULT").expect("scripts/with-db exports it"),
     }
 }
@@ -98,12 +128,27 @@ fn start_server(dir: &std::path::Path, urls: &Urls, addr: SocketAddr) -> Child {
         .append(true)
         .open(dir.join("server.log"))
         .unwrap();
+    let plans = dir.join("plans.toml");
+    std::fs::write(
+        &plans,
+        format!("{}\n{NOISY_PLAN}", insurance_agent::app::PLANS),
+    )
+    .unwrap();
     Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
+        .arg("serve")
+        .arg("--plans")
+        .arg(&plans)
         .env("INSURANCE_DATA_DIR", dir)
         .env("INSURANCE_BIND", addr.to_string())
         .env("DATABASE_URL", &urls.pool)
         .env("DATABASE_OWNER_URL", &urls.owner)
         .env("DATABASE_LISTEN_URL", &urls.app)
+        .env("INSURANCE_REDIS_URL", &urls.redis)
+        .env("INSURANCE_KMS", &urls.kms_spec)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ENDPOINT_URL", &urls.kms)
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
         .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -164,6 +209,8 @@ struct Acked {
 
 #[derive(Default)]
 struct Phase {
+    /// The flooding tenant's responses by status (noisy-neighbour only).
+    flood: BTreeMap<String, u64>,
     requests: u64,
     by_status: BTreeMap<String, u64>,
     leaks: Vec<String>,
@@ -218,6 +265,8 @@ struct Client {
 struct Shared {
     oracle: Mutex<Oracle>,
     tenants: Vec<SoakTenant>,
+    /// The flooding tenant's admin token.
+    noisy: String,
 }
 
 /// Where a client's step runs: which phase, and whether a refused
@@ -411,24 +460,47 @@ async fn login(addr: SocketAddr, email: &str, tenant: &str, dir: &std::path::Pat
     r.json()["token"].as_str().unwrap().to_owned()
 }
 
-/// Creates the soak's tenants (each an admin and an agent) through the
-/// library, before the server starts.
+/// The noisy neighbour's plan: the enterprise plan's features, and 10 API
+/// calls a second.
+const NOISY_PLAN: &str = r#"
+[[plans]]
+id = "soak-noisy"
+name = "Soak: noisy neighbour"
+[plans.limits]
+customers = { stock = 100000 }
+api_calls = { rate = { per_second = 10 } }
+[plans.features]
+audit_log_access = true
+"#;
+
+/// The flood's pace: ten times the noisy plan's rate.
+const FLOOD_PER_SECOND: u64 = 100;
+
+/// Creates the soak's tenants (each an admin and an agent; the last one,
+/// the noisy neighbour, an admin only) through the library, before the
+/// server starts.
 async fn prepare(dir: &std::path::Path, urls: &Urls) -> Vec<[String; 4]> {
-    let data = Data::open_postgres(
+    let data = Data::open_postgres_with_keys(
         dir,
         &PgUrls {
             app: urls.app.clone(),
             owner: urls.owner.clone(),
             listen: None,
         },
+        urls.kms_settings().provider().unwrap(),
     )
     .await
     .unwrap();
     let mut out = Vec::new();
     // Slugs unique to this run (a developer may rerun on the same database).
     let run = &tenancy_core::TenantId::new_v4().to_string()[..8];
-    for t in 0..TENANTS {
+    for t in 0..=TENANTS {
         let slug = format!("soak-{run}-{t}");
+        let plan = if t == TENANTS {
+            "soak-noisy"
+        } else {
+            "enterprise"
+        };
         let (admin, agent) = (format!("admin@{slug}.test"), format!("agent@{slug}.test"));
         let users = [
             (admin.as_str(), "Soak Admin", Role::Admin),
@@ -438,7 +510,7 @@ async fn prepare(dir: &std::path::Path, urls: &Urls) -> Vec<[String; 4]> {
             slug: &slug,
             name: &slug,
             kind: "independent_agent",
-            plan: "enterprise",
+            plan,
             parent: None,
             users: &users,
         };
@@ -454,7 +526,7 @@ async fn prepare(dir: &std::path::Path, urls: &Urls) -> Vec<[String; 4]> {
 }
 
 /// Runs one phase: every client's loop for the phase's length, the fault a
-/// third of the way in. Returns the clients and when the fault was injected.
+/// third of the way in. Returns the clients and when the fault was over.
 async fn run_phase(
     phase: usize,
     server: &mut Child,
@@ -481,14 +553,41 @@ async fn run_phase(
             c
         }));
     }
+    let flood = (PHASES[phase] == "noisy-neighbour").then(|| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / FLOOD_PER_SECOND as u32);
+            let mut sent = Vec::new();
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let (shared, token) = (shared.clone(), shared.noisy.clone());
+                sent.push(tokio::spawn(async move {
+                    let r = send(addr, &request("GET", "/me", Some(&token), None)).await;
+                    let status = r.map_or_else(|_| "io".to_owned(), |r| r.status.to_string());
+                    *shared.oracle.lock().unwrap().phases[phase]
+                        .flood
+                        .entry(status)
+                        .or_default() += 1;
+                }));
+            }
+            for s in sent {
+                s.await.unwrap();
+            }
+        })
+    });
     tokio::time::sleep(length / 3).await;
-    let injected = Instant::now();
     match PHASES[phase] {
-        "baseline" => {}
+        "warm-up" | "baseline" | "noisy-neighbour" => {}
         "postgres-restart" => fault(urls, &["postgres", "restart"]),
         "pgbouncer-restart" => fault(urls, &["pgbouncer", "restart"]),
         "kill-backends" => fault(urls, &["postgres", "kill-backends"]),
         "kill-listeners" => fault(urls, &["postgres", "kill-listeners"]),
+        "redis-pause" | "kms-pause" => {
+            let service = PHASES[phase].trim_end_matches("-pause");
+            fault(urls, &[service, "pause"]);
+            tokio::time::sleep(length / 3).await;
+            fault(urls, &[service, "resume"]);
+        }
         "sigterm-restart" => {
             let status = Command::new("kill")
                 .args(["-TERM", &server.id().to_string()])
@@ -513,11 +612,17 @@ async fn run_phase(
         }
         other => unreachable!("{other}"),
     }
+    // Recovery counts from here: the fault is over (restarted, resumed).
+    let over = Instant::now();
     let mut back = Vec::new();
     for t in tasks {
         back.push(t.await.unwrap());
     }
-    (back, (PHASES[phase] != "baseline").then_some(injected))
+    if let Some(flood) = flood {
+        flood.await.unwrap();
+    }
+    let faulted = !matches!(PHASES[phase], "warm-up" | "baseline" | "noisy-neighbour");
+    (back, faulted.then_some(over))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -535,7 +640,9 @@ async fn soak_under_faults() {
     wait_healthy(addr, dir.path()).await;
 
     let mut tenants = Vec::new();
-    for [id, slug, admin, agent] in &made {
+    let [_, noisy_slug, noisy_admin, _] = &made[TENANTS];
+    let noisy = login(addr, noisy_admin, noisy_slug, dir.path()).await;
+    for [id, slug, admin, agent] in &made[..TENANTS] {
         tenants.push(SoakTenant {
             id: id.clone(),
             admin: login(addr, admin, slug, dir.path()).await,
@@ -564,6 +671,7 @@ async fn soak_under_faults() {
     let shared = Arc::new(Shared {
         oracle: Mutex::new(Oracle::default()),
         tenants,
+        noisy,
     });
     let mut recovery = Vec::new();
     for phase in 0..PHASES.len() {
@@ -654,6 +762,13 @@ async fn soak_under_faults() {
     println!("soak: | phase | requests | by status | p50 ms | p99 ms | recovery s |");
     let mut leaks = 0;
     let mut violations = Vec::new();
+    let p99 = |p: &Phase| {
+        let mut lat = p.latencies.clone();
+        lat.sort();
+        lat.get(((lat.len() as f64 - 1.0) * 0.99) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     for (i, p) in o.phases.iter().enumerate() {
         let mut lat = p.latencies.clone();
         lat.sort();
@@ -676,6 +791,19 @@ async fn soak_under_faults() {
             println!("soak: LEAK {l}");
         }
     }
+    let at = |name: &str| PHASES.iter().position(|p| *p == name).unwrap();
+    let (quiet, noisy) = (&o.phases[at("baseline")], &o.phases[at("noisy-neighbour")]);
+    let flooded: u64 = noisy.flood.values().sum();
+    let refused = noisy.flood.get("429").copied().unwrap_or(0);
+    println!(
+        "soak: noisy neighbour: {flooded} flood requests at {FLOOD_PER_SECOND}/s (10x its plan), \
+         {refused} refused 429, others {:?}; the other tenants' p99 {:.1} ms without the flood, \
+         {:.1} ms with it",
+        noisy.flood,
+        p99(quiet).as_secs_f64() * 1e3,
+        p99(noisy).as_secs_f64() * 1e3
+    );
+    let noisy_ok = refused * 10 >= flooded * 8 && p99(noisy) <= p99(quiet) * 2;
     println!(
         "soak: verdict: {leaks} responses with another tenant's data, {} acknowledged writes missing, \
          {} half-applied, {} broken audit chains",
@@ -708,4 +836,8 @@ async fn soak_under_faults() {
     assert!(half.is_empty(), "half-applied writes: {half:?}");
     assert!(broken_chains.is_empty(), "{broken_chains:?}");
     assert!(violations.is_empty(), "{violations:#?}");
+    assert!(
+        noisy_ok,
+        "the flood must be refused (>= 80 % 429) and the others' p99 stay within 2x"
+    );
 }

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tenancy_axum::{Tenant, TenantLayer};
 use tenancy_core::lifecycle::LifecycleError;
-use tenancy_core::pipeline::RequestPipeline;
+use tenancy_core::pipeline::{RateCheck, RequestPipeline};
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
 use tenancy_core::quota::MemoryQuota;
@@ -35,7 +35,7 @@ pub mod session;
 pub mod tenant;
 
 /// What every handler can reach.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     /// The data layer.
     pub data: Data,
@@ -43,8 +43,19 @@ pub struct AppState {
     pub sessions: Sessions,
     /// The plan catalog.
     pub plans: Arc<PlanCatalog>,
-    /// The in-process quota engine (the pipeline's hourly API-call limit).
-    pub quota: Arc<MemoryQuota>,
+    /// The pipeline's hourly API-call limiter (in memory, or Redis).
+    pub rate: Arc<dyn RateCheck>,
+    /// The in-process quota engine, when it is the limiter (`/usage` reads it).
+    pub quota: Option<Arc<MemoryQuota>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("data", &self.data)
+            .field("quota_in_memory", &self.quota.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The whole application: public routes, and tenant routes behind
@@ -57,7 +68,7 @@ pub fn router(state: AppState) -> Router {
     )
     .require_membership(Arc::new(authorizer(&state)))
     .with_plans(state.plans.clone())
-    .with_rate_limit(state.quota.clone(), "api_calls");
+    .with_rate_limit(state.rate.clone(), "api_calls");
     let tenant_routes =
         Router::new()
             .route("/me", get(session::me))

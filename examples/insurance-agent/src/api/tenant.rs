@@ -60,7 +60,7 @@ pub async fn usage(
             }
         })
         .collect();
-    if let Ok(rates) = state.quota.usage(&caller.ctx)
+    if let Some(Ok(rates)) = state.quota.as_ref().map(|q| q.usage(&caller.ctx))
         && let Some(u) = rates.get("api_calls")
     {
         {
