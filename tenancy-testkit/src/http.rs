@@ -57,6 +57,34 @@ pub fn get(path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
+/// Builds a `method` request for `path` with `Connection: close`, a bearer
+/// token when given, and a JSON body when given.
+///
+/// ```
+/// let r = tenancy_testkit::http::request("POST", "/customers", Some("t0k"), Some(&serde_json::json!({"a": 1})));
+/// let text = String::from_utf8(r).unwrap();
+/// assert!(text.starts_with("POST /customers HTTP/1.1\r\n"));
+/// assert!(text.contains("Authorization: Bearer t0k\r\n"));
+/// assert!(text.ends_with("Content-Length: 7\r\n\r\n{\"a\":1}"));
+/// ```
+pub fn request(
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Vec<u8> {
+    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        out.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    if !body.is_empty() {
+        out.push_str("Content-Type: application/json\r\n");
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    out.into_bytes()
+}
+
 /// Sends `request` to `addr` and reads the whole response (10 s timeout).
 pub async fn send(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
     let io = async {

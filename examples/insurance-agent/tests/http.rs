@@ -15,7 +15,7 @@ use insurance_agent::seed::DEMO_PASSWORD;
 use serde_json::{Value, json};
 use tenancy_core::store::TenantStore;
 use tenancy_testkit::TestDb;
-use tenancy_testkit::http::{RawResponse, send};
+use tenancy_testkit::http::{RawResponse, request, send};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -117,19 +117,6 @@ on_both_backends!(
     a_plan_change_and_a_settings_change_sent_together_both_persist,
     shutdown_finishes_requests_in_flight_and_refuses_new_ones
 );
-
-fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        out.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.map(Value::to_string).unwrap_or_default();
-    if !body.is_empty() {
-        out.push_str("Content-Type: application/json\r\n");
-    }
-    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    out.into_bytes()
-}
 
 async fn call(
     addr: SocketAddr,

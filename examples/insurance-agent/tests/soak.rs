@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use insurance_agent::data::{Data, PgUrls};
 use insurance_agent::seed::{self, DEMO_PASSWORD, DemoTenant};
-use serde_json::{Value, json};
+use serde_json::json;
 use tenancy_core::Role;
 use tenancy_testkit::TestDb;
-use tenancy_testkit::http::{RawResponse, send};
+use tenancy_testkit::http::{RawResponse, request, send};
 
 const TENANTS: usize = 8;
 const CLIENTS: usize = 64;
@@ -169,19 +169,6 @@ async fn wait_healthy(addr: SocketAddr, dir: &std::path::Path) {
     }
     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
     panic!("the server did not become healthy:\n{log}");
-}
-
-fn request(method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        out.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    let body = body.map(Value::to_string).unwrap_or_default();
-    if !body.is_empty() {
-        out.push_str("Content-Type: application/json\r\n");
-    }
-    out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    out.into_bytes()
 }
 
 /// A tenant of the soak: who signs in, and the marker its records carry.
