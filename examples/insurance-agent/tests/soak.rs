@@ -42,7 +42,7 @@ const CLIENTS: usize = 64;
 /// Phase names, in order; each runs the full load, with its fault injected
 /// (none in the first three: `warm-up` fills caches, first KMS keys and the
 /// like, so `baseline` measures the steady state)
-/// a third of the way in (a pause lasts another third). In `noisy-neighbour` one more tenant, on a plan of
+/// a third of the way in (a pause lasts half the phase, 30 s at most). In `noisy-neighbour` one more tenant, on a plan of
 /// 10 API calls a second, floods at 100 a second for the whole phase.
 const PHASES: [&str; 10] = [
     "warm-up",
@@ -572,7 +572,8 @@ async fn run_phase(
         "redis-pause" | "kms-pause" => {
             let service = PHASES[phase].trim_end_matches("-pause");
             fault(urls, &[service, "pause"]);
-            tokio::time::sleep(length / 3).await;
+            // Half the phase, 30 s at most (the full run's outage).
+            tokio::time::sleep((length / 2).min(Duration::from_secs(30))).await;
             fault(urls, &[service, "resume"]);
         }
         "sigterm-restart" => {
