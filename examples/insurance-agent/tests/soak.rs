@@ -767,7 +767,9 @@ async fn soak_under_faults() {
             .and_then(|r| r.iter().find(|r| r["resource"] == "customers"))
             .and_then(|r| r["used"].as_i64());
         if counted != Some(all) {
-            stock.push(format!("tenant {i}: /usage counts {counted:?} customers, {all} stored"));
+            stock.push(format!(
+                "tenant {i}: /usage counts {counted:?} customers, {all} stored"
+            ));
         }
     }
     let mut broken_chains = Vec::new();
