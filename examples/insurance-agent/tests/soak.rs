@@ -19,7 +19,7 @@
 //! last failure was seen (recovery). A 500, or a 503 without `Retry-After`,
 //! fails the run; so does a refused connection outside the restart phase.
 //!
-//! Short by default (phases of 8 s, under two minutes in all, in
+//! Short by default (phases of 7 s, under two minutes in all, in
 //! `scripts/test`); `SOAK_PHASE_SECS` makes it longer (`scripts/soak`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a test: failures panic, figures go to the log
 
@@ -61,7 +61,7 @@ fn phase_length() -> Duration {
     let secs = std::env::var("SOAK_PHASE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(7);
     Duration::from_secs(secs)
 }
 
@@ -212,6 +212,8 @@ struct Oracle {
     /// Creates that got no acknowledgement (an error, a timeout, a 503),
     /// per tenant: each may or may not have been committed.
     unacked_creates: [u64; TENANTS],
+    /// Payments whose completion was acknowledged, by tenant.
+    paid: Vec<(usize, String)>,
     phases: Vec<Phase>,
 }
 
@@ -295,7 +297,9 @@ fn check_response(
         }
     };
     *p.by_status.entry(r.status.to_string()).or_default() += 1;
-    if !(200..300).contains(&r.status) && r.status != 429 {
+    // A failure is the service's (5xx); 4xx are answers (a 409 when two
+    // admins race for one payment, a 429 from the plan's limit).
+    if r.status >= 500 {
         p.last_failure = Some(Instant::now());
     }
     let text = r.text();
@@ -332,9 +336,12 @@ async fn client_step(c: &mut Client, addr: SocketAddr, step: Step<'_>) {
     let started = Instant::now();
     let token = c.token.clone();
     if !c.agent {
+        if roll < 15 {
+            return complete_a_payment(c, addr, step).await;
+        }
         let path = match roll {
-            0..40 => "/customers",
-            40..70 => "/dashboard",
+            15..45 => "/customers",
+            45..70 => "/dashboard",
             70..90 => "/me",
             _ => "/audit?limit=5",
         };
@@ -431,10 +438,70 @@ async fn client_step(c: &mut Client, addr: SocketAddr, step: Step<'_>) {
                 }
             }
         }
+        (80..90, Some(id)) => {
+            // Quote a policy for one of its customers and issue it: the
+            // first premium falls due (an admin completes it).
+            let n = c.created;
+            c.created += 1;
+            let body = json!({"policy_number": format!("P{}n{n}", c.index), "product": "Term",
+                "customer_id": id, "sum_assured_minor": 100_000_000, "premium_minor": 120_000,
+                "premium_frequency": "yearly", "term_years": 10});
+            let r = send(
+                addr,
+                &request("POST", "/policies", Some(&token), Some(&body)),
+            )
+            .await;
+            check_response(step, c, "quote", started, &r);
+            if let Ok(r) = &r
+                && r.status == 201
+            {
+                let policy = r.json()["id"].as_str().unwrap_or_default().to_owned();
+                let path = format!("/policies/{policy}/issue");
+                let started = Instant::now();
+                let r = send(
+                    addr,
+                    &request("POST", &path, Some(&token), Some(&json!({}))),
+                )
+                .await;
+                check_response(step, c, "issue", started, &r);
+            }
+        }
         _ => {
             let r = send(addr, &request("GET", "/customers", Some(&token), None)).await;
             check_response(step, c, "list", started, &r);
         }
+    }
+}
+
+/// An admin completes one pending premium of its tenant (two admins may
+/// race for the same one: the loser gets 409).
+async fn complete_a_payment(c: &mut Client, addr: SocketAddr, step: Step<'_>) {
+    let started = Instant::now();
+    let token = c.token.clone();
+    let r = send(
+        addr,
+        &request("GET", "/payments?status=pending", Some(&token), None),
+    )
+    .await;
+    check_response(step, c, "pending payments", started, &r);
+    let Ok(r) = r else { return };
+    let items = r.json()["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return;
+    }
+    let pick = &items[c.rng.below(items.len() as u64) as usize];
+    let Some(id) = pick["id"].as_str().map(str::to_owned) else {
+        return;
+    };
+    let body = json!({"method": "upi", "transaction_ref": format!("UPI-{id}")});
+    let path = format!("/payments/{id}/complete");
+    let started = Instant::now();
+    let r = send(addr, &request("POST", &path, Some(&token), Some(&body))).await;
+    check_response(step, c, "complete payment", started, &r);
+    if let Ok(r) = &r
+        && r.status == 200
+    {
+        step.shared.oracle.lock().unwrap().paid.push((c.tenant, id));
     }
 }
 
@@ -737,6 +804,35 @@ async fn soak_under_faults() {
     .fetch_all(&admin)
     .await
     .unwrap();
+    // Every acknowledged payment is completed and carries its commission;
+    // no completed payment of the run lacks one (one transaction).
+    let paid = shared.oracle.lock().unwrap().paid.clone();
+    for (t, id) in &paid {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT p.tenant_id::text, p.status, \
+               (SELECT count(*) FROM public.commissions c WHERE c.tenant_id = p.tenant_id \
+                AND c.payment_id = p.id) FROM public.payments p WHERE p.id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_optional(&admin)
+        .await
+        .unwrap();
+        match row {
+            Some((tenant, status, commissions))
+                if tenant == tenants[*t].id && status == "completed" && commissions > 0 => {}
+            other => lost.push(format!("payment {id} acknowledged as completed: {other:?}")),
+        }
+    }
+    let half_paid: Vec<(String,)> = sqlx::query_as(
+        "SELECT p.id::text FROM public.payments p WHERE p.status = 'completed' \
+           AND p.tenant_id::text = ANY($1) AND NOT EXISTS (SELECT 1 FROM public.commissions c \
+           WHERE c.tenant_id = p.tenant_id AND c.payment_id = p.id)",
+    )
+    .bind(tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>())
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let half: Vec<(String,)> = half.into_iter().chain(half_paid).collect();
     // Stock: each tenant's customers as stored lie between what was
     // acknowledged and that plus the unanswered creates, and the count the
     // application enforces the plan with (`/usage`) is the stored one.
@@ -784,9 +880,11 @@ async fn soak_under_faults() {
 
     let o = shared.oracle.lock().unwrap();
     println!(
-        "soak: {CLIENTS} clients, {TENANTS} tenants, phases of {} s, {} acknowledged creates",
+        "soak: {CLIENTS} clients, {TENANTS} tenants, phases of {} s, {} acknowledged creates, \
+         {} acknowledged payments",
         phase_length().as_secs(),
-        o.acked.len()
+        o.acked.len(),
+        o.paid.len()
     );
     println!("soak: | phase | requests | by status | p50 ms | p99 ms | recovery s |");
     let mut leaks = 0;
