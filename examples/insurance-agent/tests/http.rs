@@ -115,7 +115,8 @@ on_both_backends!(
     a_providers_admins_administer_its_regional_office_and_no_further,
     the_hourly_api_quota_answers_429_per_tenant,
     a_plan_change_and_a_settings_change_sent_together_both_persist,
-    shutdown_finishes_requests_in_flight_and_refuses_new_ones
+    shutdown_finishes_requests_in_flight_and_refuses_new_ones,
+    concurrent_creates_never_exceed_a_stock_limit
 );
 
 async fn call(
@@ -2064,4 +2065,42 @@ async fn shutdown_finishes_requests_in_flight_and_refuses_new_ones(backend: Back
     .unwrap();
     assert_eq!(stored, 1);
     drop((_dir, pg));
+}
+
+/// A plan's stock limit holds under concurrency: 32 agents created at once
+/// on the free plan (3 agents) — exactly 3 are created, every other request
+/// is refused `quota-exceeded`, and 3 are stored.
+async fn concurrent_creates_never_exceed_a_stock_limit(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let asha = login(addr, "asha@asha.test", "asha-agency").await; // free plan: 3 agents
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let token = asha.clone();
+        tasks.push(tokio::spawn(async move {
+            call(
+                addr,
+                "POST",
+                "/agents",
+                Some(&token),
+                Some(
+                    json!({"agent_code": format!("C{i}"), "name": "A", "licence_number": "L",
+                            "licence_expiry": "2030-01-01"}),
+                ),
+            )
+            .await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            201 => created += 1,
+            _ => assert_problem(&r, 403, "quota-exceeded"),
+        }
+    }
+    assert_eq!(created, 3, "the free plan allows 3 agents");
+    let listed = call(addr, "GET", "/agents", Some(&asha), None).await.json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+    app.running.stop().await.unwrap();
 }

@@ -477,6 +477,20 @@ pub async fn check_stock(
         .find(|(r, _)| *r == resource)
         .map(|(_, sql)| *sql)
         .ok_or_else(|| ApiError::internal(format!("no counter for {resource}")))?;
+    // Count and insert must not interleave with another request's, or two
+    // creates at the boundary both see room (READ COMMITTED). On PostgreSQL a
+    // transaction-scoped advisory lock per tenant and resource queues them;
+    // a SQLite write transaction already holds the file's write lock.
+    if let crate::data::Tx::Postgres(t) = tx {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!(
+                "insurance-agent.stock:{}:{resource}",
+                caller.ctx.tenant_id()
+            ))
+            .execute(&mut **t)
+            .await
+            .map_err(tenancy_sqlx::DbError::from)?;
+    }
     let used: i64 = crate::on!(tx, sqlx::query_scalar(count_sql), fetch_one)?;
     let used = u64::try_from(used).unwrap_or(0);
     if used >= limit {
