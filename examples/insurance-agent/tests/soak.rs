@@ -131,7 +131,7 @@ fn start_server(dir: &std::path::Path, urls: &Urls, addr: SocketAddr) -> Child {
     let plans = dir.join("plans.toml");
     std::fs::write(
         &plans,
-        format!("{}\n{NOISY_PLAN}", insurance_agent::app::PLANS),
+        format!("{}\n{SOAK_PLANS}", insurance_agent::app::PLANS),
     )
     .unwrap();
     Command::new(env!("CARGO_BIN_EXE_insurance-agent"))
@@ -212,6 +212,9 @@ struct Oracle {
     /// Creates that got no acknowledgement (an error, a timeout, a 503),
     /// per tenant: each may or may not have been committed.
     unacked_creates: [u64; TENANTS],
+    /// Agents created (201) and creations unanswered, per tenant.
+    agents_acked: [i64; TENANTS],
+    agents_unanswered: [i64; TENANTS],
     /// Payments whose completion was acknowledged, by tenant.
     paid: Vec<(usize, String)>,
     phases: Vec<Phase>,
@@ -338,6 +341,21 @@ async fn client_step(c: &mut Client, addr: SocketAddr, step: Step<'_>) {
     if !c.agent {
         if roll < 15 {
             return complete_a_payment(c, addr, step).await;
+        }
+        if roll >= 95 {
+            let n = c.created;
+            c.created += 1;
+            let body = json!({"agent_code": format!("S{}n{n}", c.index), "name": "Soak",
+                              "licence_number": "L", "licence_expiry": "2030-01-01"});
+            let r = send(addr, &request("POST", "/agents", Some(&token), Some(&body))).await;
+            check_response(step, c, "add agent", started, &r);
+            let mut o = step.shared.oracle.lock().unwrap();
+            match &r {
+                Ok(r) if r.status == 201 => o.agents_acked[c.tenant] += 1,
+                Ok(r) if r.status < 500 => {}
+                _ => o.agents_unanswered[c.tenant] += 1,
+            }
+            return;
         }
         let path = match roll {
             15..45 => "/customers",
@@ -520,9 +538,24 @@ async fn login(addr: SocketAddr, email: &str, tenant: &str, dir: &std::path::Pat
     r.json()["token"].as_str().unwrap().to_owned()
 }
 
-/// The noisy neighbour's plan: the enterprise plan's features, and 10 API
-/// calls a second.
-const NOISY_PLAN: &str = r#"
+/// The soak's plans: the tenants' (enterprise, but 12 agents: the admins'
+/// agent creations reach the limit under load), and the noisy neighbour's
+/// (10 API calls a second).
+const SOAK_PLANS: &str = r#"
+[[plans]]
+id = "soak-standard"
+name = "Soak: standard"
+[plans.limits]
+agents = { stock = 12 }
+customers = { stock = 10000000 }
+policies = { stock = 10000000 }
+api_calls = { rate = { per_hour = 1000000 } }
+[plans.features]
+advanced_analytics = true
+bulk_export = true
+audit_log_access = true
+custom_branding = true
+
 [[plans]]
 id = "soak-noisy"
 name = "Soak: noisy neighbour"
@@ -535,6 +568,10 @@ audit_log_access = true
 
 /// The flood's pace: ten times the noisy plan's rate.
 const FLOOD_PER_SECOND: u64 = 100;
+
+/// The agents limit of `soak-standard`; each tenant starts with one (the
+/// agent user's).
+const AGENTS_LIMIT: i64 = 12;
 
 /// Creates the soak's tenants (each an admin and an agent; the last one,
 /// the noisy neighbour, an admin only) through the library, before the
@@ -559,7 +596,7 @@ async fn prepare(dir: &std::path::Path, urls: &Urls) -> Vec<[String; 4]> {
         let plan = if t == TENANTS {
             "soak-noisy"
         } else {
-            "enterprise"
+            "soak-standard"
         };
         let (admin, agent) = (format!("admin@{slug}.test"), format!("agent@{slug}.test"));
         let users = [
@@ -852,6 +889,22 @@ async fn soak_under_faults() {
             stock.push(format!(
                 "tenant {i}: {marked} stored, {acked_here} acknowledged, {} unanswered",
                 unacked[i]
+            ));
+        }
+        let agents: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM public.agents WHERE tenant_id = $1::uuid")
+                .bind(&t.id)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        let (a_acked, a_open) = {
+            let o = shared.oracle.lock().unwrap();
+            (o.agents_acked[i], o.agents_unanswered[i])
+        };
+        if agents > AGENTS_LIMIT || agents - 1 < a_acked || agents - 1 > a_acked + a_open {
+            stock.push(format!(
+                "tenant {i}: {agents} agents stored (limit {AGENTS_LIMIT}), {a_acked} created, \
+                 {a_open} unanswered"
             ));
         }
         let usage = send(addr, &request("GET", "/usage", Some(&t.admin), None))
