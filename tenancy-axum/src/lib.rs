@@ -157,6 +157,42 @@ impl RequestView for PartsView<'_> {
     }
 }
 
+/// The [`RequestMeta`] of a request outside the tenant pipeline (a sign-in
+/// route, say): the client address — read from `Forwarded` /
+/// `X-Forwarded-For` only when the connection comes from one of `proxies` —
+/// and the user agent. The pipeline does the same for tenant routes
+/// ([`RequestPipeline::trust_proxies`]).
+///
+/// The peer address comes from axum's `ConnectInfo<SocketAddr>`: serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::ConnectInfo;
+/// use tenancy_core::client::TrustedProxies;
+///
+/// let mut req = http::Request::builder()
+///     .header("x-forwarded-for", "203.0.113.9")
+///     .header("user-agent", "curl/8")
+///     .body(())?;
+/// req.extensions_mut().insert(ConnectInfo("10.0.0.2:5000".parse::<SocketAddr>()?));
+/// let (parts, ()) = req.into_parts();
+/// let meta = tenancy_axum::request_meta(&parts, &TrustedProxies::parse("10.0.0.0/8")?)?;
+/// assert_eq!(meta.ip, Some("203.0.113.9".parse()?));
+/// assert_eq!(meta.user_agent.as_deref(), Some("curl/8"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn request_meta(
+    parts: &Parts,
+    proxies: &tenancy_core::client::TrustedProxies,
+) -> Result<RequestMeta, TenantError> {
+    let mut meta = meta(parts);
+    if let Some(peer) = meta.ip {
+        meta.ip = Some(proxies.client_ip(peer, &PartsView(parts))?);
+    }
+    Ok(meta)
+}
+
 fn meta(parts: &Parts) -> RequestMeta {
     let mut meta = RequestMeta::default();
     if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {

@@ -142,6 +142,26 @@ pub enum TenantError {
     /// The tenant store failed; details are logged, never sent to clients.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A trusted proxy forwarded a client address this server cannot read.
+    #[error(transparent)]
+    Forwarded(#[from] crate::client::ClientAddrError),
+    /// A verified token was issued by an identity provider this tenant does
+    /// not trust (another tenant's, or none configured for it).
+    #[error(
+        "the token's issuer is not trusted by this tenant: sign in with the tenant's identity provider"
+    )]
+    IssuerNotTrusted,
+    /// The tenant's identity provider could not be reached and no cached key
+    /// can verify the token; details are logged.
+    #[error("the identity provider is unavailable: {0}")]
+    IdentityProviderUnavailable(StoreError),
+    /// The session was ended (signed out, role or password changed, tenant
+    /// suspended) after this token was issued.
+    #[error("the session has ended: sign in again")]
+    SessionRevoked,
+    /// The tenant accepts requests only from certain networks.
+    #[error("requests from this address are not allowed by the tenant's network policy")]
+    AddressNotAllowed,
 }
 
 impl TenantError {
@@ -150,12 +170,13 @@ impl TenantError {
     /// | error | status |
     /// |---|---|
     /// | `Missing`, `InvalidId`, `InvalidSlug`, `InvalidHost`, `DuplicateHeader` | 400 |
-    /// | `InvalidToken`, `Unauthenticated` | 401 |
+    /// | `Forwarded` | 400 |
+    /// | `InvalidToken`, `Unauthenticated`, `SessionRevoked` | 401 |
     /// | `TrialExpired` | 402 |
-    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled` | 403 |
+    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled`, `IssuerNotTrusted`, `AddressNotAllowed` | 403 |
     /// | `Quota` | 429 (rate, concurrency), 413 (`*_bytes` stock), 403 (other stock) |
     /// | `NotFound` | 404 |
-    /// | `Store` (the tenant store could not answer; with `Retry-After: 1`) | 503 |
+    /// | `Store`, `IdentityProviderUnavailable` (with `Retry-After: 1`) | 503 |
     /// | `NoContext` | 500 |
     pub fn status(&self) -> u16 {
         match self {
@@ -163,8 +184,9 @@ impl TenantError {
             | Self::InvalidId(_)
             | Self::InvalidSlug(_)
             | Self::InvalidHost(_)
-            | Self::DuplicateHeader { .. } => 400,
-            Self::InvalidToken { .. } | Self::Unauthenticated => 401,
+            | Self::DuplicateHeader { .. }
+            | Self::Forwarded(_) => 400,
+            Self::InvalidToken { .. } | Self::Unauthenticated | Self::SessionRevoked => 401,
             Self::TrialExpired { .. } => 402,
             Self::Quota(q) => q.status(),
             Self::Conflict { .. }
@@ -173,9 +195,11 @@ impl TenantError {
             | Self::Offboarding
             | Self::NotAMember
             | Self::MissingPermission { .. }
+            | Self::IssuerNotTrusted
+            | Self::AddressNotAllowed
             | Self::Mismatch(_) => 403,
             Self::NotFound => 404,
-            Self::Store(_) => 503,
+            Self::Store(_) | Self::IdentityProviderUnavailable(_) => 503,
             Self::NoContext => 500,
         }
     }
@@ -203,6 +227,11 @@ impl TenantError {
             Self::Quota(_) => "quota-exceeded",
             Self::NoContext => "internal",
             Self::Store(_) => "tenant-store-unavailable",
+            Self::Forwarded(_) => "forwarded-invalid",
+            Self::IssuerNotTrusted => "issuer-not-trusted",
+            Self::IdentityProviderUnavailable(_) => "identity-provider-unavailable",
+            Self::SessionRevoked => "session-revoked",
+            Self::AddressNotAllowed => "address-not-allowed",
         }
     }
 
@@ -218,6 +247,11 @@ impl TenantError {
     pub fn public_message(&self) -> String {
         if let Self::Store(_) = self {
             "the tenant store is unavailable; retry shortly".to_owned()
+        } else if let Self::IdentityProviderUnavailable(_) = self {
+            "the identity provider cannot be reached; retry shortly".to_owned()
+        } else if let Self::InvalidToken { .. } = self {
+            // The reason is logged; clients learn only that the token failed.
+            "the bearer token is not valid: sign in again".to_owned()
         } else if self.status() >= 500 {
             "internal error".to_owned()
         } else {

@@ -5,6 +5,7 @@
 pub mod audit;
 mod authorize;
 pub mod cache;
+pub mod client;
 mod context;
 pub mod crypto;
 mod domain;
@@ -13,10 +14,13 @@ pub mod flags;
 pub mod gate;
 pub mod health;
 mod id;
+pub mod identity;
 pub mod invite;
 pub mod job;
 pub mod lifecycle;
 mod membership;
+#[cfg(feature = "oidc")]
+pub mod oidc;
 mod permission;
 pub mod pipeline;
 pub mod plan;
@@ -26,7 +30,9 @@ pub mod quota;
 pub mod resolve;
 pub mod rls;
 mod scoped;
+pub mod session;
 pub mod settings;
+pub mod signin;
 pub mod store;
 #[cfg(feature = "metrics")]
 pub mod telemetry;

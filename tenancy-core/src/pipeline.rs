@@ -34,8 +34,10 @@ use async_trait::async_trait;
 use chrono::Utc;
 
 use crate::audit::{Action, AuditEvent, AuditSink};
+use crate::client::TrustedProxies;
 use crate::flags::FlagEngine;
 use crate::gate::Admission;
+use crate::identity::Authenticate;
 use crate::plan::PlanCatalog;
 use crate::problem::Problem;
 use crate::quota::{MemoryQuota, QuotaError, RateDecision};
@@ -66,6 +68,34 @@ pub trait RateCheck: Send + Sync {
         let _ = (ctx, resource, cost);
         None
     }
+
+    /// Consumes `cost` from the `resource` limit of one `subject` of the
+    /// tenant (a user, a client address): the plan's windows for
+    /// `resource`, counted per subject. The default refuses: a limiter must
+    /// say it can count per subject.
+    async fn check_rate_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        let _ = (ctx, resource, subject, cost);
+        Err(QuotaError::Backend(StoreError::msg(
+            "this rate limiter cannot count per user or client address",
+        )))
+    }
+}
+
+/// Who a per-subject rate limit counts ([`RequestPipeline::with_rate_limit_per`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateSubject {
+    /// The authenticated user (requests without one are not counted here).
+    User,
+    /// The client address, IPv6 per /64 (behind proxies, see
+    /// [`RequestPipeline::trust_proxies`]).
+    Client,
 }
 
 #[async_trait]
@@ -86,6 +116,16 @@ impl RateCheck for MemoryQuota {
         cost: u64,
     ) -> Option<Result<RateDecision, QuotaError>> {
         Some(MemoryQuota::check_rate(self, ctx, resource, cost))
+    }
+
+    async fn check_rate_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        MemoryQuota::check_rate_for(self, ctx, resource, subject, cost)
     }
 }
 
@@ -160,6 +200,8 @@ pub struct Rejected {
     pub rate: Option<RateDecision>,
     /// The tenant, when it was resolved before the refusal.
     pub tenant: Option<TenantId>,
+    /// The authenticated user, when the refusal came after authentication.
+    pub user: Option<UserId>,
 }
 
 impl Rejected {
@@ -168,6 +210,7 @@ impl Rejected {
             error,
             rate: None,
             tenant: Some(tenant),
+            user: None,
         }
     }
 
@@ -176,6 +219,7 @@ impl Rejected {
             error,
             rate: None,
             tenant: None,
+            user: None,
         }
     }
 
@@ -194,12 +238,15 @@ pub struct RequestPipeline {
     resolver: ResolverChain,
     store: Arc<dyn TenantStore>,
     authorizer: Option<Arc<Authorizer>>,
+    authenticator: Option<Arc<dyn Authenticate>>,
     catalog: Option<Arc<PlanCatalog>>,
     flags: Option<Arc<FlagEngine>>,
     rate: Option<(Arc<dyn RateCheck>, Arc<str>)>,
+    per_subject: Vec<(RateSubject, Arc<dyn RateCheck>, Arc<str>)>,
     rate_headers: bool,
     admission: Admission,
     audit: Option<Arc<dyn AuditSink>>,
+    proxies: Arc<TrustedProxies>,
     #[cfg(feature = "metrics")]
     metrics: Option<Arc<crate::telemetry::TenantMetrics>>,
 }
@@ -232,12 +279,15 @@ impl RequestPipeline {
             resolver,
             store,
             authorizer: None,
+            authenticator: None,
             catalog: None,
             flags: None,
             rate: None,
+            per_subject: Vec::new(),
             rate_headers: false,
             admission: Admission::Serving,
             audit: None,
+            proxies: Arc::new(TrustedProxies::none()),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -247,6 +297,18 @@ impl RequestPipeline {
     /// without a user, 403 for a non-member); the actor goes in the context.
     pub fn require_membership(mut self, authorizer: Arc<Authorizer>) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Authenticates every request once its tenant is known (after the
+    /// status gate): the principal `auth` finds is the user whose membership
+    /// [`Self::require_membership`] checks, in place of the adapter's user.
+    /// A credential that does not hold is refused with `auth`'s error (401,
+    /// 403 for an issuer the tenant does not trust, 503 when the identity
+    /// provider cannot be reached); no credential falls back to the
+    /// adapter's user.
+    pub fn authenticate_with(mut self, auth: Arc<dyn Authenticate>) -> Self {
+        self.authenticator = Some(auth);
         self
     }
 
@@ -268,6 +330,29 @@ impl RequestPipeline {
         self
     }
 
+    /// Also charges one unit of `resource` per request to each user (or
+    /// client address) of the tenant, beside the tenant's own budget: one
+    /// member, or one stolen token, cannot spend the whole tenant's
+    /// allowance. The windows are the plan's for `resource` (e.g.
+    /// `api_calls_per_user`). Per-client limits are checked first, then
+    /// per-user, then the tenant's ([`Self::with_rate_limit`]), so a request
+    /// refused per client or per user costs the tenant nothing. A refusal is
+    /// 429 with the `RateLimit-*` and `Retry-After` of the limit that
+    /// refused. The limiter must count per subject
+    /// ([`RateCheck::check_rate_for`]): memory, Redis and PostgreSQL do.
+    pub fn with_rate_limit_per(
+        mut self,
+        subject: RateSubject,
+        limiter: Arc<dyn RateCheck>,
+        resource: &str,
+    ) -> Self {
+        self.per_subject.push((subject, limiter, resource.into()));
+        // Clients before users: the cheaper refusal first.
+        self.per_subject
+            .sort_by_key(|(s, _, _)| matches!(s, RateSubject::User));
+        self
+    }
+
     /// Also sends `RateLimit-Limit`, `RateLimit-Remaining` and
     /// `RateLimit-Reset` on admitted responses, not only with a 429.
     ///
@@ -278,6 +363,35 @@ impl RequestPipeline {
     pub fn rate_headers_on_success(mut self, on: bool) -> Self {
         self.rate_headers = on;
         self
+    }
+
+    /// Reads the client address from `Forwarded` / `X-Forwarded-For` when
+    /// the connection comes from one of `proxies` (see
+    /// [`crate::client`]); by default the peer address is the client. The
+    /// address goes into the context's [`RequestMeta`] (audit events,
+    /// per-client limits, network policies). A malformed header from a
+    /// trusted proxy is refused (400 `forwarded-invalid`).
+    pub fn trust_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = Arc::new(proxies);
+        self
+    }
+
+    /// The client address of a request whose connection came from `meta.ip`.
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn client(
+        &self,
+        req: &dyn RequestView,
+        mut meta: RequestMeta,
+    ) -> Result<RequestMeta, Rejected> {
+        if let Some(peer) = meta.ip.filter(|_| !self.proxies.is_empty()) {
+            meta.ip = Some(
+                self.proxies
+                    .client_ip(peer, req)
+                    .map_err(|e| Rejected::new(e.into()))?,
+            );
+        }
+        Ok(meta)
     }
 
     /// Records an `access` / `denied` audit event in the tenant's log for
@@ -320,6 +434,7 @@ impl RequestPipeline {
         user: Option<&UserId>,
         meta: RequestMeta,
     ) -> Result<Admitted, Rejected> {
+        let meta = self.client(req, meta)?;
         if self.audit.is_none() {
             return self.run(req, user, meta).await;
         }
@@ -341,9 +456,13 @@ impl RequestPipeline {
         let Some(tenant) = rejected.tenant else {
             return;
         };
+        let user = rejected.user.as_ref().or(user);
         if matches!(
             rejected.error,
             TenantError::Unauthenticated
+                | TenantError::IssuerNotTrusted
+                | TenantError::SessionRevoked
+                | TenantError::AddressNotAllowed
                 | TenantError::NotAMember
                 | TenantError::Suspended { .. }
                 | TenantError::TrialExpired { .. }
@@ -468,14 +587,19 @@ impl RequestPipeline {
     ) -> Option<Result<Admitted, Rejected>> {
         // A membership check needs its store; let `admit` do everything.
         let _ = user;
-        if self.authorizer.is_some() {
+        if self.authorizer.is_some() || self.authenticator.is_some() || !self.per_subject.is_empty()
+        {
             return None;
         }
+        let meta = match self.client(req, meta) {
+            Ok(meta) => meta,
+            Err(rejected) => return Some(Err(rejected)),
+        };
         let tenant = match self.resolver.resolve_now(req, &*self.store)? {
             Ok(resolved) => resolved.tenant,
             Err(e) => return Some(Err(Rejected::new(e))),
         };
-        if let Err(rejected) = self.gate(&tenant) {
+        if let Err(rejected) = self.admit_now_gates(&tenant, &meta) {
             // Refusals of a known tenant may have to be audited: `admit` does that.
             return if self.audit.is_some() {
                 None
@@ -518,9 +642,21 @@ impl RequestPipeline {
             .map_err(Rejected::new)?;
         let tenant = resolved.tenant;
         self.gate(&tenant)?;
+        self.network(&tenant, &meta)?;
         let mut ctx = TenantContext::new(tenant.clone()).set(|i| i.request = meta);
+        let principal = match &self.authenticator {
+            Some(auth) => auth
+                .authenticate(req, &tenant)
+                .await
+                .map_err(|e| Rejected::in_tenant(e, tenant.id))?,
+            None => None,
+        };
+        let user = principal.as_ref().map(|p| &p.user).or(user);
         if let Some(authorizer) = &self.authorizer {
-            let in_tenant = |error| Rejected::in_tenant(error, tenant.id);
+            let in_tenant = |error| Rejected {
+                user: user.cloned(),
+                ..Rejected::in_tenant(error, tenant.id)
+            };
             let user = user
                 .ok_or(TenantError::Unauthenticated)
                 .map_err(in_tenant)?;
@@ -528,6 +664,18 @@ impl RequestPipeline {
             ctx = ctx.set(|i| i.actor = Some(actor));
         }
         let ctx = self.derive(&tenant, ctx)?;
+        for (subject, limiter, resource) in &self.per_subject {
+            let key = match subject {
+                RateSubject::User => ctx.actor().map(|a| format!("user:{}", a.user_id.as_str())),
+                RateSubject::Client => ctx
+                    .request()
+                    .ip
+                    .map(|ip| format!("client:{}", crate::client::counted_as(ip))),
+            };
+            let Some(key) = key else { continue };
+            let outcome = limiter.check_rate_for(&ctx, resource, &key, 1).await;
+            self.rate_outcome(tenant.id, resource, outcome)?;
+        }
         let mut rate = None;
         if let Some((limiter, resource)) = &self.rate {
             let outcome = limiter.check_rate(&ctx, resource, 1).await;
@@ -538,6 +686,43 @@ impl RequestPipeline {
             rate,
             rate_headers: self.rate_headers,
         })
+    }
+
+    /// The status gate, then the network policy.
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn admit_now_gates(&self, tenant: &crate::Tenant, meta: &RequestMeta) -> Result<(), Rejected> {
+        self.gate(tenant)?;
+        self.network(tenant, meta)
+    }
+
+    /// The tenant's network policy ([`crate::client::NetworkPolicy`],
+    /// tenant setting `network`): requests from elsewhere are refused.
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn network(&self, tenant: &crate::Tenant, meta: &RequestMeta) -> Result<(), Rejected> {
+        if tenant
+            .settings
+            .get(crate::client::NETWORK_SETTING)
+            .is_none()
+        {
+            return Ok(());
+        }
+        match crate::client::NetworkPolicy::of(tenant) {
+            Ok(Some(policy)) if !policy.allows(meta.ip) => Err(Rejected::in_tenant(
+                TenantError::AddressNotAllowed,
+                tenant.id,
+            )),
+            Ok(_) => Ok(()),
+            // A policy that cannot be read admits no one.
+            Err(e) => {
+                tracing::error!(tenant.id = %tenant.id, error = %e, "the tenant's network policy is malformed");
+                Err(Rejected::in_tenant(
+                    TenantError::Store(StoreError::new(e)),
+                    tenant.id,
+                ))
+            }
+        }
     }
 
     /// The status gate. Only a trial depends on the clock: active tenants
@@ -630,6 +815,7 @@ impl RequestPipeline {
                     error: TenantError::Quota(q),
                     rate: None,
                     tenant: Some(tenant),
+                    user: None,
                 })
             }
             Err(e) => Err(Rejected::in_tenant(

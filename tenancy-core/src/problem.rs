@@ -72,6 +72,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         413 => "Content Too Large",
         429 => "Too Many Requests",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     }
 }
@@ -134,7 +135,9 @@ impl Problem {
                 extensions.insert("permission".into(), json!(&**permission));
             }
             // A dependency that did not answer: the client may retry.
-            TenantError::Store(_) => headers.push((RETRY_AFTER, "1".to_owned())),
+            TenantError::Store(_) | TenantError::IdentityProviderUnavailable(_) => {
+                headers.push((RETRY_AFTER, "1".to_owned()));
+            }
             _ => {}
         }
         if let Some(rate) = rate {

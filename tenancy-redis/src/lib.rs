@@ -11,6 +11,9 @@
 //!   only if the result stays within the limit; an uncommitted
 //!   [`RedisReservation`] is given back when dropped.
 //!
+//! [`RedisAttempts`] keeps sign-in attempt counters
+//! (`tenancy_core::signin`) for every instance to share.
+//!
 //! Limits come from the tenant's entitlements in its
 //! `TenantContext`, exactly as for the
 //! in-memory and PostgreSQL backends. Keys are
@@ -26,6 +29,10 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+
+mod signin;
+
+pub use signin::RedisAttempts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +209,34 @@ impl RedisQuota {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
+        self.check(ctx, resource, None, cost).await
+    }
+
+    /// [`Self::check_rate`] for one `subject` of the tenant (a user, a
+    /// client address): the plan's windows, counted per subject (keys
+    /// `tenancy:{<tenant>}:rate:<resource>@<subject>:<period>`, expiring once
+    /// drained); no thresholds.
+    pub async fn check_rate_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        self.check(ctx, resource, Some(subject), cost).await
+    }
+
+    async fn check(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: Option<&str>,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        let counter = match subject {
+            Some(s) => format!("{resource}@{s}"),
+            None => resource.to_owned(),
+        };
         let Some(windows) = rate_windows(ctx, resource)? else {
             return Ok(RateDecision::UNLIMITED);
         };
@@ -220,7 +255,7 @@ impl RedisQuota {
                 .key(key(
                     ctx.tenant_id(),
                     "rate",
-                    &format!("{resource}:{}", period.as_millis()),
+                    &format!("{counter}:{}", period.as_millis()),
                 ))
                 .arg(emission)
                 .arg(period_us);
@@ -237,7 +272,7 @@ impl RedisQuota {
                         best = Some((*limit, *backlog, *emission, *period));
                     }
                 }
-                if let Some((limit, backlog, emission, _)) = best {
+                if let Some((limit, backlog, emission, _)) = best.filter(|_| subject.is_none()) {
                     let used = u64::try_from((backlog + emission - 1) / emission)
                         .unwrap_or(0)
                         .min(limit);
@@ -439,5 +474,15 @@ impl tenancy_core::pipeline::RateCheck for RedisQuota {
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
         RedisQuota::check_rate(self, ctx, resource, cost).await
+    }
+
+    async fn check_rate_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        RedisQuota::check_rate_for(self, ctx, resource, subject, cost).await
     }
 }

@@ -307,3 +307,10 @@ async fn a_failed_threshold_write_gives_the_reserved_stock_back() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_counted_apart_from_each_other_and_the_tenant() {
+    let q = quota().await;
+    let ctx = ctx_for(TenantId::new_v4());
+    tenancy_testkit::rate::subjects_are_counted_apart(&q, &ctx, "api_calls", 60).await;
+}

@@ -16,7 +16,9 @@ mod quota;
 pub mod relocate;
 pub mod rls;
 mod route;
+mod session;
 mod settings;
+mod signin;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod store;
@@ -35,6 +37,8 @@ pub use privileged::{CrossTenantAccess, PrivilegedDb};
 pub use provision::{Deprovisioner, ExportReport, PgProvisioningLog, PurgeReport};
 pub use quota::PgRateLimiter;
 pub use route::DatabaseRouter;
+pub use session::PgSessionEpochs;
 pub use settings::PgSettingsStore;
+pub use signin::PgAttempts;
 pub use store::{PgMembershipStore, PgTenantStore};
 pub use tenancy_core::rls::SealKey;

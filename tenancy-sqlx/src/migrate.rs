@@ -115,7 +115,10 @@ pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<()
                    tenancy.quota_records, tenancy.quota_thresholds, tenancy.tenant_keys TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.tenant_settings TO {role}; \
              GRANT SELECT, INSERT ON tenancy.audit_log TO {role}; \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}; COMMIT"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.signin_attempts TO {role}; \
+             GRANT SELECT ON tenancy.session_epochs TO {role}; \
+             GRANT EXECUTE ON FUNCTION tenancy.bump_session_epoch(text) TO {role}; COMMIT"
         )
         .as_str(),
     )

@@ -356,6 +356,34 @@ impl PgRateLimiter {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
+        self.check_counted(ctx, resource, None, cost).await
+    }
+
+    /// [`Self::check`] for one `subject` of the tenant (a user, a client
+    /// address): the plan's windows for `resource`, counted in rows of
+    /// their own (`<resource>@<subject>`); not recorded as usage, no
+    /// thresholds.
+    pub async fn check_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        self.check_counted(ctx, resource, Some(subject), cost).await
+    }
+
+    async fn check_counted(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: Option<&str>,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        let counter = match subject {
+            Some(s) => format!("{resource}@{s}"),
+            None => resource.to_owned(),
+        };
         let Some(windows) = rate_windows(ctx, resource)? else {
             return Ok(RateDecision::UNLIMITED);
         };
@@ -381,7 +409,7 @@ impl PgRateLimiter {
                 "#,
             )
             .bind(ctx.tenant_id().as_uuid())
-            .bind(resource)
+            .bind(&counter)
             .bind(i64::try_from(period.as_millis()).unwrap_or(i64::MAX))
             .bind(now_us)
             .bind(inc)
@@ -403,7 +431,7 @@ impl PgRateLimiter {
                          WHERE tenant_id = $1 AND resource = $2 AND period_ms = $3",
                     )
                     .bind(ctx.tenant_id().as_uuid())
-                    .bind(resource)
+                    .bind(&counter)
                     .bind(i64::try_from(period.as_millis()).unwrap_or(i64::MAX))
                     .fetch_optional(&mut *tx)
                     .await
@@ -426,6 +454,10 @@ impl PgRateLimiter {
                 }
             }
         }
+        if subject.is_some() {
+            tx.commit().await.map_err(backend)?;
+            return Ok(decision(tightest));
+        }
         sqlx::query(
             "INSERT INTO tenancy.quota_records AS rec (tenant_id, resource, period_start, amount) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, resource, period_start) \
@@ -446,14 +478,19 @@ impl PgRateLimiter {
             tx.note_thresholds(resource, used, limit, now).await?;
         }
         tx.commit().await.map_err(backend)?;
-        Ok(match tightest {
-            Some((limit, backlog, emission, _)) => RateDecision::new(
-                limit,
-                Duration::from_micros(u64_of(backlog)),
-                Duration::from_micros(u64_of(emission)),
-            ),
-            None => RateDecision::new(u64::MAX, Duration::ZERO, Duration::from_nanos(1)),
-        })
+        Ok(decision(tightest))
+    }
+}
+
+/// The decision of the tightest window `(limit, backlog, emission, period)`.
+fn decision(tightest: Option<(u64, i64, i64, i64)>) -> RateDecision {
+    match tightest {
+        Some((limit, backlog, emission, _)) => RateDecision::new(
+            limit,
+            Duration::from_micros(u64_of(backlog)),
+            Duration::from_micros(u64_of(emission)),
+        ),
+        None => RateDecision::new(u64::MAX, Duration::ZERO, Duration::from_nanos(1)),
     }
 }
 
@@ -466,5 +503,15 @@ impl tenancy_core::pipeline::RateCheck for PgRateLimiter {
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
         self.check(ctx, resource, cost).await
+    }
+
+    async fn check_rate_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        self.check_for(ctx, resource, subject, cost).await
     }
 }

@@ -345,3 +345,11 @@ async fn the_request_pipeline_can_rate_limit_through_postgres() {
         429
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_counted_apart_from_each_other_and_the_tenant() {
+    let (_env, db) = db(2).await;
+    let limiter = tenancy_sqlx::PgRateLimiter::new(db);
+    let ctx = ctx_for(TenantId::new_v4());
+    tenancy_testkit::rate::subjects_are_counted_apart(&limiter, &ctx, "api_calls", 60).await;
+}

@@ -85,6 +85,25 @@ pub fn request(
     out.into_bytes()
 }
 
+/// Adds header lines to a request built by [`request`] or [`get`].
+///
+/// ```
+/// let r = tenancy_testkit::http::request("GET", "/me", None, None);
+/// let r = tenancy_testkit::http::with_headers(r, &[("x-forwarded-for", "203.0.113.9")]);
+/// assert!(String::from_utf8(r).unwrap().contains("\r\nx-forwarded-for: 203.0.113.9\r\n"));
+/// ```
+pub fn with_headers(request: Vec<u8>, headers: &[(&str, &str)]) -> Vec<u8> {
+    let Some(end) = request.windows(2).position(|w| w == b"\r\n") else {
+        return request;
+    };
+    let mut out = request[..end + 2].to_vec();
+    for (name, value) in headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(&request[end + 2..]);
+    out
+}
+
 /// Sends `request` to `addr` and reads the whole response (10 s timeout).
 pub async fn send(addr: SocketAddr, request: &[u8]) -> std::io::Result<RawResponse> {
     let io = async {

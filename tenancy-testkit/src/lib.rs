@@ -11,6 +11,8 @@
 //! | `TENANCY_TEST_OPS_URL` | `tenancy_ops` | BYPASSRLS operations role for the audited cross-tenant path |
 //! | `TENANCY_TEST_REDIS_URL` | — | a Redis server on loopback, no persistence |
 //! | `TENANCY_TEST_PGBOUNCER_APP_URL` | `tenancy_app` via pgbouncer | transaction pooling mode, 1 server connection |
+//! | `TENANCY_TEST_OIDC_SCRIPT` | — | the OpenID provider script beside its `node_modules` ([`oidc`]) |
+//! | `TENANCY_TEST_OIDC_A_URL`, `…_B_URL` | — | two running issuers (clients `tenant-a-app:secret-a`, `tenant-b-app:secret-b`) |
 //!
 //! [`isolation`] is the property suite every data path runs (sqlx, diesel,
 //! each isolation model).
@@ -23,6 +25,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub mod http;
 pub mod invite;
 pub mod isolation;
+pub mod oidc;
+pub mod rate;
+pub mod signin;
 pub mod store;
 pub mod web;
 

@@ -393,7 +393,11 @@ pub fn pipeline(
 ) -> tenancy_core::pipeline::RequestPipeline {
     use tenancy_core::resolve::{JwtStrategy, ResolverChain};
     tenancy_core::pipeline::RequestPipeline::new(
-        ResolverChain::new().with(JwtStrategy::hs256(session_secret)),
+        ResolverChain::new().with(
+            JwtStrategy::hs256(session_secret)
+                .only_issuer(insurance_agent::auth::ISSUER)
+                .audience(&[insurance_agent::auth::ACCESS_AUDIENCE]),
+        ),
         store.clone(),
     )
     .require_membership(std::sync::Arc::new(tenancy_core::Authorizer::new(

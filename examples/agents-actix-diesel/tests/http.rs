@@ -65,7 +65,14 @@ async fn serve() -> World {
             ))
             .await
             .unwrap();
-        tenants.push((t.id, sessions.issue(&user, t.id, Role::Member).unwrap()));
+        tenants.push((
+            t.id,
+            sessions
+                .issue(&user, t.id, Role::Member)
+                .await
+                .unwrap()
+                .access,
+        ));
     }
     // This example's own pieces: tenants and memberships read through
     // tenancy-sqlx, data through tenancy-diesel, all as the application role.
@@ -221,14 +228,18 @@ async fn tenants_see_only_their_own_agents_and_customers() {
     // A token signed with another key: 401.
     let forged = Sessions::new(vec![7u8; 32])
         .issue("acme-agent", w.a_id, Role::Member)
-        .unwrap();
+        .await
+        .unwrap()
+        .access;
     let r = call(addr, "GET", "/agents", Some(&forged), None).await;
     assert_eq!(r.status, 401, "{}", r.text());
     // A valid token for a tenant the user is not a member of: 403.
     let stranger = w
         .sessions
         .issue("acme-agent", w.b_id, Role::Member)
-        .unwrap();
+        .await
+        .unwrap()
+        .access;
     let r = call(addr, "GET", "/agents", Some(&stranger), None).await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["code"], "not-a-member");
@@ -257,7 +268,12 @@ async fn both_applications_serve_the_same_tenants_and_tables() {
         .await
         .unwrap()
         .unwrap();
-    let token = w.sessions.issue(&admin, sunrise.id, Role::Admin).unwrap();
+    let token = w
+        .sessions
+        .issue(&admin, sunrise.id, Role::Admin)
+        .await
+        .unwrap()
+        .access;
     let token = Some(token.as_str());
     let agents = call(addr, "GET", "/agents", token, None).await;
     assert_eq!(agents.status, 200, "{}", agents.text());

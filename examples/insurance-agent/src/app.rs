@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tenancy_core::client::TrustedProxies;
+use tenancy_core::oidc::{IdentitySettings, IssuerDirectory, OidcConfig, OidcVerifier};
 use tenancy_core::plan::PlanCatalog;
+use tenancy_core::signin::{AttemptRule, MemoryAttempts, SignInGuard};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
-use crate::auth::Sessions;
+use crate::auth::{Hasher, Sessions};
 use crate::data::{Data, PgUrls};
 use crate::drain::{DRAIN_TIMEOUT, Drain};
 use crate::seed;
@@ -37,6 +40,36 @@ pub struct Config {
     /// Redis for the API quota (feature `redis`), shared by every instance;
     /// `None`: counted in this process's memory.
     pub redis: Option<String>,
+    /// Client addresses, sign-in protection and password hashing.
+    pub security: Security,
+}
+
+/// How the server protects sign-in and learns client addresses.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers are believed
+    /// (`INSURANCE_TRUSTED_PROXIES`); none by default.
+    pub trusted_proxies: TrustedProxies,
+    /// Sign-in limits per account (the email).
+    pub account_rule: AttemptRule,
+    /// Sign-in limits per client address.
+    pub client_rule: AttemptRule,
+    /// Password hashes computed at once (half the CPUs by default).
+    pub hashing_permits: usize,
+    /// How tenants' identity providers are reached and their keys cached.
+    pub oidc: OidcConfig,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: TrustedProxies::none(),
+            account_rule: AttemptRule::account(),
+            client_rule: AttemptRule::client(),
+            hashing_permits: crate::auth::default_hashing_permits(),
+            oidc: OidcConfig::default(),
+        }
+    }
 }
 
 /// A running server.
@@ -55,6 +88,8 @@ pub struct Running {
     pub data: Data,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    refresher: JoinHandle<()>,
+    issuers: IssuerDirectory,
 }
 
 impl Running {
@@ -64,13 +99,21 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.refresher.abort();
         (&mut self.task).await??;
         Ok(())
+    }
+
+    /// Re-reads the tenants' identity providers now (a change made in this
+    /// process; changes made elsewhere arrive within [`ISSUER_REFRESH`]).
+    pub async fn reload_identity(&self) -> Result<(), Error> {
+        load_issuers(&self.data, &self.issuers).await
     }
 
     /// Waits until the server stops (SIGTERM or Ctrl-C, after draining).
     pub async fn wait(mut self) -> Result<(), Error> {
         (&mut self.task).await??;
+        self.refresher.abort();
         Ok(())
     }
 }
@@ -121,6 +164,52 @@ async fn rate_limiter(
     }
 }
 
+/// How often the issuer directory is re-read from the tenants' settings.
+pub const ISSUER_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Fills `issuers` from every tenant's `identity` setting. A tenant whose
+/// setting is malformed, or names an issuer another tenant has, keeps no
+/// issuer (logged): its provider's tokens resolve no tenant.
+pub async fn load_issuers(data: &Data, issuers: &IssuerDirectory) -> Result<(), Error> {
+    for tenant in data.tenant_store().list().await? {
+        let settings = match IdentitySettings::of(&tenant) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(tenant.id = %tenant.id, error = %e, "identity setting ignored");
+                None
+            }
+        };
+        if let Err(e) = issuers.set(tenant.id, settings.as_ref()) {
+            tracing::warn!(tenant.id = %tenant.id, error = %e, "identity setting ignored");
+            issuers.set(tenant.id, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where sign-in attempts are counted: Redis when configured, else
+/// PostgreSQL when the data is there (shared by every instance), else this
+/// process's memory.
+async fn attempt_store(
+    data: &Data,
+    redis: Option<&str>,
+) -> Result<Arc<dyn tenancy_core::signin::AttemptStore>, Error> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = redis {
+        return Ok(Arc::new(
+            tenancy_redis::RedisAttempts::connect(url)
+                .await
+                .map_err(|e| format!("INSURANCE_REDIS_URL: {e}"))?,
+        ));
+    }
+    #[cfg(not(feature = "redis"))]
+    let _ = redis;
+    Ok(match data.postgres_app_pool() {
+        Some(pool) => Arc::new(tenancy_sqlx::PgAttempts::new(pool)),
+        None => Arc::new(MemoryAttempts::new()),
+    })
+}
+
 /// The session signing key (`session.key`), created on first run.
 pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
     Ok(crate::data::secret_file(dir, "session.key")?.to_vec())
@@ -144,12 +233,39 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         _ => format!("SQLite, data in {}", config.data_dir.display()),
     };
     let (rate, quota) = rate_limiter(config.redis.as_deref()).await?;
+    let issuers = IssuerDirectory::new();
+    load_issuers(&data, &issuers).await?;
     let state = AppState {
-        sessions: Sessions::new(session_key(&config.data_dir)?),
+        sessions: Sessions::new(session_key(&config.data_dir)?).with_epochs(data.session_epochs()),
         plans: Arc::new(plans(config.plans.as_deref())?),
         rate,
         quota,
         data: data.clone(),
+        hasher: Hasher::new(config.security.hashing_permits),
+        signin: SignInGuard::new(attempt_store(&data, config.redis.as_deref()).await?)
+            .with_rules(config.security.account_rule, config.security.client_rule),
+        proxies: Arc::new(config.security.trusted_proxies.clone()),
+        oidc: Arc::new(OidcVerifier::new(config.security.oidc)?),
+        issuers: issuers.clone(),
+        refusals_audited: moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(std::time::Duration::from_secs(60))
+            .build(),
+    };
+    // Identity settings changed by another process (the command line) reach
+    // the issuer directory within this period.
+    let refresher = {
+        let (data, issuers) = (data.clone(), issuers.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ISSUER_REFRESH);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = load_issuers(&data, &issuers).await {
+                    tracing::warn!(error = %e, "could not reload the tenants' identity providers");
+                }
+            }
+        })
     };
     let listener = TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -160,16 +276,19 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         crate::drain::admit,
     ));
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = stopped => {}
-                    () = crate::drain::signal() => {}
-                }
-                // New requests get 503 from here on; those in flight finish.
-                drain.drain(DRAIN_TIMEOUT).await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = stopped => {}
+                () = crate::drain::signal() => {}
+            }
+            // New requests get 503 from here on; those in flight finish.
+            drain.drain(DRAIN_TIMEOUT).await;
+        })
+        .await
     });
     Ok(Running {
         addr,
@@ -178,5 +297,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         data,
         stop: Some(stop),
         task,
+        refresher,
+        issuers,
     })
 }

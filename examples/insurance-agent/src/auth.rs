@@ -1,22 +1,20 @@
-//! Accounts and sessions: argon2id password hashes, a tenant-configurable
-//! password policy, and HS256 JWTs that carry the user and the tenant.
+//! Accounts and sessions: argon2id password hashes (off the async workers),
+//! a tenant-configurable password policy, and HS256 JWTs that carry the user
+//! and the tenant: short-lived access tokens and refresh tokens.
 
 use std::sync::Arc;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use tenancy_core::{Role, TenantId, UserId};
+use tenancy_core::identity::{Authenticate, Principal};
+use tenancy_core::resolve::RequestView;
+use tenancy_core::session::SessionEpochs;
+use tenancy_core::{Role, Tenant, TenantError, TenantId, UserId};
 
 use crate::api::ApiError;
-
-/// How long a session token lives.
-pub const TOKEN_TTL_SECS: u64 = 8 * 3600;
 
 /// Hashes a password with argon2id and a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, ApiError> {
@@ -38,6 +36,70 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
             tracing::error!(error = %e, "stored password hash is malformed");
             false
         }
+    }
+}
+
+/// Password hashing off the async workers, a bounded number at a time.
+///
+/// argon2 is meant to cost CPU; run on the async workers it stalls every
+/// other request (every tenant's) while it works. Here each hash runs on the
+/// blocking pool, behind a semaphore of `permits` (by default half the
+/// CPUs, at least one), so sign-in floods queue for the permits and the
+/// other cores keep serving. A caller that waits longer than `wait` for a
+/// permit gets 503 with `Retry-After` instead of queueing for ever.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    permits: Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new(default_hashing_permits())
+    }
+}
+
+/// Half the CPUs, at least one.
+pub fn default_hashing_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl Hasher {
+    /// At most `permits` hashes at once (at least one).
+    pub fn new(permits: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(permits.max(1))),
+            wait: std::time::Duration::from_secs(3),
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                tracing::warn!("password hashing is saturated; a sign-in was turned away");
+                ApiError::unavailable("the server is busy signing people in; retry shortly")
+            })?
+            .map_err(|_| ApiError::internal("the hashing semaphore was closed"))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("password hashing task failed: {e}")))
+    }
+
+    /// [`hash_password`], off the async workers.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        self.run(move || hash_password(&password)).await?
+    }
+
+    /// [`verify_password`], off the async workers.
+    pub async fn verify(&self, hash: String, password: String) -> Result<bool, ApiError> {
+        self.run(move || verify_password(&hash, &password)).await
     }
 }
 
@@ -108,10 +170,25 @@ impl PasswordPolicy {
     }
 }
 
+/// The `iss` of the application's own tokens.
+pub const ISSUER: &str = "insurance-agent";
+/// The `aud` of access tokens.
+pub const ACCESS_AUDIENCE: &str = "insurance-agent:api";
+/// The `aud` of refresh tokens (never accepted as access tokens).
+pub const REFRESH_AUDIENCE: &str = "insurance-agent:refresh";
+/// How long an access token lives.
+pub const TOKEN_TTL_SECS: u64 = 15 * 60;
+/// How long a refresh token lives.
+pub const REFRESH_TTL_SECS: u64 = 8 * 3600;
+
 /// The claims of a session token. `tenant_id` is what the tenancy pipeline's
 /// `JwtStrategy` resolves the tenant from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
+    /// The issuer ([`ISSUER`]).
+    pub iss: String,
+    /// [`ACCESS_AUDIENCE`] or [`REFRESH_AUDIENCE`].
+    pub aud: String,
     /// The user id.
     pub sub: String,
     /// The tenant the session is for.
@@ -123,12 +200,27 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at.
     pub iat: u64,
+    /// The session epoch when issued (`tenancy_core::session`): the token
+    /// is refused once the user's epoch in the tenant has moved on.
+    #[serde(default)]
+    pub sv: u64,
 }
 
-/// Signs and verifies session tokens.
+/// An access token and the refresh token that renews it.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    /// For `Authorization: Bearer` ([`TOKEN_TTL_SECS`]).
+    pub access: String,
+    /// For `POST /auth/refresh` ([`REFRESH_TTL_SECS`]).
+    pub refresh: String,
+}
+
+/// Signs and verifies session tokens; with session epochs, checks on every
+/// request that the session was not revoked since the token was issued.
 #[derive(Clone)]
 pub struct Sessions {
     secret: Arc<Vec<u8>>,
+    epochs: Option<Arc<dyn SessionEpochs>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -137,21 +229,36 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// The authenticated user of a request, put in the request extensions by
-/// [`authenticate`].
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    /// The user.
-    pub id: UserId,
-    /// The tenant the token is for.
-    pub tenant: TenantId,
-}
-
 impl Sessions {
-    /// Sessions signed with `secret` (at least 32 bytes).
+    /// Sessions signed with `secret` (at least 32 bytes), not revocable
+    /// before they expire (see [`Sessions::with_epochs`]).
     pub fn new(secret: Vec<u8>) -> Self {
         Self {
             secret: Arc::new(secret),
+            epochs: None,
+        }
+    }
+
+    /// Revocable sessions: tokens carry the user's session epoch in the
+    /// tenant and are refused (401 `session-revoked`) once it moves on.
+    pub fn with_epochs(mut self, epochs: Arc<dyn SessionEpochs>) -> Self {
+        self.epochs = Some(epochs);
+        self
+    }
+
+    /// The session epochs, when sessions are revocable.
+    pub fn epochs(&self) -> Option<&Arc<dyn SessionEpochs>> {
+        self.epochs.as_ref()
+    }
+
+    /// Refuses claims whose session was revoked since they were issued.
+    pub async fn check_epoch(&self, claims: &Claims, tenant: TenantId) -> Result<(), TenantError> {
+        match &self.epochs {
+            Some(e) => {
+                e.check(tenant, &UserId::new(claims.sub.clone()), claims.sv)
+                    .await
+            }
+            None => Ok(()),
         }
     }
 
@@ -160,63 +267,105 @@ impl Sessions {
         &self.secret
     }
 
-    /// A token for `user` in `tenant`.
-    pub fn issue(&self, user: &str, tenant: TenantId, role: Role) -> Result<String, ApiError> {
-        let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
-            sub: user.to_owned(),
-            tenant_id: tenant.to_string(),
-            role,
-            exp: now + TOKEN_TTL_SECS,
-            iat: now,
-        };
+    fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            claims,
             &EncodingKey::from_secret(&self.secret),
         )
         .map_err(|e| ApiError::internal(format!("signing a token: {e}")))
     }
 
-    /// The verified claims of `token` (HS256 only, `exp` required).
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    /// An access token and a refresh token for `user` in `tenant`.
+    pub async fn issue(
+        &self,
+        user: &str,
+        tenant: TenantId,
+        role: Role,
+    ) -> Result<TokenPair, ApiError> {
+        let sv = match &self.epochs {
+            Some(e) => e
+                .epoch(tenant, &UserId::new(user))
+                .await
+                .map_err(|e| ApiError::from(TenantError::Store(e)))?,
+            None => 0,
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = |aud: &str, ttl: u64| Claims {
+            iss: ISSUER.to_owned(),
+            aud: aud.to_owned(),
+            sub: user.to_owned(),
+            tenant_id: tenant.to_string(),
+            role,
+            exp: now + ttl,
+            iat: now,
+            sv,
+        };
+        Ok(TokenPair {
+            access: self.sign(&claims(ACCESS_AUDIENCE, TOKEN_TTL_SECS))?,
+            refresh: self.sign(&claims(REFRESH_AUDIENCE, REFRESH_TTL_SECS))?,
+        })
+    }
+
+    fn decode(&self, token: &str, audience: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
         let mut v = Validation::new(Algorithm::HS256);
-        v.set_required_spec_claims(&["exp", "sub"]);
+        v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        v.set_issuer(&[ISSUER]);
+        v.set_audience(&[audience]);
+        v.leeway = 5;
         jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&self.secret), &v)
             .map(|d| d.claims)
-            .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))
+    }
+
+    /// The verified claims of an access token (HS256 only; issuer, audience
+    /// and expiry checked).
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.decode(token, ACCESS_AUDIENCE).map_err(|e| {
+            tracing::debug!(error = %e, "session token refused");
+            ApiError::unauthorized("the session token is not valid: sign in again")
+        })
+    }
+
+    /// The verified claims of a refresh token.
+    pub fn verify_refresh(&self, token: &str) -> Result<Claims, ApiError> {
+        self.decode(token, REFRESH_AUDIENCE).map_err(|e| {
+            tracing::debug!(error = %e, "refresh token refused");
+            ApiError::unauthorized("the refresh token is not valid: sign in again")
+        })
     }
 }
 
-/// Middleware: a request with `Authorization: Bearer <token>` gets its
-/// [`AuthUser`] in the extensions; a token that does not verify is refused
-/// with 401. Requests without a token pass through unauthenticated (the
-/// tenant pipeline then refuses them on tenant routes).
-pub async fn authenticate(
-    State(sessions): State<Sessions>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let bearer = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    if let Some(token) = bearer {
-        let claims = match sessions.verify(&token) {
-            Ok(c) => c,
-            Err(e) => return e.into_response(),
+/// The application's own access tokens, as the pipeline's first
+/// authenticator: tokens of another issuer are left to the next one (the
+/// tenant's identity provider).
+#[async_trait::async_trait]
+impl Authenticate for Sessions {
+    async fn authenticate(
+        &self,
+        req: &(dyn RequestView + Sync),
+        tenant: &Tenant,
+    ) -> Result<Option<Principal>, TenantError> {
+        let Some(token) = tenancy_core::identity::bearer(req)? else {
+            return Ok(None);
         };
-        let Ok(tenant) = claims.tenant_id.parse::<TenantId>() else {
-            return ApiError::unauthorized("session token names no valid tenant").into_response();
-        };
-        req.extensions_mut().insert(AuthUser {
-            id: UserId::new(claims.sub),
-            tenant,
-        });
+        if tenancy_core::oidc::unverified_issuer(token).ok().as_deref() != Some(ISSUER) {
+            return Ok(None);
+        }
+        let claims =
+            self.decode(token, ACCESS_AUDIENCE)
+                .map_err(|e| TenantError::InvalidToken {
+                    reason: e.to_string().into(),
+                })?;
+        // The resolver read the tenant from this token; a mismatch is a bug
+        // or an attack, never a reason to serve another tenant.
+        if claims.tenant_id != tenant.id.to_string() {
+            return Err(TenantError::InvalidToken {
+                reason: "the token is for another tenant".into(),
+            });
+        }
+        self.check_epoch(&claims, tenant.id).await?;
+        Ok(Some(Principal::new(UserId::new(claims.sub), ISSUER)))
     }
-    next.run(req).await
 }
 
 #[cfg(test)]
@@ -250,17 +399,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tokens_round_trip_and_tampering_is_refused() {
+    #[tokio::test]
+    async fn tokens_round_trip_and_tampering_is_refused() {
         let s = Sessions::new(vec![7; 32]);
         let t = TenantId::new_v4();
-        let token = s.issue("u1", t, Role::Admin).unwrap();
-        let c = s.verify(&token).unwrap();
+        let tokens = s.issue("u1", t, Role::Admin).await.unwrap();
+        let c = s.verify(&tokens.access).unwrap();
         assert_eq!(
             (c.sub.as_str(), c.tenant_id.as_str()),
             ("u1", t.to_string().as_str())
         );
         let other = Sessions::new(vec![8; 32]);
-        assert!(other.verify(&token).is_err());
+        assert!(other.verify(&tokens.access).is_err());
+        // A refresh token is not an access token, nor the other way round.
+        assert!(s.verify(&tokens.refresh).is_err());
+        assert!(s.verify_refresh(&tokens.access).is_err());
+        assert_eq!(s.verify_refresh(&tokens.refresh).unwrap().sub, "u1");
     }
 }

@@ -688,6 +688,27 @@ impl Data {
         }
     }
 
+    /// Session epochs (revocable sessions), shared by every process on this
+    /// data: the control database on SQLite, `tenancy.session_epochs` on
+    /// PostgreSQL.
+    pub fn session_epochs(&self) -> Arc<dyn tenancy_core::session::SessionEpochs> {
+        match &self.backend {
+            Backend::Sqlite { control, .. } => Arc::new(control.session_epochs()),
+            Backend::Postgres { app, .. } => {
+                Arc::new(tenancy_sqlx::PgSessionEpochs::new(app.clone()))
+            }
+        }
+    }
+
+    /// The application role's pool on PostgreSQL (`None` on SQLite): for
+    /// state every instance shares, such as sign-in attempt counters.
+    pub fn postgres_app_pool(&self) -> Option<sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres { app, .. } => Some(app.clone()),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
@@ -916,10 +937,22 @@ impl Data {
         transition: Transition,
         actor: &str,
     ) -> Result<Tenant, LifecycleError> {
+        let ends_sessions = matches!(
+            transition,
+            Transition::Suspend { .. } | Transition::Offboard { .. } | Transition::Purge
+        );
         let result = Lifecycle::new(Arc::new(self.tenant_store()))
             .apply(tenant, transition, actor)
             .await;
         self.store.invalidate(tenant.id).await;
+        // Suspended, offboarded, deleted: the sessions issued before end for
+        // good — a later resumption does not bring them back.
+        if result.is_ok() && ends_sessions {
+            self.session_epochs()
+                .revoke_tenant(tenant.id)
+                .await
+                .map_err(LifecycleError::Store)?;
+        }
         result
     }
 

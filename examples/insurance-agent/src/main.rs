@@ -10,6 +10,7 @@ use insurance_agent::app::{self, Config, Error};
 use insurance_agent::data::{Data, PgUrls};
 use insurance_agent::{ops, seed};
 use tenancy_core::lifecycle::Transition;
+use tenancy_core::oidc::{IdentitySettings, IssuerSettings};
 use tenancy_core::store::TenantStore;
 use tenancy_core::{PlanId, Tenant, TenantId, TenantKind};
 
@@ -59,6 +60,15 @@ struct Cli {
         hide_env_values = true
     )]
     redis_url: Option<String>,
+    /// Accept identity providers on plain http at a loopback address
+    /// (local development and tests only).
+    #[arg(long, env = "INSURANCE_OIDC_ALLOW_HTTP_LOOPBACK", global = true)]
+    oidc_allow_http_loopback: bool,
+    /// Reverse proxies whose `Forwarded` / `X-Forwarded-For` headers name
+    /// the client (addresses or CIDR blocks, comma-separated). Without it the
+    /// connection's address is the client's, whatever the headers say.
+    #[arg(long, env = "INSURANCE_TRUSTED_PROXIES", global = true)]
+    trusted_proxies: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -191,6 +201,46 @@ enum TenantCommand {
         /// The tenant.
         slug: String,
     },
+    /// Sets the identity provider (OpenID Connect issuer) whose access
+    /// tokens the tenant accepts, or removes it.
+    Identity {
+        /// The tenant.
+        slug: String,
+        /// The issuer URL (https). Omit with --clear.
+        #[arg(long, required_unless_present = "clear")]
+        issuer: Option<String>,
+        /// An accepted audience (repeat for several).
+        #[arg(long = "audience", required_unless_present = "clear")]
+        audiences: Vec<String>,
+        /// An accepted signature algorithm (repeat; default RS256).
+        #[arg(long = "algorithm")]
+        algorithms: Vec<String>,
+        /// Removes the tenant's identity provider.
+        #[arg(long, conflicts_with_all = ["issuer", "audiences", "algorithms"])]
+        clear: bool,
+    },
+    /// Limits where the tenant's requests may come from (address blocks),
+    /// or lifts the limit.
+    Network {
+        /// The tenant.
+        slug: String,
+        /// An allowed address or CIDR block (repeat for several).
+        #[arg(long = "allow", required_unless_present = "clear")]
+        allow: Vec<String>,
+        /// Accept requests from everywhere again.
+        #[arg(long, conflicts_with = "allow")]
+        clear: bool,
+    },
+    /// Gives a user a role in a tenant (an identity provider's user is
+    /// `<issuer>#<subject>`).
+    Member {
+        /// The tenant.
+        slug: String,
+        /// The user id.
+        user: String,
+        /// tenant_admin, manager, agent or viewer.
+        role: String,
+    },
 }
 
 #[tokio::main]
@@ -218,6 +268,8 @@ struct At {
     data_dir: PathBuf,
     postgres: Option<PgUrls>,
     redis: Option<String>,
+    proxies: tenancy_core::client::TrustedProxies,
+    allow_http_loopback: bool,
 }
 
 impl At {
@@ -250,6 +302,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
         data_dir: cli.data_dir,
         postgres,
         redis: cli.redis_url,
+        proxies: match cli.trusted_proxies.as_deref() {
+            Some(list) => tenancy_core::client::TrustedProxies::parse(list)
+                .map_err(|e| format!("INSURANCE_TRUSTED_PROXIES: {e}"))?,
+            None => tenancy_core::client::TrustedProxies::none(),
+        },
+        allow_http_loopback: cli.oidc_allow_http_loopback,
     };
     // No subcommand: serve, honouring INSURANCE_BIND as `serve` does.
     let command = match cli.command {
@@ -281,6 +339,12 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
         plans,
         postgres: at.postgres,
         redis: at.redis,
+        security: app::Security {
+            trusted_proxies: at.proxies,
+            oidc: tenancy_core::oidc::OidcConfig::default()
+                .allow_http_loopback(at.allow_http_loopback),
+            ..app::Security::default()
+        },
     })
     .await?;
     let url = format!("http://{}", running.addr);
@@ -510,6 +574,82 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
                 .await?;
             println!("created tenant {} ({})", t.slug.as_str(), t.id);
             println!("admin {admin_email} with initial password {password} (change it)");
+            Ok(())
+        }
+        TenantCommand::Identity {
+            slug,
+            issuer,
+            audiences,
+            algorithms,
+            clear,
+        } => {
+            let t = by_slug(&slug).await?;
+            let value = match issuer.filter(|_| !clear) {
+                None => serde_json::Value::Null,
+                Some(issuer) => {
+                    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+                    let mut one = IssuerSettings::new(issuer, &audiences);
+                    if !algorithms.is_empty() {
+                        let algs: Vec<&str> = algorithms.iter().map(String::as_str).collect();
+                        one = one.with_algorithms(&algs);
+                    }
+                    let settings = IdentitySettings::new(vec![one]);
+                    settings.validate(at.allow_http_loopback)?;
+                    // One issuer, one tenant.
+                    let directory = tenancy_core::oidc::IssuerDirectory::new();
+                    app::load_issuers(&data, &directory).await?;
+                    directory.set(t.id, Some(&settings))?;
+                    serde_json::to_value(&settings)?
+                }
+            };
+            let removed = value.is_null();
+            let patch = serde_json::json!({ tenancy_core::oidc::SETTING: value });
+            data.update_tenant(
+                t.id,
+                &tenancy_core::store::TenantUpdate::new().settings_patch(patch),
+            )
+            .await?;
+            println!(
+                "{slug}: identity provider {}",
+                if removed { "removed" } else { "set" }
+            );
+            Ok(())
+        }
+        TenantCommand::Network { slug, allow, clear } => {
+            let t = by_slug(&slug).await?;
+            let value = if clear {
+                serde_json::Value::Null
+            } else {
+                let value = serde_json::json!({ "allow": allow });
+                tenancy_core::client::NetworkPolicy::from_setting(&value)?;
+                value
+            };
+            let patch = serde_json::json!({ tenancy_core::client::NETWORK_SETTING: value });
+            data.update_tenant(
+                t.id,
+                &tenancy_core::store::TenantUpdate::new().settings_patch(patch),
+            )
+            .await?;
+            if clear {
+                println!("{slug}: requests accepted from every address");
+            } else {
+                println!("{slug}: requests accepted only from {}", allow.join(", "));
+            }
+            Ok(())
+        }
+        TenantCommand::Member { slug, user, role } => {
+            let t = by_slug(&slug).await?;
+            let role = insurance_agent::api::session::role_from_name(&role)
+                .ok_or("role must be tenant_admin, manager, agent or viewer")?;
+            tenancy_core::MembershipWriter::put(
+                &data.memberships(),
+                &tenancy_core::Membership::new(tenancy_core::UserId::new(user.clone()), t.id, role),
+            )
+            .await?;
+            println!(
+                "{user} is {} in {slug}",
+                insurance_agent::api::session::role_name(role)
+            );
             Ok(())
         }
         TenantCommand::Suspend { slug, reason } => {

@@ -93,6 +93,23 @@ pub async fn ensure_user(
     Ok(id)
 }
 
+/// [`ensure_user`] with the password already hashed (by the server's
+/// [`Hasher`](crate::auth::Hasher), off the async workers).
+pub async fn ensure_user_hashed(
+    data: &Data,
+    email: &str,
+    name: &str,
+    hash: &str,
+) -> Result<String, ApiError> {
+    let email = email.trim().to_lowercase();
+    if let Some((id, _)) = data.user_by_email(&email).await? {
+        return Ok(id);
+    }
+    let id = Id::new().to_string();
+    data.insert_user(&id, &email, name, hash).await?;
+    Ok(id)
+}
+
 /// Whether the data directory already holds tenants.
 pub async fn is_seeded(data: &Data) -> Result<bool, ApiError> {
     Ok(!data.tenant_store().list().await?.is_empty())

@@ -550,6 +550,8 @@ agents = { stock = 12 }
 customers = { stock = 10000000 }
 policies = { stock = 10000000 }
 api_calls = { rate = { per_hour = 1000000 } }
+api_calls_per_user = { rate = { per_hour = 1000000 } }
+api_calls_per_client = { rate = { per_hour = 1000000 } }
 [plans.features]
 advanced_analytics = true
 bulk_export = true
@@ -562,6 +564,8 @@ name = "Soak: noisy neighbour"
 [plans.limits]
 customers = { stock = 100000 }
 api_calls = { rate = { per_second = 10 } }
+api_calls_per_user = { rate = { per_second = 10 } }
+api_calls_per_client = { rate = { per_second = 10 } }
 [plans.features]
 audit_log_access = true
 "#;

@@ -61,6 +61,10 @@ impl Action {
     pub const BULK_DELETE: &'static str = "bulk_delete";
     /// Signing in.
     pub const LOGIN: &'static str = "login";
+    /// A sign-in refused: wrong credentials, or throttled.
+    pub const LOGIN_FAILED: &'static str = "login_failed";
+    /// A session ended (sign-out, or revoked by an administrator).
+    pub const LOGOUT: &'static str = "logout";
     /// A refused sign-in or a refused request.
     pub const DENIED: &'static str = "denied";
 }

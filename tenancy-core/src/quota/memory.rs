@@ -51,6 +51,9 @@ pub struct MemoryQuota {
     thresholds: Vec<u8>,
     period: Duration,
     tenants: DashMap<TenantId, Arc<TenantState>, RandomState>,
+    /// Rate windows per subject (user, client address) of a tenant:
+    /// bounded, idle ones dropped (a day idle drains every window).
+    subjects: moka::sync::Cache<(TenantId, Arc<str>, Arc<str>), Arc<ResourceState>>,
 }
 
 impl std::fmt::Debug for MemoryQuota {
@@ -302,6 +305,10 @@ impl MemoryQuota {
             thresholds: vec![80, 95],
             period: Duration::from_secs(86_400),
             tenants: DashMap::with_hasher(RandomState::default()),
+            subjects: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(Duration::from_secs(86_400))
+                .build(),
         }
     }
 
@@ -595,11 +602,45 @@ impl MemoryQuota {
         let now = self.now();
         self.with_state(ctx.tenant_id(), resource, |state| {
             Self::with_windows(state, &spec, |rw| {
-                self.consume(ctx, resource, state, rw, now, cost)
+                self.consume(ctx, resource, state, rw, now, cost, true)
             })
         })
     }
 
+    /// [`Self::check_rate`] for one `subject` of the tenant (a user, a
+    /// client address): the plan's windows for `resource`, counted for that
+    /// subject alone. Not recorded as usage and fires no thresholds (the
+    /// tenant's own check does).
+    pub fn check_rate_for(
+        &self,
+        ctx: &TenantContext,
+        resource: &str,
+        subject: &str,
+        cost: u64,
+    ) -> Result<RateDecision, QuotaError> {
+        let spec = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
+            Some(Limit::Rate(spec)) => spec,
+            Some(_) => return Ok(RateDecision::UNLIMITED),
+            None => RateSpec {
+                per_second: Some(0),
+                ..RateSpec::default()
+            },
+        };
+        let now = self.now();
+        let key = (
+            ctx.tenant_id(),
+            Arc::<str>::from(resource),
+            Arc::<str>::from(subject),
+        );
+        let state = self
+            .subjects
+            .get_with(key, || Arc::new(ResourceState::new(resource)));
+        Self::with_windows(&state, &spec, |rw| {
+            self.consume(ctx, resource, &state, rw, now, cost, false)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn consume(
         &self,
         ctx: &TenantContext,
@@ -608,6 +649,7 @@ impl MemoryQuota {
         rw: &RateWindows,
         now: u64,
         cost: u64,
+        record: bool,
     ) -> Result<RateDecision, QuotaError> {
         // At most four windows (second, minute, hour, day): no allocation.
         let mut advanced = [(0usize, 0u64); 4];
@@ -669,12 +711,15 @@ impl MemoryQuota {
                 }
             }
         }
-        state.record(now, self.period, cost);
+        if record {
+            state.record(now, self.period, cost);
+        }
         let Some((w, backlog)) = tightest else {
             return Ok(RateDecision::UNLIMITED);
         };
         // Thresholds: the division only once the lowest one may be reached.
-        if let Some(lowest) = self.thresholds.first()
+        if record
+            && let Some(lowest) = self.thresholds.first()
             && u128::from(backlog) * 100 >= u128::from(*lowest) * u128::from(w.period)
         {
             let used = backlog.div_ceil(w.emission).min(w.limit);

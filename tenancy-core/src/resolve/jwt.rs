@@ -43,6 +43,8 @@ pub struct JwtStrategy {
     validation: Arc<Validation>,
     claim: Arc<str>,
     kind: NameKind,
+    /// When set: tokens naming another issuer are not this strategy's.
+    own_issuer: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for JwtStrategy {
@@ -70,6 +72,7 @@ impl JwtStrategy {
             validation: Arc::new(validation),
             claim: "tenant_id".into(),
             kind: NameKind::Id,
+            own_issuer: None,
         }
     }
 
@@ -101,6 +104,30 @@ impl JwtStrategy {
     /// Requires the `iss` claim to be one of `issuers`.
     pub fn issuer(mut self, issuers: &[&str]) -> Self {
         Arc::make_mut(&mut self.validation).set_issuer(issuers);
+        self
+    }
+
+    /// Judges only the tokens of `issuer` (the application's own sessions):
+    /// a token whose — unverified — `iss` names another issuer does not
+    /// match, and is left to other strategies and authenticators (an
+    /// identity provider's tokens, see `tenancy_core::oidc`). Tokens of
+    /// `issuer` must verify and carry exactly that `iss`.
+    ///
+    /// ```
+    /// use jsonwebtoken::{encode, EncodingKey, Header};
+    /// use tenancy_core::resolve::{JwtStrategy, SimpleRequest, Strategy};
+    ///
+    /// let s = JwtStrategy::hs256(b"a-long-random-secret-from-configuration").only_issuer("my-app");
+    /// let foreign = serde_json::json!({"iss": "https://idp.example", "exp": jsonwebtoken::get_current_timestamp() + 60});
+    /// let token = encode(&Header::default(), &foreign, &EncodingKey::from_secret(b"whatever"))?;
+    /// let req = SimpleRequest::new("/").with_header("authorization", format!("Bearer {token}"));
+    /// assert_eq!(s.identify(&req)?, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn only_issuer(mut self, issuer: &str) -> Self {
+        self.own_issuer = Some(issuer.into());
+        Arc::make_mut(&mut self.validation).set_issuer(&[issuer]);
+        Arc::make_mut(&mut self.validation).set_required_spec_claims(&["exp", "iss"]);
         self
     }
 
@@ -147,6 +174,20 @@ fn describe(kind: &ErrorKind) -> &'static str {
     }
 }
 
+/// The `iss` claim of a JWT, unverified (`None` when absent or unreadable).
+fn unverified_iss(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    match claims.get("iss") {
+        Some(Value::String(iss)) => Some(iss.clone()),
+        _ => None,
+    }
+}
+
 impl Strategy for JwtStrategy {
     fn name(&self) -> &'static str {
         "jwt"
@@ -167,6 +208,11 @@ impl Strategy for JwtStrategy {
             return Err(invalid("token is too long"));
         }
         let token = std::str::from_utf8(token).map_err(|_| invalid("token is not ASCII"))?;
+        if let Some(own) = &self.own_issuer
+            && unverified_iss(token.trim()).as_deref() != Some(&**own)
+        {
+            return Ok(None);
+        }
         let claims = self.verify(token.trim())?;
         let Some(Value::String(named)) = claims.get(&*self.claim) else {
             return Err(TenantError::InvalidToken {

@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS tenancy_tenant_keys (
     reserved   INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
     PRIMARY KEY (tenant_id, version)
 );
+-- Session epochs (tenancy_core::session): counters that only increase.
+CREATE TABLE IF NOT EXISTS tenancy_session_epochs (
+    key   TEXT PRIMARY KEY NOT NULL,
+    epoch INTEGER NOT NULL CHECK (epoch >= 0)
+);
 -- Every change to a tenant, its domains or its keys, in commit order, for
 -- other processes on this control database (SqliteChangeWatcher). Written
 -- by triggers, so no writer can forget it; bounded to the last 10 000.
@@ -168,6 +173,13 @@ impl SqliteControl {
     /// Invitations (token hashes only; see `tenancy_core::invite`).
     pub fn invitations(&self) -> SqliteInvitationStore {
         SqliteInvitationStore {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Session epochs (revocable sessions).
+    pub fn session_epochs(&self) -> SqliteSessionEpochs {
+        SqliteSessionEpochs {
             pool: self.pool.clone(),
         }
     }
@@ -816,5 +828,58 @@ impl InvitationStore for SqliteInvitationStore {
         .await
         .map_err(StoreError::new)?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Session epochs in the control database ([`SqliteControl::session_epochs`]),
+/// shared by every process on it.
+#[derive(Debug, Clone)]
+pub struct SqliteSessionEpochs {
+    pool: SqlitePool,
+}
+
+impl SqliteSessionEpochs {
+    async fn bump(&self, key: String) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenancy_session_epochs (key, epoch) VALUES (?1, 1) \
+             ON CONFLICT (key) DO UPDATE SET epoch = epoch + 1",
+        )
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::new(DbError::from(e)))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl tenancy_core::session::SessionEpochs for SqliteSessionEpochs {
+    async fn epoch(&self, tenant: TenantId, user: &UserId) -> Result<u64, StoreError> {
+        let [m, u, t] = tenancy_core::session::counter_keys(tenant, user);
+        let sum: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(epoch) FROM tenancy_session_epochs WHERE key IN (?1, ?2, ?3)",
+        )
+        .bind(m)
+        .bind(u)
+        .bind(t)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| StoreError::new(DbError::from(e)))?;
+        Ok(u64::try_from(sum.unwrap_or(0)).unwrap_or(0))
+    }
+
+    async fn revoke(&self, tenant: TenantId, user: &UserId) -> Result<(), StoreError> {
+        self.bump(tenancy_core::session::membership_counter_key(tenant, user))
+            .await
+    }
+
+    async fn revoke_user(&self, user: &UserId) -> Result<(), StoreError> {
+        self.bump(tenancy_core::session::user_counter_key(user))
+            .await
+    }
+
+    async fn revoke_tenant(&self, tenant: TenantId) -> Result<(), StoreError> {
+        self.bump(tenancy_core::session::tenant_counter_key(tenant))
+            .await
     }
 }

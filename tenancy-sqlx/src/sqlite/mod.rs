@@ -65,7 +65,8 @@ mod watch;
 
 pub use audit_log::SqliteAuditLog;
 pub use control::{
-    SqliteControl, SqliteInvitationStore, SqliteKeyStore, SqliteMembershipStore, SqliteTenantStore,
+    SqliteControl, SqliteInvitationStore, SqliteKeyStore, SqliteMembershipStore,
+    SqliteSessionEpochs, SqliteTenantStore,
 };
 pub use watch::SqliteChangeWatcher;
 

@@ -12,8 +12,8 @@ use tenancy_core::problem::Problem;
 use tenancy_core::store::TenantUpdate;
 use tenancy_core::{Role, TenantContext, UserId};
 
-use super::{ApiError, AppState, Body, Caller};
-use crate::auth::{PasswordPolicy, verify_password};
+use super::{ApiError, AppState, Body, Caller, Client};
+use crate::auth::PasswordPolicy;
 use crate::id::Id;
 
 fn invitations(state: &AppState) -> Invitations {
@@ -158,66 +158,133 @@ pub struct Accepted {
               (status = 409), (status = 410), (status = 422)))]
 pub async fn accept(
     State(state): State<AppState>,
+    Client(client): Client,
     Body(req): Body<Acceptance>,
 ) -> Result<Json<Accepted>, ApiError> {
-    let (tenant_id, hash) = parse_token(&req.token)?;
+    let email = req.email.trim().to_lowercase();
+    // A wrong token or a wrong password of an existing account is a guess:
+    // charged like a sign-in, to the email and the client address.
+    let attempt = state.signin.begin(&email, client.ip).await?;
+    match accept_checked(&state, &client, req, email).await {
+        Ok(accepted) => {
+            attempt.succeeded().await.map_err(signin_store)?;
+            Ok(accepted)
+        }
+        Err((Judged::Guess, e)) => {
+            attempt.failed().await.map_err(signin_store)?;
+            Err(e)
+        }
+        Err((Judged::NotAGuess, e)) => {
+            attempt.abandon().await.map_err(signin_store)?;
+            Err(e)
+        }
+    }
+}
+
+/// Whether a refused acceptance was a wrong secret (token or password).
+enum Judged {
+    Guess,
+    NotAGuess,
+}
+
+fn guess(e: impl Into<ApiError>) -> (Judged, ApiError) {
+    (Judged::Guess, e.into())
+}
+
+fn other(e: impl Into<ApiError>) -> (Judged, ApiError) {
+    (Judged::NotAGuess, e.into())
+}
+
+fn signin_store(e: tenancy_core::StoreError) -> ApiError {
+    ApiError::from(tenancy_core::signin::SignInError::Unavailable(e))
+}
+
+async fn accept_checked(
+    state: &AppState,
+    client: &tenancy_core::RequestMeta,
+    req: Acceptance,
+    email: String,
+) -> Result<Json<Accepted>, (Judged, ApiError)> {
+    let (tenant_id, hash) = parse_token(&req.token).map_err(guess)?;
     let tenant = state
         .data
         .tenant(tenant_id)
-        .await?
-        .ok_or(InviteError::NotFound)?;
+        .await
+        .map_err(other)?
+        .ok_or(InviteError::NotFound)
+        .map_err(guess)?;
     let invitation = state
         .data
         .invitation(tenant_id, &hash)
-        .await?
-        .ok_or(InviteError::NotFound)?;
-    let email = req.email.trim().to_lowercase();
+        .await
+        .map_err(other)?
+        .ok_or(InviteError::NotFound)
+        .map_err(guess)?;
     if invitation.email != email {
-        return Err(ApiError::forbidden(
+        return Err(guess(ApiError::forbidden(
             "this invitation was sent to another email address",
-        ));
+        )));
     }
     if req.name.trim().is_empty() {
-        return Err(ApiError::invalid("name must not be empty"));
+        return Err(other(ApiError::invalid("name must not be empty")));
     }
-    let existing = state.data.user_by_email(&email).await?;
+    let existing = state.data.user_by_email(&email).await.map_err(other)?;
     let (user, new_account) = match existing {
         Some((id, hash)) => {
-            if !verify_password(&hash, &req.password) {
-                return Err(ApiError::unauthorized(
+            if !state
+                .hasher
+                .verify(hash, req.password)
+                .await
+                .map_err(other)?
+            {
+                return Err(guess(ApiError::unauthorized(
                     "wrong password for the existing account",
-                ));
+                )));
             }
             (id, false)
         }
         None => {
-            PasswordPolicy::of(&tenant.settings)?
+            PasswordPolicy::of(&tenant.settings)
+                .map_err(other)?
                 .check(&req.password)
                 .map_err(|broken| {
-                    ApiError::invalid(format!("the password needs {}", broken.join(", ")))
+                    other(ApiError::invalid(format!(
+                        "the password needs {}",
+                        broken.join(", ")
+                    )))
                 })?;
+            let hash = state.hasher.hash(req.password).await.map_err(other)?;
             (
-                crate::seed::ensure_user(&state.data, &email, req.name.trim(), &req.password)
-                    .await?,
+                crate::seed::ensure_user_hashed(&state.data, &email, req.name.trim(), &hash)
+                    .await
+                    .map_err(other)?,
                 true,
             )
         }
     };
-    let membership = invitations(&state)
+    let membership = invitations(state)
         .accept(tenant_id, &req.token, &UserId::new(user.clone()))
-        .await?;
+        .await
+        .map_err(other)?;
     let ctx = TenantContext::new((*tenant).clone());
-    let mut tx = state.data.begin_write(&ctx).await?;
-    state
-        .data
-        .audit()
-        .append(
-            &mut tx,
-            AuditEvent::user(tenant_id, &user, "accept", "invitations")
-                .with_resource_id(invitation.id),
-        )
-        .await?;
-    tx.commit().await?;
+    let recorded = async {
+        let mut tx = state.data.begin_write(&ctx).await?;
+        state
+            .data
+            .audit()
+            .append(
+                &mut tx,
+                super::session::with_client(
+                    AuditEvent::user(tenant_id, &user, "accept", "invitations")
+                        .with_resource_id(invitation.id),
+                    client,
+                ),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok::<(), ApiError>(())
+    };
+    recorded.await.map_err(other)?;
     Ok(Json(Accepted {
         tenant: tenant.slug.to_string(),
         role: super::session::role_name(membership.role).to_owned(),

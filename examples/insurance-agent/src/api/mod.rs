@@ -10,8 +10,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tenancy_axum::{Tenant, TenantLayer};
+use tenancy_core::identity::Authenticators;
 use tenancy_core::lifecycle::LifecycleError;
-use tenancy_core::pipeline::{RateCheck, RequestPipeline};
+use tenancy_core::oidc::{IssuerDirectory, IssuerStrategy, OidcVerifier};
+use tenancy_core::pipeline::{RateCheck, RateSubject, RequestPipeline};
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
 use tenancy_core::quota::MemoryQuota;
@@ -20,7 +22,7 @@ use tenancy_core::store::WriteError;
 use tenancy_core::{Authorizer, Role, TenantContext, TenantError, UserId};
 use tenancy_sqlx::DbError;
 
-use crate::auth::{self, AuthUser, Sessions};
+use crate::auth::{self, Sessions};
 use crate::data::Data;
 
 pub mod agents;
@@ -47,6 +49,19 @@ pub struct AppState {
     pub rate: Arc<dyn RateCheck>,
     /// The in-process quota engine, when it is the limiter (`/usage` reads it).
     pub quota: Option<Arc<MemoryQuota>>,
+    /// Password hashing, off the async workers.
+    pub hasher: crate::auth::Hasher,
+    /// Sign-in limits per account and per client address.
+    pub signin: tenancy_core::signin::SignInGuard,
+    /// Proxies whose forwarding headers are believed.
+    pub proxies: Arc<tenancy_core::client::TrustedProxies>,
+    /// Tokens of the tenants' own identity providers.
+    pub oidc: Arc<OidcVerifier>,
+    /// Issuer → tenant, from the tenants' `identity` settings.
+    pub issuers: IssuerDirectory,
+    /// Throttled sign-ins recently audited (tenant, email, client): one
+    /// audit event per minute each, so a flood cannot flood the log.
+    pub refusals_audited: moka::sync::Cache<String, ()>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,61 +77,75 @@ impl std::fmt::Debug for AppState {
 /// authentication and the tenancy pipeline (resolve from the token → load →
 /// status gate → membership → plan → hourly API quota).
 pub fn router(state: AppState) -> Router {
-    let pipeline = RequestPipeline::new(
-        ResolverChain::new().with(JwtStrategy::hs256(state.sessions.secret())),
-        state.data.store(),
-    )
-    .require_membership(Arc::new(authorizer(&state)))
-    .with_plans(state.plans.clone())
-    .with_rate_limit(state.rate.clone(), "api_calls");
-    let tenant_routes =
-        Router::new()
-            .route("/me", get(session::me))
-            .route("/agents", get(agents::list).post(agents::create))
-            .route("/agents/{id}", get(agents::get))
-            .route("/policies", get(policies::list).post(policies::create))
-            .route("/policies/{id}", get(policies::get))
-            .route("/policies/{id}/issue", post(policies::issue))
-            .route("/policies/{id}/status", post(policies::change_status))
-            .route("/payments", get(payments::list))
-            .route("/payments/{id}/complete", post(payments::complete))
-            .route("/payments/{id}/fail", post(payments::fail))
-            .route("/payments/{id}/refund", post(payments::refund))
-            .route("/commissions", get(payments::commissions))
-            .route("/commissions/{id}/pay", post(payments::pay_commission))
-            .route("/dashboard", get(dashboard::dashboard))
-            .route("/invitations", post(invitations::invite))
-            .route(
-                "/settings/password-policy",
-                get(invitations::password_policy).put(invitations::set_password_policy),
-            )
-            .route("/usage", get(tenant::usage))
-            .route("/export", get(tenant::export))
-            .route("/plan", post(tenant::change_plan))
-            .route("/reports/data-access", get(tenant::data_access))
-            .route("/reports/user-activity", get(tenant::user_activity))
-            .route("/audit", get(audit::list))
-            .route("/audit/verify", get(audit::verify))
-            .route("/customers", get(customers::list).post(customers::create))
-            .route(
-                "/customers/{id}",
-                get(customers::get)
-                    .patch(customers::update)
-                    .delete(customers::deactivate),
-            )
-            .layer(TenantLayer::new(pipeline).with_user(|parts: &Parts| {
-                parts.extensions.get::<AuthUser>().map(|u| u.id.clone())
-            }));
+    // The tenant comes from the application's own token (its `tenant_id`
+    // claim), or from the issuer of a tenant's identity provider; the caller
+    // is authenticated once the tenant is known, by the application's
+    // sessions or by that tenant's provider.
+    let resolver = ResolverChain::new()
+        .with(
+            JwtStrategy::hs256(state.sessions.secret())
+                .only_issuer(auth::ISSUER)
+                .audience(&[auth::ACCESS_AUDIENCE]),
+        )
+        .with(IssuerStrategy::new(state.issuers.clone()));
+    let authenticators = Authenticators::new()
+        .with(Arc::new(state.sessions.clone()))
+        .with(state.oidc.clone());
+    let pipeline = RequestPipeline::new(resolver, state.data.store())
+        .trust_proxies((*state.proxies).clone())
+        .authenticate_with(Arc::new(authenticators))
+        .require_membership(Arc::new(authorizer(&state)))
+        .with_plans(state.plans.clone())
+        .with_rate_limit_per(
+            RateSubject::Client,
+            state.rate.clone(),
+            "api_calls_per_client",
+        )
+        .with_rate_limit_per(RateSubject::User, state.rate.clone(), "api_calls_per_user")
+        .with_rate_limit(state.rate.clone(), "api_calls");
+    let tenant_routes = Router::new()
+        .route("/me", get(session::me))
+        .route("/auth/logout", post(session::logout))
+        .route("/agents", get(agents::list).post(agents::create))
+        .route("/agents/{id}", get(agents::get))
+        .route("/policies", get(policies::list).post(policies::create))
+        .route("/policies/{id}", get(policies::get))
+        .route("/policies/{id}/issue", post(policies::issue))
+        .route("/policies/{id}/status", post(policies::change_status))
+        .route("/payments", get(payments::list))
+        .route("/payments/{id}/complete", post(payments::complete))
+        .route("/payments/{id}/fail", post(payments::fail))
+        .route("/payments/{id}/refund", post(payments::refund))
+        .route("/commissions", get(payments::commissions))
+        .route("/commissions/{id}/pay", post(payments::pay_commission))
+        .route("/dashboard", get(dashboard::dashboard))
+        .route("/invitations", post(invitations::invite))
+        .route(
+            "/settings/password-policy",
+            get(invitations::password_policy).put(invitations::set_password_policy),
+        )
+        .route("/usage", get(tenant::usage))
+        .route("/export", get(tenant::export))
+        .route("/plan", post(tenant::change_plan))
+        .route("/reports/data-access", get(tenant::data_access))
+        .route("/reports/user-activity", get(tenant::user_activity))
+        .route("/audit", get(audit::list))
+        .route("/audit/verify", get(audit::verify))
+        .route("/customers", get(customers::list).post(customers::create))
+        .route(
+            "/customers/{id}",
+            get(customers::get)
+                .patch(customers::update)
+                .delete(customers::deactivate),
+        )
+        .layer(TenantLayer::new(pipeline));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi::document))
         .route("/auth/login", post(session::login))
+        .route("/auth/refresh", post(session::refresh))
         .route("/invitations/accept", post(invitations::accept))
         .merge(tenant_routes)
-        .layer(axum::middleware::from_fn_with_state(
-            state.sessions.clone(),
-            auth::authenticate,
-        ))
         .with_state(state)
 }
 
@@ -247,7 +276,17 @@ impl IntoResponse for ApiError {
             self.0.to_json().to_string(),
         )
             .into_response();
-        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+        for (name, value) in &self.0.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        if status == http::StatusCode::SERVICE_UNAVAILABLE
+            && !response.headers().contains_key(http::header::RETRY_AFTER)
+        {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("1"),
@@ -319,6 +358,30 @@ impl From<LifecycleError> for ApiError {
 impl From<TenantError> for ApiError {
     fn from(e: TenantError) -> Self {
         Self(Box::new(Problem::from_error(&e, None)))
+    }
+}
+
+impl From<tenancy_core::signin::SignInError> for ApiError {
+    fn from(e: tenancy_core::signin::SignInError) -> Self {
+        if let tenancy_core::signin::SignInError::Unavailable(cause) = &e {
+            tracing::warn!(error = %cause, "sign-in attempts cannot be counted");
+        }
+        Self(Box::new(e.problem()))
+    }
+}
+
+/// The client of a request: its address (behind trusted proxies, the one
+/// they forwarded) and user agent — for routes outside the tenant pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Client(pub tenancy_core::RequestMeta);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        tenancy_axum::request_meta(parts, &state.proxies)
+            .map(Client)
+            .map_err(ApiError::from)
     }
 }
 

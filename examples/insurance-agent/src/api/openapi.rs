@@ -20,6 +20,8 @@ use super::{
     paths(
         super::health,
         session::login,
+        session::refresh,
+        session::logout,
         session::me,
         agents::list,
         agents::get,

@@ -1,0 +1,284 @@
+//! The reference app with tenants' own identity providers (a real OpenID
+//! provider, npm `oidc-provider`), beside its own sessions: issuer → tenant,
+//! memberships of `<issuer>#<subject>` users, the provider down, and the
+//! application's short-lived access tokens with their refresh path.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use insurance_agent::app::Security;
+use serde_json::json;
+use tenancy_core::lifecycle::Transition;
+use tenancy_core::oidc::{IdentitySettings, IssuerSettings, OidcConfig};
+use tenancy_core::store::{TenantStore, TenantUpdate};
+use tenancy_core::{Membership, MembershipWriter, Role, UserId};
+use tenancy_testkit::oidc::OidcProvider;
+
+#[macro_use]
+mod common;
+use common::*;
+
+on_both_backends!(
+    a_tenants_identity_provider_signs_its_users_in_and_no_other_tenants,
+    access_tokens_are_short_and_refreshed_while_the_membership_holds,
+);
+
+fn security() -> Security {
+    Security {
+        oidc: OidcConfig::default()
+            .allow_http_loopback(true)
+            .with_key_lifetimes(Duration::from_millis(300), Duration::from_secs(1))
+            .with_refetch_intervals(Duration::from_secs(30), Duration::from_millis(100))
+            .with_timeout(Duration::from_secs(1)),
+        ..Security::default()
+    }
+}
+
+/// Makes `issuer` the identity provider of `slug`.
+async fn trust(app: &App, slug: &str, issuer: &str, audience: &str) -> tenancy_core::TenantId {
+    let t = app
+        .running
+        .data
+        .store()
+        .by_slug(&slug.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let settings = IdentitySettings::new(vec![IssuerSettings::new(issuer, &[audience])]);
+    let patch = json!({ "identity": settings });
+    app.running
+        .data
+        .update_tenant(t.id, &TenantUpdate::new().settings_patch(patch))
+        .await
+        .unwrap();
+    app.running.reload_identity().await.unwrap();
+    t.id
+}
+
+async fn member(app: &App, tenant: tenancy_core::TenantId, user: &str, role: Role) {
+    app.running
+        .data
+        .memberships()
+        .put(&Membership::new(UserId::new(user), tenant, role))
+        .await
+        .unwrap();
+}
+
+async fn a_tenants_identity_provider_signs_its_users_in_and_no_other_tenants(backend: Backend) {
+    let app = start_configured(backend, None, security()).await;
+    let addr = app.running.addr;
+    let a = OidcProvider::start(&[("sunrise-app", "s3cret")])
+        .await
+        .unwrap();
+    let b = OidcProvider::start(&[("bharat-app", "s3cret")])
+        .await
+        .unwrap();
+    let sunrise = trust(
+        &app,
+        "sunrise-insurance",
+        &a.issuer,
+        "https://api.sunrise.test",
+    )
+    .await;
+    let bharat = trust(&app, "bharat-agents", &b.issuer, "https://api.bharat.test").await;
+
+    // A's token resolves to Sunrise by its issuer; its client is not a member yet.
+    let token_a = a
+        .token("sunrise-app", "s3cret", "https://api.sunrise.test")
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/customers", Some(&token_a), None).await;
+    assert_problem(&r, 403, "not-a-member");
+    let user_a = format!("{}#sunrise-app", a.issuer);
+    member(&app, sunrise, &user_a, Role::Admin).await;
+    let r = call(addr, "GET", "/customers", Some(&token_a), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-tenant-id"), Some(sunrise.to_string().as_str()));
+    let sunrise_customers = r.text();
+
+    // B's token lands in Bharat, whose customers are not Sunrise's — even
+    // when B's client claims the same subject name as A's member.
+    member(
+        &app,
+        bharat,
+        &format!("{}#bharat-app", b.issuer),
+        Role::Admin,
+    )
+    .await;
+    let token_b = b
+        .token("bharat-app", "s3cret", "https://api.bharat.test")
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/customers", Some(&token_b), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-tenant-id"), Some(bharat.to_string().as_str()));
+    assert_ne!(r.text(), sunrise_customers);
+    // B's provider minting A's member's *subject* gets B's namespace: not a member of Sunrise.
+    let (pem, kid) = b.rs256_key().unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid);
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({"iss": b.issuer, "aud": "https://api.bharat.test", "sub": "sunrise-app", "exp": now + 300});
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let r = call(addr, "GET", "/customers", Some(&forged), None).await;
+    assert_problem(&r, 403, "not-a-member");
+
+    // A token with the wrong audience: 401, with a generic body.
+    let wrong_aud = a
+        .token("sunrise-app", "s3cret", "https://api.bharat.test")
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/customers", Some(&wrong_aud), None).await;
+    assert_problem(&r, 401, "token-invalid");
+    assert!(!r.text().contains("audience"), "{}", r.text());
+
+    // The application's own sessions keep working beside the providers.
+    let own = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let r = call(addr, "GET", "/customers", Some(&own), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Provider A goes down: its cached keys verify until they expire (1 s
+    // here), then 503 with Retry-After — never 500, never acceptance.
+    drop(a);
+    let r = call(addr, "GET", "/customers", Some(&token_a), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = call(addr, "GET", "/customers", Some(&token_a), None).await;
+    assert_problem(&r, 503, "identity-provider-unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Bharat's provider is unaffected.
+    let r = call(addr, "GET", "/customers", Some(&token_b), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    app.running.stop().await.unwrap();
+}
+
+async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backend: Backend) {
+    let app = start_configured(backend, None, Security::default()).await;
+    let addr = app.running.addr;
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "agent@sunrise.test", "password": insurance_agent::seed::DEMO_PASSWORD, "tenant": "sunrise-insurance"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["expires_in"], 900);
+    let access = body["token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&access)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["iss"], "insurance-agent");
+    assert_eq!(claims["aud"], "insurance-agent:api");
+
+    // A refresh token is no access token.
+    let r = call(addr, "GET", "/me", Some(&refresh), None).await;
+    assert!(r.status == 400 || r.status == 401, "{}", r.text());
+    // Refreshing gives a working pair.
+    let r = call(
+        addr,
+        "POST",
+        "/auth/refresh",
+        None,
+        Some(json!({"refresh_token": refresh})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let renewed = r.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&renewed), None).await.status,
+        200
+    );
+    // An access token is no refresh token.
+    let r = call(
+        addr,
+        "POST",
+        "/auth/refresh",
+        None,
+        Some(json!({"refresh_token": access})),
+    )
+    .await;
+    assert_problem(&r, 401, "app.unauthorized");
+
+    // Sign-out ends the session at once: the access token and the refresh
+    // token issued before it are refused; a new sign-in works.
+    let r = call(addr, "POST", "/auth/logout", Some(&renewed), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = call(addr, "GET", "/me", Some(&renewed), None).await;
+    assert_problem(&r, 401, "session-revoked");
+    let body = json!({"refresh_token": refresh});
+    let r = call(addr, "POST", "/auth/refresh", None, Some(body)).await;
+    assert_problem(&r, 401, "session-revoked");
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&agent), None).await.status,
+        200
+    );
+    // Only that user's sessions in that tenant: the admin's still work.
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&admin), None).await.status,
+        200
+    );
+
+    // The tenant suspended: refused while suspended, and still refused after
+    // it resumes — its sessions ended with the suspension.
+    let sunrise = async || {
+        app.running
+            .data
+            .store()
+            .by_slug(&"sunrise-insurance".parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let suspend = Transition::Suspend {
+        reason: "test".into(),
+    };
+    app.running
+        .data
+        .transition(&*sunrise().await, suspend, "test")
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/me", Some(&admin), None).await;
+    assert!(r.status == 401 || r.status == 403, "{}", r.text());
+    app.running
+        .data
+        .transition(&*sunrise().await, Transition::Resume, "test")
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/me", Some(&admin), None).await;
+    assert_problem(&r, 401, "session-revoked");
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&admin), None).await.status,
+        200
+    );
+
+    // A role change (the operator's `tenant member` command revokes too).
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let me = call(addr, "GET", "/me", Some(&agent), None).await.json();
+    let agent_id = UserId::new(me["user_id"].as_str().unwrap());
+    let tenant = sunrise().await.id;
+    app.running
+        .data
+        .session_epochs()
+        .revoke(tenant, &agent_id)
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/me", Some(&agent), None).await;
+    assert_problem(&r, 401, "session-revoked");
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&admin), None).await.status,
+        200
+    );
+    app.running.stop().await.unwrap();
+}
