@@ -204,6 +204,17 @@ async fn client_addresses_are_limited_and_forwarded_ones_believed_only_from_trus
         .map(|e| e["event"]["details"]["reason"].as_str().unwrap())
         .collect();
     assert!(reasons.contains(&"sign-in-throttled"), "{reasons:?}");
+    // Successful sign-ins, and every event recorded through the pipeline's
+    // context, carry the forwarded client address too.
+    let r = call(addr, "GET", "/audit?action=login", Some(&token), None).await;
+    let logins = r.json()["items"].as_array().unwrap().clone();
+    assert!(
+        logins
+            .iter()
+            .any(|e| e["event"]["ip"] == "198.51.100.20"
+                && e["event"]["user_agent"] == "guesser/1.0"),
+        "{logins:#?}"
+    );
     app.running.stop().await.unwrap();
 }
 
