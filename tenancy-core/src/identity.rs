@@ -133,9 +133,35 @@ impl Authenticate for Authenticators {
     }
 }
 
+/// The claims of a JWT, read **without** verifying it (`None` when it is not
+/// a readable JWT): for choosing who verifies it (its issuer), never for
+/// trusting it.
+///
+/// ```
+/// let token = "eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIn0.";
+/// let claims = tenancy_core::identity::unverified_claims(token).unwrap();
+/// assert_eq!(claims["iss"], "https://idp.example");
+/// ```
+pub fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `iss` of a JWT, unverified (see [`unverified_claims`]).
+pub fn unverified_issuer(token: &str) -> Option<String> {
+    match unverified_claims(token)?.remove("iss") {
+        Some(Value::String(iss)) => Some(iss),
+        _ => None,
+    }
+}
+
 /// The bearer token of a request, if it has exactly one `Authorization:
 /// Bearer` header. A malformed one is an error.
-pub fn bearer(req: &(dyn RequestView + Sync)) -> Result<Option<&str>, TenantError> {
+pub fn bearer(req: &dyn RequestView) -> Result<Option<&str>, TenantError> {
     let Some(value) = crate::resolve::single_header(req, "authorization")? else {
         return Ok(None);
     };

@@ -348,7 +348,7 @@ impl Authenticate for Sessions {
         let Some(token) = tenancy_core::identity::bearer(req)? else {
             return Ok(None);
         };
-        if tenancy_core::oidc::unverified_issuer(token).ok().as_deref() != Some(ISSUER) {
+        if tenancy_core::identity::unverified_issuer(token).as_deref() != Some(ISSUER) {
             return Ok(None);
         }
         let claims =

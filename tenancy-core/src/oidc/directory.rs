@@ -100,23 +100,11 @@ impl Strategy for IssuerStrategy {
     }
 
     fn identify(&self, req: &dyn RequestView) -> Result<Option<TenantRef>, TenantError> {
-        let Some(value) = crate::resolve::single_header(req, "authorization")? else {
+        // Not a readable bearer JWT with an issuer: not ours to judge.
+        let Some(token) = crate::identity::bearer(req).ok().flatten() else {
             return Ok(None);
         };
-        let Some(token) = value
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.strip_prefix(b"bearer "))
-        else {
-            return Ok(None);
-        };
-        if token.len() > crate::resolve::MAX_HEADER_LEN {
-            return Ok(None);
-        }
-        let Ok(token) = std::str::from_utf8(token) else {
-            return Ok(None);
-        };
-        // Not a JWT with an issuer: not ours to judge.
-        let Ok(iss) = super::unverified_issuer(token.trim()) else {
+        let Some(iss) = crate::identity::unverified_issuer(token) else {
             return Ok(None);
         };
         Ok(self.directory.tenant_of(&iss).map(TenantRef::Id))

@@ -66,7 +66,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
@@ -215,22 +214,12 @@ fn invalid(reason: impl Into<Arc<str>>) -> TenantError {
 fn peek(token: &str) -> Result<Peek, TenantError> {
     let header =
         jsonwebtoken::decode_header(token).map_err(|_| invalid("token header is malformed"))?;
-    let payload = token
-        .split('.')
-        .nth(1)
-        .ok_or_else(|| invalid("token is malformed"))?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| invalid("token payload is malformed"))?;
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&bytes).map_err(|_| invalid("token payload is malformed"))?;
-    let Some(Value::String(iss)) = claims.get("iss") else {
-        return Err(invalid("token has no issuer"));
-    };
+    let iss = crate::identity::unverified_issuer(token)
+        .ok_or_else(|| invalid("token names no issuer"))?;
     Ok(Peek {
         alg: header.alg,
         kid: header.kid,
-        iss: iss.clone(),
+        iss,
     })
 }
 

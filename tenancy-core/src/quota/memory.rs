@@ -589,15 +589,8 @@ impl MemoryQuota {
         resource: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
-        let spec = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
-            Some(Limit::Rate(spec)) => spec,
-            Some(_) => {
-                return Ok(RateDecision::UNLIMITED);
-            }
-            None => RateSpec {
-                per_second: Some(0),
-                ..RateSpec::default()
-            },
+        let Some(spec) = rate_spec(ctx, resource)? else {
+            return Ok(RateDecision::UNLIMITED);
         };
         let now = self.now();
         self.with_state(ctx.tenant_id(), resource, |state| {
@@ -618,13 +611,8 @@ impl MemoryQuota {
         subject: &str,
         cost: u64,
     ) -> Result<RateDecision, QuotaError> {
-        let spec = match entitled_limit(ctx, resource, ResourceKind::Rate)? {
-            Some(Limit::Rate(spec)) => spec,
-            Some(_) => return Ok(RateDecision::UNLIMITED),
-            None => RateSpec {
-                per_second: Some(0),
-                ..RateSpec::default()
-            },
+        let Some(spec) = rate_spec(ctx, resource)? else {
+            return Ok(RateDecision::UNLIMITED);
         };
         let now = self.now();
         let key = (
@@ -640,7 +628,7 @@ impl MemoryQuota {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one caller each; a struct would only rename them
     fn consume(
         &self,
         ctx: &TenantContext,
@@ -821,4 +809,17 @@ impl MemoryQuota {
         });
         out
     }
+}
+
+/// The plan's rate windows for `resource`: `None` when it is not a rate
+/// (unlimited here), a zero rate when the plan does not mention it.
+fn rate_spec(ctx: &TenantContext, resource: &str) -> Result<Option<RateSpec>, QuotaError> {
+    Ok(match entitled_limit(ctx, resource, ResourceKind::Rate)? {
+        Some(Limit::Rate(spec)) => Some(spec),
+        Some(_) => None,
+        None => Some(RateSpec {
+            per_second: Some(0),
+            ..RateSpec::default()
+        }),
+    })
 }

@@ -4,7 +4,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::{MAX_HEADER_LEN, NameKind, RequestView, Strategy, single_header};
+use super::{NameKind, RequestView, Strategy};
 use crate::TenantError;
 use crate::store::TenantRef;
 
@@ -174,46 +174,22 @@ fn describe(kind: &ErrorKind) -> &'static str {
     }
 }
 
-/// The `iss` claim of a JWT, unverified (`None` when absent or unreadable).
-fn unverified_iss(token: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    let claims: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
-    match claims.get("iss") {
-        Some(Value::String(iss)) => Some(iss.clone()),
-        _ => None,
-    }
-}
-
 impl Strategy for JwtStrategy {
     fn name(&self) -> &'static str {
         "jwt"
     }
 
     fn identify(&self, req: &dyn RequestView) -> Result<Option<TenantRef>, TenantError> {
-        let Some(value) = single_header(req, "authorization")? else {
+        // Another scheme (Basic, …) is not ours to judge.
+        let Some(token) = crate::identity::bearer(req)? else {
             return Ok(None);
         };
-        let Some(token) = value
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.strip_prefix(b"bearer "))
-        else {
-            // Another scheme (Basic, …) is not ours to judge.
-            return Ok(None);
-        };
-        if token.len() > MAX_HEADER_LEN {
-            return Err(invalid("token is too long"));
-        }
-        let token = std::str::from_utf8(token).map_err(|_| invalid("token is not ASCII"))?;
         if let Some(own) = &self.own_issuer
-            && unverified_iss(token.trim()).as_deref() != Some(&**own)
+            && crate::identity::unverified_issuer(token).as_deref() != Some(&**own)
         {
             return Ok(None);
         }
-        let claims = self.verify(token.trim())?;
+        let claims = self.verify(token)?;
         let Some(Value::String(named)) = claims.get(&*self.claim) else {
             return Err(TenantError::InvalidToken {
                 reason: format!("token has no string claim {:?}", &*self.claim).into(),
