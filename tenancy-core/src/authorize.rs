@@ -40,6 +40,10 @@ pub struct Actor {
     /// When access comes through a membership in an ancestor tenant, that
     /// ancestor's id; `None` for a direct membership.
     pub via: Option<TenantId>,
+    /// The operator acting as this user through an impersonation grant
+    /// (`None`: the user in person). Audit events record both identities
+    /// ([`AuditEvent::from_context`](crate::audit::AuditEvent::from_context)).
+    pub impersonator: Option<Arc<str>>,
 }
 
 impl Actor {
@@ -50,7 +54,14 @@ impl Actor {
             role,
             grants: grants.into(),
             via: None,
+            impersonator: None,
         }
+    }
+
+    /// The same actor, acted by `operator` through an impersonation grant.
+    pub fn impersonated_by(mut self, operator: impl Into<Arc<str>>) -> Self {
+        self.impersonator = Some(operator.into());
+        self
     }
 
     /// Whether the actor holds the concrete permission `required`.
@@ -158,6 +169,7 @@ impl Authorizer {
                 role: m.role,
                 grants: grants.into(),
                 via: None,
+                impersonator: None,
             });
         }
         let HierarchyRule::Inherit {
@@ -200,6 +212,7 @@ impl Authorizer {
                     role,
                     grants: self.roles.grants(role).to_vec().into(),
                     via: Some(ancestor_id),
+                    impersonator: None,
                 });
             }
             parent = ancestor.parent;

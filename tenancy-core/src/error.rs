@@ -159,6 +159,10 @@ pub enum TenantError {
     /// suspended) after this token was issued.
     #[error("the session has ended: sign in again")]
     SessionRevoked,
+    /// An impersonated session tried what only the user in person may do
+    /// (change credentials, MFA or security settings).
+    #[error("an impersonated session cannot do this: the user must do it in person")]
+    Impersonated,
     /// The tenant accepts requests only from certain networks.
     #[error("requests from this address are not allowed by the tenant's network policy")]
     AddressNotAllowed,
@@ -173,7 +177,7 @@ impl TenantError {
     /// | `Forwarded` | 400 |
     /// | `InvalidToken`, `Unauthenticated`, `SessionRevoked` | 401 |
     /// | `TrialExpired` | 402 |
-    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled`, `IssuerNotTrusted`, `AddressNotAllowed` | 403 |
+    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled`, `IssuerNotTrusted`, `AddressNotAllowed`, `Impersonated` | 403 |
     /// | `Quota` | 429 (rate, concurrency), 413 (`*_bytes` stock), 403 (other stock) |
     /// | `NotFound` | 404 |
     /// | `Store`, `IdentityProviderUnavailable` (with `Retry-After: 1`) | 503 |
@@ -197,6 +201,7 @@ impl TenantError {
             | Self::MissingPermission { .. }
             | Self::IssuerNotTrusted
             | Self::AddressNotAllowed
+            | Self::Impersonated
             | Self::Mismatch(_) => 403,
             Self::NotFound => 404,
             Self::Store(_) | Self::IdentityProviderUnavailable(_) => 503,
@@ -232,6 +237,7 @@ impl TenantError {
             Self::IdentityProviderUnavailable(_) => "identity-provider-unavailable",
             Self::SessionRevoked => "session-revoked",
             Self::AddressNotAllowed => "address-not-allowed",
+            Self::Impersonated => "impersonation-forbidden",
         }
     }
 

@@ -56,6 +56,9 @@ pub struct Principal {
     pub issuer: Arc<str>,
     /// The verified claims of the credential (empty when it had none).
     pub claims: Map<String, Value>,
+    /// The operator acting as `user` through an explicit, time-limited
+    /// impersonation grant (`None`: the user in person).
+    pub impersonator: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -65,7 +68,14 @@ impl Principal {
             user,
             issuer: issuer.into(),
             claims: Map::new(),
+            impersonator: None,
         }
+    }
+
+    /// The same principal, acted by `operator` (an impersonation grant).
+    pub fn with_impersonator(mut self, operator: impl Into<Arc<str>>) -> Self {
+        self.impersonator = Some(operator.into());
+        self
     }
 
     /// The same principal with `claims`.
@@ -156,6 +166,30 @@ pub fn unverified_issuer(token: &str) -> Option<String> {
     match unverified_claims(token)?.remove("iss") {
         Some(Value::String(iss)) => Some(iss),
         _ => None,
+    }
+}
+
+/// Refuses an impersonated session: call it first in every handler that
+/// changes credentials, MFA or security settings — an operator acting as a
+/// user must not be able to keep access, or lock the user out, after the
+/// grant ends.
+///
+/// ```
+/// use tenancy_core::{Actor, Role, Tenant, TenantContext, TenantId, UserId};
+/// use tenancy_core::identity::forbid_impersonated;
+///
+/// let tenant = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
+/// let ann = Actor::new(UserId::new("ann"), Role::Admin, Vec::new());
+/// let own = TenantContext::new(tenant.clone()).with_actor(ann.clone());
+/// assert!(forbid_impersonated(&own).is_ok());
+/// let acted = TenantContext::new(tenant).with_actor(ann.impersonated_by("operator:sam"));
+/// assert_eq!(forbid_impersonated(&acted).unwrap_err().code(), "impersonation-forbidden");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn forbid_impersonated(ctx: &crate::TenantContext) -> Result<(), TenantError> {
+    match ctx.actor().and_then(|a| a.impersonator.as_ref()) {
+        Some(_) => Err(TenantError::Impersonated),
+        None => Ok(()),
     }
 }
 

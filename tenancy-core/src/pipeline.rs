@@ -660,7 +660,10 @@ impl RequestPipeline {
             let user = user
                 .ok_or(TenantError::Unauthenticated)
                 .map_err(in_tenant)?;
-            let actor = authorizer.actor(user, &tenant).await.map_err(in_tenant)?;
+            let mut actor = authorizer.actor(user, &tenant).await.map_err(in_tenant)?;
+            if let Some(op) = principal.as_ref().and_then(|p| p.impersonator.clone()) {
+                actor.impersonator = Some(op);
+            }
             ctx = ctx.set(|i| i.actor = Some(actor));
         }
         let ctx = self.derive(&tenant, ctx)?;

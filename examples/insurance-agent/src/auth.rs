@@ -204,7 +204,21 @@ pub struct Claims {
     /// is refused once the user's epoch in the tenant has moved on.
     #[serde(default)]
     pub sv: u64,
+    /// The operator acting as `sub` (RFC 8693 `act`), on impersonation
+    /// tokens only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActingParty>,
 }
+
+/// Who acts on behalf of the subject of a token (RFC 8693 `act`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActingParty {
+    /// The operator, e.g. `operator:sam`.
+    pub sub: String,
+}
+
+/// The longest impersonation grant.
+pub const MAX_IMPERSONATION_SECS: u64 = 3600;
 
 /// An access token and the refresh token that renews it.
 #[derive(Debug, Clone)]
@@ -300,11 +314,35 @@ impl Sessions {
             exp: now + ttl,
             iat: now,
             sv,
+            act: None,
         };
         Ok(TokenPair {
             access: self.sign(&claims(ACCESS_AUDIENCE, TOKEN_TTL_SECS))?,
             refresh: self.sign(&claims(REFRESH_AUDIENCE, REFRESH_TTL_SECS))?,
         })
+    }
+
+    /// An access token for `operator` acting as `user` in `tenant` for
+    /// `ttl_secs` (at most [`MAX_IMPERSONATION_SECS`]), with no refresh
+    /// token: the grant ends when the token expires (or with the user's
+    /// sessions). Issue it through [`crate::ops::impersonate`], which audits it.
+    pub async fn issue_impersonation(
+        &self,
+        user: &str,
+        tenant: TenantId,
+        role: Role,
+        operator: &str,
+        ttl_secs: u64,
+    ) -> Result<String, ApiError> {
+        let pair = self.issue(user, tenant, role).await?;
+        let mut claims = self
+            .decode(&pair.access, ACCESS_AUDIENCE)
+            .map_err(|e| ApiError::internal(format!("re-reading a token: {e}")))?;
+        claims.exp = claims.iat + ttl_secs.clamp(1, MAX_IMPERSONATION_SECS);
+        claims.act = Some(ActingParty {
+            sub: operator.to_owned(),
+        });
+        self.sign(&claims)
     }
 
     fn decode(&self, token: &str, audience: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
@@ -326,12 +364,17 @@ impl Sessions {
         })
     }
 
-    /// The verified claims of a refresh token.
+    /// The verified claims of a refresh token (never an impersonation's).
     pub fn verify_refresh(&self, token: &str) -> Result<Claims, ApiError> {
-        self.decode(token, REFRESH_AUDIENCE).map_err(|e| {
+        let refused = || ApiError::unauthorized("the refresh token is not valid: sign in again");
+        let claims = self.decode(token, REFRESH_AUDIENCE).map_err(|e| {
             tracing::debug!(error = %e, "refresh token refused");
-            ApiError::unauthorized("the refresh token is not valid: sign in again")
-        })
+            refused()
+        })?;
+        if claims.act.is_some() {
+            return Err(refused());
+        }
+        Ok(claims)
     }
 }
 
@@ -364,7 +407,11 @@ impl Authenticate for Sessions {
             });
         }
         self.check_epoch(&claims, tenant.id).await?;
-        Ok(Some(Principal::new(UserId::new(claims.sub), ISSUER)))
+        let principal = Principal::new(UserId::new(claims.sub), ISSUER);
+        Ok(Some(match claims.act {
+            Some(act) => principal.with_impersonator(act.sub),
+            None => principal,
+        }))
     }
 }
 

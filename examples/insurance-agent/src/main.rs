@@ -231,6 +231,25 @@ enum TenantCommand {
         #[arg(long, conflicts_with = "allow")]
         clear: bool,
     },
+    /// Acts as one of the tenant's users for a while: prints an access token
+    /// (no refresh), audited in the tenant's log with the reason. Everything
+    /// done with it records both identities; it cannot change credentials
+    /// or security settings.
+    Impersonate {
+        /// The tenant.
+        slug: String,
+        /// The user's email.
+        email: String,
+        /// Who is acting (recorded as `operator:<name>`).
+        #[arg(long)]
+        operator: String,
+        /// Why (recorded).
+        #[arg(long)]
+        reason: String,
+        /// How long the token lasts (1–60).
+        #[arg(long, default_value_t = 15)]
+        minutes: u64,
+    },
     /// Gives a user a role in a tenant (an identity provider's user is
     /// `<issuer>#<subject>`).
     Member {
@@ -635,6 +654,22 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
             } else {
                 println!("{slug}: requests accepted only from {}", allow.join(", "));
             }
+            Ok(())
+        }
+        TenantCommand::Impersonate {
+            slug,
+            email,
+            operator,
+            reason,
+            minutes,
+        } => {
+            let t = by_slug(&slug).await?;
+            let sessions = insurance_agent::auth::Sessions::new(app::session_key(&at.data_dir)?)
+                .with_epochs(data.session_epochs());
+            let (token, ttl) =
+                ops::impersonate(&data, &sessions, &t, &email, &operator, &reason, minutes).await?;
+            eprintln!("acting as {email} in {slug} for {} min (audited)", ttl / 60);
+            println!("{token}");
             Ok(())
         }
         TenantCommand::Member { slug, user, role } => {

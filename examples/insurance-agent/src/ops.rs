@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tenancy_core::audit::{Action, AuditEvent};
@@ -14,6 +15,61 @@ use crate::api::ApiError;
 use crate::api::customers::Customer;
 use crate::data::{Data, TENANT_TABLES, Tx};
 use crate::sensitive;
+
+/// An operator acts as a tenant's user: an explicit, time-limited grant
+/// (1–60 minutes), recorded in the tenant's audit log before the token is
+/// handed out (`impersonate`, by `operator:<name>`, with the user, the
+/// reason and the expiry). The token has no refresh token; everything done
+/// with it is audited with both identities (`impersonated_by`), and it
+/// cannot change credentials or security settings. Returns the token and
+/// its lifetime in seconds.
+pub async fn impersonate(
+    data: &Data,
+    sessions: &crate::auth::Sessions,
+    tenant: &Tenant,
+    email: &str,
+    operator: &str,
+    reason: &str,
+    minutes: u64,
+) -> Result<(String, u64), ApiError> {
+    if operator.trim().is_empty() || reason.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "an impersonation needs the operator's name and a reason",
+        ));
+    }
+    if !(1..=60).contains(&minutes) {
+        return Err(ApiError::invalid("an impersonation lasts 1 to 60 minutes"));
+    }
+    let (user, _) = data
+        .user_by_email(&email.trim().to_lowercase())
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let actor = tenancy_core::Authorizer::new(Arc::new(data.memberships()), data.store())
+        .sign_in(&UserId::new(user.clone()), tenant)
+        .await
+        .map_err(|_| ApiError::forbidden("that user cannot act in this tenant"))?;
+    let operator = format!("operator:{}", operator.trim());
+    let ttl = minutes * 60;
+    let ctx = TenantContext::new(tenant.clone());
+    let mut tx = data.begin_write(&ctx).await?;
+    data.audit()
+        .append(
+            &mut tx,
+            AuditEvent::system(tenant.id, &operator, "impersonate", "session").with_details(
+                serde_json::json!({
+                    "user": user,
+                    "reason": reason.trim(),
+                    "expires_at": chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(3600)),
+                }),
+            ),
+        )
+        .await?;
+    tx.commit().await?;
+    let token = sessions
+        .issue_impersonation(&user, tenant.id, actor.role, &operator, ttl)
+        .await?;
+    Ok((token, ttl))
+}
 
 /// Rows written per table.
 pub type ExportCounts = Vec<(String, u64)>;

@@ -21,6 +21,7 @@ use common::*;
 on_both_backends!(
     a_tenants_identity_provider_signs_its_users_in_and_no_other_tenants,
     access_tokens_are_short_and_refreshed_while_the_membership_holds,
+    an_operator_acts_as_a_user_through_an_audited_time_limited_grant,
 );
 
 fn security() -> Security {
@@ -280,5 +281,116 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
         call(addr, "GET", "/me", Some(&admin), None).await.status,
         200
     );
+    app.running.stop().await.unwrap();
+}
+
+async fn an_operator_acts_as_a_user_through_an_audited_time_limited_grant(backend: Backend) {
+    let app = start_configured(backend, None, Security::default()).await;
+    let addr = app.running.addr;
+    let sunrise = app
+        .running
+        .data
+        .store()
+        .by_slug(&"sunrise-insurance".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let sessions = insurance_agent::auth::Sessions::new(
+        insurance_agent::app::session_key(app._dir.path()).unwrap(),
+    )
+    .with_epochs(app.running.data.session_epochs());
+    let imp = |email: &'static str, reason: &'static str, minutes: u64| {
+        let (data, sessions, sunrise) = (&app.running.data, &sessions, &sunrise);
+        async move {
+            insurance_agent::ops::impersonate(
+                data, sessions, sunrise, email, "sam", reason, minutes,
+            )
+            .await
+        }
+    };
+    // No reason, or too long: no grant.
+    assert!(imp("admin@sunrise.test", " ", 15).await.is_err());
+    assert!(imp("admin@sunrise.test", "ticket 42", 61).await.is_err());
+    // A user of another tenant: no grant.
+    assert!(imp("asha@asha.test", "ticket 42", 15).await.is_err());
+
+    let (token, ttl) = imp("admin@sunrise.test", "ticket 42: dashboard totals", 5)
+        .await
+        .unwrap();
+    assert_eq!(ttl, 300);
+    let claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&token)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["act"]["sub"], "operator:sam");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        300
+    );
+    // The operator sees what the admin sees...
+    let me = call(addr, "GET", "/me", Some(&token), None).await;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()["email"], "admin@sunrise.test");
+    // ... but cannot change security settings.
+    let policy = json!({"min_length": 8});
+    let r = call(
+        addr,
+        "PUT",
+        "/settings/password-policy",
+        Some(&token),
+        Some(policy.clone()),
+    )
+    .await;
+    assert_problem(&r, 403, "impersonation-forbidden");
+    // The admin in person can (control).
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let r = call(
+        addr,
+        "PUT",
+        "/settings/password-policy",
+        Some(&admin),
+        Some(policy),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // There is no refresh for an impersonation.
+    let r = call(
+        addr,
+        "POST",
+        "/auth/refresh",
+        None,
+        Some(json!({"refresh_token": token})),
+    )
+    .await;
+    assert_problem(&r, 401, "app.unauthorized");
+
+    // The grant and what was done with it are in the tenant's log, with
+    // both identities.
+    let r = call(addr, "POST", "/auth/logout", Some(&token), None).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let audit = call(addr, "GET", "/audit?limit=1000", Some(&admin), None).await;
+    // The logout ended the admin's sessions too (they were the admin's).
+    let admin = if audit.status == 401 {
+        login(addr, "admin@sunrise.test", "sunrise-insurance").await
+    } else {
+        admin
+    };
+    let audit = call(addr, "GET", "/audit?limit=1000", Some(&admin), None).await;
+    assert_eq!(audit.status, 200, "{}", audit.text());
+    let items = audit.json()["items"].as_array().unwrap().clone();
+    let grant = items
+        .iter()
+        .find(|e| e["event"]["action"] == "impersonate")
+        .unwrap_or_else(|| panic!("{items:#?}"));
+    assert_eq!(grant["event"]["actor"]["id"], "operator:sam");
+    assert_eq!(
+        grant["event"]["details"]["reason"],
+        "ticket 42: dashboard totals"
+    );
+    let acted = items
+        .iter()
+        .find(|e| e["event"]["action"] == "logout")
+        .unwrap_or_else(|| panic!("{items:#?}"));
+    assert_eq!(acted["event"]["details"]["impersonated_by"], "operator:sam");
+    assert_eq!(acted["event"]["actor"]["kind"], "user");
     app.running.stop().await.unwrap();
 }

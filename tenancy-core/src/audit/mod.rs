@@ -319,6 +319,9 @@ impl AuditEvent {
         let mut e = Self::new(ctx.tenant_id(), actor, action, resource_type);
         e.ip = ctx.request().ip;
         e.user_agent = ctx.request().user_agent.clone();
+        if let Some(op) = ctx.actor().and_then(|a| a.impersonator.as_ref()) {
+            e.details = serde_json::json!({ "impersonated_by": &**op });
+        }
         e
     }
 
@@ -344,9 +347,16 @@ impl AuditEvent {
         self
     }
 
-    /// Sets the details.
+    /// Sets the details. Objects are merged into the details already there
+    /// (so the `impersonated_by` of [`AuditEvent::from_context`] stays);
+    /// anything else replaces them.
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = details;
+        match (&mut self.details, details) {
+            (serde_json::Value::Object(have), serde_json::Value::Object(more)) => {
+                have.extend(more);
+            }
+            (slot, details) => *slot = details,
+        }
         self
     }
 

@@ -307,6 +307,8 @@ pub async fn set_password_policy(
     caller: Caller,
     Body(policy): Body<PasswordPolicy>,
 ) -> Result<Json<PasswordPolicy>, ApiError> {
+    // A security setting: the user in person, never an impersonation.
+    tenancy_core::identity::forbid_impersonated(&caller.ctx)?;
     if caller.role != Role::Admin {
         return Err(ApiError::forbidden(
             "only tenant admins change the password policy",
