@@ -103,6 +103,120 @@ impl Hasher {
     }
 }
 
+/// TOTP (RFC 6238) as authenticator apps use it: SHA-1, 6 digits, 30 s
+/// steps, one step of clock skew either way.
+pub mod totp {
+    use totp_rs::{Algorithm, TOTP};
+
+    /// Seconds per step.
+    pub const STEP: u64 = 30;
+
+    fn totp(secret: &[u8], digits: usize, algorithm: Algorithm) -> TOTP {
+        TOTP::new_unchecked(algorithm, digits, 1, STEP, secret.to_vec())
+    }
+
+    /// A new random 160-bit secret.
+    pub fn new_secret() -> Vec<u8> {
+        use argon2::password_hash::rand_core::{OsRng, RngCore};
+        let mut secret = vec![0u8; 20];
+        OsRng.fill_bytes(&mut secret);
+        secret
+    }
+
+    /// The secret in base32, as authenticator apps take it.
+    pub fn base32(secret: &[u8]) -> String {
+        totp(secret, 6, Algorithm::SHA1).get_secret_base32()
+    }
+
+    /// A base32 secret as bytes (`None` when malformed).
+    pub fn from_base32(text: &str) -> Option<Vec<u8>> {
+        totp_rs::Secret::Encoded(text.to_owned()).to_bytes().ok()
+    }
+
+    /// The `otpauth://` URI for a QR code.
+    pub fn uri(secret: &[u8], account: &str) -> String {
+        let label: String = account
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!(
+            "otpauth://totp/insurance-agent:{label}?secret={}&issuer=insurance-agent&algorithm=SHA1&digits=6&period={STEP}",
+            base32(secret)
+        )
+    }
+
+    /// The code for `time` (seconds since the epoch).
+    pub fn code(secret: &[u8], time: u64) -> String {
+        totp(secret, 6, Algorithm::SHA1).generate(time)
+    }
+
+    /// The time step `code` belongs to, within one step of `now`; `None`
+    /// when it matches none (compared in constant time).
+    pub fn step_of(secret: &[u8], code: &str, now: u64) -> Option<u64> {
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let t = totp(secret, 6, Algorithm::SHA1);
+        let here = now / STEP;
+        [here.saturating_sub(1), here, here + 1]
+            .into_iter()
+            .find(|s| same(t.generate(s * STEP).as_bytes(), code.as_bytes()))
+    }
+
+    /// Equal bytes, compared without an early exit.
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// RFC 6238 appendix B (8 digits, SHA-1 and SHA-256 seeds).
+        #[test]
+        fn rfc_6238_test_vectors() {
+            let sha1 = b"12345678901234567890";
+            let sha256 = b"12345678901234567890123456789012";
+            for (time, want1, want256) in [
+                (59, "94287082", "46119246"),
+                (1_111_111_109, "07081804", "68084774"),
+                (1_111_111_111, "14050471", "67062674"),
+                (1_234_567_890, "89005924", "91819424"),
+                (2_000_000_000, "69279037", "90698825"),
+                (20_000_000_000, "65353130", "77737706"),
+            ] {
+                assert_eq!(
+                    totp(sha1, 8, Algorithm::SHA1).generate(time),
+                    want1,
+                    "{time}"
+                );
+                assert_eq!(
+                    totp(sha256, 8, Algorithm::SHA256).generate(time),
+                    want256,
+                    "{time}"
+                );
+            }
+        }
+
+        #[test]
+        fn codes_match_their_step_within_one_step_only() {
+            let secret = new_secret();
+            let now = 1_700_000_000;
+            let c = code(&secret, now);
+            assert_eq!(step_of(&secret, &c, now), Some(now / STEP));
+            assert_eq!(step_of(&secret, &c, now + STEP), Some(now / STEP));
+            assert_eq!(step_of(&secret, &c, now + 3 * STEP), None);
+            assert_eq!(step_of(&secret, "12345", now), None);
+            assert!(uri(&secret, "ann@x.test").contains("ann%40x.test"));
+        }
+    }
+}
+
 /// A tenant's password rules (tenant setting `password_policy`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]

@@ -862,6 +862,58 @@ impl Data {
         )?)
     }
 
+    /// The TOTP enrolment of account `id`: its secret and whether it is
+    /// confirmed.
+    pub async fn totp_of(&self, id: &str) -> Result<Option<(Vec<u8>, bool)>, DbError> {
+        let row: Option<(Vec<u8>, i64)> = on_users!(
+            &self.backend,
+            sqlx::query_as("SELECT secret, last_step FROM user_totp WHERE user_id = $1").bind(id),
+            fetch_optional
+        )?;
+        Ok(row.map(|(secret, step)| (secret, step >= 0)))
+    }
+
+    /// Starts (or restarts) an unconfirmed enrolment; `false` when the
+    /// account already has a confirmed one (it is not replaced).
+    pub async fn enrol_totp(&self, id: &str, secret: &[u8]) -> Result<bool, DbError> {
+        let done: Option<(String,)> = on_users!(
+            &self.backend,
+            sqlx::query_as(
+                "INSERT INTO user_totp (user_id, secret, last_step) VALUES ($1, $2, -1) \
+                 ON CONFLICT (user_id) DO UPDATE SET secret = excluded.secret, last_step = -1 \
+                 WHERE user_totp.last_step < 0 RETURNING user_id",
+            )
+            .bind(id)
+            .bind(secret),
+            fetch_optional
+        )?;
+        Ok(done.is_some())
+    }
+
+    /// Records that the code of time step `step` was used (confirming a
+    /// pending enrolment, or signing in with a confirmed one when
+    /// `confirmed`): `false` when that step, or a later one, was used
+    /// already — a replayed code.
+    pub async fn use_totp_step(
+        &self,
+        id: &str,
+        step: u64,
+        confirmed: bool,
+    ) -> Result<bool, DbError> {
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        let sql = if confirmed {
+            "UPDATE user_totp SET last_step = $2 WHERE user_id = $1 AND last_step >= 0 AND last_step < $2 RETURNING user_id"
+        } else {
+            "UPDATE user_totp SET last_step = $2 WHERE user_id = $1 AND last_step < 0 RETURNING user_id"
+        };
+        let done: Option<(String,)> = on_users!(
+            &self.backend,
+            sqlx::query_as(sql).bind(id).bind(step),
+            fetch_optional
+        )?;
+        Ok(done.is_some())
+    }
+
     /// Adds an account (`email` normalised, `password_hash` argon2id).
     pub async fn insert_user(
         &self,

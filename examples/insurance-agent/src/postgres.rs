@@ -87,6 +87,7 @@ pub fn schema_sql(schema: &str, app_role: &str) -> Vec<String> {
                 id text PRIMARY KEY, email text NOT NULL UNIQUE, name text NOT NULL,
                 password_hash text NOT NULL, created_at timestamptz NOT NULL)"
         ),
+        user_totp_sql(schema),
     ];
     for t in TENANT_TABLES {
         out.push(tenant_table(schema, t, app_role).ddl());
@@ -102,6 +103,19 @@ fn tenant_table(schema: &str, table: &str, app_role: &str) -> TenantTable {
         .grant_to(app_role)
 }
 
+/// The TOTP enrolments of accounts (added after schema version 1: created
+/// if missing on every start). `last_step` is the time step of the last code
+/// accepted (-1 while the enrolment is unconfirmed): a code is never
+/// accepted twice.
+pub fn user_totp_sql(schema: &str) -> String {
+    let s = quote_ident(schema);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {s}.user_totp (
+            user_id text PRIMARY KEY REFERENCES {s}.users (id) ON DELETE CASCADE,
+            secret bytea NOT NULL, last_step bigint NOT NULL DEFAULT -1)"
+    )
+}
+
 /// What `app_role` is granted on the application's tables in `schema`
 /// (idempotent; part of [`schema_sql`], and repeated by [`apply_schema`] on
 /// every start so the application role may change between runs).
@@ -110,6 +124,7 @@ pub fn grants_sql(schema: &str, app_role: &str) -> Vec<String> {
     let mut out = vec![
         format!("GRANT USAGE ON SCHEMA {s} TO {role}"),
         format!("GRANT SELECT, INSERT, UPDATE ON {s}.users TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON {s}.user_totp TO {role}"),
     ];
     for t in TENANT_TABLES {
         out.extend(
@@ -162,6 +177,9 @@ pub async fn apply_schema(
             .execute(&mut *tx)
             .await?;
     }
+    sqlx::raw_sql(&user_totp_sql("public"))
+        .execute(&mut *tx)
+        .await?;
     for stmt in grants_sql("public", app_role) {
         sqlx::raw_sql(&stmt).execute(&mut *tx).await?;
     }

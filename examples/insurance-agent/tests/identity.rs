@@ -22,6 +22,7 @@ on_both_backends!(
     a_tenants_identity_provider_signs_its_users_in_and_no_other_tenants,
     access_tokens_are_short_and_refreshed_while_the_membership_holds,
     an_operator_acts_as_a_user_through_an_audited_time_limited_grant,
+    totp_enrolment_second_factor_and_a_tenant_requiring_mfa,
 );
 
 fn security() -> Security {
@@ -392,5 +393,133 @@ async fn an_operator_acts_as_a_user_through_an_audited_time_limited_grant(backen
         .unwrap_or_else(|| panic!("{items:#?}"));
     assert_eq!(acted["event"]["details"]["impersonated_by"], "operator:sam");
     assert_eq!(acted["event"]["actor"]["kind"], "user");
+    app.running.stop().await.unwrap();
+}
+
+async fn totp_enrolment_second_factor_and_a_tenant_requiring_mfa(backend: Backend) {
+    use insurance_agent::auth::totp;
+    use insurance_agent::seed::DEMO_PASSWORD;
+    let app = start_configured(backend, None, Security::default()).await;
+    let addr = app.running.addr;
+    let agent = |extra: serde_json::Value| {
+        let mut body = json!({"email": "agent@sunrise.test", "password": DEMO_PASSWORD, "tenant": "sunrise-insurance"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let wrong = json!({"email": "agent@sunrise.test", "password": "nope"});
+    let r = call(addr, "POST", "/auth/mfa/enroll", None, Some(wrong)).await;
+    assert_problem(&r, 401, "app.unauthorized");
+    let r = call(
+        addr,
+        "POST",
+        "/auth/mfa/enroll",
+        None,
+        Some(agent(json!({}))),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let secret = totp::from_base32(r.json()["secret"].as_str().unwrap()).unwrap();
+    assert!(
+        r.json()["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    // Unconfirmed: the password alone still signs in.
+    let r = call(addr, "POST", "/auth/login", None, Some(agent(json!({})))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let now = jsonwebtoken::get_current_timestamp();
+    let r = call(
+        addr,
+        "POST",
+        "/auth/mfa/confirm",
+        None,
+        Some(agent(json!({"code": "000000"}))),
+    )
+    .await;
+    assert_problem(&r, 401, "app.unauthorized");
+    let code = totp::code(&secret, now);
+    let r = call(
+        addr,
+        "POST",
+        "/auth/mfa/confirm",
+        None,
+        Some(agent(json!({"code": code}))),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    // Confirmed: no code, or the confirmation's code again, is refused.
+    let r = call(addr, "POST", "/auth/login", None, Some(agent(json!({})))).await;
+    assert_problem(&r, 401, "app.mfa-required");
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(agent(json!({"totp": code}))),
+    )
+    .await;
+    assert_problem(&r, 401, "app.mfa-required");
+    // The next step's code works once.
+    let next = totp::code(&secret, now + totp::STEP);
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(agent(json!({"totp": next}))),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(agent(json!({"totp": next}))),
+    )
+    .await;
+    assert_problem(&r, 401, "app.mfa-required");
+    // A second enrolment cannot replace the confirmed one.
+    let r = call(
+        addr,
+        "POST",
+        "/auth/mfa/enroll",
+        None,
+        Some(agent(json!({}))),
+    )
+    .await;
+    assert_problem(&r, 409, "app.conflict");
+
+    // The tenant requires MFA: a member without an authenticator is told to enrol.
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let r = call(
+        addr,
+        "PUT",
+        "/settings/security",
+        Some(&admin),
+        Some(json!({"mfa_required": true})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let manager = json!({"email": "manager@sunrise.test", "password": DEMO_PASSWORD, "tenant": "sunrise-insurance"});
+    let r = call(addr, "POST", "/auth/login", None, Some(manager.clone())).await;
+    assert_problem(&r, 403, "app.mfa-enrollment-required");
+    // Another tenant without the policy is not affected.
+    login(addr, "admin@bharat.test", "bharat-agents").await;
+    // Lifting the policy (control): the manager signs in again.
+    let r = call(
+        addr,
+        "PUT",
+        "/settings/security",
+        Some(&admin),
+        Some(json!({"mfa_required": false})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(addr, "POST", "/auth/login", None, Some(manager)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     app.running.stop().await.unwrap();
 }

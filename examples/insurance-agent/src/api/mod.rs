@@ -30,6 +30,7 @@ pub mod audit;
 pub mod customers;
 pub mod dashboard;
 pub mod invitations;
+pub mod mfa;
 pub mod openapi;
 pub mod payments;
 pub mod policies;
@@ -106,6 +107,10 @@ pub fn router(state: AppState) -> Router {
     let tenant_routes = Router::new()
         .route("/me", get(session::me))
         .route("/auth/logout", post(session::logout))
+        .route(
+            "/settings/security",
+            get(mfa::security).put(mfa::set_security),
+        )
         .route("/agents", get(agents::list).post(agents::create))
         .route("/agents/{id}", get(agents::get))
         .route("/policies", get(policies::list).post(policies::create))
@@ -144,6 +149,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/auth/login", post(session::login))
         .route("/auth/refresh", post(session::refresh))
+        .route("/auth/mfa/enroll", post(mfa::enroll))
+        .route("/auth/mfa/confirm", post(mfa::confirm))
         .route("/invitations/accept", post(invitations::accept))
         .merge(tenant_routes)
         .with_state(state)

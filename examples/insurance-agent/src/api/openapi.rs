@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, audit, customers, dashboard, invitations, payments, policies, session, tenant,
+    agents, audit, customers, dashboard, invitations, mfa, payments, policies, session, tenant,
 };
 
 /// The API description.
@@ -22,6 +22,10 @@ use super::{
         session::login,
         session::refresh,
         session::logout,
+        mfa::enroll,
+        mfa::confirm,
+        mfa::security,
+        mfa::set_security,
         session::me,
         agents::list,
         agents::get,

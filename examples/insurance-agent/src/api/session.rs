@@ -19,6 +19,10 @@ pub struct LoginRequest {
     pub password: String,
     /// The tenant to sign in to (its slug).
     pub tenant: String,
+    /// A code from the authenticator app, for accounts with one (and in
+    /// tenants that require it).
+    #[serde(default)]
+    pub totp: Option<String>,
 }
 
 /// A session.
@@ -43,6 +47,11 @@ pub struct LoginResponse {
 /// that a wrong email and a wrong password take the same time.
 static DUMMY_HASH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| crate::auth::hash_password("not-a-password").unwrap_or_default());
+
+/// [`DUMMY_HASH`], for the other password checks.
+pub(crate) fn dummy_hash() -> String {
+    DUMMY_HASH.clone()
+}
 
 /// Signs in to a tenant: returns a token carrying the user and the tenant.
 /// Any wrong part (email, password, tenant, membership) is the same 401;
@@ -125,6 +134,44 @@ pub async fn login(
             });
         }
     };
+    // The second factor: for every account with an authenticator, and
+    // demanded by tenants that require MFA. A missing or wrong code counts
+    // as a failed attempt (the right password alone must not be learnt for
+    // free).
+    let policy = super::mfa::SecurityPolicy::of(&tenant)?;
+    match state.data.totp_of(&user_id).await? {
+        Some((secret, true)) => {
+            let now = jsonwebtoken::get_current_timestamp();
+            let step = req
+                .totp
+                .as_deref()
+                .and_then(|code| crate::auth::totp::step_of(&secret, code, now));
+            let fresh = match step {
+                Some(step) => state.data.use_totp_step(&user_id, step, true).await?,
+                None => false,
+            };
+            if !fresh {
+                attempt.failed().await.map_err(signin_store)?;
+                audit_failure(&state, &tenant.slug, Some(&user_id), &client, "mfa").await;
+                return Err(ApiError(Box::new(tenancy_core::problem::Problem::new(
+                    401,
+                    "app.mfa-required",
+                    "Unauthorized",
+                    "a current code from the authenticator app is required (field totp); each code works once",
+                ))));
+            }
+        }
+        _ if policy.mfa_required => {
+            attempt.failed().await.map_err(signin_store)?;
+            return Err(ApiError(Box::new(tenancy_core::problem::Problem::new(
+                403,
+                "app.mfa-enrollment-required",
+                "Forbidden",
+                "this tenant requires an authenticator app: enrol at POST /auth/mfa/enroll, confirm, then sign in with a code",
+            ))));
+        }
+        _ => {}
+    }
     attempt.succeeded().await.map_err(signin_store)?;
     let tokens = state
         .sessions
@@ -209,7 +256,7 @@ pub async fn refresh(
     Ok(Json(session_response(tokens, &tenant, actor.role)))
 }
 
-fn signin_store(e: tenancy_core::StoreError) -> ApiError {
+pub(crate) fn signin_store(e: tenancy_core::StoreError) -> ApiError {
     ApiError::from(tenancy_core::signin::SignInError::Unavailable(e))
 }
 
