@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use tenancy_core::audit::MemorySink;
+use tenancy_core::client::TrustedProxies;
 use tenancy_core::flags::{FlagDefinition, FlagEngine};
 use tenancy_core::pipeline::RequestPipeline;
 use tenancy_core::plan::PlanCatalog;
@@ -211,6 +212,9 @@ pub struct World {
     pub leaving: Tenant,
     /// Deleted.
     pub deleted: Tenant,
+    /// Active, plan `pro`, slug `walled`: accepts requests only from
+    /// `192.0.2.0/24` (tenant setting `network`).
+    pub walled: Tenant,
     /// The stock quota `/upload` reserves from.
     pub storage: Arc<MemoryQuota>,
 }
@@ -246,7 +250,10 @@ impl World {
             purge_after: now + Duration::days(9),
         });
         let deleted = t("gone", "pro").with_status(TenantStatus::Deleted);
+        let mut walled = t("walled", "pro");
+        walled.settings = serde_json::json!({"network": {"allow": ["192.0.2.0/24"]}});
         let all = [
+            walled.clone(),
             acme.clone(),
             beta.clone(),
             small.clone(),
@@ -273,6 +280,10 @@ impl World {
             .with(JwtStrategy::hs256(JWT_SECRET))
             .with(PathPrefixStrategy::new("t"));
         let pipeline = RequestPipeline::new(resolver.clone(), counting.clone())
+            // The test servers' peer is loopback: the proxy in front of them.
+            .trust_proxies(
+                TrustedProxies::parse("127.0.0.1, ::1").unwrap_or_else(|_| unreachable!()),
+            )
             .with_plans(catalog.clone())
             .with_flags(Arc::new(FlagEngine::new([FlagDefinition::boolean(
                 "analytics",
@@ -300,6 +311,7 @@ impl World {
             expired,
             leaving,
             deleted,
+            walled,
             storage: Arc::new(MemoryQuota::new()),
         }
     }
@@ -399,10 +411,64 @@ pub fn table(w: &World) -> Vec<Case> {
             None,
         ),
     ]);
+    let walled = w.walled.id.to_string().into_bytes();
+    cases.extend([
+        case(
+            "network policy: the proxy's own address is refused",
+            false,
+            "/whoami",
+            &[("X-Tenant-ID", &walled)],
+            403,
+            Some("address-not-allowed"),
+        ),
+        case(
+            "walled: a forwarded client inside the policy",
+            false,
+            "/whoami",
+            &[("X-Tenant-ID", &walled), ("X-Forwarded-For", b"192.0.2.7")],
+            200,
+            None,
+        ),
+        case(
+            "network policy: a hop the client wrote left of its own is ignored",
+            false,
+            "/whoami",
+            &[
+                ("X-Tenant-ID", &walled),
+                ("X-Forwarded-For", b"192.0.2.9, 198.51.100.1"),
+            ],
+            403,
+            Some("address-not-allowed"),
+        ),
+        case(
+            "walled: Forwarded (RFC 7239) from the trusted proxy",
+            false,
+            "/whoami",
+            &[
+                ("X-Tenant-ID", &walled),
+                ("Forwarded", b"for=\"192.0.2.8:4711\";proto=https"),
+            ],
+            200,
+            None,
+        ),
+        case(
+            "a malformed forwarded header from a trusted proxy",
+            false,
+            "/whoami",
+            &[
+                ("X-Tenant-ID", &walled),
+                ("X-Forwarded-For", b"192.0.2.7, not-an-address"),
+            ],
+            400,
+            Some("forwarded-invalid"),
+        ),
+    ]);
     for c in &mut cases {
         if c.code.is_none() {
             c.tenant = Some(if c.name.starts_with("beta") {
                 w.beta.id
+            } else if c.name.starts_with("walled") {
+                w.walled.id
             } else {
                 w.acme.id
             });
