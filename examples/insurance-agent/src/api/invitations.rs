@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use tenancy_core::audit::AuditEvent;
 use tenancy_core::invite::{Invitations, InviteError, parse_token};
 use tenancy_core::problem::Problem;
-use tenancy_core::store::TenantUpdate;
 use tenancy_core::{Role, TenantContext, UserId};
 
 use super::{ApiError, AppState, Body, Caller, Client};
@@ -307,38 +306,10 @@ pub async fn set_password_policy(
     caller: Caller,
     Body(policy): Body<PasswordPolicy>,
 ) -> Result<Json<PasswordPolicy>, ApiError> {
-    // A security setting: the user in person, never an impersonation.
-    tenancy_core::identity::forbid_impersonated(&caller.ctx)?;
-    if caller.role != Role::Admin {
-        return Err(ApiError::forbidden(
-            "only tenant admins change the password policy",
-        ));
-    }
     if !(8..=128).contains(&policy.min_length) {
         return Err(ApiError::invalid("min_length must be between 8 and 128"));
     }
-    let patch = serde_json::json!({
-        "password_policy": serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?,
-    });
-    let mut tx = state.data.begin_write(&caller.ctx).await?;
-    state
-        .data
-        .audit()
-        .append(
-            &mut tx,
-            AuditEvent::from_context(&caller.ctx, tenancy_core::audit::Action::UPDATE, "settings")
-                .with_fields(["password_policy"]),
-        )
-        .await?;
-    tx.commit().await?;
-    // One field of the settings, merged into the record as stored: a
-    // concurrent plan change or settings change is kept.
-    state
-        .data
-        .update_tenant(
-            caller.ctx.tenant_id(),
-            &TenantUpdate::new().settings_patch(patch),
-        )
-        .await?;
+    let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
+    super::mfa::set_security_setting(&state, &caller, "password_policy", value, false).await?;
     Ok(Json(policy))
 }

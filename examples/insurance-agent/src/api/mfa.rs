@@ -169,31 +169,42 @@ pub async fn set_security(
     caller: Caller,
     Body(policy): Body<SecurityPolicy>,
 ) -> Result<Json<SecurityPolicy>, ApiError> {
+    let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
+    set_security_setting(&state, &caller, "security", value, true).await?;
+    Ok(Json(policy))
+}
+
+/// Sets one security setting of the caller's tenant: tenant admins only, in
+/// person (never through an impersonation); audited (`update` of
+/// `settings`, with the new value when `with_value`), then merged into the
+/// record as stored — a concurrent plan or settings change is kept.
+pub(crate) async fn set_security_setting(
+    state: &AppState,
+    caller: &Caller,
+    key: &'static str,
+    value: serde_json::Value,
+    with_value: bool,
+) -> Result<(), ApiError> {
     tenancy_core::identity::forbid_impersonated(&caller.ctx)?;
     if caller.role != Role::Admin {
-        return Err(ApiError::forbidden(
-            "only tenant admins change the security policy",
-        ));
+        return Err(ApiError::forbidden(format!(
+            "only tenant admins change {key}"
+        )));
     }
-    let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut event =
+        AuditEvent::from_context(&caller.ctx, Action::UPDATE, "settings").with_fields([key]);
+    if with_value {
+        event = event.with_details(serde_json::json!({ key: value }));
+    }
     let mut tx = state.data.begin_write(&caller.ctx).await?;
-    state
-        .data
-        .audit()
-        .append(
-            &mut tx,
-            AuditEvent::from_context(&caller.ctx, Action::UPDATE, "settings")
-                .with_fields(["security"])
-                .with_details(serde_json::json!({ "security": value })),
-        )
-        .await?;
+    state.data.audit().append(&mut tx, event).await?;
     tx.commit().await?;
     state
         .data
         .update_tenant(
             caller.ctx.tenant_id(),
-            &TenantUpdate::new().settings_patch(serde_json::json!({ "security": value })),
+            &TenantUpdate::new().settings_patch(serde_json::json!({ key: value })),
         )
         .await?;
-    Ok(Json(policy))
+    Ok(())
 }
