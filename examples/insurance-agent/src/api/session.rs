@@ -77,7 +77,12 @@ pub async fn login(
             if let Some(slug) = &slug {
                 // Once a minute per tenant, email and client: refusals cost
                 // the attacker nothing, so they must cost the log little.
-                let key = format!("{slug}\n{email}\n{:?}", client.ip);
+                // (The email only as its digest: it is unbounded input.)
+                let key = format!(
+                    "{slug}\n{}\n{:?}",
+                    tenancy_core::signin::SignInGuard::account_key(&email),
+                    client.ip
+                );
                 if !state.refusals_audited.contains_key(&key) {
                     state.refusals_audited.insert(key, ());
                     audit_failure(&state, slug, None, &client, e.code()).await;
