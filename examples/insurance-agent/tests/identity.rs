@@ -10,7 +10,7 @@ use insurance_agent::app::Security;
 use serde_json::json;
 use tenancy_core::lifecycle::Transition;
 use tenancy_core::oidc::{IdentitySettings, IssuerSettings, OidcConfig};
-use tenancy_core::store::{TenantStore, TenantUpdate};
+use tenancy_core::store::TenantUpdate;
 use tenancy_core::{Membership, MembershipWriter, Role, UserId};
 use tenancy_testkit::oidc::OidcProvider;
 
@@ -38,14 +38,7 @@ fn security() -> Security {
 
 /// Makes `issuer` the identity provider of `slug`.
 async fn trust(app: &App, slug: &str, issuer: &str, audience: &str) -> tenancy_core::TenantId {
-    let t = app
-        .running
-        .data
-        .store()
-        .by_slug(&slug.parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let t = tenant(app, slug).await;
     let settings = IdentitySettings::new(vec![IssuerSettings::new(issuer, &[audience])]);
     let patch = json!({ "identity": settings });
     app.running
@@ -174,7 +167,7 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
     let body = r.json();
     assert_eq!(body["expires_in"], 900);
     let access = body["token"].as_str().unwrap().to_owned();
-    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let refresh_token = body["refresh_token"].as_str().unwrap().to_owned();
     let claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&access)
         .unwrap()
         .claims;
@@ -182,17 +175,10 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
     assert_eq!(claims["aud"], "insurance-agent:api");
 
     // A refresh token is no access token.
-    let r = call(addr, "GET", "/me", Some(&refresh), None).await;
+    let r = call(addr, "GET", "/me", Some(&refresh_token), None).await;
     assert!(r.status == 400 || r.status == 401, "{}", r.text());
     // Refreshing gives a working pair.
-    let r = call(
-        addr,
-        "POST",
-        "/auth/refresh",
-        None,
-        Some(json!({"refresh_token": refresh})),
-    )
-    .await;
+    let r = refresh(addr, &refresh_token).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let renewed = r.json()["token"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -200,14 +186,7 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
         200
     );
     // An access token is no refresh token.
-    let r = call(
-        addr,
-        "POST",
-        "/auth/refresh",
-        None,
-        Some(json!({"refresh_token": access})),
-    )
-    .await;
+    let r = refresh(addr, &access).await;
     assert_problem(&r, 401, "app.unauthorized");
 
     // Sign-out ends the session at once: the access token and the refresh
@@ -216,8 +195,7 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
     assert_eq!(r.status, 204, "{}", r.text());
     let r = call(addr, "GET", "/me", Some(&renewed), None).await;
     assert_problem(&r, 401, "session-revoked");
-    let body = json!({"refresh_token": refresh});
-    let r = call(addr, "POST", "/auth/refresh", None, Some(body)).await;
+    let r = refresh(addr, &refresh_token).await;
     assert_problem(&r, 401, "session-revoked");
     let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
     let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
@@ -233,15 +211,7 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
 
     // The tenant suspended: refused while suspended, and still refused after
     // it resumes — its sessions ended with the suspension.
-    let sunrise = async || {
-        app.running
-            .data
-            .store()
-            .by_slug(&"sunrise-insurance".parse().unwrap())
-            .await
-            .unwrap()
-            .unwrap()
-    };
+    let sunrise = async || tenant(&app, "sunrise-insurance").await;
     let suspend = Transition::Suspend {
         reason: "test".into(),
     };
@@ -288,14 +258,7 @@ async fn access_tokens_are_short_and_refreshed_while_the_membership_holds(backen
 async fn an_operator_acts_as_a_user_through_an_audited_time_limited_grant(backend: Backend) {
     let app = start_configured(backend, None, Security::default()).await;
     let addr = app.running.addr;
-    let sunrise = app
-        .running
-        .data
-        .store()
-        .by_slug(&"sunrise-insurance".parse().unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let sunrise = tenant(&app, "sunrise-insurance").await;
     let sessions = insurance_agent::auth::Sessions::new(
         insurance_agent::app::session_key(app._dir.path()).unwrap(),
     )
@@ -354,14 +317,7 @@ async fn an_operator_acts_as_a_user_through_an_audited_time_limited_grant(backen
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // There is no refresh for an impersonation.
-    let r = call(
-        addr,
-        "POST",
-        "/auth/refresh",
-        None,
-        Some(json!({"refresh_token": token})),
-    )
-    .await;
+    let r = refresh(addr, &token).await;
     assert_problem(&r, 401, "app.unauthorized");
 
     // The grant and what was done with it are in the tenant's log, with

@@ -142,3 +142,21 @@ pub fn assert_problem(r: &RawResponse, status: u16, code: &str) {
     );
     assert_eq!(r.json()["code"], code, "{}", r.text());
 }
+
+/// The tenant named `slug`, as the app's store has it now.
+pub async fn tenant(app: &App, slug: &str) -> std::sync::Arc<tenancy_core::Tenant> {
+    use tenancy_core::store::TenantStore;
+    app.running
+        .data
+        .store()
+        .by_slug(&slug.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// `POST /auth/refresh` with `refresh_token`.
+pub async fn refresh(addr: SocketAddr, refresh_token: &str) -> RawResponse {
+    let body = json!({ "refresh_token": refresh_token });
+    call(addr, "POST", "/auth/refresh", None, Some(body)).await
+}
