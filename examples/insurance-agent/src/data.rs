@@ -53,6 +53,11 @@ pub fn migrator() -> TenantMigrator {
         TenantMigration::new(1, "agents and customers", &v1),
         TenantMigration::new(2, "customers' sensitive fields", v2),
         TenantMigration::new(3, "policies, payments and commissions", &v3),
+        TenantMigration::new(
+            4,
+            "who settled a payment",
+            include_str!("../migrations/sqlite/0004_payment_settlement.sql"),
+        ),
     ]) {
         Ok(m) => m,
         // The list above is static and ordered; a failure is a programming error.

@@ -26,3 +26,4 @@ pub mod ops;
 pub mod postgres;
 pub mod seed;
 pub mod sensitive;
+pub mod validate;

@@ -257,7 +257,7 @@ enum TenantCommand {
         slug: String,
         /// The user id.
         user: String,
-        /// tenant_admin, manager, agent or viewer.
+        /// tenant_admin, manager, agent, viewer or finance.
         role: String,
     },
 }
@@ -375,7 +375,7 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
     println!("Demo users (password {}):", seed::DEMO_PASSWORD);
     for t in seed::DEMO {
         for (email, _, role) in t.users {
-            println!("  {:<28} tenant {:<18} {}", email, t.slug, role.as_str());
+            println!("  {:<28} tenant {:<18} {}", email, t.slug, role);
         }
     }
     println!();
@@ -674,16 +674,15 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
         }
         TenantCommand::Member { slug, user, role } => {
             let t = by_slug(&slug).await?;
-            let role = insurance_agent::api::session::role_from_name(&role)
-                .ok_or("role must be tenant_admin, manager, agent or viewer")?;
-            tenancy_core::MembershipWriter::put(
-                &data.memberships(),
-                &tenancy_core::Membership::new(tenancy_core::UserId::new(user.clone()), t.id, role),
-            )
-            .await?;
+            let (role, grants) = insurance_agent::api::session::role_from_name(&role)
+                .ok_or("role must be tenant_admin, manager, agent, viewer or finance")?;
+            let mut m =
+                tenancy_core::Membership::new(tenancy_core::UserId::new(user.clone()), t.id, role);
+            m.grants = grants;
+            tenancy_core::MembershipWriter::put(&data.memberships(), &m).await?;
             println!(
                 "{user} is {} in {slug}",
-                insurance_agent::api::session::role_name(role)
+                insurance_agent::api::session::role_name(m.role, &m.grants)
             );
             Ok(())
         }

@@ -13,9 +13,33 @@ use tenancy_core::rls::{TenantTable, quote_ident};
 /// The tables that carry tenant data, parents first.
 pub use crate::data::TENANT_TABLES;
 
-/// DDL creating the application's tables in `schema` and isolating them for
-/// `app_role` (run as the tables' owner, after `tenancy_sqlx::migrate::run`).
+/// DDL creating the application's tables in `schema` at the latest version
+/// and isolating them for `app_role` (run as the tables' owner, after
+/// `tenancy_sqlx::migrate::run`).
 pub fn schema_sql(schema: &str, app_role: &str) -> Vec<String> {
+    let mut out = base_sql(schema, app_role);
+    for v in 2..=SCHEMA_VERSION {
+        out.extend(upgrade_sql(schema, v));
+    }
+    out
+}
+
+/// What version `version` (2 and later) changes, in `schema`.
+pub fn upgrade_sql(schema: &str, version: i32) -> Vec<String> {
+    let s = quote_ident(schema);
+    match version {
+        2 => vec![format!(
+            "ALTER TABLE {s}.payments ADD COLUMN IF NOT EXISTS confirmed_by text, \
+             ADD COLUMN IF NOT EXISTS confirmed_at timestamptz, \
+             ADD COLUMN IF NOT EXISTS refunded_by text, \
+             ADD COLUMN IF NOT EXISTS refunded_at timestamptz"
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Version 1 of the schema.
+fn base_sql(schema: &str, app_role: &str) -> Vec<String> {
     let s = quote_ident(schema);
     let mut out = vec![
         format!(
@@ -137,8 +161,9 @@ pub fn grants_sql(schema: &str, app_role: &str) -> Vec<String> {
     out
 }
 
-/// The application schema's version: 1 is [`schema_sql`] in `public`.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The application schema's version: 1 is the base schema, each later
+/// version one step of [`upgrade_sql`].
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Applies the system schema (`tenancy_sqlx::migrate`) and the application
 /// schema in `public` — as the owner, serialised between instances starting
@@ -167,13 +192,19 @@ pub async fn apply_schema(
         sqlx::query_scalar("SELECT max(version) FROM public.app_schema_versions")
             .fetch_one(&mut *tx)
             .await?;
-    let applied = current.unwrap_or(0) < SCHEMA_VERSION;
-    if applied {
-        for stmt in schema_sql("public", app_role) {
+    let current = current.unwrap_or(0);
+    let applied = current < SCHEMA_VERSION;
+    for version in (current + 1)..=SCHEMA_VERSION {
+        let statements = if version == 1 {
+            base_sql("public", app_role)
+        } else {
+            upgrade_sql("public", version)
+        };
+        for stmt in statements {
             sqlx::raw_sql(&stmt).execute(&mut *tx).await?;
         }
         sqlx::query("INSERT INTO public.app_schema_versions (version) VALUES ($1)")
-            .bind(SCHEMA_VERSION)
+            .bind(version)
             .execute(&mut *tx)
             .await?;
     }

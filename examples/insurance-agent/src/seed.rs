@@ -29,8 +29,10 @@ pub struct DemoTenant<'a> {
     pub plan: &'a str,
     /// Parent tenant's slug (regional offices of a provider).
     pub parent: Option<&'a str>,
-    /// (email, name, role) of its users; the first is the tenant admin.
-    pub users: &'a [(&'a str, &'a str, Role)],
+    /// (email, name, role) of its users, roles by the application's names
+    /// (`tenant_admin`, `manager`, `agent`, `viewer`, `finance`); the first
+    /// is the tenant admin. Managers and agents get an agent record.
+    pub users: &'a [(&'a str, &'a str, &'a str)],
 }
 
 /// The demo tenants created on first run.
@@ -42,9 +44,10 @@ pub const DEMO: &[DemoTenant<'static>] = &[
         plan: "enterprise",
         parent: None,
         users: &[
-            ("admin@sunrise.test", "Sunita Rao", Role::Admin),
-            ("manager@sunrise.test", "Mahesh Iyer", Role::Manager),
-            ("agent@sunrise.test", "Arjun Mehta", Role::Member),
+            ("admin@sunrise.test", "Sunita Rao", "tenant_admin"),
+            ("manager@sunrise.test", "Mahesh Iyer", "manager"),
+            ("agent@sunrise.test", "Arjun Mehta", "agent"),
+            ("finance@sunrise.test", "Farah Khan", "finance"),
         ],
     },
     DemoTenant {
@@ -53,7 +56,7 @@ pub const DEMO: &[DemoTenant<'static>] = &[
         kind: "insurance_provider",
         plan: "professional",
         parent: Some("sunrise-insurance"),
-        users: &[("admin@north.sunrise.test", "Neha Kapoor", Role::Admin)],
+        users: &[("admin@north.sunrise.test", "Neha Kapoor", "tenant_admin")],
     },
     DemoTenant {
         slug: "asha-agency",
@@ -61,7 +64,7 @@ pub const DEMO: &[DemoTenant<'static>] = &[
         kind: "independent_agent",
         plan: "free",
         parent: None,
-        users: &[("asha@asha.test", "Asha Verma", Role::Admin)],
+        users: &[("asha@asha.test", "Asha Verma", "tenant_admin")],
     },
     DemoTenant {
         slug: "bharat-agents",
@@ -70,8 +73,8 @@ pub const DEMO: &[DemoTenant<'static>] = &[
         plan: "professional",
         parent: None,
         users: &[
-            ("admin@bharat.test", "Bharat Singh", Role::Admin),
-            ("agent@bharat.test", "Kavya Nair", Role::Member),
+            ("admin@bharat.test", "Bharat Singh", "tenant_admin"),
+            ("agent@bharat.test", "Kavya Nair", "agent"),
         ],
     },
 ];
@@ -161,12 +164,14 @@ pub async fn tenant(
     let ctx = TenantContext::new(t.clone());
     let mut tx = data.begin_write(&ctx).await?;
     let mut manager: Option<Id> = None;
-    for (i, (email, name, role)) in d.users.iter().enumerate() {
+    for (i, (email, name, role_name)) in d.users.iter().enumerate() {
         let user = ensure_user(data, email, name, DEMO_PASSWORD).await?;
-        data.memberships()
-            .upsert(&Membership::new(UserId::new(user.clone()), t.id, *role))
-            .await?;
-        if *role == Role::Admin {
+        let (role, grants) = crate::api::session::role_from_name(role_name)
+            .ok_or_else(|| ApiError::internal(format!("demo role {role_name} is unknown")))?;
+        let mut membership = Membership::new(UserId::new(user.clone()), t.id, role);
+        membership.grants = grants;
+        data.memberships().upsert(&membership).await?;
+        if !matches!(role, Role::Manager | Role::Member) {
             continue;
         }
         let agent = demo_agent(
@@ -175,7 +180,7 @@ pub async fn tenant(
             Some(user),
             manager,
         );
-        if *role == Role::Manager {
+        if role == Role::Manager {
             manager = Some(agent.id);
         }
         agents::insert(&mut tx, t.id.into(), &agent).await?;

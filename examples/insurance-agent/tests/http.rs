@@ -1099,12 +1099,15 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
         (Some(1), Some(0))
     );
 
+    // Cover started two months ago (monthly premiums): the first premium
+    // and the next one are both due already.
+    let commenced = chrono::Utc::now().date_naive() - chrono::Months::new(2);
     let issued = call(
         addr,
         "POST",
         &format!("/policies/{policy}/issue"),
         Some(&agent),
-        Some(json!({})),
+        Some(json!({ "commencement_date": commenced })),
     )
     .await;
     assert_eq!(issued.status, 200, "{}", issued.text());
@@ -1145,6 +1148,7 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
     assert_eq!(payments["total"], 1);
     let first = payments["items"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(payments["items"][0]["amount_minor"], 1_234_567);
+    let paid = json!({"method": "upi", "transaction_ref": "UPI-123"});
     // Another tenant cannot touch it.
     assert_problem(
         &call(
@@ -1152,21 +1156,63 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
             "POST",
             &format!("/payments/{first}/complete"),
             Some(&bharat),
-            Some(json!({"method": "upi", "transaction_ref": "X"})),
+            Some(paid.clone()),
         )
         .await,
         404,
         "app.not-found",
     );
-    let done = call(
+    // The agent who sold the policy may not record its premium as paid
+    // (and so credit themselves the commission): settling is for tenant
+    // admins and the finance role.
+    let own = call(
         addr,
         "POST",
         &format!("/payments/{first}/complete"),
         Some(&agent),
-        Some(json!({"method": "upi", "transaction_ref": "UPI-123"})),
+        Some(json!({"method": "cash", "transaction_ref": "anything", "paid_date": "2020-01-01"})),
+    )
+    .await;
+    assert_problem(&own, 403, "app.forbidden");
+    let finance = login(addr, "finance@sunrise.test", "sunrise-insurance").await;
+    let me = call(addr, "GET", "/me", Some(&finance), None).await.json();
+    assert_eq!(me["role"], "finance", "{me}");
+    let finance_id = me["user_id"].as_str().unwrap().to_owned();
+    // Dates: not in the future, not before the premium was due.
+    let due = chrono::NaiveDate::parse_from_str(
+        payments["items"][0]["due_date"].as_str().unwrap(),
+        "%Y-%m-%d",
+    )
+    .unwrap();
+    for (date, why) in [
+        (
+            chrono::Utc::now().date_naive() + chrono::Days::new(2),
+            "future",
+        ),
+        (due - chrono::Days::new(1), "before the due date"),
+    ] {
+        let r = call(
+            addr,
+            "POST",
+            &format!("/payments/{first}/complete"),
+            Some(&finance),
+            Some(json!({"method": "upi", "transaction_ref": "UPI-123", "paid_date": date})),
+        )
+        .await;
+        assert_problem(&r, 422, "app.invalid");
+        assert_eq!(r.json()["field"], "paid_date", "{why}: {}", r.text());
+    }
+    let done = call(
+        addr,
+        "POST",
+        &format!("/payments/{first}/complete"),
+        Some(&finance),
+        Some(paid.clone()),
     )
     .await;
     assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.json()["payment"]["confirmed_by"], finance_id.as_str());
+    assert!(done.json()["payment"]["confirmed_at"].is_string());
     let c = &done.json()["commissions"][0];
     assert_eq!(c["kind"], "first_year");
     assert_eq!(c["rate_bp"], 2500);
@@ -1175,13 +1221,24 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
         "25 % of 1 234 567 paise, rounded half up"
     );
     let next = done.json()["next_payment_id"].as_str().unwrap().to_owned();
+    // Who confirmed it is kept with the payment.
+    let listed = call(
+        addr,
+        "GET",
+        &format!("/payments?policy_id={policy}&status=completed"),
+        Some(&agent),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(listed["items"][0]["confirmed_by"], finance_id.as_str());
     // The same provider reference twice is a conflict.
     assert_problem(
         &call(
             addr,
             "POST",
             &format!("/payments/{next}/complete"),
-            Some(&agent),
+            Some(&finance),
             Some(json!({"method": "card", "transaction_ref": "UPI-123"})),
         )
         .await,
@@ -1193,25 +1250,36 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
         .json();
     assert_eq!(d["revenue_30d_minor"], 1_234_567);
 
-    // Refund: the pending commission is cancelled; a second refund conflicts.
-    assert_eq!(
-        call(
-            addr,
-            "POST",
-            &format!("/payments/{first}/refund"),
-            Some(&agent),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    // Refund: agents may not; finance may, once; the pending commission is
+    // cancelled.
     assert_problem(
         &call(
             addr,
             "POST",
             &format!("/payments/{first}/refund"),
             Some(&agent),
+            None,
+        )
+        .await,
+        403,
+        "app.forbidden",
+    );
+    let refunded = call(
+        addr,
+        "POST",
+        &format!("/payments/{first}/refund"),
+        Some(&finance),
+        None,
+    )
+    .await;
+    assert_eq!(refunded.status, 200, "{}", refunded.text());
+    assert_eq!(refunded.json()["refunded_by"], finance_id.as_str());
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/payments/{first}/refund"),
+            Some(&finance),
             None,
         )
         .await,
@@ -1222,12 +1290,12 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
         .await
         .json();
     assert_eq!(cs["items"][0]["status"], "cancelled");
-    // Pay-out is for admins only.
+    // Tenant admins settle too; pay-out is for admins and finance only.
     let complete_next = call(
         addr,
         "POST",
         &format!("/payments/{next}/complete"),
-        Some(&agent),
+        Some(&admin),
         Some(json!({"method": "card", "transaction_ref": "CARD-9"})),
     )
     .await;
@@ -1253,7 +1321,7 @@ async fn a_policy_from_quote_to_commission_with_exact_money(backend: Backend) {
             addr,
             "POST",
             &format!("/commissions/{commission}/pay"),
-            Some(&admin),
+            Some(&finance),
             None
         )
         .await

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use insurance_agent::data::{Data, PgUrls};
 use insurance_agent::seed::{self, DEMO_PASSWORD, DemoTenant};
 use serde_json::json;
-use tenancy_core::Role;
 use tenancy_testkit::TestDb;
 use tenancy_testkit::http::{RawResponse, request, send};
 
@@ -604,8 +603,8 @@ async fn prepare(dir: &std::path::Path, urls: &Urls) -> Vec<[String; 4]> {
         };
         let (admin, agent) = (format!("admin@{slug}.test"), format!("agent@{slug}.test"));
         let users = [
-            (admin.as_str(), "Soak Admin", Role::Admin),
-            (agent.as_str(), "Soak Agent", Role::Member),
+            (admin.as_str(), "Soak Admin", "tenant_admin"),
+            (agent.as_str(), "Soak Agent", "agent"),
         ];
         let spec = DemoTenant {
             slug: &slug,

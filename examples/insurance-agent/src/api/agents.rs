@@ -10,6 +10,7 @@ use tenancy_core::{Role, UserId};
 use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
 use crate::domain::ComplianceStatus;
 use crate::id::Id;
+use crate::validate;
 use tenancy_core::audit::{Action, AuditEvent};
 
 /// An agent.
@@ -181,7 +182,8 @@ pub async fn list(
     }))
 }
 
-/// One agent (404 when not visible to the caller, or not in this tenant).
+/// One active agent (404 when deactivated, not visible to the caller, or
+/// not in this tenant).
 #[utoipa::path(get, path = "/agents/{id}", params(("id" = Id, Path)),
     responses((status = 200, body = Agent), (status = 404)), security(("bearer" = [])))]
 pub async fn get(
@@ -195,7 +197,7 @@ pub async fn get(
     let agent: Option<Agent> = crate::on!(
         tx,
         sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM agents WHERE id = $1 AND {filter}"
+            "SELECT {COLUMNS} FROM agents WHERE id = $1 AND active = TRUE AND {filter}"
         ))
         .bind(id),
         fetch_optional
@@ -219,18 +221,43 @@ pub async fn create(
             "only tenant admins and managers add agents",
         ));
     }
-    for (field, value) in [
-        ("agent_code", &new.agent_code),
-        ("name", &new.name),
-        ("licence_number", &new.licence_number),
-    ] {
-        if value.trim().is_empty() {
-            return Err(ApiError::invalid(format!("{field} must not be empty")));
+    let agent_code = validate::text("agent_code", &new.agent_code, validate::SHORT)?;
+    let name = validate::text("name", &new.name, validate::NAME)?;
+    let licence_number = validate::text("licence_number", &new.licence_number, validate::SHORT)?;
+    let business_name = validate::opt_text(
+        "business_name",
+        new.business_name.as_deref(),
+        validate::NAME,
+    )?;
+    let regions = validate::text_list("regions", &new.regions, validate::SHORT)?;
+    if !(0..=80).contains(&new.experience_years) {
+        return Err(ApiError::invalid_field(
+            "experience_years",
+            "experience_years must be between 0 and 80",
+        ));
+    }
+    // The account that signs in as this agent must be a member of this
+    // tenant: an agent record never links to a stranger's account.
+    let user_id = match validate::opt_text("user_id", new.user_id.as_deref(), validate::NAME)? {
+        None => None,
+        Some(u) => {
+            let user = UserId::new(u.clone());
+            let member = tenancy_core::MembershipStore::membership(
+                &state.data.memberships(),
+                &user,
+                caller.ctx.tenant_id(),
+            )
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+            if member.is_none() {
+                return Err(ApiError::invalid_field(
+                    "user_id",
+                    "user_id must be the account of a member of this tenant (invite them first)",
+                ));
+            }
+            Some(u)
         }
-    }
-    if new.experience_years < 0 {
-        return Err(ApiError::invalid("experience_years must not be negative"));
-    }
+    };
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     super::check_stock(&state, &caller, &mut tx, "agents").await?;
     let mut manager = new.manager_id;
@@ -249,14 +276,14 @@ pub async fn create(
     }
     let agent = Agent {
         id: Id::new(),
-        user_id: new.user_id,
-        agent_code: new.agent_code.trim().to_owned(),
-        name: new.name.trim().to_owned(),
-        licence_number: new.licence_number.trim().to_owned(),
+        user_id,
+        agent_code,
+        name,
+        licence_number,
         licence_expiry: new.licence_expiry,
         experience_years: new.experience_years,
-        business_name: new.business_name,
-        regions: new.regions,
+        business_name,
+        regions,
         manager_id: manager,
         compliance_status: ComplianceStatus::Pending,
         active: true,
@@ -300,4 +327,37 @@ pub async fn insert(tx: &mut Tx, tenant: Id, agent: &Agent) -> Result<(), ApiErr
     .bind(agent.active)
     .bind(agent.created_at), execute)?;
     Ok(())
+}
+
+/// Deactivates an agent (tenant admins; soft delete: the record and its
+/// book stay for the audit trail, the agent's account no longer acts as it).
+#[utoipa::path(delete, path = "/agents/{id}", params(("id" = Id, Path)),
+    responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
+pub async fn deactivate(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<http::StatusCode, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden("only tenant admins deactivate agents"));
+    }
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    let done = crate::on!(
+        tx,
+        sqlx::query("UPDATE agents SET active = FALSE WHERE id = $1 AND active = TRUE").bind(id),
+        execute
+    )?;
+    if done == 0 {
+        return Err(ApiError::not_found("agent"));
+    }
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            AuditEvent::from_context(&caller.ctx, Action::DELETE, "agents").with_resource_id(id),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(http::StatusCode::NO_CONTENT)
 }

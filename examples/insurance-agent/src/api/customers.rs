@@ -293,13 +293,10 @@ async fn owner_for(tx: &mut Tx, caller: &Caller, wanted: Option<Id>) -> Result<I
     exists.ok_or_else(|| ApiError::not_found("agent"))
 }
 
-fn check_email(email: Option<&String>) -> Result<(), ApiError> {
-    match email {
-        Some(e) if !e.contains('@') || e.len() > 254 => {
-            Err(ApiError::invalid("email is not a valid address"))
-        }
-        _ => Ok(()),
-    }
+fn check_email(email: Option<&String>) -> Result<Option<String>, ApiError> {
+    email
+        .map(|e| crate::validate::email("email", e))
+        .transpose()
 }
 
 /// Adds a customer (the plan's `customers` limit applies).
@@ -310,12 +307,9 @@ pub async fn create(
     caller: Caller,
     Body(new): Body<NewCustomer>,
 ) -> Result<(http::StatusCode, Json<Customer>), ApiError> {
-    if new.first_name.trim().is_empty() || new.last_name.trim().is_empty() {
-        return Err(ApiError::invalid(
-            "first_name and last_name must not be empty",
-        ));
-    }
-    check_email(new.email.as_ref())?;
+    let first_name = crate::validate::text("first_name", &new.first_name, crate::validate::NAME)?;
+    let last_name = crate::validate::text("last_name", &new.last_name, crate::validate::NAME)?;
+    let email = check_email(new.email.as_ref())?;
     // Encrypted before the transaction opens: no key lookup while it holds
     // a connection.
     let id = Id::new();
@@ -326,10 +320,10 @@ pub async fn create(
     let mut c = Customer {
         id,
         agent_id: agent,
-        first_name: new.first_name.trim().to_owned(),
-        last_name: new.last_name.trim().to_owned(),
+        first_name,
+        last_name,
         date_of_birth: new.date_of_birth,
-        email: new.email,
+        email,
         customer_type: new.customer_type,
         risk_profile: new.risk_profile.unwrap_or(RiskProfile::Medium),
         lifecycle_stage: new.lifecycle_stage.unwrap_or(LifecycleStage::Prospect),
@@ -388,7 +382,7 @@ pub async fn update(
     PathOf(id): PathOf<Id>,
     Body(patch): Body<CustomerPatch>,
 ) -> Result<Json<Customer>, ApiError> {
-    check_email(patch.email.as_ref())?;
+    let email = check_email(patch.email.as_ref())?;
     if patch
         .engagement_score
         .is_some_and(|s| !(0..=100).contains(&s))
@@ -405,8 +399,8 @@ pub async fn update(
     if let Some(a) = patch.agent_id {
         c.agent_id = owner_for(&mut tx, &caller, Some(a)).await?;
     }
-    if patch.email.is_some() {
-        c.email = patch.email;
+    if email.is_some() {
+        c.email = email;
     }
     c.risk_profile = patch.risk_profile.unwrap_or(c.risk_profile);
     c.lifecycle_stage = patch.lifecycle_stage.unwrap_or(c.lifecycle_stage);

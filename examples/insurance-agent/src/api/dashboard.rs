@@ -53,11 +53,18 @@ pub async fn dashboard(
         )),
         fetch_one
     )?;
-    let revenue_30d_minor: i64 = crate::on!(tx, sqlx::query_scalar(&format!(
-        "SELECT CAST(coalesce(sum(y.amount_minor), 0) AS BIGINT) FROM payments y JOIN policies p ON p.id = y.policy_id \
-         WHERE y.status = 'completed' AND y.currency = 'INR' AND y.paid_date >= $1 AND {own_p}"
-    ))
-    .bind(today - Duration::days(30)), fetch_one)?;
+    // Summed in halves: no overflow on either backend, whatever is stored.
+    let halves: (i64, i64) = crate::on!(
+        tx,
+        sqlx::query_as(&format!(
+            "SELECT {} FROM payments y JOIN policies p ON p.id = y.policy_id \
+         WHERE y.status = 'completed' AND y.currency = 'INR' AND y.paid_date >= $1 AND {own_p}",
+            crate::validate::sum_minor_sql("y.amount_minor")
+        ))
+        .bind(today - Duration::days(30)),
+        fetch_one
+    )?;
+    let revenue_30d_minor = crate::validate::combine(halves);
     let since = Utc::now() - Duration::days(90);
     let (quoted, issued): (i64, i64) = crate::on!(tx, sqlx::query_as(&format!(
         "SELECT count(*), count(p.issue_date) FROM policies p WHERE p.active = TRUE AND p.created_at >= $1 AND {own_p}"

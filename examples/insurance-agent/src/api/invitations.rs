@@ -98,7 +98,7 @@ pub async fn invite(
     let (inv, token) = invitations(&state)
         .invite(
             caller.ctx.tenant_id(),
-            &req.email,
+            &crate::validate::email("email", &req.email)?,
             role,
             &caller.user,
             chrono::Duration::hours(hours),
@@ -112,7 +112,7 @@ pub async fn invite(
             &mut tx,
             AuditEvent::from_context(&caller.ctx, "invite", "invitations")
                 .with_resource_id(inv.id)
-                .with_details(serde_json::json!({"role": super::session::role_name(role)})),
+                .with_details(serde_json::json!({"role": super::session::role_name(role, &[])})),
         )
         .await?;
     tx.commit().await?;
@@ -160,6 +160,9 @@ pub async fn accept(
     Client(client): Client,
     Body(req): Body<Acceptance>,
 ) -> Result<Json<Accepted>, ApiError> {
+    super::session::bounded_credentials(&req.email, &req.password)?;
+    crate::validate::bounded("name", &req.name, crate::validate::NAME)?;
+    crate::validate::bounded("token", &req.token, crate::validate::NAME)?;
     let email = req.email.trim().to_lowercase();
     // A wrong token or a wrong password of an existing account is a guess:
     // charged like a sign-in, to the email and the client address.
@@ -286,7 +289,7 @@ async fn accept_checked(
     recorded.await.map_err(other)?;
     Ok(Json(Accepted {
         tenant: tenant.slug.to_string(),
-        role: super::session::role_name(membership.role).to_owned(),
+        role: super::session::role_name(membership.role, &membership.grants).to_owned(),
         new_account,
     }))
 }

@@ -65,6 +65,7 @@ async fn account(
     client: &tenancy_core::RequestMeta,
     req: &MfaRequest,
 ) -> Result<(String, tenancy_core::signin::SignInAttempt), ApiError> {
+    super::session::bounded_credentials(&req.email, &req.password)?;
     let email = req.email.trim().to_lowercase();
     let attempt = state.signin.begin(&email, client.ip).await?;
     let row = state.data.user_by_email(&email).await?;

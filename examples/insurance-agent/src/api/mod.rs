@@ -112,7 +112,7 @@ pub fn router(state: AppState) -> Router {
             get(mfa::security).put(mfa::set_security),
         )
         .route("/agents", get(agents::list).post(agents::create))
-        .route("/agents/{id}", get(agents::get))
+        .route("/agents/{id}", get(agents::get).delete(agents::deactivate))
         .route("/policies", get(policies::list).post(policies::create))
         .route("/policies/{id}", get(policies::get))
         .route("/policies/{id}/issue", post(policies::issue))
@@ -240,6 +240,13 @@ impl ApiError {
             "Invalid input",
             detail,
         )))
+    }
+
+    /// 422 naming the offending field (`"field"` in the body).
+    pub fn invalid_field(field: &str, detail: impl Into<String>) -> Self {
+        let mut p = Problem::new(422, "app.invalid", "Invalid input", detail);
+        p.extensions.insert("field".into(), field.into());
+        Self(Box::new(p))
     }
 
     /// 503 with `Retry-After`: a dependency did not answer; nothing was changed.
@@ -447,6 +454,21 @@ pub struct Caller {
     /// Their role in this tenant.
     pub role: Role,
 }
+
+impl Caller {
+    /// Whether the caller's role or membership grants `permission`
+    /// (`resource:action`, e.g. [`SETTLE_PAYMENTS`]).
+    pub fn can(&self, permission: &str) -> bool {
+        self.ctx.actor().is_some_and(|a| a.can(permission))
+    }
+}
+
+/// Completing and refunding payments: tenant admins (`*`) and members
+/// granted it (the `finance` role).
+pub const SETTLE_PAYMENTS: &str = "payments:settle";
+
+/// Paying out commissions: tenant admins and the `finance` role.
+pub const PAY_COMMISSIONS: &str = "commissions:pay";
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Response;

@@ -30,6 +30,7 @@ use super::{
         agents::list,
         agents::get,
         agents::create,
+        agents::deactivate,
         customers::list,
         customers::get,
         customers::create,

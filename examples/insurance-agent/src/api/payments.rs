@@ -16,7 +16,10 @@ use tenancy_core::audit::AuditEvent;
 
 use super::agents::{in_set, reach, visible_agents};
 use super::policies::Policy;
-use super::{ApiError, AppState, Body, Caller, Page, PageQuery, PathOf, QueryOf};
+use super::{
+    ApiError, AppState, Body, Caller, PAY_COMMISSIONS, Page, PageQuery, PathOf, QueryOf,
+    SETTLE_PAYMENTS,
+};
 use crate::domain::{
     CommissionKind, CommissionRates, CommissionStatus, Currency, PaymentMethod, PaymentStatus,
     PolicyStatus, apply_bp,
@@ -46,12 +49,21 @@ pub struct Payment {
     pub status: PaymentStatus,
     /// The payment provider's reference, unique in the tenant.
     pub transaction_ref: Option<String>,
+    /// Who recorded it as paid (a user id).
+    pub confirmed_by: Option<String>,
+    /// When they did.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// Who refunded it.
+    pub refunded_by: Option<String>,
+    /// When they did.
+    pub refunded_at: Option<DateTime<Utc>>,
     /// Created.
     pub created_at: DateTime<Utc>,
 }
 
 const COLUMNS: &str = "y.id, y.policy_id, y.amount_minor, y.currency, y.due_date, y.paid_date, \
-    y.method, y.status, y.transaction_ref, y.created_at";
+    y.method, y.status, y.transaction_ref, y.confirmed_by, y.confirmed_at, y.refunded_by, \
+    y.refunded_at, y.created_at";
 
 /// A commission.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -88,8 +100,26 @@ pub struct CompleteRequest {
     pub method: PaymentMethod,
     /// The payment provider's reference (unique in the tenant).
     pub transaction_ref: String,
-    /// When it was paid (default today).
+    /// When it was paid (default today): not in the future, not before the
+    /// premium was due.
     pub paid_date: Option<NaiveDate>,
+}
+
+/// Refuses callers who may not settle payments (complete or refund).
+fn settler(caller: &Caller) -> Result<(), ApiError> {
+    if caller.can(SETTLE_PAYMENTS) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "only tenant admins and finance members complete or refund payments",
+        ))
+    }
+}
+
+/// Today, in the time zone furthest ahead (UTC+14): a date after it is in
+/// the future everywhere.
+fn latest_today() -> NaiveDate {
+    (Utc::now() + chrono::Duration::hours(14)).date_naive()
 }
 
 /// Filters on the payment list.
@@ -160,7 +190,11 @@ pub async fn list(
 ) -> Result<Json<Page<Payment>>, ApiError> {
     let (limit, offset) = page.bounds()?;
     let mut tx = state.data.begin(&caller.ctx).await?;
-    let (read, _) = reach(&mut tx, &caller, "p.").await?;
+    let read = if caller.can(SETTLE_PAYMENTS) {
+        "TRUE".to_owned()
+    } else {
+        reach(&mut tx, &caller, "p.").await?.0
+    };
     let where_ = format!(
         "p.active = TRUE AND {read} AND ($1 IS NULL OR y.status = $1) AND ($2 IS NULL OR y.policy_id = $2)"
     );
@@ -210,19 +244,30 @@ pub async fn complete(
     PathOf(id): PathOf<Id>,
     Body(req): Body<CompleteRequest>,
 ) -> Result<Json<Completed>, ApiError> {
-    let reference = req.transaction_ref.trim().to_owned();
-    if reference.is_empty() || reference.len() > 100 {
-        return Err(ApiError::invalid(
-            "transaction_ref must be 1 to 100 characters",
+    settler(&caller)?;
+    let reference = crate::validate::text("transaction_ref", &req.transaction_ref, 100)?;
+    let paid = req.paid_date.unwrap_or_else(|| Utc::now().date_naive());
+    if paid > latest_today() {
+        return Err(ApiError::invalid_field(
+            "paid_date",
+            "paid_date must not be in the future",
         ));
     }
     let rates = CommissionRates::of(&caller.ctx.tenant().settings).map_err(ApiError::internal)?;
     let tenant: Id = caller.ctx.tenant_id().into();
     let mut tx = state.data.begin_write(&caller.ctx).await?;
-    let (_, write) = reach(&mut tx, &caller, "p.").await?;
-    let Some(mut pay) = fetch(&mut tx, &write, id).await? else {
+    let Some(mut pay) = fetch(&mut tx, "TRUE", id).await? else {
         return Err(ApiError::not_found("payment"));
     };
+    if paid < pay.due_date {
+        return Err(ApiError::invalid_field(
+            "paid_date",
+            format!(
+                "paid_date must not be before the due date ({})",
+                pay.due_date
+            ),
+        ));
+    }
     if pay.status != PaymentStatus::Pending {
         return Err(ApiError::conflict(format!(
             "the payment is {}, not pending",
@@ -238,19 +283,22 @@ pub async fn complete(
             policy.status
         )));
     }
-    let paid = req.paid_date.unwrap_or_else(|| Utc::now().date_naive());
     pay.status = PaymentStatus::Completed;
     pay.paid_date = Some(paid);
     pay.method = Some(req.method.as_str().to_owned());
     pay.transaction_ref = Some(reference);
+    pay.confirmed_by = Some(caller.user.as_str().to_owned());
+    pay.confirmed_at = Some(Utc::now());
     crate::on!(tx, sqlx::query(
-        "UPDATE payments SET status = 'completed', paid_date = $2, method = $3, transaction_ref = $4 \
-         WHERE id = $1",
+        "UPDATE payments SET status = 'completed', paid_date = $2, method = $3, transaction_ref = $4, \
+         confirmed_by = $5, confirmed_at = $6 WHERE id = $1 AND status = 'pending'",
     )
     .bind(pay.id)
     .bind(pay.paid_date)
     .bind(&pay.method)
-    .bind(&pay.transaction_ref), execute)?;
+    .bind(&pay.transaction_ref)
+    .bind(&pay.confirmed_by)
+    .bind(pay.confirmed_at), execute)?;
 
     // Commissions: first-year while the premium falls in the policy's first
     // year (by due date), renewal after; a bonus on top when configured.
@@ -355,6 +403,7 @@ pub async fn refund(
     caller: Caller,
     PathOf(id): PathOf<Id>,
 ) -> Result<Json<Payment>, ApiError> {
+    settler(&caller)?;
     transition(
         &state,
         &caller,
@@ -373,7 +422,12 @@ async fn transition(
     to: PaymentStatus,
 ) -> Result<Json<Payment>, ApiError> {
     let mut tx = state.data.begin_write(&caller.ctx).await?;
-    let (_, write) = reach(&mut tx, caller, "p.").await?;
+    // Settlers act on every payment of the tenant; others on their own.
+    let write = if caller.can(SETTLE_PAYMENTS) {
+        "TRUE".to_owned()
+    } else {
+        reach(&mut tx, caller, "p.").await?.1
+    };
     let Some(mut pay) = fetch(&mut tx, &write, id).await? else {
         return Err(ApiError::not_found("payment"));
     };
@@ -384,11 +438,19 @@ async fn transition(
         )));
     }
     pay.status = to;
+    if to == PaymentStatus::Refunded {
+        pay.refunded_by = Some(caller.user.as_str().to_owned());
+        pay.refunded_at = Some(Utc::now());
+    }
     crate::on!(
         tx,
-        sqlx::query("UPDATE payments SET status = $2 WHERE id = $1")
-            .bind(pay.id)
-            .bind(to.as_str()),
+        sqlx::query(
+            "UPDATE payments SET status = $2, refunded_by = $3, refunded_at = $4 WHERE id = $1"
+        )
+        .bind(pay.id)
+        .bind(to.as_str())
+        .bind(&pay.refunded_by)
+        .bind(pay.refunded_at),
         execute
     )?;
     if to == PaymentStatus::Refunded {
@@ -422,6 +484,7 @@ pub async fn commissions(
     let (limit, offset) = page.bounds()?;
     let mut tx = state.data.begin(&caller.ctx).await?;
     let set = match caller.role {
+        _ if caller.can(PAY_COMMISSIONS) => None,
         Role::Admin => None,
         Role::Manager | Role::Member => visible_agents(&mut tx, &caller).await?,
         _ => Some(Vec::new()),
@@ -452,7 +515,7 @@ pub async fn commissions(
     }))
 }
 
-/// Marks a pending commission paid out (tenant admins).
+/// Marks a pending commission paid out (tenant admins and finance).
 #[utoipa::path(post, path = "/commissions/{id}/pay", params(("id" = Id, Path)),
     responses((status = 204), (status = 403), (status = 404), (status = 409)), security(("bearer" = [])))]
 pub async fn pay_commission(
@@ -460,9 +523,9 @@ pub async fn pay_commission(
     caller: Caller,
     PathOf(id): PathOf<Id>,
 ) -> Result<http::StatusCode, ApiError> {
-    if caller.role != Role::Admin {
+    if !caller.can(PAY_COMMISSIONS) {
         return Err(ApiError::forbidden(
-            "only tenant admins pay out commissions",
+            "only tenant admins and finance members pay out commissions",
         ));
     }
     let mut tx = state.data.begin_write(&caller.ctx).await?;

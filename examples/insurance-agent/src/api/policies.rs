@@ -212,27 +212,29 @@ pub async fn create(
     caller: Caller,
     Body(new): Body<NewPolicy>,
 ) -> Result<(http::StatusCode, Json<Policy>), ApiError> {
-    if new.policy_number.trim().is_empty() || new.product.trim().is_empty() {
-        return Err(ApiError::invalid(
-            "policy_number and product must not be empty",
-        ));
-    }
-    if new.sum_assured_minor <= 0 || new.premium_minor <= 0 {
-        return Err(ApiError::invalid(
-            "sum_assured_minor and premium_minor must be positive",
-        ));
-    }
+    use crate::validate;
+    let policy_number = validate::text("policy_number", &new.policy_number, validate::SHORT)?;
+    let product = validate::text("product", &new.product, validate::NAME)?;
+    validate::money("sum_assured_minor", new.sum_assured_minor)?;
+    validate::money("premium_minor", new.premium_minor)?;
     if !(1..=100).contains(&new.term_years) {
-        return Err(ApiError::invalid("term_years must be between 1 and 100"));
-    }
-    if new
-        .riders
-        .iter()
-        .any(|r| r.name.trim().is_empty() || r.sum_assured_minor <= 0)
-    {
-        return Err(ApiError::invalid(
-            "every rider needs a name and a positive sum_assured_minor",
+        return Err(ApiError::invalid_field(
+            "term_years",
+            "term_years must be between 1 and 100",
         ));
+    }
+    if new.riders.len() > validate::LIST {
+        return Err(ApiError::invalid_field(
+            "riders",
+            format!("riders must have at most {} items", validate::LIST),
+        ));
+    }
+    let mut riders = Vec::with_capacity(new.riders.len());
+    for r in &new.riders {
+        riders.push(Rider {
+            name: validate::text("riders.name", &r.name, validate::NAME)?,
+            sum_assured_minor: validate::money("riders.sum_assured_minor", r.sum_assured_minor)?,
+        });
     }
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     let (_, write) = reach(&mut tx, &caller, "").await?;
@@ -250,8 +252,8 @@ pub async fn create(
     super::check_stock(&state, &caller, &mut tx, "policies").await?;
     let p = Policy {
         id: Id::new(),
-        policy_number: new.policy_number.trim().to_owned(),
-        product: new.product.trim().to_owned(),
+        policy_number,
+        product,
         customer_id: new.customer_id,
         agent_id,
         sum_assured_minor: new.sum_assured_minor,
@@ -267,7 +269,7 @@ pub async fn create(
             .checked_add_months(Months::new(new.term_years * 12)),
         next_due_date: None,
         status: PolicyStatus::Quoted,
-        riders: new.riders,
+        riders,
         shared: new.shared,
         created_at: Utc::now(),
     };

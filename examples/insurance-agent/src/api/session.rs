@@ -67,6 +67,8 @@ pub async fn login(
     Body(req): Body<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let refused = || ApiError::unauthorized("email, password or tenant is wrong");
+    bounded_credentials(&req.email, &req.password)?;
+    crate::validate::bounded("tenant", &req.tenant, crate::validate::NAME)?;
     let email = req.email.trim().to_lowercase();
     let slug = TenantSlug::new(req.tenant.trim()).ok();
     // Charged before anything is looked up: unknown and known emails are
@@ -404,28 +406,62 @@ pub async fn me(State(state): State<AppState>, caller: Caller) -> Result<Json<Me
         tenant_id: tenant.id.into(),
         tenant: tenant.slug.to_string(),
         plan: tenant.plan.as_ref().map(ToString::to_string),
-        role: role_name(caller.role).to_owned(),
+        role: role_name(
+            caller.role,
+            caller
+                .ctx
+                .actor()
+                .map(|a| &a.grants[..])
+                .unwrap_or_default(),
+        )
+        .to_owned(),
         agent_id,
     }))
 }
 
-/// The library's role for one of the application's names.
-pub fn role_from_name(name: &str) -> Option<Role> {
-    Some(match name {
+/// Refuses credentials longer than any account can have (422 naming the
+/// field) before they are hashed or counted.
+pub fn bounded_credentials(email: &str, password: &str) -> Result<(), ApiError> {
+    crate::validate::bounded("email", email, crate::validate::EMAIL)?;
+    crate::validate::bounded("password", password, crate::validate::PASSWORD)
+}
+
+/// The grants that make a viewer the `finance` role: settling payments
+/// and paying out commissions, across the tenant.
+pub const FINANCE_GRANTS: [&str; 2] = [super::SETTLE_PAYMENTS, super::PAY_COMMISSIONS];
+
+/// The library's role and extra grants for one of the application's role
+/// names (`tenant_admin`, `manager`, `agent`, `viewer`, `finance`).
+pub fn role_from_name(name: &str) -> Option<(Role, Vec<tenancy_core::Permission>)> {
+    let role = match name {
         "tenant_admin" => Role::Admin,
         "manager" => Role::Manager,
         "agent" => Role::Member,
         "viewer" => Role::Viewer,
+        "finance" => {
+            let grants = FINANCE_GRANTS
+                .iter()
+                .filter_map(|g| tenancy_core::Permission::new(g).ok())
+                .collect();
+            return Some((Role::Viewer, grants));
+        }
         _ => return None,
-    })
+    };
+    Some((role, Vec::new()))
 }
 
-/// The application's names for the library's roles.
-pub fn role_name(role: Role) -> &'static str {
+/// The application's name for a library role with its grants.
+pub fn role_name(role: Role, grants: &[tenancy_core::Permission]) -> &'static str {
     match role {
         Role::Admin => "tenant_admin",
         Role::Manager => "manager",
         Role::Member => "agent",
+        _ if FINANCE_GRANTS
+            .iter()
+            .all(|need| grants.iter().any(|g| g.allows(need))) =>
+        {
+            "finance"
+        }
         _ => "viewer",
     }
 }
