@@ -9,15 +9,15 @@ use tenancy_core::client::TrustedProxies;
 use tenancy_core::oidc::{IdentitySettings, IssuerDirectory, OidcConfig, OidcVerifier};
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::signin::{AttemptRule, MemoryAttempts, SignInGuard};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::auth::{Hasher, Sessions};
 use crate::data::{Data, PgUrls};
-use crate::drain::{DRAIN_TIMEOUT, Drain};
+use crate::drain::{Admission, DRAIN_TIMEOUT, Drain};
 use crate::seed;
+pub use crate::server::Limits;
 
 /// The embedded plan catalog (`config/plans.toml`).
 pub const PLANS: &str = include_str!("../config/plans.toml");
@@ -42,6 +42,8 @@ pub struct Config {
     pub redis: Option<String>,
     /// Client addresses, sign-in protection and password hashing.
     pub security: Security,
+    /// Connection cap and the deadlines of slow clients.
+    pub limits: Limits,
 }
 
 /// How the server protects sign-in and learns client addresses.
@@ -267,28 +269,28 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
             }
         })
     };
-    let listener = TcpListener::bind(config.bind).await?;
+    let listener = crate::server::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let drain = Arc::new(Drain::default());
     let app = api::router(state).layer(axum::middleware::from_fn_with_state(
-        drain.clone(),
+        Arc::new(Admission {
+            drain: drain.clone(),
+            limits: config.limits,
+        }),
         crate::drain::admit,
     ));
+    let limits = config.limits;
     let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        let shutdown = async move {
             tokio::select! {
                 _ = stopped => {}
                 () = crate::drain::signal() => {}
             }
             // New requests get 503 from here on; those in flight finish.
             drain.drain(DRAIN_TIMEOUT).await;
-        })
-        .await
+        };
+        crate::server::serve(listener, app, limits, shutdown, DRAIN_TIMEOUT).await
     });
     Ok(Running {
         addr,

@@ -4,7 +4,9 @@
 //! another instance — lets the requests in flight finish, and only then
 //! stops listening. An acknowledged write is never cut off half-way.
 //!
-//! The same middleware bounds every request by [`REQUEST_TIMEOUT`].
+//! The same middleware receives each request's body in full, within the
+//! server's [`Limits`] (408 or 413 otherwise), before the request goes on,
+//! and bounds the handling by [`REQUEST_TIMEOUT`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +15,10 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tenancy_core::problem::{CONTENT_TYPE, Problem};
+
+use crate::server::Limits;
 
 /// How long a drain waits for requests in flight before it gives up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -69,10 +74,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The middleware: 503 while draining, otherwise counted in flight.
-pub async fn admit(State(drain): State<Arc<Drain>>, request: Request, next: Next) -> Response {
+/// What the admission middleware needs: the drain and the server's limits.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Requests in flight.
+    pub drain: Arc<Drain>,
+    /// Body and handling deadlines.
+    pub limits: Limits,
+}
+
+/// The middleware: 503 while draining; otherwise, counted in flight, the
+/// body is received (408 past the body deadline, 413 past the size limit)
+/// and the request runs within the request deadline.
+pub async fn admit(State(gate): State<Arc<Admission>>, request: Request, next: Next) -> Response {
+    let (drain, limits) = (&gate.drain, gate.limits);
+    // In flight from the moment its head arrived: a drain waits for the
+    // body still on its way (bounded by the body deadline).
     drain.in_flight.fetch_add(1, Ordering::SeqCst);
-    let guard = InFlight(&drain);
+    let guard = InFlight(drain);
     if drain.is_draining() {
         drop(guard);
         return unavailable(
@@ -82,10 +101,45 @@ pub async fn admit(State(drain): State<Arc<Drain>>, request: Request, next: Next
             true,
         );
     }
-    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    let (parts, body) = request.into_parts();
+    let received = tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(body, limits.max_body).collect(),
+    )
+    .await;
+    let body = match received {
+        Ok(Ok(collected)) => axum::body::Body::from(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return refused(
+                413,
+                "app.body-too-large",
+                format!("the request body is larger than {} bytes", limits.max_body),
+            );
+        }
+        Ok(Err(e)) => {
+            return refused(
+                400,
+                "app.body-unreadable",
+                format!("the request body could not be read: {e}"),
+            );
+        }
+        Err(_) => {
+            tracing::info!(timeout = ?limits.body_timeout, "request body too slow; refused");
+            return refused(
+                408,
+                "app.body-timeout",
+                format!(
+                    "the request body did not arrive within {} s; send it at once",
+                    limits.body_timeout.as_secs_f64()
+                ),
+            );
+        }
+    };
+    let request = Request::from_parts(parts, body);
+    let response = match tokio::time::timeout(limits.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
-            tracing::warn!(timeout = ?REQUEST_TIMEOUT, "request timed out; cancelled");
+            tracing::warn!(timeout = ?limits.request_timeout, "request timed out; cancelled");
             unavailable(
                 "app.timeout",
                 "Try again",
@@ -97,6 +151,26 @@ pub async fn admit(State(drain): State<Arc<Drain>>, request: Request, next: Next
     };
     drop(guard);
     response
+}
+
+/// A client error that ends the connection (the rest of the body may still
+/// be on its way).
+fn refused(status: u16, code: &'static str, detail: String) -> Response {
+    let title = match status {
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        _ => "Bad Request",
+    };
+    let problem = Problem::new(status, code, title, detail);
+    (
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST),
+        [
+            (http::header::CONTENT_TYPE, CONTENT_TYPE),
+            (http::header::CONNECTION, "close"),
+        ],
+        problem.to_json().to_string(),
+    )
+        .into_response()
 }
 
 fn unavailable(

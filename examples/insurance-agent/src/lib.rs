@@ -26,4 +26,5 @@ pub mod ops;
 pub mod postgres;
 pub mod seed;
 pub mod sensitive;
+pub mod server;
 pub mod validate;

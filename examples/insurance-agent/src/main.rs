@@ -364,6 +364,7 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
                 .allow_http_loopback(at.allow_http_loopback),
             ..app::Security::default()
         },
+        limits: app::Limits::default(),
     })
     .await?;
     let url = format!("http://{}", running.addr);

@@ -2,6 +2,7 @@
 //! amounts and texts (422 naming the field), sums that cannot overflow,
 //! agent records linked only to the tenant's own members, deactivated agents
 //! gone from reads.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use insurance_agent::id::Id;
 use serde_json::json;

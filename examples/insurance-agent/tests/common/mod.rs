@@ -53,6 +53,21 @@ pub async fn start_configured(
     plans: Option<std::path::PathBuf>,
     security: Security,
 ) -> App {
+    start_full(backend, plans, security, app::Limits::default()).await
+}
+
+/// An app with these security settings and server limits.
+#[allow(dead_code)]
+pub async fn start_with_limits(backend: Backend, security: Security, limits: app::Limits) -> App {
+    start_full(backend, None, security, limits).await
+}
+
+async fn start_full(
+    backend: Backend,
+    plans: Option<std::path::PathBuf>,
+    security: Security,
+    limits: app::Limits,
+) -> App {
     let dir = tempfile::tempdir().unwrap();
     let (pg, postgres) = match backend {
         Backend::Sqlite => (None, None),
@@ -68,6 +83,7 @@ pub async fn start_configured(
         postgres,
         redis: None,
         security,
+        limits,
     })
     .await
     .unwrap();
