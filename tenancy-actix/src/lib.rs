@@ -10,8 +10,10 @@
 //!   refused requests get the core's RFC 9457 problem response. The response
 //!   status is reported to the pipeline's metrics, and access denials to its
 //!   audit sink, when configured.
-//! - Extractors ([`FromRequest`]): [`Tenant`], [`RequireFeature`],
-//!   [`RequirePermission`], each rejecting with a problem response.
+//! - Extractors ([`FromRequest`]): [`Tenant`], [`MaybeTenant`] (routes
+//!   with an optional tenant, behind [`TenantMiddleware::optional`]),
+//!   [`RequireFeature`], [`RequirePermission`], each rejecting with a
+//!   problem response.
 //! - [`ProblemError`]: return a [`TenantError`] from a handler as the same
 //!   problem response (`ResponseError`).
 //!
@@ -67,6 +69,7 @@ pub type UserSource = Arc<dyn Fn(&ServiceRequest) -> Option<UserId> + Send + Syn
 pub struct TenantMiddleware {
     pipeline: RequestPipeline,
     user: Option<UserSource>,
+    optional: bool,
 }
 
 impl std::fmt::Debug for TenantMiddleware {
@@ -83,6 +86,42 @@ impl TenantMiddleware {
         Self {
             pipeline,
             user: None,
+            optional: false,
+        }
+    }
+
+    /// Middleware for routes with an optional tenant ("universal" routes).
+    /// A request that names no tenant at all reaches the handler without a
+    /// context ([`MaybeTenant`] is `None`); a request that names one runs
+    /// the whole pipeline like [`TenantMiddleware::new`] — a malformed,
+    /// unknown, suspended or refused tenant is refused, never served as if
+    /// no tenant were named.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use actix_web::{App, web};
+    /// use tenancy_actix::{MaybeTenant, TenantMiddleware};
+    /// use tenancy_core::pipeline::RequestPipeline;
+    /// use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
+    /// use tenancy_core::store::InMemoryTenantStore;
+    ///
+    /// async fn home(MaybeTenant(ctx): MaybeTenant) -> String {
+    ///     match ctx {
+    ///         Some(ctx) => format!("welcome to {}", ctx.slug()),
+    ///         None => "welcome".to_owned(),
+    ///     }
+    /// }
+    ///
+    /// let store = Arc::new(InMemoryTenantStore::new());
+    /// let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store);
+    /// let app = App::new()
+    ///     .wrap(TenantMiddleware::optional(pipeline))
+    ///     .route("/", web::get().to(home));
+    /// ```
+    pub fn optional(pipeline: RequestPipeline) -> Self {
+        Self {
+            optional: true,
+            ..Self::new(pipeline)
         }
     }
 
@@ -113,6 +152,7 @@ where
             service: Rc::new(service),
             pipeline: Rc::new(self.pipeline.clone()),
             user: self.user.clone(),
+            optional: self.optional,
         }))
     }
 }
@@ -122,6 +162,7 @@ pub struct TenantService<S> {
     service: Rc<S>,
     pipeline: Rc<RequestPipeline>,
     user: Option<UserSource>,
+    optional: bool,
 }
 
 impl<S> std::fmt::Debug for TenantService<S> {
@@ -362,6 +403,20 @@ where
                     },
                 };
             }
+            Some(Err(rejected)) if self.optional && rejected.names_no_tenant() => {
+                req.extensions_mut().insert(NoTenantNamed);
+                let service = self.service.clone();
+                return ResponseFuture {
+                    state: State::Waiting {
+                        future: Box::pin(async move {
+                            service
+                                .call(req)
+                                .await
+                                .map(ServiceResponse::map_into_left_body)
+                        }),
+                    },
+                };
+            }
             Some(Err(rejected)) => {
                 return ResponseFuture {
                     state: State::Ready {
@@ -373,6 +428,7 @@ where
         }
         let service = self.service.clone();
         let pipeline = self.pipeline.clone();
+        let optional = self.optional;
         ResponseFuture {
             state: State::Waiting {
                 future: Box::pin(async move {
@@ -386,6 +442,13 @@ where
                             admit_into(&pipeline, &req, &admitted);
                             let outcome = admitted.ctx.scope(service.call(req)).await;
                             admitted_response(&pipeline, &admitted, outcome)
+                        }
+                        Err(rejected) if optional && rejected.names_no_tenant() => {
+                            req.extensions_mut().insert(NoTenantNamed);
+                            service
+                                .call(req)
+                                .await
+                                .map(ServiceResponse::map_into_left_body)
                         }
                         Err(rejected) => Ok(refused_response(&pipeline, req, &rejected)),
                     }
@@ -451,6 +514,34 @@ impl FromRequest for Tenant {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(context(req).map(Tenant))
+    }
+}
+
+/// Marks a request that named no tenant on a route with an optional tenant
+/// ([`TenantMiddleware::optional`]).
+#[derive(Debug, Clone, Copy)]
+struct NoTenantNamed;
+
+/// The request's [`TenantContext`] on a route with an optional tenant
+/// ([`TenantMiddleware::optional`]): `None` when the request named no
+/// tenant. Behind no tenant middleware at all the request is refused (400
+/// `tenant-missing`): a route that forgot its middleware is never served as
+/// if no tenant were named.
+#[derive(Debug, Clone)]
+pub struct MaybeTenant(pub Option<TenantContext>);
+
+impl FromRequest for MaybeTenant {
+    type Error = ProblemError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let extensions = req.extensions();
+        let outcome = match extensions.get::<TenantContext>() {
+            Some(ctx) => Ok(Self(Some(ctx.clone()))),
+            None if extensions.get::<NoTenantNamed>().is_some() => Ok(Self(None)),
+            None => Err(TenantError::Missing.into()),
+        };
+        ready(outcome)
     }
 }
 

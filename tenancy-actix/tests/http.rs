@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 
 use actix_web::{App, HttpServer, web};
 use tenancy_actix::{
-    FeatureName, PermissionName, ProblemError, RequireFeature, RequirePermission, Tenant,
-    TenantMiddleware,
+    FeatureName, MaybeTenant, PermissionName, ProblemError, RequireFeature, RequirePermission,
+    Tenant, TenantMiddleware,
 };
 use tenancy_core::UserId;
 use tenancy_core::pipeline::RequestPipeline;
-use tenancy_testkit::web::{self as web_table, Path, World, run_table, upload};
+use tenancy_testkit::web::{self as web_table, Path, World, run_table, run_universal, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -79,12 +79,40 @@ fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
     addr
 }
 
+async fn home(MaybeTenant(ctx): MaybeTenant) -> String {
+    web_table::home(ctx.as_ref())
+}
+
+/// `/home` behind the optional-tenant middleware (or none: the twin).
+fn serve_universal(pipeline: Option<RequestPipeline>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::Condition::new(
+                pipeline.is_some(),
+                TenantMiddleware::optional(
+                    pipeline.clone().unwrap_or_else(|| World::new().pipeline),
+                ),
+            ))
+            .route("/home", web::get().to(home))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    addr
+}
+
 #[actix_web::test]
 async fn the_behaviour_table_over_http() {
     let world = World::new();
     let open = serve(world.clone(), world.pipeline.clone());
     let members = serve(world.clone(), world.members_only.clone());
     run_table(&world, open, members).await;
+    run_universal(&world, serve_universal(Some(world.pipeline.clone()))).await;
 }
 
 #[actix_web::test]
@@ -93,6 +121,17 @@ async fn the_behaviour_table_over_http_on_the_async_path() {
     let open = serve(world.clone(), world.pipeline.clone());
     let members = serve(world.clone(), world.members_only.clone());
     run_table(&world, open, members).await;
+    run_universal(&world, serve_universal(Some(world.pipeline.clone()))).await;
+}
+
+#[actix_web::test]
+async fn an_optional_tenant_route_without_the_middleware_is_refused() {
+    let addr = serve_universal(None);
+    let r = tenancy_testkit::http::send(addr, &tenancy_testkit::http::get("/home", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "tenant-missing");
 }
 
 #[actix_web::test]

@@ -10,7 +10,9 @@
 //!   access denials to its audit sink, when configured. Refused requests get an RFC 9457 `application/problem+json`
 //!   response with the status and headers the core chose.
 //! - Extractors: [`Tenant`] (the context, with its own rejection),
-//!   [`RequireFeature`] and [`RequirePermission`] guards.
+//!   [`MaybeTenant`] (routes with an optional tenant, behind
+//!   [`TenantLayer::optional`]), [`RequireFeature`] and
+//!   [`RequirePermission`] guards.
 //! - [`ProblemResponse`]: turn any [`TenantError`] returned by a handler
 //!   into the same problem response.
 //!
@@ -57,6 +59,7 @@ pub type UserSource = Arc<dyn Fn(&Parts) -> Option<UserId> + Send + Sync>;
 struct Shared {
     pipeline: RequestPipeline,
     user: Option<UserSource>,
+    optional: bool,
 }
 
 /// The tower layer. See the [crate docs](crate).
@@ -80,6 +83,46 @@ impl TenantLayer {
             shared: Arc::new(Shared {
                 pipeline,
                 user: None,
+                optional: false,
+            }),
+        }
+    }
+
+    /// A layer for routes with an optional tenant ("universal" routes: a
+    /// landing page, a sign-up form, a health page that also works per
+    /// tenant). A request that names no tenant at all reaches the handler
+    /// without a context ([`MaybeTenant`] is `None`); a request that names
+    /// one runs the whole pipeline like [`TenantLayer::new`] — a malformed,
+    /// unknown, suspended or refused tenant is refused, never served as if
+    /// no tenant were named.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use axum::{Router, routing::get};
+    /// use tenancy_axum::{MaybeTenant, TenantLayer};
+    /// use tenancy_core::pipeline::RequestPipeline;
+    /// use tenancy_core::resolve::{HeaderStrategy, ResolverChain};
+    /// use tenancy_core::store::InMemoryTenantStore;
+    ///
+    /// async fn home(MaybeTenant(ctx): MaybeTenant) -> String {
+    ///     match ctx {
+    ///         Some(ctx) => format!("welcome to {}", ctx.slug()),
+    ///         None => "welcome".to_owned(),
+    ///     }
+    /// }
+    ///
+    /// let store = Arc::new(InMemoryTenantStore::new());
+    /// let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store);
+    /// let app: Router = Router::new()
+    ///     .route("/", get(home))
+    ///     .layer(TenantLayer::optional(pipeline));
+    /// ```
+    pub fn optional(pipeline: RequestPipeline) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pipeline,
+                user: None,
+                optional: true,
             }),
         }
     }
@@ -94,6 +137,7 @@ impl TenantLayer {
             shared: Arc::new(Shared {
                 pipeline: self.shared.pipeline.clone(),
                 user: Some(Arc::new(source)),
+                optional: self.shared.optional,
             }),
         }
     }
@@ -309,6 +353,10 @@ pin_project_lite::pin_project! {
         Ready {
             response: Option<Response>,
         },
+        Central {
+            #[pin]
+            inner: F,
+        },
         Waiting {
             future: BoxFuture<Result<Response, E>>,
         },
@@ -348,10 +396,16 @@ where
                 Some(r) => Poll::Ready(Ok(r)),
                 None => Poll::Pending,
             },
+            StateProj::Central { inner } => inner.poll(cx),
             StateProj::Waiting { future } => future.as_mut().poll(cx),
         }
     }
 }
+
+/// Marks a request that named no tenant on a route with an optional tenant
+/// ([`TenantLayer::optional`]).
+#[derive(Debug, Clone, Copy)]
+struct NoTenantNamed;
 
 /// What an admitted request carries to the handlers: its context, and —
 /// when refusals are audited — the pipeline, for [`RequirePermission`].
@@ -423,6 +477,14 @@ where
                     },
                 };
             }
+            Some(Err(rejected)) if self.shared.optional && rejected.names_no_tenant() => {
+                parts.extensions.insert(NoTenantNamed);
+                return ResponseFuture {
+                    state: State::Central {
+                        inner: inner.call(Request::from_parts(parts, body)),
+                    },
+                };
+            }
             Some(Err(rejected)) => {
                 return ResponseFuture {
                     state: State::Ready {
@@ -448,6 +510,10 @@ where
                             admitted_response(&shared, &admitted, &mut response);
                             Ok(response)
                         }
+                        Err(rejected) if shared.optional && rejected.names_no_tenant() => {
+                            parts.extensions.insert(NoTenantNamed);
+                            inner.call(Request::from_parts(parts, body)).await
+                        }
                         Err(rejected) => Ok(refused_response(&shared, &rejected)),
                     }
                 }),
@@ -471,6 +537,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Tenant {
             .cloned()
             .map(Tenant)
             .ok_or_else(|| TenantError::Missing.into())
+    }
+}
+
+/// The request's [`TenantContext`] on a route with an optional tenant
+/// ([`TenantLayer::optional`]): `None` when the request named no tenant.
+/// Behind no tenant layer at all the request is refused (400
+/// `tenant-missing`): a route that forgot its layer is never served as if
+/// no tenant were named.
+#[derive(Debug, Clone)]
+pub struct MaybeTenant(pub Option<TenantContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeTenant {
+    type Rejection = ProblemResponse;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ctx) = parts.extensions.get::<TenantContext>() {
+            return Ok(Self(Some(ctx.clone())));
+        }
+        match parts.extensions.get::<NoTenantNamed>() {
+            Some(_) => Ok(Self(None)),
+            None => Err(TenantError::Missing.into()),
+        }
     }
 }
 

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::get;
 use tenancy_axum::{
-    FeatureName, PermissionName, ProblemResponse, RequireFeature, RequirePermission, Tenant,
-    TenantLayer,
+    FeatureName, MaybeTenant, PermissionName, ProblemResponse, RequireFeature, RequirePermission,
+    Tenant, TenantLayer,
 };
 use tenancy_core::UserId;
 use tenancy_core::pipeline::RequestPipeline;
-use tenancy_testkit::web::{self as web_table, Path, World, run_table, upload};
+use tenancy_testkit::web::{self as web_table, Path, World, run_table, run_universal, upload};
 
 struct Analytics;
 impl FeatureName for Analytics {
@@ -80,12 +80,36 @@ async fn serve(world: World, pipeline: RequestPipeline) -> SocketAddr {
     addr
 }
 
+async fn home(MaybeTenant(ctx): MaybeTenant) -> String {
+    web_table::home(ctx.as_ref())
+}
+
+/// `/home` behind the optional-tenant layer (or none: the twin).
+async fn serve_universal(pipeline: Option<RequestPipeline>) -> SocketAddr {
+    let mut app = Router::new().route("/home", get(home));
+    if let Some(pipeline) = pipeline {
+        app = app.layer(TenantLayer::optional(pipeline));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
 #[tokio::test]
 async fn the_behaviour_table_over_http() {
     let world = World::new();
     let open = serve(world.clone(), world.pipeline.clone()).await;
     let members = serve(world.clone(), world.members_only.clone()).await;
     run_table(&world, open, members).await;
+    run_universal(&world, serve_universal(Some(world.pipeline.clone())).await).await;
 }
 
 #[tokio::test]
@@ -94,6 +118,17 @@ async fn the_behaviour_table_over_http_on_the_async_path() {
     let open = serve(world.clone(), world.pipeline.clone()).await;
     let members = serve(world.clone(), world.members_only.clone()).await;
     run_table(&world, open, members).await;
+    run_universal(&world, serve_universal(Some(world.pipeline.clone())).await).await;
+}
+
+#[tokio::test]
+async fn an_optional_tenant_route_without_the_layer_is_refused() {
+    let addr = serve_universal(None).await;
+    let r = tenancy_testkit::http::send(addr, &tenancy_testkit::http::get("/home", &[]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["code"], "tenant-missing");
 }
 
 #[tokio::test]

@@ -166,6 +166,15 @@ pub enum TenantError {
     /// The tenant accepts requests only from certain networks.
     #[error("requests from this address are not allowed by the tenant's network policy")]
     AddressNotAllowed,
+    /// The tenant is in a maintenance window
+    /// ([`crate::maintenance::Maintenance`]); retry after `retry_after` seconds.
+    #[error("{}", message.as_deref().unwrap_or("the tenant is under maintenance: retry later"))]
+    Maintenance {
+        /// Seconds until the window is expected to end.
+        retry_after: u64,
+        /// The operator's message, if any.
+        message: Option<std::sync::Arc<str>>,
+    },
 }
 
 impl TenantError {
@@ -181,6 +190,7 @@ impl TenantError {
     /// | `Quota` | 429 (rate, concurrency), 413 (`*_bytes` stock), 403 (other stock) |
     /// | `NotFound` | 404 |
     /// | `Store`, `IdentityProviderUnavailable` (with `Retry-After: 1`) | 503 |
+    /// | `Maintenance` (with `Retry-After` until the window ends) | 503 |
     /// | `NoContext` | 500 |
     pub fn status(&self) -> u16 {
         match self {
@@ -204,7 +214,7 @@ impl TenantError {
             | Self::Impersonated
             | Self::Mismatch(_) => 403,
             Self::NotFound => 404,
-            Self::Store(_) | Self::IdentityProviderUnavailable(_) => 503,
+            Self::Store(_) | Self::IdentityProviderUnavailable(_) | Self::Maintenance { .. } => 503,
             Self::NoContext => 500,
         }
     }
@@ -238,6 +248,7 @@ impl TenantError {
             Self::SessionRevoked => "session-revoked",
             Self::AddressNotAllowed => "address-not-allowed",
             Self::Impersonated => "impersonation-forbidden",
+            Self::Maintenance { .. } => "tenant-maintenance",
         }
     }
 
@@ -258,6 +269,9 @@ impl TenantError {
         } else if let Self::InvalidToken { .. } = self {
             // The reason is logged; clients learn only that the token failed.
             "the bearer token is not valid: sign in again".to_owned()
+        } else if let Self::Maintenance { .. } = self {
+            // The operator's message is meant for clients.
+            self.to_string()
         } else if self.status() >= 500 {
             "internal error".to_owned()
         } else {

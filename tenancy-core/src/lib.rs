@@ -18,6 +18,7 @@ pub mod identity;
 pub mod invite;
 pub mod job;
 pub mod lifecycle;
+pub mod maintenance;
 mod membership;
 #[cfg(feature = "oidc")]
 pub mod oidc;

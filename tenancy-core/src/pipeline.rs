@@ -223,6 +223,35 @@ impl Rejected {
         }
     }
 
+    /// Whether the request named no tenant at all (no strategy found one):
+    /// what a route with an optional tenant serves without a context. A
+    /// tenant that was named but is malformed, unknown or refused is never
+    /// this.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tenancy_core::pipeline::RequestPipeline;
+    /// use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    /// use tenancy_core::store::InMemoryTenantStore;
+    /// use tenancy_core::RequestMeta;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let pipeline = RequestPipeline::new(
+    ///     ResolverChain::new().with(HeaderStrategy::tenant_id()),
+    ///     Arc::new(InMemoryTenantStore::new()),
+    /// );
+    /// let none = SimpleRequest::new("/");
+    /// let rejected = pipeline.admit(&none, None, RequestMeta::default()).await.unwrap_err();
+    /// assert!(rejected.names_no_tenant());
+    /// let bad = SimpleRequest::new("/").with_header("x-tenant-id", "not-an-id");
+    /// let rejected = pipeline.admit(&bad, None, RequestMeta::default()).await.unwrap_err();
+    /// assert!(!rejected.names_no_tenant());
+    /// # }
+    /// ```
+    pub fn names_no_tenant(&self) -> bool {
+        matches!(self.error, TenantError::Missing) && self.tenant.is_none()
+    }
+
     /// The RFC 9457 response: status, body and headers.
     pub fn problem(&self) -> Problem {
         Problem::from_error(&self.error, self.rate.as_ref())
@@ -247,9 +276,14 @@ pub struct RequestPipeline {
     admission: Admission,
     audit: Option<Arc<dyn AuditSink>>,
     proxies: Arc<TrustedProxies>,
+    operators: Option<OperatorCheck>,
     #[cfg(feature = "metrics")]
     metrics: Option<Arc<crate::telemetry::TenantMetrics>>,
 }
+
+/// Decides whether a user (and the operator impersonating them, if any) is
+/// an operator, who passes a tenant's maintenance window.
+pub type OperatorCheck = Arc<dyn Fn(&UserId, Option<&str>) -> bool + Send + Sync>;
 
 #[derive(Clone)]
 struct Derived {
@@ -288,9 +322,47 @@ impl RequestPipeline {
             admission: Admission::Serving,
             audit: None,
             proxies: Arc::new(TrustedProxies::none()),
+            operators: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
+    }
+
+    /// Who passes a tenant's maintenance window
+    /// ([`crate::maintenance`]): users for whom `is_operator` is true, and
+    /// always impersonated sessions (an operator acting as a user). Everyone
+    /// else gets `503 tenant-maintenance` with `Retry-After` while the
+    /// window is open.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use chrono::{Duration, Utc};
+    /// use tenancy_core::maintenance::Maintenance;
+    /// use tenancy_core::pipeline::RequestPipeline;
+    /// use tenancy_core::resolve::{HeaderStrategy, ResolverChain, SimpleRequest};
+    /// use tenancy_core::store::InMemoryTenantStore;
+    /// use tenancy_core::{RequestMeta, Tenant, TenantId, UserId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut acme = Tenant::new(TenantId::new_v4(), "acme".parse()?, "Acme");
+    /// Maintenance::until(Utc::now() + Duration::minutes(5)).apply_to(&mut acme.settings);
+    /// let store = Arc::new(InMemoryTenantStore::with_tenants([acme.clone()])?);
+    /// let pipeline = RequestPipeline::new(ResolverChain::new().with(HeaderStrategy::tenant_id()), store)
+    ///     .maintenance_bypass(|user, _| user.as_str().starts_with("ops:"));
+    /// let req = SimpleRequest::new("/").with_header("x-tenant-id", acme.id.to_string());
+    ///
+    /// let refused = pipeline.admit(&req, Some(&UserId::new("ann")), RequestMeta::default()).await.unwrap_err();
+    /// assert_eq!(refused.problem().status, 503);
+    /// let ops = UserId::new("ops:kim");
+    /// assert!(pipeline.admit(&req, Some(&ops), RequestMeta::default()).await.is_ok());
+    /// # Ok(()) }
+    /// ```
+    pub fn maintenance_bypass(
+        mut self,
+        is_operator: impl Fn(&UserId, Option<&str>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.operators = Some(Arc::new(is_operator));
+        self
     }
 
     /// Requires an authenticated user who is a member of the tenant (401
@@ -586,7 +658,6 @@ impl RequestPipeline {
         meta: RequestMeta,
     ) -> Option<Result<Admitted, Rejected>> {
         // A membership check needs its store; let `admit` do everything.
-        let _ = user;
         if self.authorizer.is_some() || self.authenticator.is_some() || !self.per_subject.is_empty()
         {
             return None;
@@ -599,7 +670,7 @@ impl RequestPipeline {
             Ok(resolved) => resolved.tenant,
             Err(e) => return Some(Err(Rejected::new(e))),
         };
-        if let Err(rejected) = self.admit_now_gates(&tenant, &meta) {
+        if let Err(rejected) = self.admit_now_gates(&tenant, &meta, user) {
             // Refusals of a known tenant may have to be audited: `admit` does that.
             return if self.audit.is_some() {
                 None
@@ -652,6 +723,8 @@ impl RequestPipeline {
             None => None,
         };
         let user = principal.as_ref().map(|p| &p.user).or(user);
+        let impersonator = principal.as_ref().and_then(|p| p.impersonator.as_deref());
+        self.maintenance(&tenant, user, impersonator)?;
         if let Some(authorizer) = &self.authorizer {
             let in_tenant = |error| Rejected {
                 user: user.cloned(),
@@ -694,9 +767,66 @@ impl RequestPipeline {
     /// The status gate, then the network policy.
     // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
     #[allow(clippy::result_large_err)]
-    fn admit_now_gates(&self, tenant: &crate::Tenant, meta: &RequestMeta) -> Result<(), Rejected> {
+    fn admit_now_gates(
+        &self,
+        tenant: &crate::Tenant,
+        meta: &RequestMeta,
+        user: Option<&UserId>,
+    ) -> Result<(), Rejected> {
         self.gate(tenant)?;
-        self.network(tenant, meta)
+        self.network(tenant, meta)?;
+        self.maintenance(tenant, user, None)
+    }
+
+    /// The tenant's maintenance window ([`crate::maintenance`]): refused
+    /// unless the caller is an operator.
+    // `Rejected` is what `admit` returns anyway; these helpers only pass it on.
+    #[allow(clippy::result_large_err)]
+    fn maintenance(
+        &self,
+        tenant: &crate::Tenant,
+        user: Option<&UserId>,
+        impersonator: Option<&str>,
+    ) -> Result<(), Rejected> {
+        if tenant
+            .settings
+            .get(crate::maintenance::MAINTENANCE_SETTING)
+            .is_none()
+        {
+            return Ok(());
+        }
+        let window = match crate::maintenance::Maintenance::of(tenant) {
+            Ok(Some(w)) => w,
+            Ok(None) => return Ok(()),
+            // A window that cannot be read keeps the tenant closed.
+            Err(e) => {
+                tracing::error!(tenant.id = %tenant.id, error = %e, "the tenant's maintenance setting is malformed");
+                return Err(Rejected::in_tenant(
+                    TenantError::Store(StoreError::new(e)),
+                    tenant.id,
+                ));
+            }
+        };
+        let now = Utc::now();
+        if !window.in_effect_at(now) {
+            return Ok(());
+        }
+        let operator = impersonator.is_some()
+            || matches!((&self.operators, user), (Some(is_op), Some(u)) if is_op(u, impersonator));
+        if operator {
+            tracing::info!(tenant.id = %tenant.id, "operator request during maintenance");
+            return Ok(());
+        }
+        Err(Rejected {
+            user: user.cloned(),
+            ..Rejected::in_tenant(
+                TenantError::Maintenance {
+                    retry_after: window.retry_after(now),
+                    message: window.message.map(Into::into),
+                },
+                tenant.id,
+            )
+        })
     }
 
     /// The tenant's network policy ([`crate::client::NetworkPolicy`],

@@ -134,6 +134,10 @@ impl Problem {
             TenantError::MissingPermission { permission } => {
                 extensions.insert("permission".into(), json!(&**permission));
             }
+            TenantError::Maintenance { retry_after, .. } => {
+                extensions.insert("retry_after".into(), json!(retry_after));
+                headers.push((RETRY_AFTER, retry_after.to_string()));
+            }
             // A dependency that did not answer: the client may retry.
             TenantError::Store(_) | TenantError::IdentityProviderUnavailable(_) => {
                 headers.push((RETRY_AFTER, "1".to_owned()));

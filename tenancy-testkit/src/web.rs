@@ -3,7 +3,9 @@
 //! problem code and headers. Each adapter's test serves [`World::pipeline`]
 //! (and [`World::members_only`] on a second server, with the user read from
 //! the `x-test-user` header) plus the routes in [`ROUTES`], then calls
-//! [`run_table`].
+//! [`run_table`]; and serves [`home`] at `/home` behind the adapter's
+//! optional-tenant layer over [`World::pipeline`], then calls
+//! [`run_universal`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -217,6 +219,18 @@ pub struct World {
     pub walled: Tenant,
     /// The stock quota `/upload` reserves from.
     pub storage: Arc<MemoryQuota>,
+    /// Active, plan `pro`, slug `closed`: in a maintenance window for the
+    /// next two minutes; `ann` and the operator `ops` are its admins.
+    pub closed: Tenant,
+}
+
+/// The message of [`World::closed`]'s maintenance window.
+pub const MAINTENANCE_MESSAGE: &str = "Moving to a new region";
+
+/// What `/home` answers: the tenant's id, or `central` when the request
+/// named no tenant.
+pub fn home(ctx: Option<&TenantContext>) -> String {
+    ctx.map_or_else(|| "central".to_owned(), |c| c.tenant_id().to_string())
 }
 
 impl World {
@@ -252,7 +266,12 @@ impl World {
         let deleted = t("gone", "pro").with_status(TenantStatus::Deleted);
         let mut walled = t("walled", "pro");
         walled.settings = serde_json::json!({"network": {"allow": ["192.0.2.0/24"]}});
+        let mut closed = t("closed", "pro");
+        tenancy_core::maintenance::Maintenance::until(now + Duration::minutes(2))
+            .with_message(MAINTENANCE_MESSAGE)
+            .apply_to(&mut closed.settings);
         let all = [
+            closed.clone(),
             walled.clone(),
             acme.clone(),
             beta.clone(),
@@ -293,10 +312,13 @@ impl World {
         let members = Arc::new(InMemoryMembershipStore::new());
         members.upsert(Membership::new(UserId::new("ann"), acme.id, Role::Admin));
         members.upsert(Membership::new(UserId::new("bob"), acme.id, Role::Viewer));
+        members.upsert(Membership::new(UserId::new("ann"), closed.id, Role::Admin));
+        members.upsert(Membership::new(UserId::new("ops"), closed.id, Role::Admin));
         let denials = Arc::new(MemorySink::default());
         let members_only = RequestPipeline::new(resolver, store.clone())
             .with_plans(catalog)
             .require_membership(Arc::new(Authorizer::new(members, store)))
+            .maintenance_bypass(|user, _| user.as_str() == "ops")
             .with_audit(denials.clone());
         Self {
             pipeline,
@@ -313,6 +335,7 @@ impl World {
             deleted,
             walled,
             storage: Arc::new(MemoryQuota::new()),
+            closed,
         }
     }
 }
@@ -469,6 +492,8 @@ pub fn table(w: &World) -> Vec<Case> {
                 w.beta.id
             } else if c.name.starts_with("walled") {
                 w.walled.id
+            } else if c.name.starts_with("maintenance") {
+                w.closed.id
             } else {
                 w.acme.id
             });
@@ -807,6 +832,30 @@ fn rows(w: &World) -> Vec<Case> {
             200,
             None,
         ),
+        case(
+            "maintenance: 503 with Retry-After",
+            false,
+            "/whoami",
+            &[("X-Tenant-ID", &id(&w.closed))],
+            503,
+            Some("tenant-maintenance"),
+        ),
+        case(
+            "maintenance: a member is refused",
+            true,
+            "/whoami",
+            &[("X-Tenant-ID", &id(&w.closed)), ("x-test-user", b"ann")],
+            503,
+            Some("tenant-maintenance"),
+        ),
+        case(
+            "maintenance: an operator passes",
+            true,
+            "/whoami",
+            &[("X-Tenant-ID", &id(&w.closed)), ("x-test-user", b"ops")],
+            200,
+            None,
+        ),
     ]
 }
 
@@ -861,6 +910,93 @@ pub async fn run_table(w: &World, open: SocketAddr, members: SocketAddr) {
         [("bob".to_owned(), serde_json::Value::from("/admin"))],
         "missing permission audited once, with who and where"
     );
+}
+
+/// (name, headers, status, problem code, tenant answering) of a `/home` row.
+type UniversalRow = (
+    &'static str,
+    Vec<(String, Vec<u8>)>,
+    u16,
+    Option<&'static str>,
+    Option<TenantId>,
+);
+
+/// The rows of a route with an optional tenant (`/home`, [`home`]) behind
+/// the adapter's optional layer over [`World::pipeline`]: no tenant named →
+/// served without one; a tenant named → the whole pipeline, refusals and
+/// all. Panics with the failing row's name and response.
+pub async fn run_universal(w: &World, addr: SocketAddr) {
+    let named = |h: &str, v: &str| vec![(h.to_owned(), v.as_bytes().to_vec())];
+    let rows: Vec<UniversalRow> = vec![
+        ("no tenant named: central", Vec::new(), 200, None, None),
+        (
+            "tenant by header",
+            named("X-Tenant-ID", &w.acme.id.to_string()),
+            200,
+            None,
+            Some(w.acme.id),
+        ),
+        (
+            "tenant by subdomain",
+            named("Host", "beta.example.test"),
+            200,
+            None,
+            Some(w.beta.id),
+        ),
+        (
+            "malformed tenant id is not central",
+            named("X-Tenant-ID", "not-a-uuid"),
+            400,
+            Some("tenant-id-malformed"),
+            None,
+        ),
+        (
+            "unknown tenant is not central",
+            named("X-Tenant-ID", &TenantId::new_v4().to_string()),
+            404,
+            Some("tenant-not-found"),
+            None,
+        ),
+        (
+            "suspended tenant is refused",
+            named("X-Tenant-ID", &w.suspended.id.to_string()),
+            403,
+            Some("tenant-suspended"),
+            None,
+        ),
+        (
+            "tenant in maintenance is refused",
+            named("X-Tenant-ID", &w.closed.id.to_string()),
+            503,
+            Some("tenant-maintenance"),
+            None,
+        ),
+    ];
+    for (name, headers, status, code, tenant) in rows {
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|(h, v)| (h.as_str(), v.as_slice()))
+            .collect();
+        let r = send(addr, &get("/home", &headers))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.status, status, "{name}: {}", r.text());
+        match (code, tenant) {
+            (Some(code), _) => assert_eq!(r.json()["code"], code, "{name}: {}", r.text()),
+            (None, Some(t)) => {
+                assert_eq!(r.text(), t.to_string(), "{name}: body");
+                assert_eq!(
+                    r.header("x-tenant-id"),
+                    Some(t.to_string().as_str()),
+                    "{name}"
+                );
+            }
+            (None, None) => {
+                assert_eq!(r.text(), "central", "{name}: body");
+                assert_eq!(r.header("x-tenant-id"), None, "{name}: a tenant header");
+            }
+        }
+    }
 }
 
 /// Tenants interleaved on one keep-alive connection: each response answers
@@ -962,7 +1098,18 @@ fn check(c: &Case, r: &RawResponse) {
                     r.text()
                 );
             }
-            if c.status == 503 {
+            if code == "tenant-maintenance" {
+                let retry: u64 = r
+                    .header("retry-after")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                assert!(
+                    (1..=120).contains(&retry),
+                    "{}: Retry-After {retry}",
+                    c.name
+                );
+                assert_eq!(body["detail"], MAINTENANCE_MESSAGE, "{}", c.name);
+            } else if c.status == 503 {
                 assert_eq!(r.header("retry-after"), Some("1"), "{}", c.name);
             }
             if code == "feature-not-in-plan" {

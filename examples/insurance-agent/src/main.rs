@@ -231,6 +231,21 @@ enum TenantCommand {
         #[arg(long, conflicts_with = "allow")]
         clear: bool,
     },
+    /// Puts a tenant in maintenance (its requests get 503 with Retry-After;
+    /// impersonated operator sessions still pass), or ends it.
+    Maintenance {
+        /// The tenant.
+        slug: String,
+        /// How long, in minutes (without it: until `--off`).
+        #[arg(long, conflicts_with = "off")]
+        minutes: Option<i64>,
+        /// What clients are told.
+        #[arg(long, conflicts_with = "off")]
+        message: Option<String>,
+        /// Ends the maintenance now.
+        #[arg(long)]
+        off: bool,
+    },
     /// Acts as one of the tenant's users for a while: prints an access token
     /// (no refresh), audited in the tenant's log with the reason. Everything
     /// done with it records both identities; it cannot change credentials
@@ -654,6 +669,42 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
                 println!("{slug}: requests accepted from every address");
             } else {
                 println!("{slug}: requests accepted only from {}", allow.join(", "));
+            }
+            Ok(())
+        }
+        TenantCommand::Maintenance {
+            slug,
+            minutes,
+            message,
+            off,
+        } => {
+            use tenancy_core::maintenance::{MAINTENANCE_SETTING, Maintenance};
+            let t = by_slug(&slug).await?;
+            let value = if off {
+                serde_json::Value::Null
+            } else {
+                let mut window = match minutes {
+                    Some(m) if (1..=10_080).contains(&m) => {
+                        Maintenance::until(chrono::Utc::now() + chrono::Duration::minutes(m))
+                    }
+                    Some(_) => return Err("--minutes must be between 1 and 10080 (a week)".into()),
+                    None => Maintenance::open_ended(),
+                };
+                if let Some(m) = message {
+                    window = window.with_message(m);
+                }
+                serde_json::to_value(window)?
+            };
+            let patch = serde_json::json!({ MAINTENANCE_SETTING: value });
+            data.update_tenant(
+                t.id,
+                &tenancy_core::store::TenantUpdate::new().settings_patch(patch),
+            )
+            .await?;
+            if off {
+                println!("{slug}: maintenance ended");
+            } else {
+                println!("{slug}: in maintenance (requests get 503 with Retry-After)");
             }
             Ok(())
         }

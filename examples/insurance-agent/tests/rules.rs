@@ -18,6 +18,7 @@ on_both_backends!(
     the_dashboard_sums_stored_amounts_without_overflow,
     agent_records_link_only_members_of_the_tenant,
     a_deactivated_agent_is_not_found_by_id,
+    a_tenant_in_maintenance_answers_503_and_operators_pass,
 );
 
 fn assert_field(r: &RawResponse, field: &str) {
@@ -363,6 +364,67 @@ async fn a_deactivated_agent_is_not_found_by_id(backend: Backend) {
         &call(addr, "DELETE", &path, Some(&admin), None).await,
         404,
         "app.not-found",
+    );
+    app.running.stop().await.unwrap();
+}
+
+async fn a_tenant_in_maintenance_answers_503_and_operators_pass(backend: Backend) {
+    use tenancy_core::store::TenantUpdate;
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
+    let sunrise = tenant(&app, "sunrise-insurance").await;
+    let sessions = insurance_agent::auth::Sessions::new(
+        insurance_agent::app::session_key(app._dir.path()).unwrap(),
+    )
+    .with_epochs(app.running.data.session_epochs());
+    let (operator, _) = insurance_agent::ops::impersonate(
+        &app.running.data,
+        &sessions,
+        &sunrise,
+        "admin@sunrise.test",
+        "kim",
+        "checking the migration",
+        5,
+    )
+    .await
+    .unwrap();
+    let until = chrono::Utc::now() + chrono::Duration::minutes(10);
+    app.running
+        .data
+        .update_tenant(
+            sunrise.id,
+            &TenantUpdate::new().settings_patch(json!({
+                "maintenance": {"until": until, "message": "Moving to a new region"}
+            })),
+        )
+        .await
+        .unwrap();
+    let r = call(addr, "GET", "/me", Some(&admin), None).await;
+    assert_problem(&r, 503, "tenant-maintenance");
+    assert_eq!(r.json()["detail"], "Moving to a new region");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((590..=600).contains(&retry), "Retry-After {retry}");
+    // Another tenant is served; the operator passes.
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&bharat), None).await.status,
+        200
+    );
+    let op = call(addr, "GET", "/me", Some(&operator), None).await;
+    assert_eq!(op.status, 200, "{}", op.text());
+    // Lifted: served again.
+    app.running
+        .data
+        .update_tenant(
+            sunrise.id,
+            &TenantUpdate::new().settings_patch(json!({ "maintenance": null })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&admin), None).await.status,
+        200
     );
     app.running.stop().await.unwrap();
 }
