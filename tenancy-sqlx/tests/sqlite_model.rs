@@ -810,3 +810,34 @@ async fn the_audit_log_is_chained_append_only_and_per_tenant() {
     assert!(!report.is_intact());
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_health_probe_checks_the_tenants_own_file_on_disk() {
+    use tenancy_core::health::{Status, TenantHealth};
+    use tenancy_sqlx::sqlite::SqliteProbe;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteTenantDb::new(dir.path());
+    let tenants = provisioned(&db, 3, "probe").await;
+    let health = TenantHealth::new(Duration::from_secs(5)).probe(SqliteProbe::new(db.clone()));
+    for ctx in &tenants {
+        // The pool is open: a later change on disk must still be seen.
+        db.begin(ctx).await.unwrap().rollback().await.unwrap();
+        let r = health.check(ctx.tenant()).await;
+        assert_eq!(r.status, Status::Healthy, "{r:?}");
+    }
+    // A file removed while its pool is open.
+    let removed = tenants[0].tenant();
+    std::fs::remove_file(db.path_of(removed).unwrap()).unwrap();
+    let r = health.check(removed).await;
+    assert_eq!(r.status, Status::Unhealthy, "{r:?}");
+    assert!(r.probes[0].detail.contains("no tenant file"), "{r:?}");
+    // A file swapped for another tenant's.
+    let (victim, other) = (tenants[1].tenant(), tenants[2].tenant());
+    std::fs::copy(db.path_of(other).unwrap(), db.path_of(victim).unwrap()).unwrap();
+    let r = health.check(victim).await;
+    assert_eq!(r.status, Status::Unhealthy, "{r:?}");
+    assert!(r.probes[0].detail.contains("stamped for tenant"), "{r:?}");
+    // The other tenant is unaffected (control).
+    assert_eq!(health.check(other).await.status, Status::Healthy);
+}

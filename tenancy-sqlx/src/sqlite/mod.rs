@@ -61,6 +61,7 @@
 
 mod audit_log;
 mod control;
+mod health;
 mod watch;
 
 pub use audit_log::SqliteAuditLog;
@@ -68,6 +69,7 @@ pub use control::{
     SqliteControl, SqliteInvitationStore, SqliteKeyStore, SqliteMembershipStore,
     SqliteSessionEpochs, SqliteTenantStore,
 };
+pub use health::SqliteProbe;
 pub use watch::SqliteChangeWatcher;
 
 use audit_log::AUDIT_TABLE;
@@ -432,7 +434,7 @@ impl SqliteTenantDb {
     }
 
     /// A one-off connection to a tenant file whose stamp was checked.
-    async fn open_checked(
+    pub(crate) async fn open_checked(
         &self,
         tenant: TenantId,
         path: &Path,
