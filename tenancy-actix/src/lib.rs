@@ -325,16 +325,15 @@ fn admitted_response<B: MessageBody>(
     admitted: &Admitted,
     outcome: Result<ServiceResponse<B>, actix_web::Error>,
 ) -> Outcome<B> {
-    let tenant = Some(admitted.ctx.tenant_id());
     match outcome {
         Ok(mut response) => {
             success_headers(response.headers_mut(), admitted);
-            pipeline.record_response(tenant, response.status().as_u16());
+            pipeline.record_admitted(admitted, response.status().as_u16());
             Ok(response.map_into_left_body())
         }
         Err(e) => {
             let status = e.as_response_error().status_code().as_u16();
-            pipeline.record_response(tenant, status);
+            pipeline.record_admitted(admitted, status);
             Err(e)
         }
     }

@@ -425,7 +425,7 @@ fn admitted_response(shared: &Shared, admitted: &Admitted, response: &mut Respon
     success_headers(response, admitted);
     shared
         .pipeline
-        .record_response(Some(admitted.ctx.tenant_id()), response.status().as_u16());
+        .record_admitted(admitted, response.status().as_u16());
 }
 
 /// The problem response of a refused request.

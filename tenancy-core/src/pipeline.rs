@@ -138,6 +138,9 @@ pub struct Admitted {
     /// The rate decision, when a rate limit was checked.
     pub rate: Option<RateDecision>,
     rate_headers: bool,
+    /// When the pipeline started on the request (metrics only).
+    #[cfg(feature = "metrics")]
+    started: Option<std::time::Instant>,
 }
 
 impl Admitted {
@@ -499,6 +502,22 @@ impl RequestPipeline {
         }
     }
 
+    /// Called by web adapters once an admitted request's response status is
+    /// known: counts it ([`Self::record_response`]) and records its
+    /// latency, from admission to response, in the tenant's
+    /// `tenancy_request_duration_seconds` histogram.
+    #[allow(unused_variables)]
+    pub fn record_admitted(&self, admitted: &Admitted, status: u16) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            let tenant = admitted.ctx.tenant_id();
+            m.request(tenant, status);
+            if let Some(started) = admitted.started {
+                m.latency(tenant, started.elapsed());
+            }
+        }
+    }
+
     /// Runs the pipeline for one request.
     pub async fn admit(
         &self,
@@ -657,6 +676,7 @@ impl RequestPipeline {
         user: Option<&UserId>,
         meta: RequestMeta,
     ) -> Option<Result<Admitted, Rejected>> {
+        let started = self.start();
         // A membership check needs its store; let `admit` do everything.
         if self.authorizer.is_some() || self.authenticator.is_some() || !self.per_subject.is_empty()
         {
@@ -693,11 +713,7 @@ impl RequestPipeline {
             }
             None => None,
         };
-        Some(Ok(Admitted {
-            ctx,
-            rate,
-            rate_headers: self.rate_headers,
-        }))
+        Some(Ok(self.admitted(ctx, rate, started)))
     }
 
     async fn run(
@@ -706,6 +722,7 @@ impl RequestPipeline {
         user: Option<&UserId>,
         meta: RequestMeta,
     ) -> Result<Admitted, Rejected> {
+        let started = self.start();
         let resolved = self
             .resolver
             .resolve(req, &*self.store)
@@ -757,11 +774,32 @@ impl RequestPipeline {
             let outcome = limiter.check_rate(&ctx, resource, 1).await;
             rate = Some(self.rate_outcome(tenant.id, resource, outcome)?);
         }
-        Ok(Admitted {
+        Ok(self.admitted(ctx, rate, started))
+    }
+
+    #[allow(unused_variables)]
+    fn admitted(
+        &self,
+        ctx: TenantContext,
+        rate: Option<RateDecision>,
+        started: Option<std::time::Instant>,
+    ) -> Admitted {
+        Admitted {
             ctx,
             rate,
             rate_headers: self.rate_headers,
-        })
+            #[cfg(feature = "metrics")]
+            started,
+        }
+    }
+
+    /// The start instant of a request, when metrics are recorded.
+    fn start(&self) -> Option<std::time::Instant> {
+        #[cfg(feature = "metrics")]
+        if self.metrics.is_some() {
+            return Some(std::time::Instant::now());
+        }
+        None
     }
 
     /// The status gate, then the network policy.

@@ -10,6 +10,7 @@
 //! | metric | kind | labels |
 //! |---|---|---|
 //! | `tenancy_requests_total` | counter | `tenant`, `status` (`2xx`, `4xx`, …) |
+//! | `tenancy_request_duration_seconds` | histogram | `tenant` (admitted requests, admission to response) |
 //! | `tenancy_quota_refusals_total` | counter | `tenant`, `resource` |
 //! | `tenancy_usage` | gauge | `tenant`, `resource` |
 //! | `tenancy_usage_ratio` | gauge | `tenant`, `resource` (used ÷ limit) |
@@ -94,6 +95,12 @@ impl TenantMetrics {
         };
         ::metrics::counter!("tenancy_requests_total", "tenant" => self.label(tenant), "status" => class)
             .increment(1);
+    }
+
+    /// Records how long an admitted request of `tenant` took.
+    pub fn latency(&self, tenant: TenantId, elapsed: std::time::Duration) {
+        ::metrics::histogram!("tenancy_request_duration_seconds", "tenant" => self.label(tenant))
+            .record(elapsed.as_secs_f64());
     }
 
     /// Counts a quota refusal of `tenant` for `resource`.

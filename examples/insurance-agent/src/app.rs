@@ -60,6 +60,9 @@ pub struct Security {
     pub hashing_permits: usize,
     /// How tenants' identity providers are reached and their keys cached.
     pub oidc: OidcConfig,
+    /// The bearer token `/metrics` asks non-loopback clients for
+    /// (`INSURANCE_METRICS_TOKEN`); without it only loopback is served.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Security {
@@ -70,6 +73,7 @@ impl Default for Security {
             client_rule: AttemptRule::client(),
             hashing_permits: crate::auth::default_hashing_permits(),
             oidc: OidcConfig::default(),
+            metrics_token: None,
         }
     }
 }
@@ -249,6 +253,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         proxies: Arc::new(config.security.trusted_proxies.clone()),
         oidc: Arc::new(OidcVerifier::new(config.security.oidc)?),
         issuers: issuers.clone(),
+        observer: crate::observe::Observer::new(&data, config.security.metrics_token.clone())?,
         refusals_audited: moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(std::time::Duration::from_secs(60))

@@ -259,6 +259,17 @@ enum Backend {
     },
 }
 
+/// One placement's connection pools ([`Data::pool_stats`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    /// `shared` (PostgreSQL rows) or `database` (a file per tenant).
+    pub placement: &'static str,
+    /// Pools open.
+    pub pools: u64,
+    /// Connections and idle connections, where the pool reports them.
+    pub connections: Option<(u32, usize)>,
+}
+
 /// The tenant registry, uncached: what operations tooling reads and writes.
 #[derive(Clone, Debug)]
 pub enum Tenants {
@@ -712,6 +723,45 @@ impl Data {
             Backend::Postgres { app, .. } => Some(app.clone()),
             Backend::Sqlite { .. } => None,
         }
+    }
+
+    /// Connection pools, per placement: on SQLite the tenant files' pools
+    /// (`database`), on PostgreSQL the shared pool (`shared`) with its
+    /// connections and idle connections.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => vec![PoolStats {
+                placement: "database",
+                pools: tenants.open_pools(),
+                connections: None,
+            }],
+            Backend::Postgres { app, .. } => vec![PoolStats {
+                placement: "shared",
+                pools: 1,
+                connections: Some((app.size(), app.num_idle())),
+            }],
+        }
+    }
+
+    /// `health` with the probe of each tenant's own data path: its SQLite
+    /// file, or its transaction through its placement on PostgreSQL.
+    pub fn database_probe(
+        &self,
+        health: tenancy_core::health::TenantHealth,
+    ) -> tenancy_core::health::TenantHealth {
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => {
+                health.probe(tenancy_sqlx::sqlite::SqliteProbe::new(tenants.clone()))
+            }
+            Backend::Postgres { db, .. } => {
+                health.probe(tenancy_sqlx::DatabaseProbe::new((**db).clone()))
+            }
+        }
+    }
+
+    /// The per-tenant keys, shared.
+    pub fn keyring_shared(&self) -> Arc<Keyring> {
+        self.keyring.clone()
     }
 
     /// `"sqlite"` or `"postgres"`.

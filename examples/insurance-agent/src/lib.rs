@@ -22,6 +22,7 @@ pub mod data;
 pub mod domain;
 pub mod drain;
 pub mod id;
+pub mod observe;
 pub mod ops;
 pub mod postgres;
 pub mod seed;

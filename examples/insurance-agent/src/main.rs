@@ -69,6 +69,15 @@ struct Cli {
     /// connection's address is the client's, whatever the headers say.
     #[arg(long, env = "INSURANCE_TRUSTED_PROXIES", global = true)]
     trusted_proxies: Option<String>,
+    /// The bearer token `GET /metrics` asks clients other than loopback for
+    /// (without it, metrics are served to loopback only).
+    #[arg(
+        long,
+        env = "INSURANCE_METRICS_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    metrics_token: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -304,6 +313,7 @@ struct At {
     redis: Option<String>,
     proxies: tenancy_core::client::TrustedProxies,
     allow_http_loopback: bool,
+    metrics_token: Option<String>,
 }
 
 impl At {
@@ -342,6 +352,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             None => tenancy_core::client::TrustedProxies::none(),
         },
         allow_http_loopback: cli.oidc_allow_http_loopback,
+        metrics_token: cli.metrics_token,
     };
     // No subcommand: serve, honouring INSURANCE_BIND as `serve` does.
     let command = match cli.command {
@@ -375,6 +386,7 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
         redis: at.redis,
         security: app::Security {
             trusted_proxies: at.proxies,
+            metrics_token: at.metrics_token,
             oidc: tenancy_core::oidc::OidcConfig::default()
                 .allow_http_loopback(at.allow_http_loopback),
             ..app::Security::default()

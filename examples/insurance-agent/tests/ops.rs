@@ -201,7 +201,7 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
         .unwrap()
         .unwrap();
     let member = again.memberships().members_of(sunrise.id).await.unwrap();
-    assert_eq!(member.len(), 3);
+    assert_eq!(member.len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,8 @@ pub struct AppState {
     pub oidc: Arc<OidcVerifier>,
     /// Issuer → tenant, from the tenants' `identity` settings.
     pub issuers: IssuerDirectory,
+    /// Metrics, health and the queue of audited refusals.
+    pub observer: crate::observe::Observer,
     /// Throttled sign-ins recently audited (tenant, email, client): one
     /// audit event per minute each, so a flood cannot flood the log.
     pub refusals_audited: moka::sync::Cache<String, ()>,
@@ -103,7 +105,9 @@ pub fn router(state: AppState) -> Router {
             "api_calls_per_client",
         )
         .with_rate_limit_per(RateSubject::User, state.rate.clone(), "api_calls_per_user")
-        .with_rate_limit(state.rate.clone(), "api_calls");
+        .with_rate_limit(state.rate.clone(), "api_calls")
+        .with_metrics(state.observer.tenants.clone())
+        .with_audit(state.observer.audit.clone());
     let tenant_routes = Router::new()
         .route("/me", get(session::me))
         .route("/auth/logout", post(session::logout))
@@ -124,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/commissions", get(payments::commissions))
         .route("/commissions/{id}/pay", post(payments::pay_commission))
         .route("/dashboard", get(dashboard::dashboard))
+        .route("/health/tenant", get(crate::observe::tenant))
         .route("/invitations", post(invitations::invite))
         .route(
             "/settings/password-policy",
@@ -146,6 +151,9 @@ pub fn router(state: AppState) -> Router {
         .layer(TenantLayer::new(pipeline));
     Router::new()
         .route("/health", get(health))
+        .route("/health/live", get(crate::observe::live))
+        .route("/health/ready", get(crate::observe::ready))
+        .route("/metrics", get(crate::observe::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/auth/login", post(session::login))
         .route("/auth/refresh", post(session::refresh))
@@ -585,7 +593,15 @@ pub async fn check_stock(
     }
     let used: i64 = crate::on!(tx, sqlx::query_scalar(count_sql), fetch_one)?;
     let used = u64::try_from(used).unwrap_or(0);
+    state
+        .observer
+        .tenants
+        .usage(caller.ctx.tenant_id(), resource, used, Some(limit));
     if used >= limit {
+        state
+            .observer
+            .tenants
+            .quota_refused(caller.ctx.tenant_id(), resource);
         return Err(TenantError::Quota(tenancy_core::quota::QuotaExceeded::new(
             caller.ctx.tenant_id(),
             resource,

@@ -19,6 +19,9 @@ use super::{
     ),
     paths(
         super::health,
+        crate::observe::live,
+        crate::observe::ready,
+        crate::observe::tenant,
         session::login,
         session::refresh,
         session::logout,
