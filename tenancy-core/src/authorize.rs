@@ -162,6 +162,9 @@ impl Authorizer {
     /// The actor `user` is in `tenant`, or [`TenantError::NotAMember`].
     pub async fn actor(&self, user: &UserId, tenant: &Tenant) -> Result<Actor, TenantError> {
         if let Some(m) = self.memberships.membership(user, tenant.id).await? {
+            if m.status == crate::MembershipStatus::Suspended {
+                return Err(TenantError::MembershipSuspended);
+            }
             let mut grants = self.roles.grants(m.role).to_vec();
             grants.extend(m.grants);
             return Ok(Actor {
@@ -205,6 +208,7 @@ impl Authorizer {
             }
             if let Some(m) = self.memberships.membership(user, ancestor_id).await?
                 && m.role >= min_role
+                && m.status == crate::MembershipStatus::Active
             {
                 let role = m.role.min(cap);
                 return Ok(Actor {

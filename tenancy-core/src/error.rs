@@ -163,6 +163,9 @@ pub enum TenantError {
     /// (change credentials, MFA or security settings).
     #[error("an impersonated session cannot do this: the user must do it in person")]
     Impersonated,
+    /// The user's membership in the tenant is suspended by its admins.
+    #[error("your membership in this tenant is suspended: ask a tenant admin to resume it")]
+    MembershipSuspended,
     /// The tenant accepts requests only from certain networks.
     #[error("requests from this address are not allowed by the tenant's network policy")]
     AddressNotAllowed,
@@ -186,7 +189,7 @@ impl TenantError {
     /// | `Forwarded` | 400 |
     /// | `InvalidToken`, `Unauthenticated`, `SessionRevoked` | 401 |
     /// | `TrialExpired` | 402 |
-    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled`, `IssuerNotTrusted`, `AddressNotAllowed`, `Impersonated` | 403 |
+    /// | `Conflict`, `Suspended`, `Offboarding`, `NotAMember`, `MissingPermission`, `Mismatch`, `FeatureDisabled`, `IssuerNotTrusted`, `AddressNotAllowed`, `Impersonated`, `MembershipSuspended` | 403 |
     /// | `Quota` | 429 (rate, concurrency), 413 (`*_bytes` stock), 403 (other stock) |
     /// | `NotFound` | 404 |
     /// | `Store`, `IdentityProviderUnavailable` (with `Retry-After: 1`) | 503 |
@@ -212,6 +215,7 @@ impl TenantError {
             | Self::IssuerNotTrusted
             | Self::AddressNotAllowed
             | Self::Impersonated
+            | Self::MembershipSuspended
             | Self::Mismatch(_) => 403,
             Self::NotFound => 404,
             Self::Store(_) | Self::IdentityProviderUnavailable(_) | Self::Maintenance { .. } => 503,
@@ -249,6 +253,7 @@ impl TenantError {
             Self::AddressNotAllowed => "address-not-allowed",
             Self::Impersonated => "impersonation-forbidden",
             Self::Maintenance { .. } => "tenant-maintenance",
+            Self::MembershipSuspended => "membership-suspended",
         }
     }
 

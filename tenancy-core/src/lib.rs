@@ -48,7 +48,8 @@ pub use domain::{DomainName, HostError, MAX_DOMAIN_LEN};
 pub use error::{Result, StoreError, TenantError};
 pub use id::{MAX_SLUG_LEN, MAX_TENANT_ID_LEN, SlugError, TenantId, TenantIdError, TenantSlug};
 pub use membership::{
-    InMemoryMembershipStore, Membership, MembershipStore, MembershipWriter, UserId,
+    InMemoryMembershipStore, Membership, MembershipStatus, MembershipStore, MembershipWriter,
+    UserId,
 };
 pub use permission::{Permission, PermissionError, Role, RolePermissions};
 pub use scoped::{TenantMismatch, TenantScoped};

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{Permission, Role, StoreError, TenantId};
@@ -69,17 +70,69 @@ pub struct Membership {
     pub role: Role,
     /// Grants on top of the role's defaults.
     pub grants: Vec<Permission>,
+    /// Whether the member may act ([`MembershipStatus::Suspended`] members
+    /// are refused by the [`crate::Authorizer`] until resumed).
+    #[serde(default)]
+    pub status: MembershipStatus,
+    /// When the member last signed in or renewed a session here
+    /// ([`MembershipWriter::touch`]).
+    #[serde(default)]
+    pub last_active_at: Option<DateTime<Utc>>,
+}
+
+/// Whether a membership is in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MembershipStatus {
+    /// The member acts with their role.
+    #[default]
+    Active,
+    /// Kept (role, grants, history), but refused: 403 `membership-suspended`.
+    Suspended,
+}
+
+impl MembershipStatus {
+    /// `active` or `suspended`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
+impl std::str::FromStr for MembershipStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "active" => Ok(Self::Active),
+            "suspended" => Ok(Self::Suspended),
+            other => Err(StoreError::msg(format!(
+                "unknown membership status {other:?} (active or suspended)"
+            ))),
+        }
+    }
 }
 
 impl Membership {
-    /// A membership with `role` and no extra grants.
+    /// An active membership with `role` and no extra grants.
     pub fn new(user_id: UserId, tenant_id: TenantId, role: Role) -> Self {
         Self {
             user_id,
             tenant_id,
             role,
             grants: Vec::new(),
+            status: MembershipStatus::Active,
+            last_active_at: None,
         }
+    }
+
+    /// The same membership with `status`.
+    pub fn with_status(mut self, status: MembershipStatus) -> Self {
+        self.status = status;
+        self
     }
 
     /// Adds an extra grant.
@@ -107,6 +160,9 @@ pub trait MembershipStore: Send + Sync {
 
     /// Every membership of `user` (the tenants a user may switch between).
     async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError>;
+
+    /// Every membership of `tenant`, by user id (administration).
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError>;
 }
 
 #[async_trait]
@@ -122,19 +178,61 @@ impl<T: MembershipStore + ?Sized> MembershipStore for Arc<T> {
     async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         (**self).memberships_of(user).await
     }
+
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError> {
+        (**self).members_of(tenant).await
+    }
 }
 
 /// Creates and changes memberships (invitations, administration).
 #[async_trait]
 pub trait MembershipWriter: MembershipStore {
-    /// Inserts or replaces a membership.
+    /// Inserts or replaces a membership (role, grants and status; the
+    /// activity time is kept when the membership exists).
     async fn put(&self, membership: &Membership) -> Result<(), StoreError>;
+
+    /// Removes `user`'s membership in `tenant`; `true` if there was one.
+    async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, StoreError>;
+
+    /// Records that `user` was active in `tenant` at `at` (a sign-in, a
+    /// session renewed); nothing when there is no such membership.
+    async fn touch(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 #[async_trait]
 impl MembershipWriter for InMemoryMembershipStore {
     async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
-        self.upsert(membership.clone());
+        let mut m = membership.clone();
+        if let Some(old) = self.membership(&m.user_id, m.tenant_id).await? {
+            m.last_active_at = m.last_active_at.or(old.last_active_at);
+        }
+        self.upsert(m);
+        Ok(())
+    }
+
+    async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, StoreError> {
+        Ok(InMemoryMembershipStore::remove(self, user, tenant).is_some())
+    }
+
+    async fn touch(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if let Some(m) = self
+            .inner
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&(user.clone(), tenant))
+        {
+            m.last_active_at = Some(at);
+        }
         Ok(())
     }
 }
@@ -206,6 +304,19 @@ impl MembershipStore for InMemoryMembershipStore {
             .cloned()
             .collect();
         out.sort_by_key(|m| m.tenant_id);
+        Ok(out)
+    }
+
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError> {
+        let mut out: Vec<Membership> = self
+            .inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|m| m.tenant_id == tenant)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(out)
     }
 }

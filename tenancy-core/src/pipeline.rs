@@ -555,6 +555,7 @@ impl RequestPipeline {
                 | TenantError::SessionRevoked
                 | TenantError::AddressNotAllowed
                 | TenantError::NotAMember
+                | TenantError::MembershipSuspended
                 | TenantError::Suspended { .. }
                 | TenantError::TrialExpired { .. }
                 | TenantError::Offboarding

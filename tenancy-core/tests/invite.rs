@@ -215,6 +215,13 @@ impl MembershipStore for Unwritable {
     ) -> Result<Vec<tenancy_core::Membership>, tenancy_core::StoreError> {
         Ok(Vec::new())
     }
+
+    async fn members_of(
+        &self,
+        _: TenantId,
+    ) -> Result<Vec<tenancy_core::Membership>, tenancy_core::StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait::async_trait]
@@ -223,6 +230,19 @@ impl tenancy_core::MembershipWriter for Unwritable {
         Err(tenancy_core::StoreError::new(std::io::Error::other(
             "injected",
         )))
+    }
+
+    async fn remove(&self, _: &UserId, _: TenantId) -> Result<bool, tenancy_core::StoreError> {
+        Err(tenancy_core::StoreError::msg("injected"))
+    }
+
+    async fn touch(
+        &self,
+        _: &UserId,
+        _: TenantId,
+        _: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), tenancy_core::StoreError> {
+        Err(tenancy_core::StoreError::msg("injected"))
     }
 }
 

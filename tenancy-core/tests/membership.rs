@@ -289,3 +289,87 @@ async fn an_ancestor_that_may_not_serve_grants_nothing() {
         Err(TenantError::NotAMember)
     ));
 }
+
+#[tokio::test]
+async fn membership_administration_table_in_memory() {
+    let t = Tenant::new(TenantId::new_v4(), "adm".parse().unwrap(), "Adm");
+    tenancy_testkit::membership::administration(Arc::new(InMemoryMembershipStore::new()), &t)
+        .await
+        .unwrap();
+}
+
+/// A store that writes whole records as given (forgetting activity) and
+/// drops the status: the table must catch both.
+struct Careless {
+    inner: InMemoryMembershipStore,
+    drop_status: bool,
+}
+
+#[async_trait::async_trait]
+impl MembershipStore for Careless {
+    async fn membership(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+    ) -> Result<Option<Membership>, tenancy_core::StoreError> {
+        self.inner.membership(user, tenant).await
+    }
+    async fn memberships_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<Membership>, tenancy_core::StoreError> {
+        self.inner.memberships_of(user).await
+    }
+    async fn members_of(&self, t: TenantId) -> Result<Vec<Membership>, tenancy_core::StoreError> {
+        self.inner.members_of(t).await
+    }
+}
+
+#[async_trait::async_trait]
+impl tenancy_core::MembershipWriter for Careless {
+    async fn put(&self, m: &Membership) -> Result<(), tenancy_core::StoreError> {
+        let mut m = m.clone();
+        if self.drop_status {
+            m.status = tenancy_core::MembershipStatus::Active;
+            m.last_active_at = self
+                .inner
+                .membership(&m.user_id, m.tenant_id)
+                .await?
+                .and_then(|o| o.last_active_at);
+        }
+        self.inner.upsert(m);
+        Ok(())
+    }
+    async fn remove(&self, u: &UserId, t: TenantId) -> Result<bool, tenancy_core::StoreError> {
+        Ok(self.inner.remove(u, t).is_some())
+    }
+    async fn touch(
+        &self,
+        u: &UserId,
+        t: TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), tenancy_core::StoreError> {
+        tenancy_core::MembershipWriter::touch(&self.inner, u, t, at).await
+    }
+}
+
+#[tokio::test]
+async fn the_administration_table_catches_a_store_that_forgets() {
+    let t = Tenant::new(TenantId::new_v4(), "adm".parse().unwrap(), "Adm");
+    let forgets_activity = Careless {
+        inner: InMemoryMembershipStore::new(),
+        drop_status: false,
+    };
+    let err = tenancy_testkit::membership::administration(Arc::new(forgets_activity), &t)
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("2."), "{err}");
+    let drops_status = Careless {
+        inner: InMemoryMembershipStore::new(),
+        drop_status: true,
+    };
+    let err = tenancy_testkit::membership::administration(Arc::new(drops_status), &t)
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("3."), "{err}");
+}

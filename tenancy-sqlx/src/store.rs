@@ -380,6 +380,8 @@ struct MembershipRow {
     user_id: String,
     role: String,
     grants: Vec<String>,
+    status: String,
+    last_active_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl TryFrom<MembershipRow> for Membership {
@@ -389,10 +391,15 @@ impl TryFrom<MembershipRow> for Membership {
         let tenant =
             TenantId::from_uuid(r.tenant_id).map_err(|e| invalid("memberships.tenant_id", e))?;
         let role: Role = r.role.parse().map_err(|e| invalid("memberships.role", e))?;
-        let mut m = Membership::new(UserId::new(r.user_id), tenant, role);
+        let status = r
+            .status
+            .parse()
+            .map_err(|e| invalid("memberships.status", e))?;
+        let mut m = Membership::new(UserId::new(r.user_id), tenant, role).with_status(status);
         for g in r.grants {
             m = m.with_grant(Permission::new(&g).map_err(|e| invalid("memberships.grants", e))?);
         }
+        m.last_active_at = r.last_active_at;
         Ok(m)
     }
 }
@@ -407,13 +414,18 @@ impl PgMembershipStore {
     pub async fn upsert(&self, m: &Membership) -> Result<(), DbError> {
         let grants: Vec<&str> = m.grants.iter().map(Permission::as_str).collect();
         sqlx::query(
-            "INSERT INTO tenancy.memberships (tenant_id, user_id, role, grants) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = EXCLUDED.role, grants = EXCLUDED.grants",
+            "INSERT INTO tenancy.memberships (tenant_id, user_id, role, grants, status, last_active_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = EXCLUDED.role, \
+             grants = EXCLUDED.grants, status = EXCLUDED.status, \
+             last_active_at = coalesce(EXCLUDED.last_active_at, tenancy.memberships.last_active_at)",
         )
         .bind(m.tenant_id.as_uuid())
         .bind(m.user_id.as_str())
         .bind(m.role.as_str())
         .bind(&grants)
+        .bind(m.status.as_str())
+        .bind(m.last_active_at)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -433,7 +445,7 @@ impl PgMembershipStore {
     /// Every membership of `tenant`, by user id.
     pub async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, DbError> {
         let rows: Vec<MembershipRow> = sqlx::query_as(
-            "SELECT tenant_id, user_id, role, grants FROM tenancy.memberships \
+            "SELECT tenant_id, user_id, role, grants, status, last_active_at FROM tenancy.memberships \
              WHERE tenant_id = $1 ORDER BY user_id",
         )
         .bind(tenant.as_uuid())
@@ -451,7 +463,7 @@ impl MembershipStore for PgMembershipStore {
         tenant: TenantId,
     ) -> Result<Option<Membership>, StoreError> {
         let row: Option<MembershipRow> = sqlx::query_as(
-            "SELECT tenant_id, user_id, role, grants FROM tenancy.memberships \
+            "SELECT tenant_id, user_id, role, grants, status, last_active_at FROM tenancy.memberships \
              WHERE tenant_id = $1 AND user_id = $2",
         )
         .bind(tenant.as_uuid())
@@ -466,7 +478,7 @@ impl MembershipStore for PgMembershipStore {
 
     async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         let rows: Vec<MembershipRow> = sqlx::query_as(
-            "SELECT tenant_id, user_id, role, grants FROM tenancy.memberships \
+            "SELECT tenant_id, user_id, role, grants, status, last_active_at FROM tenancy.memberships \
              WHERE user_id = $1 ORDER BY tenant_id",
         )
         .bind(user.as_str())
@@ -478,11 +490,42 @@ impl MembershipStore for PgMembershipStore {
             .collect::<Result<_, _>>()
             .map_err(StoreError::new)
     }
+
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError> {
+        PgMembershipStore::members_of(self, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
 }
 
 #[async_trait]
 impl tenancy_core::MembershipWriter for PgMembershipStore {
     async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
         self.upsert(membership).await.map_err(StoreError::new)
+    }
+
+    async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, StoreError> {
+        PgMembershipStore::remove(self, user, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
+
+    async fn touch(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tenancy.memberships SET last_active_at = greatest(last_active_at, $3) \
+             WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user.as_str())
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(())
     }
 }

@@ -382,3 +382,16 @@ async fn another_processs_change_reaches_the_cache_through_the_change_log() {
         TenantStatus::Active
     ));
 }
+
+#[tokio::test]
+async fn membership_administration_table_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("c.sqlite3"))
+        .await
+        .unwrap();
+    let t = tenant("adm");
+    control.tenants().create(&t).await.unwrap();
+    tenancy_testkit::membership::administration(Arc::new(control.memberships()), &t)
+        .await
+        .unwrap();
+}

@@ -338,3 +338,14 @@ async fn the_listener_survives_its_connection_being_killed() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn membership_administration_table_on_postgres() {
+    let s = stores().await;
+    let t = Tenant::new(TenantId::new_v4(), unique("adm").parse().unwrap(), "Adm");
+    s.write.create(&t).await.unwrap();
+    let writer = PgMembershipStore::new(s.env.owner_pool(2).await.unwrap());
+    tenancy_testkit::membership::administration(Arc::new(writer), &t)
+        .await
+        .unwrap();
+}

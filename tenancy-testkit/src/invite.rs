@@ -41,6 +41,10 @@ impl MembershipStore for FlakyMembers {
     async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, StoreError> {
         self.inner.memberships_of(user).await
     }
+
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError> {
+        self.inner.members_of(tenant).await
+    }
 }
 
 #[async_trait]
@@ -54,6 +58,19 @@ impl MembershipWriter for FlakyMembers {
             )));
         }
         self.inner.put(membership).await
+    }
+
+    async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, StoreError> {
+        MembershipWriter::remove(&self.inner, user, tenant).await
+    }
+
+    async fn touch(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.touch(user, tenant, at).await
     }
 }
 

@@ -25,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 pub mod http;
 pub mod invite;
 pub mod isolation;
+pub mod membership;
 pub mod oidc;
 pub mod rate;
 pub mod signin;

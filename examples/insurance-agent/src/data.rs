@@ -395,12 +395,36 @@ impl MembershipStore for Memberships {
             Memberships::Postgres { read, .. } => read.memberships_of(user).await,
         }
     }
+
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError> {
+        Memberships::members_of(self, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
 }
 
 #[async_trait]
 impl MembershipWriter for Memberships {
     async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
         self.upsert(membership).await.map_err(StoreError::new)
+    }
+
+    async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, StoreError> {
+        Memberships::remove(self, user, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
+
+    async fn touch(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Memberships::Sqlite(s) => s.touch(user, tenant, at).await,
+            Memberships::Postgres { write, .. } => write.touch(user, tenant, at).await,
+        }
     }
 }
 

@@ -407,7 +407,12 @@ impl SqliteMembershipStore {
         let record = serde_json::to_string(m).map_err(|e| invalid("membership", e))?;
         sqlx::query(
             "INSERT INTO tenancy_memberships (user_id, tenant_id, record) VALUES ($1, $2, $3) \
-             ON CONFLICT (user_id, tenant_id) DO UPDATE SET record = excluded.record",
+             ON CONFLICT (user_id, tenant_id) DO UPDATE SET record = CASE \
+               WHEN json_extract(excluded.record, '$.last_active_at') IS NULL \
+                AND json_extract(tenancy_memberships.record, '$.last_active_at') IS NOT NULL \
+               THEN json_set(excluded.record, '$.last_active_at', \
+                    json_extract(tenancy_memberships.record, '$.last_active_at')) \
+               ELSE excluded.record END",
         )
         .bind(m.user_id.as_str())
         .bind(m.tenant_id.to_string())
@@ -476,12 +481,44 @@ impl MembershipStore for SqliteMembershipStore {
             .collect::<Result<_, _>>()
             .map_err(StoreError::new)
     }
+
+    async fn members_of(&self, tenant: TenantId) -> Result<Vec<Membership>, StoreError> {
+        SqliteMembershipStore::members_of(self, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
 }
 
 #[async_trait]
 impl MembershipWriter for SqliteMembershipStore {
     async fn put(&self, membership: &Membership) -> Result<(), StoreError> {
         self.upsert(membership).await.map_err(StoreError::new)
+    }
+
+    async fn remove(&self, user: &UserId, tenant: TenantId) -> Result<bool, StoreError> {
+        SqliteMembershipStore::remove(self, user, tenant)
+            .await
+            .map_err(StoreError::new)
+    }
+
+    async fn touch(
+        &self,
+        user: &UserId,
+        tenant: TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        sqlx::query(
+            "UPDATE tenancy_memberships SET record = json_set(record, '$.last_active_at', $3) \
+             WHERE user_id = $1 AND tenant_id = $2",
+        )
+        .bind(user.as_str())
+        .bind(tenant.to_string())
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(())
     }
 }
 
