@@ -30,6 +30,7 @@ pub mod audit;
 pub mod customers;
 pub mod dashboard;
 pub mod invitations;
+pub mod members;
 pub mod mfa;
 pub mod openapi;
 pub mod payments;
@@ -130,6 +131,13 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::dashboard))
         .route("/health/tenant", get(crate::observe::tenant))
         .route("/invitations", post(invitations::invite))
+        .route("/members", get(members::list))
+        .route(
+            "/members/{user_id}",
+            axum::routing::put(members::change_role).delete(members::remove),
+        )
+        .route("/members/{user_id}/suspend", post(members::suspend))
+        .route("/members/{user_id}/resume", post(members::resume))
         .route(
             "/settings/password-policy",
             get(invitations::password_policy).put(invitations::set_password_policy),

@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, audit, customers, dashboard, invitations, mfa, payments, policies, session, tenant,
+    agents, audit, customers, dashboard, invitations, members, mfa, payments, policies, session,
+    tenant,
 };
 
 /// The API description.
@@ -55,6 +56,11 @@ use super::{
         invitations::accept,
         invitations::password_policy,
         invitations::set_password_policy,
+        members::list,
+        members::change_role,
+        members::suspend,
+        members::resume,
+        members::remove,
         tenant::usage,
         tenant::change_plan,
         tenant::data_access,

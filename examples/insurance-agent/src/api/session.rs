@@ -199,6 +199,7 @@ pub async fn login(
         )
         .await?;
     tx.commit().await?;
+    touch(&state, &UserId::new(user_id.clone()), tenant.id).await;
     tracing::info!(tenant.id = %tenant.id, user = %user_id, "signed in");
     Ok(Json(session_response(tokens, &tenant, actor.role)))
 }
@@ -260,7 +261,22 @@ pub async fn refresh(
         .sessions
         .issue(&claims.sub, tenant.id, actor.role)
         .await?;
+    touch(&state, &UserId::new(claims.sub.clone()), tenant.id).await;
     Ok(Json(session_response(tokens, &tenant, actor.role)))
+}
+
+/// Records the member's activity (for `GET /members`); a failure is logged,
+/// not the sign-in's.
+async fn touch(state: &AppState, user: &UserId, tenant: tenancy_core::TenantId) {
+    use tenancy_core::MembershipWriter;
+    if let Err(e) = state
+        .data
+        .memberships()
+        .touch(user, tenant, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(tenant.id = %tenant, error = %e, "could not record the member's activity");
+    }
 }
 
 pub(crate) fn signin_store(e: tenancy_core::StoreError) -> ApiError {

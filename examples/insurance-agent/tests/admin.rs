@@ -1,0 +1,330 @@
+//! Tenant administration over HTTP (both backends): members listed with
+//! status and activity; role changes, suspension and removal end the
+//! member's sessions at once, are audited, and never leave a tenant without
+//! an active admin.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+use serde_json::json;
+use tenancy_testkit::http::RawResponse;
+
+#[macro_use]
+mod common;
+use common::*;
+
+on_both_backends!(
+    admins_list_members_with_status_and_last_activity,
+    a_role_change_ends_the_members_sessions_and_is_audited,
+    suspension_and_removal_refuse_the_member_at_once,
+    a_tenant_never_loses_its_last_admin,
+);
+
+fn member<'a>(list: &'a RawResponse, email: &str) -> serde_json::Value {
+    list.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == email)
+        .cloned()
+        .unwrap_or_else(|| panic!("{email} not listed: {}", list.text()))
+}
+
+async fn user_id(addr: std::net::SocketAddr, token: &str) -> String {
+    call(addr, "GET", "/me", Some(token), None).await.json()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn admins_list_members_with_status_and_last_activity(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let _agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let list = call(addr, "GET", "/members", Some(&admin), None).await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert_eq!(list.json()["total"], 4, "{}", list.text());
+    let agent = member(&list, "agent@sunrise.test");
+    assert_eq!(agent["role"], "agent");
+    assert_eq!(agent["status"], "active");
+    assert!(agent["last_active_at"].is_string(), "{agent}");
+    let manager = member(&list, "manager@sunrise.test");
+    assert!(
+        manager["last_active_at"].is_null(),
+        "never signed in: {manager}"
+    );
+    assert_eq!(member(&list, "finance@sunrise.test")["role"], "finance");
+    // Only tenant admins.
+    let agent_token = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    assert_problem(
+        &call(addr, "GET", "/members", Some(&agent_token), None).await,
+        403,
+        "app.forbidden",
+    );
+    // Another tenant's admin sees only their own members.
+    let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
+    let theirs = call(addr, "GET", "/members", Some(&bharat), None).await;
+    assert_eq!(theirs.json()["total"], 2, "{}", theirs.text());
+    assert!(!theirs.text().contains("sunrise"), "{}", theirs.text());
+    app.running.stop().await.unwrap();
+}
+
+async fn a_role_change_ends_the_members_sessions_and_is_audited(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let agent_id = user_id(addr, &agent).await;
+    let path = format!("/members/{agent_id}");
+    let bad = call(
+        addr,
+        "PUT",
+        &path,
+        Some(&admin),
+        Some(json!({"role": "owner"})),
+    )
+    .await;
+    assert_problem(&bad, 422, "app.invalid");
+    assert_eq!(bad.json()["field"], "role");
+    let changed = call(
+        addr,
+        "PUT",
+        &path,
+        Some(&admin),
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    assert_eq!(changed.json()["role"], "viewer");
+    // The old token is refused at once; a new sign-in carries the new role.
+    assert_problem(
+        &call(addr, "GET", "/me", Some(&agent), None).await,
+        401,
+        "session-revoked",
+    );
+    let again = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&again), None).await.json()["role"],
+        "viewer"
+    );
+    // Finance is a role too (a viewer with the settlement grants).
+    let finance = call(
+        addr,
+        "PUT",
+        &path,
+        Some(&admin),
+        Some(json!({"role": "finance"})),
+    )
+    .await;
+    assert_eq!(finance.json()["role"], "finance", "{}", finance.text());
+    // Audited with who, whom, from and to.
+    let log = call(addr, "GET", "/audit?limit=50", Some(&admin), None).await;
+    let event = log.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].clone())
+        .find(|e| e["action"] == "change_role" && e["details"]["to"] == "viewer")
+        .unwrap_or_else(|| panic!("no change_role event: {}", log.text()));
+    assert_eq!(event["details"]["user_id"], agent_id.as_str());
+    assert_eq!(event["details"]["from"], "agent");
+    // An admin does not change their own role; an unknown member is 404.
+    let me = user_id(addr, &admin).await;
+    assert_problem(
+        &call(
+            addr,
+            "PUT",
+            &format!("/members/{me}"),
+            Some(&admin),
+            Some(json!({"role": "agent"})),
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    assert_problem(
+        &call(
+            addr,
+            "PUT",
+            "/members/nobody",
+            Some(&admin),
+            Some(json!({"role": "agent"})),
+        )
+        .await,
+        404,
+        "app.not-found",
+    );
+    // A member of another tenant is not a member here.
+    let bharat = login(addr, "agent@bharat.test", "bharat-agents").await;
+    let stranger = user_id(addr, &bharat).await;
+    assert_problem(
+        &call(
+            addr,
+            "PUT",
+            &format!("/members/{stranger}"),
+            Some(&admin),
+            Some(json!({"role": "viewer"})),
+        )
+        .await,
+        404,
+        "app.not-found",
+    );
+    app.running.stop().await.unwrap();
+}
+
+async fn suspension_and_removal_refuse_the_member_at_once(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    let manager_id = user_id(addr, &manager).await;
+    let suspended = call(
+        addr,
+        "POST",
+        &format!("/members/{manager_id}/suspend"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.text());
+    assert_eq!(suspended.json()["status"], "suspended");
+    assert_problem(
+        &call(addr, "GET", "/me", Some(&manager), None).await,
+        401,
+        "session-revoked",
+    );
+    // No new session while suspended (the same answer as a wrong password).
+    let refused = call(
+        addr,
+        "POST",
+        "/auth/login",
+        None,
+        Some(json!({"email": "manager@sunrise.test", "password": insurance_agent::seed::DEMO_PASSWORD,
+                    "tenant": "sunrise-insurance"})),
+    )
+    .await;
+    assert_problem(&refused, 401, "app.unauthorized");
+    assert_problem(
+        &call(
+            addr,
+            "POST",
+            &format!("/members/{manager_id}/suspend"),
+            Some(&admin),
+            None,
+        )
+        .await,
+        409,
+        "app.conflict",
+    );
+    let resumed = call(
+        addr,
+        "POST",
+        &format!("/members/{manager_id}/resume"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(resumed.json()["status"], "active", "{}", resumed.text());
+    let back = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    assert_eq!(
+        call(addr, "GET", "/me", Some(&back), None).await.status,
+        200
+    );
+
+    // Removal: refused at once, gone from the list, records kept.
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let agent_id = user_id(addr, &agent).await;
+    let before = call(addr, "GET", "/customers", Some(&admin), None)
+        .await
+        .json()["total"]
+        .clone();
+    assert_eq!(
+        call(
+            addr,
+            "DELETE",
+            &format!("/members/{agent_id}"),
+            Some(&admin),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_problem(
+        &call(addr, "GET", "/me", Some(&agent), None).await,
+        401,
+        "session-revoked",
+    );
+    let list = call(addr, "GET", "/members", Some(&admin), None).await;
+    assert_eq!(list.json()["total"], 3, "{}", list.text());
+    assert!(!list.text().contains("agent@sunrise.test"));
+    assert_eq!(
+        call(addr, "GET", "/customers", Some(&admin), None)
+            .await
+            .json()["total"],
+        before
+    );
+    assert_problem(
+        &call(
+            addr,
+            "DELETE",
+            &format!("/members/{agent_id}"),
+            Some(&admin),
+            None,
+        )
+        .await,
+        404,
+        "app.not-found",
+    );
+    let log = call(addr, "GET", "/audit?limit=50", Some(&admin), None)
+        .await
+        .text();
+    for action in ["\"suspend\"", "\"resume\"", "\"remove\""] {
+        assert!(log.contains(action), "{action} not audited");
+    }
+    app.running.stop().await.unwrap();
+}
+
+async fn a_tenant_never_loses_its_last_admin(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    // The provider's admin administers its regional office (inherited), whose
+    // only member is its own admin.
+    let provider_admin = login(addr, "admin@sunrise.test", "sunrise-north").await;
+    let north = login(addr, "admin@north.sunrise.test", "sunrise-north").await;
+    let neha = user_id(addr, &north).await;
+    let path = format!("/members/{neha}");
+    for (method, path, body) in [
+        ("DELETE", path.clone(), None),
+        ("PUT", path.clone(), Some(json!({"role": "manager"}))),
+        ("POST", format!("{path}/suspend"), None),
+    ] {
+        let r = call(addr, method, &path, Some(&provider_admin), body).await;
+        assert_problem(&r, 409, "app.conflict");
+        assert!(r.text().contains("no active tenant admin"), "{}", r.text());
+    }
+    // Control: with a second admin, the change goes through.
+    let sunrise = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let manager = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    let manager_id = user_id(addr, &manager).await;
+    let promoted = call(
+        addr,
+        "PUT",
+        &format!("/members/{manager_id}"),
+        Some(&sunrise),
+        Some(json!({"role": "tenant_admin"})),
+    )
+    .await;
+    assert_eq!(promoted.status, 200, "{}", promoted.text());
+    let new_admin = login(addr, "manager@sunrise.test", "sunrise-insurance").await;
+    let old_admin = user_id(addr, &sunrise).await;
+    let demoted = call(
+        addr,
+        "PUT",
+        &format!("/members/{old_admin}"),
+        Some(&new_admin),
+        Some(json!({"role": "manager"})),
+    )
+    .await;
+    assert_eq!(demoted.status, 200, "{}", demoted.text());
+    app.running.stop().await.unwrap();
+}
