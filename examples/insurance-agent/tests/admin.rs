@@ -18,7 +18,7 @@ on_both_backends!(
     a_tenant_never_loses_its_last_admin,
 );
 
-fn member<'a>(list: &'a RawResponse, email: &str) -> serde_json::Value {
+fn member(list: &RawResponse, email: &str) -> serde_json::Value {
     list.json()["items"]
         .as_array()
         .unwrap()
