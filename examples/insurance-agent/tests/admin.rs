@@ -16,6 +16,7 @@ on_both_backends!(
     a_role_change_ends_the_members_sessions_and_is_audited,
     suspension_and_removal_refuse_the_member_at_once,
     a_tenant_never_loses_its_last_admin,
+    settings_are_typed_validated_and_unknown_keys_refused,
 );
 
 fn member(list: &RawResponse, email: &str) -> serde_json::Value {
@@ -326,5 +327,117 @@ async fn a_tenant_never_loses_its_last_admin(backend: Backend) {
     )
     .await;
     assert_eq!(demoted.status, 200, "{}", demoted.text());
+    app.running.stop().await.unwrap();
+}
+
+async fn settings_are_typed_validated_and_unknown_keys_refused(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let defaults = call(addr, "GET", "/settings", Some(&agent), None).await;
+    assert_eq!(defaults.status, 200, "{}", defaults.text());
+    assert_eq!(defaults.json()["time_zone"], "UTC");
+    assert_eq!(defaults.json()["commission_rates"]["first_year_bp"], 2500);
+    let patch = |body: serde_json::Value| {
+        let admin = admin.clone();
+        async move { call(addr, "PATCH", "/settings", Some(&admin), Some(body)).await }
+    };
+    assert_problem(
+        &call(
+            addr,
+            "PATCH",
+            "/settings",
+            Some(&agent),
+            Some(json!({"time_zone": "UTC"})),
+        )
+        .await,
+        403,
+        "app.forbidden",
+    );
+    // Unknown keys, at the top and inside a section.
+    for body in [
+        json!({"colour": "red"}),
+        json!({"branding": {"font": "Comic Sans"}}),
+    ] {
+        let r = patch(body.clone()).await;
+        assert_problem(&r, 422, "app.invalid");
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field"),
+            "{body}: {}",
+            r.text()
+        );
+    }
+    for (body, field) in [
+        (
+            json!({"branding": {"primary_color": "red"}}),
+            "branding.primary_color",
+        ),
+        (
+            json!({"branding": {"logo_url": "http://cdn.example/logo.png"}}),
+            "branding.logo_url",
+        ),
+        (
+            json!({"branding": {"logo_url": "https://user:pw@cdn.example/logo.png"}}),
+            "branding.logo_url",
+        ),
+        (
+            json!({"branding": {"support_email": "help"}}),
+            "branding.support_email",
+        ),
+        (
+            json!({"branding": {"display_name": "x".repeat(101)}}),
+            "branding.display_name",
+        ),
+        (json!({"time_zone": "Mars/Olympus_Mons"}), "time_zone"),
+        (
+            json!({"commission_rates": {"first_year_bp": 2500, "renewal_bp": 750, "bonus_bp": 20000}}),
+            "commission_rates.bonus_bp",
+        ),
+    ] {
+        let r = patch(body.clone()).await;
+        assert_problem(&r, 422, "app.invalid");
+        assert_eq!(r.json()["field"], field, "{body}: {}", r.text());
+    }
+    let ok = patch(json!({
+        "branding": {"display_name": "Sunrise", "primary_color": "#ff8800",
+                     "logo_url": "https://cdn.example/sunrise.png", "support_email": "help@sunrise.test"},
+        "time_zone": "Asia/Kolkata",
+        "commission_rates": {"first_year_bp": 3000, "renewal_bp": 500, "bonus_bp": 100}
+    }))
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = call(addr, "GET", "/settings", Some(&agent), None)
+        .await
+        .json();
+    assert_eq!(seen["branding"]["primary_color"], "#FF8800");
+    assert_eq!(seen["time_zone"], "Asia/Kolkata");
+    assert_eq!(seen["commission_rates"]["bonus_bp"], 100);
+    // A later patch of one section leaves the others.
+    let tz = patch(json!({"time_zone": "Europe/London"})).await;
+    assert_eq!(
+        tz.json()["branding"]["display_name"],
+        "Sunrise",
+        "{}",
+        tz.text()
+    );
+    // Another tenant is untouched.
+    let bharat = login(addr, "admin@bharat.test", "bharat-agents").await;
+    let theirs = call(addr, "GET", "/settings", Some(&bharat), None)
+        .await
+        .json();
+    assert_eq!(theirs["time_zone"], "UTC");
+    assert!(
+        theirs["branding"].as_object().unwrap().is_empty(),
+        "{theirs}"
+    );
+    // Audited.
+    let log = call(addr, "GET", "/audit?limit=20", Some(&admin), None)
+        .await
+        .text();
+    assert!(log.contains("Asia/Kolkata"), "settings change not audited");
     app.running.stop().await.unwrap();
 }

@@ -36,6 +36,7 @@ pub mod openapi;
 pub mod payments;
 pub mod policies;
 pub mod session;
+pub mod settings;
 pub mod tenant;
 
 /// What every handler can reach.
@@ -131,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::dashboard))
         .route("/health/tenant", get(crate::observe::tenant))
         .route("/invitations", post(invitations::invite))
+        .route("/settings", get(settings::get).patch(settings::patch))
         .route("/members", get(members::list))
         .route(
             "/members/{user_id}",

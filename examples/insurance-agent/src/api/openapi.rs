@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     agents, audit, customers, dashboard, invitations, members, mfa, payments, policies, session,
-    tenant,
+    settings, tenant,
 };
 
 /// The API description.
@@ -56,6 +56,8 @@ use super::{
         invitations::accept,
         invitations::password_policy,
         invitations::set_password_policy,
+        settings::get,
+        settings::patch,
         members::list,
         members::change_role,
         members::suspend,

@@ -100,8 +100,8 @@ pub struct CompleteRequest {
     pub method: PaymentMethod,
     /// The payment provider's reference (unique in the tenant).
     pub transaction_ref: String,
-    /// When it was paid (default today): not in the future, not before the
-    /// premium was due.
+    /// When it was paid (default today in the tenant's time zone): not in
+    /// the future, not before the premium was due.
     pub paid_date: Option<NaiveDate>,
 }
 
@@ -116,10 +116,10 @@ fn settler(caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
-/// Today, in the time zone furthest ahead (UTC+14): a date after it is in
-/// the future everywhere.
-fn latest_today() -> NaiveDate {
-    (Utc::now() + chrono::Duration::hours(14)).date_naive()
+/// Today in the tenant's time zone (setting `time_zone`, UTC by default).
+fn tenant_today(caller: &Caller) -> Result<NaiveDate, ApiError> {
+    let tz = super::settings::time_zone_of(&caller.ctx.tenant().settings)?;
+    Ok(Utc::now().with_timezone(&tz).date_naive())
 }
 
 /// Filters on the payment list.
@@ -246,8 +246,9 @@ pub async fn complete(
 ) -> Result<Json<Completed>, ApiError> {
     settler(&caller)?;
     let reference = crate::validate::text("transaction_ref", &req.transaction_ref, 100)?;
-    let paid = req.paid_date.unwrap_or_else(|| Utc::now().date_naive());
-    if paid > latest_today() {
+    let today = tenant_today(&caller)?;
+    let paid = req.paid_date.unwrap_or(today);
+    if paid > today {
         return Err(ApiError::invalid_field(
             "paid_date",
             "paid_date must not be in the future",
