@@ -46,7 +46,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::{Membership, MembershipWriter, Role, StoreError, TenantId, UserId};
+use crate::{Membership, MembershipStore, MembershipWriter, Role, StoreError, TenantId, UserId};
 
 /// A secret invitation token. Its `Debug` output is redacted.
 pub struct InviteToken(Zeroizing<String>);
@@ -165,6 +165,17 @@ pub enum InviteError {
     /// The email address is empty or not plausible, or the lifetime is not positive.
     #[error("invalid invitation: {0}")]
     Invalid(&'static str),
+    /// Every seat of the plan is taken by members and pending invitations.
+    #[error(
+        "all {limit} seats are taken ({used} members and pending invitations): remove a member, \
+         revoke an invitation, or upgrade the plan"
+    )]
+    NoSeat {
+        /// Seats taken.
+        used: u64,
+        /// Seats in the plan.
+        limit: u64,
+    },
     /// A store failed.
     #[error("invitation store failed: {0}")]
     Store(#[from] StoreError),
@@ -175,7 +186,7 @@ impl InviteError {
     pub fn status(&self) -> u16 {
         match self {
             Self::Malformed | Self::Invalid(_) => 400,
-            Self::WrongTenant => 403,
+            Self::WrongTenant | Self::NoSeat { .. } => 403,
             Self::NotFound => 404,
             Self::AlreadyUsed => 409,
             Self::Expired(_) => 410,
@@ -223,12 +234,94 @@ pub trait InvitationStore: Send + Sync {
     }
     /// Removes an unaccepted invitation; whether it existed.
     async fn revoke(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Inserts `invitation` only if a seat is free: counts the tenant's
+    /// seats ([`seats_used`](Self::seats_used)) and inserts, atomically
+    /// against other calls for the same tenant. `Ok(Err(used))` when all
+    /// `limit` seats are taken (nothing inserted).
+    ///
+    /// The default refuses: a store must say it can count seats.
+    async fn insert_within(
+        &self,
+        invitation: &Invitation,
+        limit: u64,
+        members: &dyn MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let _ = (invitation, limit, members, now);
+        Err(StoreError::msg(
+            "this invitation store cannot count seats; use one of the workspace's stores",
+        ))
+    }
+
+    /// Seats taken in `tenant` at `now`: its members (active or suspended),
+    /// plus its pending invitations — unexpired and unaccepted, or accepted
+    /// within [`ACCEPT_GRACE`] by someone not (yet) a member (the moment
+    /// between using the invitation and writing the membership).
+    async fn seats_used(
+        &self,
+        tenant: TenantId,
+        members: &dyn MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let _ = (tenant, members, now);
+        Err(StoreError::msg(
+            "this invitation store cannot count seats; use one of the workspace's stores",
+        ))
+    }
+}
+
+/// How long an accepted invitation keeps its seat for a membership not yet
+/// written (seat counting; see [`InvitationStore::seats_used`]).
+pub const ACCEPT_GRACE: Duration = Duration::seconds(60);
+
+/// Whether `i` holds a seat at `now` ([`InvitationStore::seats_used`]),
+/// given whether its acceptor is already a member.
+pub fn holds_seat(i: &Invitation, now: DateTime<Utc>, acceptor_is_member: bool) -> bool {
+    if now >= i.expires_at {
+        return false;
+    }
+    match &i.accepted {
+        None => true,
+        Some((at, _)) => !acceptor_is_member && now - *at < ACCEPT_GRACE,
+    }
 }
 
 /// An [`InvitationStore`] in memory.
 #[derive(Debug, Default)]
 pub struct InMemoryInvitationStore {
     map: RwLock<HashMap<[u8; 32], Invitation>>,
+    seats: tokio::sync::Mutex<()>,
+}
+
+impl InMemoryInvitationStore {
+    async fn count_seats(
+        &self,
+        tenant: TenantId,
+        members: &dyn MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let current: Vec<Membership> = members.members_of(tenant).await?;
+        let invitations: Vec<Invitation> = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|i| i.tenant == tenant)
+            .cloned()
+            .collect();
+        let pending = invitations
+            .iter()
+            .filter(|i| {
+                let member = i
+                    .accepted
+                    .as_ref()
+                    .is_some_and(|(_, u)| current.iter().any(|m| &m.user_id == u));
+                holds_seat(i, now, member)
+            })
+            .count();
+        Ok(u64::try_from(current.len() + pending).unwrap_or(u64::MAX))
+    }
 }
 
 #[async_trait]
@@ -298,6 +391,31 @@ impl InvitationStore for InMemoryInvitationStore {
             .map(|(k, _)| *k);
         Ok(key.and_then(|k| map.remove(&k)).is_some())
     }
+
+    async fn insert_within(
+        &self,
+        invitation: &Invitation,
+        limit: u64,
+        members: &dyn MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let _seats = self.seats.lock().await;
+        let used = self.count_seats(invitation.tenant, members, now).await?;
+        if used >= limit {
+            return Ok(Err(used));
+        }
+        self.insert(invitation).await?;
+        Ok(Ok(()))
+    }
+
+    async fn seats_used(
+        &self,
+        tenant: TenantId,
+        members: &dyn MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.count_seats(tenant, members, now).await
+    }
 }
 
 /// Issues and accepts invitations. See the [module docs](self).
@@ -329,6 +447,64 @@ impl Invitations {
         invited_by: &UserId,
         ttl: Duration,
     ) -> Result<(Invitation, InviteToken), InviteError> {
+        self.issue(tenant, email, role, invited_by, ttl, None).await
+    }
+
+    /// [`Invitations::invite`] within the plan's seats: the invitation
+    /// reserves one of `seats` (members and pending invitations count;
+    /// expiry or revocation returns it), counted and inserted atomically, so
+    /// concurrent invitations never exceed the limit
+    /// ([`InviteError::NoSeat`], 403, otherwise).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use chrono::Duration;
+    /// use tenancy_core::invite::{InMemoryInvitationStore, InviteError, Invitations};
+    /// use tenancy_core::{InMemoryMembershipStore, Membership, Role, TenantId, UserId};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let members = Arc::new(InMemoryMembershipStore::new());
+    /// let invitations = Invitations::new(Arc::new(InMemoryInvitationStore::default()), members.clone());
+    /// let t = TenantId::new_v4();
+    /// let admin = UserId::new("ann");
+    /// members.upsert(Membership::new(admin.clone(), t, Role::Admin));
+    ///
+    /// // Two seats: Ann, and one invitation.
+    /// invitations.invite_within(t, "bo@example.com", Role::Member, &admin, Duration::days(3), 2).await?;
+    /// let full = invitations.invite_within(t, "cy@example.com", Role::Member, &admin, Duration::days(3), 2).await;
+    /// assert!(matches!(full, Err(InviteError::NoSeat { used: 2, limit: 2 })));
+    /// # Ok(()) }
+    /// ```
+    pub async fn invite_within(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        invited_by: &UserId,
+        ttl: Duration,
+        seats: u64,
+    ) -> Result<(Invitation, InviteToken), InviteError> {
+        self.issue(tenant, email, role, invited_by, ttl, Some(seats))
+            .await
+    }
+
+    /// Seats taken in `tenant` now (members and pending invitations).
+    pub async fn seats_used(&self, tenant: TenantId) -> Result<u64, InviteError> {
+        Ok(self
+            .store
+            .seats_used(tenant, &*self.members, Utc::now())
+            .await?)
+    }
+
+    async fn issue(
+        &self,
+        tenant: TenantId,
+        email: &str,
+        role: Role,
+        invited_by: &UserId,
+        ttl: Duration,
+        seats: Option<u64>,
+    ) -> Result<(Invitation, InviteToken), InviteError> {
         let email = email.trim();
         if email.len() > 254
             || !email.contains('@')
@@ -353,7 +529,18 @@ impl Invitations {
             now + ttl,
             None,
         );
-        self.store.insert(&invitation).await?;
+        match seats {
+            None => self.store.insert(&invitation).await?,
+            Some(limit) => {
+                if let Err(used) = self
+                    .store
+                    .insert_within(&invitation, limit, &*self.members, now)
+                    .await?
+                {
+                    return Err(InviteError::NoSeat { used, limit });
+                }
+            }
+        }
         tracing::info!(tenant.id = %tenant, invitation = %invitation.id, role = role.as_str(), "invitation issued");
         Ok((invitation, token))
     }

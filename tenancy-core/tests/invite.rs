@@ -292,3 +292,25 @@ async fn a_join_that_cannot_be_written_does_not_spend_the_invitation() {
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seats_in_memory_are_exact_and_the_unlocked_twin_is_not() {
+    let report = tenancy_testkit::invite::seats_are_exact(
+        Arc::new(InMemoryInvitationStore::default()),
+        Arc::new(tenancy_core::InMemoryMembershipStore::new()),
+        TenantId::new_v4(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((report.issued, report.refused), (4, 60));
+    let err = tenancy_testkit::invite::seats_are_exact(
+        Arc::new(tenancy_testkit::invite::UnlockedSeats(Arc::new(
+            InMemoryInvitationStore::default(),
+        ))),
+        Arc::new(tenancy_core::InMemoryMembershipStore::new()),
+        TenantId::new_v4(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.starts_with("1."), "{err}");
+}

@@ -182,4 +182,86 @@ impl InvitationStore for PgInvitationStore {
         tx.commit().await.map_err(StoreError::new)?;
         Ok(done.rows_affected() == 1)
     }
+
+    /// Counts `tenancy.memberships` of the same database (the `members`
+    /// argument is not consulted) and the tenant's invitations, under a
+    /// transaction-scoped advisory lock per tenant, in the tenant's own
+    /// transaction.
+    async fn insert_within(
+        &self,
+        i: &Invitation,
+        limit: u64,
+        _members: &dyn tenancy_core::MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let mut tx = self
+            .db
+            .begin_for_id(i.tenant)
+            .await
+            .map_err(StoreError::new)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("tenancy.seats:{}", i.tenant))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::new)?;
+        let used = count_seats(&mut tx, i.tenant, now).await?;
+        if used >= limit {
+            return Ok(Err(used));
+        }
+        sqlx::query(
+            "INSERT INTO tenancy.invitations (id, tenant_id, email, role, token_hash, invited_by, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(i.id)
+        .bind(i.tenant.as_uuid())
+        .bind(&i.email)
+        .bind(i.role.as_str())
+        .bind(i.token_hash.as_slice())
+        .bind(i.invited_by.as_str())
+        .bind(i.created_at)
+        .bind(i.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::new)?;
+        tx.commit().await.map_err(StoreError::new)?;
+        Ok(Ok(()))
+    }
+
+    async fn seats_used(
+        &self,
+        tenant: TenantId,
+        _members: &dyn tenancy_core::MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self
+            .db
+            .begin_for_id(tenant)
+            .await
+            .map_err(StoreError::new)?;
+        let used = count_seats(&mut tx, tenant, now).await?;
+        tx.commit().await.map_err(StoreError::new)?;
+        Ok(used)
+    }
+}
+
+/// Members plus pending invitations ([`InvitationStore::seats_used`]).
+async fn count_seats(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    tenant: TenantId,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let used: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM tenancy.memberships WHERE tenant_id = $1) \
+              + (SELECT count(*) FROM tenancy.invitations i WHERE i.tenant_id = $1 \
+                 AND i.expires_at > $2 AND (i.accepted_at IS NULL OR (i.accepted_at > $3 \
+                 AND NOT EXISTS (SELECT 1 FROM tenancy.memberships m \
+                                 WHERE m.tenant_id = i.tenant_id AND m.user_id = i.accepted_by))))",
+    )
+    .bind(tenant.as_uuid())
+    .bind(now)
+    .bind(now - tenancy_core::invite::ACCEPT_GRACE)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(StoreError::new)?;
+    Ok(u64::try_from(used).unwrap_or(0))
 }

@@ -489,3 +489,38 @@ async fn a_failed_join_gives_the_postgres_invitation_back() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seats_in_postgres_are_exact_under_64_concurrent_invitations() {
+    let (owner, db) = system_schema().await;
+    let t = tenant("seats");
+    PgTenantStore::new(owner.clone()).create(&t).await.unwrap();
+    let report = tenancy_testkit::invite::seats_are_exact(
+        Arc::new(tenancy_sqlx::PgInvitationStore::new(db.clone())),
+        Arc::new(PgMembershipStore::new(owner.clone())),
+        t.id,
+    )
+    .await
+    .unwrap();
+    println!(
+        "seats: path=postgres issued={} refused={}",
+        report.issued, report.refused
+    );
+    // The twin: counting then inserting without the lock over-issues.
+    let twin = tenant("seats-twin");
+    PgTenantStore::new(owner.clone())
+        .create(&twin)
+        .await
+        .unwrap();
+    let err = tenancy_testkit::invite::seats_are_exact(
+        Arc::new(tenancy_testkit::invite::UnlockedSeats(Arc::new(
+            tenancy_sqlx::PgInvitationStore::new(db),
+        ))),
+        Arc::new(PgMembershipStore::new(owner)),
+        twin.id,
+    )
+    .await
+    .unwrap_err();
+    println!("seats: path=postgres-unlocked {err}");
+    assert!(err.starts_with("1."), "{err}");
+}

@@ -395,3 +395,24 @@ async fn membership_administration_table_on_sqlite() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seats_in_sqlite_are_exact_under_64_concurrent_invitations() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("c.sqlite3"))
+        .await
+        .unwrap();
+    let t = tenant("seats");
+    control.tenants().create(&t).await.unwrap();
+    let report = tenancy_testkit::invite::seats_are_exact(
+        Arc::new(control.invitations()),
+        Arc::new(control.memberships()),
+        t.id,
+    )
+    .await
+    .unwrap();
+    println!(
+        "seats: path=sqlite issued={} refused={}",
+        report.issued, report.refused
+    );
+}

@@ -17,6 +17,7 @@ on_both_backends!(
     suspension_and_removal_refuse_the_member_at_once,
     a_tenant_never_loses_its_last_admin,
     settings_are_typed_validated_and_unknown_keys_refused,
+    invitations_reserve_seats_of_the_plan_exactly,
 );
 
 fn member(list: &RawResponse, email: &str) -> serde_json::Value {
@@ -439,5 +440,92 @@ async fn settings_are_typed_validated_and_unknown_keys_refused(backend: Backend)
         .await
         .text();
     assert!(log.contains("Asia/Kolkata"), "settings change not audited");
+    app.running.stop().await.unwrap();
+}
+
+async fn invitations_reserve_seats_of_the_plan_exactly(backend: Backend) {
+    let app = start(backend).await;
+    let addr = app.running.addr;
+    // The free plan has 3 seats; the agency has one member.
+    let asha = login(addr, "asha@asha.test", "asha-agency").await;
+    let invite = |email: String| {
+        let asha = asha.clone();
+        async move {
+            call(
+                addr,
+                "POST",
+                "/invitations",
+                Some(&asha),
+                Some(json!({"email": email, "role": "agent"})),
+            )
+            .await
+        }
+    };
+    let first = invite("one@asha.test".into()).await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(invite("two@asha.test".into()).await.status, 201);
+    let full = invite("three@asha.test".into()).await;
+    assert_problem(&full, 403, "quota-exceeded");
+    assert_eq!(full.json()["resource"], "users", "{}", full.text());
+    let usage = call(addr, "GET", "/usage", Some(&asha), None).await.json();
+    let users = usage["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "users")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (users["used"].as_u64(), users["limit"].as_u64()),
+        (Some(3), Some(3)),
+        "{usage}"
+    );
+    // Revoking returns the seat.
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            addr,
+            "DELETE",
+            &format!("/invitations/{id}"),
+            Some(&asha),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(invite("three@asha.test".into()).await.status, 201);
+    assert_problem(
+        &invite("four@asha.test".into()).await,
+        403,
+        "quota-exceeded",
+    );
+
+    // Concurrent invitations never exceed the plan: the regional office
+    // (professional, 25 seats, one member) gets 40 at once.
+    let north = login(addr, "admin@north.sunrise.test", "sunrise-north").await;
+    let racers: Vec<_> = (0..40)
+        .map(|i| {
+            let north = north.clone();
+            tokio::spawn(async move {
+                call(
+                    addr,
+                    "POST",
+                    "/invitations",
+                    Some(&north),
+                    Some(json!({"email": format!("r{i}@north.test"), "role": "agent"})),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for r in racers {
+        statuses.push(r.await.unwrap());
+    }
+    let issued = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 403).count();
+    assert_eq!((issued, refused), (24, 16), "{statuses:?}");
     app.running.stop().await.unwrap();
 }

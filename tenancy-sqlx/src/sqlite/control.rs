@@ -866,6 +866,54 @@ impl InvitationStore for SqliteInvitationStore {
         .map_err(StoreError::new)?;
         Ok(done.rows_affected() == 1)
     }
+
+    /// Counts the control database's memberships (the `members` argument is
+    /// not consulted) and invitations inside `BEGIN IMMEDIATE`, which holds
+    /// the file's write lock: concurrent calls, from any process, queue.
+    async fn insert_within(
+        &self,
+        i: &Invitation,
+        limit: u64,
+        _members: &dyn tenancy_core::MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::new)?;
+        let used = sqlite_seats(&mut tx, i.tenant, now).await?;
+        if used >= limit {
+            return Ok(Err(used));
+        }
+        sqlx::query(
+            "INSERT INTO tenancy_invitations (id, tenant_id, email, role, token_hash, invited_by, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(i.id.to_string())
+        .bind(i.tenant.to_string())
+        .bind(&i.email)
+        .bind(i.role.as_str())
+        .bind(i.token_hash.as_slice())
+        .bind(i.invited_by.as_str())
+        .bind(i.created_at)
+        .bind(i.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::new)?;
+        tx.commit().await.map_err(StoreError::new)?;
+        Ok(Ok(()))
+    }
+
+    async fn seats_used(
+        &self,
+        tenant: TenantId,
+        _members: &dyn tenancy_core::MembershipStore,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(StoreError::new)?;
+        sqlite_seats(&mut conn, tenant, now).await
+    }
 }
 
 /// Session epochs in the control database ([`SqliteControl::session_epochs`]),
@@ -919,4 +967,26 @@ impl tenancy_core::session::SessionEpochs for SqliteSessionEpochs {
         self.bump(tenancy_core::session::tenant_counter_key(tenant))
             .await
     }
+}
+
+/// Members plus pending invitations ([`InvitationStore::seats_used`]).
+async fn sqlite_seats(
+    conn: &mut sqlx::SqliteConnection,
+    tenant: TenantId,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let used: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM tenancy_memberships WHERE tenant_id = $1) \
+              + (SELECT count(*) FROM tenancy_invitations i WHERE i.tenant_id = $1 \
+                 AND i.expires_at > $2 AND (i.accepted_at IS NULL OR (i.accepted_at > $3 \
+                 AND NOT EXISTS (SELECT 1 FROM tenancy_memberships m \
+                                 WHERE m.tenant_id = i.tenant_id AND m.user_id = i.accepted_by))))",
+    )
+    .bind(tenant.to_string())
+    .bind(now)
+    .bind(now - tenancy_core::invite::ACCEPT_GRACE)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::new)?;
+    Ok(u64::try_from(used).unwrap_or(0))
 }

@@ -11,11 +11,12 @@ use tenancy_core::invite::{Invitations, InviteError, parse_token};
 use tenancy_core::problem::Problem;
 use tenancy_core::{Role, TenantContext, UserId};
 
-use super::{ApiError, AppState, Body, Caller, Client};
+use super::{ApiError, AppState, Body, Caller, Client, PathOf};
 use crate::auth::PasswordPolicy;
 use crate::id::Id;
 
-fn invitations(state: &AppState) -> Invitations {
+/// Issues and accepts invitations, seats counted with the tenant's members.
+pub fn invitations(state: &AppState) -> Invitations {
     Invitations::new(state.data.invitations(), Arc::new(state.data.memberships()))
 }
 
@@ -95,15 +96,43 @@ pub async fn invite(
     if !(1..=720).contains(&hours) {
         return Err(ApiError::invalid("valid_hours must be between 1 and 720"));
     }
-    let (inv, token) = invitations(&state)
-        .invite(
-            caller.ctx.tenant_id(),
-            &crate::validate::email("email", &req.email)?,
-            role,
-            &caller.user,
-            chrono::Duration::hours(hours),
-        )
-        .await?;
+    // The plan's `users` limit counts seats: members and pending
+    // invitations (an invitation reserves one until it expires or is revoked).
+    let tenant = caller.ctx.tenant_id();
+    let email = crate::validate::email("email", &req.email)?;
+    let ttl = chrono::Duration::hours(hours);
+    let issued = match caller
+        .ctx
+        .entitlements()
+        .and_then(|e| e.stock_limit("users"))
+    {
+        Some(seats) => {
+            invitations(&state)
+                .invite_within(tenant, &email, role, &caller.user, ttl, seats)
+                .await
+        }
+        None => {
+            invitations(&state)
+                .invite(tenant, &email, role, &caller.user, ttl)
+                .await
+        }
+    };
+    let (inv, token) = issued.map_err(|e| match e {
+        InviteError::NoSeat { used, limit } => {
+            state.observer.tenants.quota_refused(tenant, "users");
+            ApiError::from(tenancy_core::TenantError::Quota(
+                tenancy_core::quota::QuotaExceeded::new(
+                    tenant,
+                    "users",
+                    tenancy_core::plan::ResourceKind::Stock,
+                    used,
+                    limit,
+                    1,
+                ),
+            ))
+        }
+        other => ApiError::from(other),
+    })?;
     let mut tx = state.data.begin_write(&caller.ctx).await?;
     state
         .data
@@ -315,4 +344,34 @@ pub async fn set_password_policy(
     let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
     super::mfa::set_security_setting(&state, &caller, "password_policy", value, false).await?;
     Ok(Json(policy))
+}
+
+/// Revokes a pending invitation (tenant admins): its seat is free again.
+#[utoipa::path(delete, path = "/invitations/{id}", params(("id" = Id, Path)),
+    responses((status = 204), (status = 403), (status = 404)), security(("bearer" = [])))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<http::StatusCode, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden("only tenant admins revoke invitations"));
+    }
+    if !invitations(&state)
+        .revoke(caller.ctx.tenant_id(), id.0)
+        .await?
+    {
+        return Err(ApiError::not_found("pending invitation"));
+    }
+    let mut tx = state.data.begin_write(&caller.ctx).await?;
+    state
+        .data
+        .audit()
+        .append(
+            &mut tx,
+            AuditEvent::from_context(&caller.ctx, "revoke", "invitations").with_resource_id(id),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(http::StatusCode::NO_CONTENT)
 }

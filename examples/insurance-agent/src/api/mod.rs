@@ -132,6 +132,10 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::dashboard))
         .route("/health/tenant", get(crate::observe::tenant))
         .route("/invitations", post(invitations::invite))
+        .route(
+            "/invitations/{id}",
+            axum::routing::delete(invitations::revoke),
+        )
         .route("/settings", get(settings::get).patch(settings::patch))
         .route("/members", get(members::list))
         .route(

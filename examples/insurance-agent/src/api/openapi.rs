@@ -54,6 +54,7 @@ use super::{
         dashboard::dashboard,
         invitations::invite,
         invitations::accept,
+        invitations::revoke,
         invitations::password_policy,
         invitations::set_password_policy,
         settings::get,

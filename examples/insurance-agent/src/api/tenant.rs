@@ -48,8 +48,13 @@ pub async fn usage(
     let e = caller.ctx.entitlements().cloned();
     let percent =
         |used: u64, limit: Option<u64>| limit.map(|l| used.saturating_mul(100) / l.max(1));
+    let seats = super::invitations::invitations(&state)
+        .seats_used(caller.ctx.tenant_id())
+        .await
+        .map_err(ApiError::from)?;
     let mut resources: Vec<ResourceUsage> = counts
         .iter()
+        .chain(std::iter::once(&("users", seats)))
         .map(|(r, used)| {
             let limit = e.as_ref().and_then(|e| e.stock_limit(r));
             ResourceUsage {
