@@ -100,10 +100,30 @@ impl RateSpec {
     }
 }
 
+/// Usage per calendar month (in the tenant's time zone): `limit` included,
+/// then up to `overage` more accepted and billed as overage, then refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonthlySpec {
+    /// Included in the plan each month.
+    pub limit: u64,
+    /// Accepted beyond `limit` (soft limit); 0 makes `limit` hard.
+    #[serde(default)]
+    pub overage: u64,
+}
+
+impl MonthlySpec {
+    /// The most accepted in a month: `limit + overage`.
+    pub fn cap(&self) -> u64 {
+        self.limit.saturating_add(self.overage)
+    }
+}
+
 /// A limit on one resource.
 ///
 /// In JSON/TOML: `{ "stock": 50 }`, `{ "rate": { "per_hour": 1000 } }`,
-/// `{ "concurrency": 4 }` or `"unlimited"`.
+/// `{ "concurrency": 4 }`, `{ "monthly": { "limit": 10000, "overage": 2000 } }`
+/// or `"unlimited"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -114,6 +134,9 @@ pub enum Limit {
     Rate(RateSpec),
     /// Things in progress (requests, sessions): at most this many at once.
     Concurrency(u32),
+    /// Consumption per calendar month (SMS sent, documents generated),
+    /// with an optional overage allowance (`quota::monthly`).
+    Monthly(MonthlySpec),
     /// No limit.
     Unlimited,
 }
@@ -124,6 +147,7 @@ impl Limit {
             Limit::Stock(_) => Some(ResourceKind::Stock),
             Limit::Rate(_) => Some(ResourceKind::Rate),
             Limit::Concurrency(_) => Some(ResourceKind::Concurrency),
+            Limit::Monthly(_) => Some(ResourceKind::Monthly),
             Limit::Unlimited => None,
         }
     }
@@ -139,6 +163,8 @@ pub enum ResourceKind {
     Rate,
     /// Things in progress.
     Concurrency,
+    /// Consumption per calendar month.
+    Monthly,
 }
 
 impl fmt::Display for ResourceKind {
@@ -147,6 +173,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Stock => "stock",
             ResourceKind::Rate => "rate",
             ResourceKind::Concurrency => "concurrency",
+            ResourceKind::Monthly => "monthly",
         })
     }
 }
@@ -566,6 +593,13 @@ impl PlanCatalog {
                         let spec: RateSpec = serde_json::from_value(value.clone())
                             .map_err(|_| wrong("a rate such as {\"per_hour\": 1000}"))?;
                         e.limits.insert(resource.into(), Limit::Rate(spec));
+                    }
+                    (ResourceKind::Monthly, None) => {
+                        let spec: MonthlySpec =
+                            serde_json::from_value(value.clone()).map_err(|_| {
+                                wrong("a monthly limit such as {\"limit\": 1000, \"overage\": 200}")
+                            })?;
+                        e.limits.insert(resource.into(), Limit::Monthly(spec));
                     }
                     (ResourceKind::Rate, Some(w)) => {
                         let n = value

@@ -329,3 +329,22 @@ fn usage_snapshot_and_records_per_period() {
         .collect();
     assert_eq!(users, vec![4]);
 }
+
+#[cfg(feature = "calendar")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn monthly_usage_in_memory_and_its_unchecked_twin() {
+    use tenancy_core::quota::monthly::MemoryMonthly;
+    use tenancy_testkit::monthly::{UncheckedMonthly, calendar_months};
+    let t = Tenant::new(TenantId::new_v4(), "monthly".parse().unwrap(), "M");
+    let report = calendar_months(Arc::new(MemoryMonthly::default()), &t)
+        .await
+        .unwrap();
+    assert_eq!((report.accepted, report.refused), (60, 4));
+    let err = calendar_months(
+        Arc::new(UncheckedMonthly(Arc::new(MemoryMonthly::default()))),
+        &t,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.starts_with("2."), "{err}");
+}

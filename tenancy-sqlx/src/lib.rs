@@ -9,6 +9,8 @@ mod health;
 mod invite;
 mod keys;
 pub mod migrate;
+#[cfg(feature = "calendar")]
+mod monthly;
 mod notify;
 mod privileged;
 mod provision;
@@ -30,6 +32,8 @@ pub use error::DbError;
 pub use health::DatabaseProbe;
 pub use invite::PgInvitationStore;
 pub use keys::PgKeyStore;
+#[cfg(feature = "calendar")]
+pub use monthly::PgMonthlyUsage;
 pub use notify::{
     InvalidationListener, KEY_CHANGED_CHANNEL, KeyInvalidationListener, TENANT_CHANGED_CHANNEL,
 };

@@ -112,7 +112,8 @@ pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<()
             "{LOCKED}GRANT USAGE ON SCHEMA tenancy TO {role}; \
              GRANT SELECT ON tenancy.tenants, tenancy.tenant_domains, tenancy.memberships TO {role}; \
              GRANT SELECT, INSERT, UPDATE ON tenancy.quota_usage, tenancy.quota_rate, \
-                   tenancy.quota_records, tenancy.quota_thresholds, tenancy.tenant_keys TO {role}; \
+                   tenancy.quota_records, tenancy.quota_thresholds, tenancy.tenant_keys, \
+                   tenancy.monthly_usage TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.tenant_settings TO {role}; \
              GRANT SELECT, INSERT ON tenancy.audit_log TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}; \
@@ -152,7 +153,7 @@ pub async fn grant_purge(conn: &mut PgConnection, role: &str) -> Result<(), DbEr
     conn.execute(
         format!(
             "{LOCKED}GRANT DELETE ON tenancy.tenant_settings, tenancy.quota_usage, tenancy.quota_rate, \
-             tenancy.quota_records, tenancy.quota_thresholds TO {role}; COMMIT"
+             tenancy.quota_records, tenancy.quota_thresholds, tenancy.monthly_usage TO {role}; COMMIT"
         )
         .as_str(),
     )

@@ -172,11 +172,12 @@ impl Deprovisioner {
         self
     }
 
-    fn library_tables() -> [&'static str; 3] {
+    fn library_tables() -> [&'static str; 4] {
         [
             "tenancy.tenant_settings",
             "tenancy.quota_usage",
             "tenancy.quota_records",
+            "tenancy.monthly_usage",
         ]
     }
 

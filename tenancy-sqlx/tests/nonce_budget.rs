@@ -20,9 +20,14 @@ use tenancy_sqlx::sqlite::SqliteControl;
 use tenancy_sqlx::{PgKeyStore, TenantDb, migrate};
 use tenancy_testkit::TestDb;
 
-const BUDGET: u64 = 100;
+// 25 blocks per version: small enough that two processes rotate several
+// versions together, large enough that a task cannot lose eight rotations
+// in a row to the other process on a loaded machine (with 6 blocks per
+// version it sometimes did: NonceBudgetExhausted, a starvation only such a
+// tiny budget allows).
+const BUDGET: u64 = 400;
 const BLOCK: u64 = 16;
-const PER_PROCESS: u64 = 1_500;
+const PER_PROCESS: u64 = 3_000;
 
 /// The broken twin: each process grants itself nonces up to the budget from
 /// its own count, sharing nothing (the store only holds the keys).

@@ -26,6 +26,7 @@ pub mod http;
 pub mod invite;
 pub mod isolation;
 pub mod membership;
+pub mod monthly;
 pub mod oidc;
 pub mod rate;
 pub mod signin;

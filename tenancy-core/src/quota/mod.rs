@@ -28,6 +28,8 @@ use crate::plan::{ResourceKey, ResourceKind};
 use crate::{StoreError, TenantId};
 
 mod memory;
+#[cfg(feature = "calendar")]
+pub mod monthly;
 
 pub use memory::{MemoryQuota, Permit, RateDecision, Reservation};
 
@@ -158,6 +160,7 @@ impl QuotaExceeded {
     pub fn status(&self) -> u16 {
         match self.kind {
             ResourceKind::Rate | ResourceKind::Concurrency => 429,
+            ResourceKind::Monthly => 403,
             ResourceKind::Stock if self.resource.ends_with("_bytes") => 413,
             ResourceKind::Stock => 403,
         }
@@ -221,6 +224,7 @@ pub fn entitled_limit(
         Some(Limit::Stock(_)) => Some(ResourceKind::Stock),
         Some(Limit::Rate(_)) => Some(ResourceKind::Rate),
         Some(Limit::Concurrency(_)) => Some(ResourceKind::Concurrency),
+        Some(Limit::Monthly(_)) => Some(ResourceKind::Monthly),
         _ => None,
     };
     match actual {

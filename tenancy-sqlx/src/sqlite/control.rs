@@ -39,6 +39,13 @@ CREATE TABLE IF NOT EXISTS tenancy_memberships (
     PRIMARY KEY (user_id, tenant_id)
 );
 CREATE INDEX IF NOT EXISTS tenancy_memberships_tenant ON tenancy_memberships (tenant_id);
+CREATE TABLE IF NOT EXISTS tenancy_monthly_usage (
+    tenant_id TEXT    NOT NULL REFERENCES tenancy_tenants (id) ON DELETE CASCADE,
+    resource  TEXT    NOT NULL,
+    month     TEXT    NOT NULL,
+    used      INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),
+    PRIMARY KEY (tenant_id, resource, month)
+);
 CREATE TABLE IF NOT EXISTS tenancy_invitations (
     id          TEXT PRIMARY KEY NOT NULL,
     tenant_id   TEXT NOT NULL REFERENCES tenancy_tenants (id) ON DELETE CASCADE,
@@ -173,6 +180,14 @@ impl SqliteControl {
     /// Invitations (token hashes only; see `tenancy_core::invite`).
     pub fn invitations(&self) -> SqliteInvitationStore {
         SqliteInvitationStore {
+            pool: self.pool.clone(),
+        }
+    }
+
+    /// Usage per calendar month (feature `calendar`).
+    #[cfg(feature = "calendar")]
+    pub fn monthly_usage(&self) -> SqliteMonthlyUsage {
+        SqliteMonthlyUsage {
             pool: self.pool.clone(),
         }
     }
@@ -989,4 +1004,87 @@ async fn sqlite_seats(
     .await
     .map_err(StoreError::new)?;
     Ok(u64::try_from(used).unwrap_or(0))
+}
+
+/// Monthly counters in the control database (feature `calendar`): an add is
+/// one conditional `UPDATE`, serialised by SQLite's write lock, so
+/// concurrent adds (from any process) never pass the cap together.
+#[cfg(feature = "calendar")]
+#[derive(Debug, Clone)]
+pub struct SqliteMonthlyUsage {
+    pool: SqlitePool,
+}
+
+#[cfg(feature = "calendar")]
+#[async_trait]
+impl tenancy_core::quota::monthly::MonthlyStore for SqliteMonthlyUsage {
+    async fn add(
+        &self,
+        tenant: TenantId,
+        resource: &str,
+        month: &str,
+        amount: u64,
+        cap: u64,
+    ) -> Result<Result<(u64, u64), u64>, StoreError> {
+        let amount = i64::try_from(amount).map_err(StoreError::new)?;
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::new)?;
+        sqlx::query(
+            "INSERT INTO tenancy_monthly_usage (tenant_id, resource, month, used) \
+             VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant.to_string())
+        .bind(resource)
+        .bind(month)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::new)?;
+        let current: i64 = sqlx::query_scalar(
+            "SELECT used FROM tenancy_monthly_usage WHERE tenant_id = $1 AND resource = $2 AND month = $3",
+        )
+        .bind(tenant.to_string())
+        .bind(resource)
+        .bind(month)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::new)?;
+        let outcome = if current <= cap.saturating_sub(amount) {
+            sqlx::query(
+                "UPDATE tenancy_monthly_usage SET used = used + $4 \
+                 WHERE tenant_id = $1 AND resource = $2 AND month = $3",
+            )
+            .bind(tenant.to_string())
+            .bind(resource)
+            .bind(month)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::new)?;
+            Ok((
+                u64::try_from(current).unwrap_or(0),
+                u64::try_from(current + amount).unwrap_or(0),
+            ))
+        } else {
+            Err(u64::try_from(current).unwrap_or(0))
+        };
+        tx.commit().await.map_err(StoreError::new)?;
+        Ok(outcome)
+    }
+
+    async fn used(&self, tenant: TenantId, resource: &str, month: &str) -> Result<u64, StoreError> {
+        let used: Option<i64> = sqlx::query_scalar(
+            "SELECT used FROM tenancy_monthly_usage WHERE tenant_id = $1 AND resource = $2 AND month = $3",
+        )
+        .bind(tenant.to_string())
+        .bind(resource)
+        .bind(month)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(used.and_then(|u| u64::try_from(u).ok()).unwrap_or(0))
+    }
 }

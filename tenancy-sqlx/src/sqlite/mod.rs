@@ -65,6 +65,8 @@ mod health;
 mod watch;
 
 pub use audit_log::SqliteAuditLog;
+#[cfg(feature = "calendar")]
+pub use control::SqliteMonthlyUsage;
 pub use control::{
     SqliteControl, SqliteInvitationStore, SqliteKeyStore, SqliteMembershipStore,
     SqliteSessionEpochs, SqliteTenantStore,
