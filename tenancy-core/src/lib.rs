@@ -22,6 +22,8 @@ pub mod maintenance;
 mod membership;
 #[cfg(feature = "oidc")]
 pub mod oidc;
+pub mod outbox;
+pub mod ownership;
 mod permission;
 pub mod pipeline;
 pub mod plan;
@@ -38,6 +40,7 @@ pub mod store;
 #[cfg(feature = "metrics")]
 pub mod telemetry;
 mod tenant;
+pub mod webhook;
 
 pub use authorize::{Actor, Authorizer, HierarchyRule, authorize};
 pub use context::{

@@ -212,6 +212,7 @@ pub struct Lifecycle {
     store: Arc<dyn TenantWriter>,
     hooks: Vec<Arc<dyn LifecycleHooks>>,
     audit: Option<Arc<dyn AuditSink>>,
+    outbox: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -229,7 +230,17 @@ impl Lifecycle {
             store,
             hooks: Vec::new(),
             audit: None,
+            outbox: None,
         }
+    }
+
+    /// Also writes every transition to the [outbox](crate::outbox) on
+    /// `channel` (topic `tenant.<transition>`, e.g. `tenant.suspend`, with
+    /// `from`, `to` and `actor`), in the same store transaction as the
+    /// status change, so billing learns of each one exactly when it happens.
+    pub fn with_outbox(mut self, channel: &str) -> Self {
+        self.outbox = Some(channel.into());
+        self
     }
 
     /// Adds hooks (run in the order added).
@@ -278,10 +289,22 @@ impl Lifecycle {
         // Applied only while the stored status is still the one the
         // transition was decided from: a caller holding an older copy (a
         // request admitted before a suspension) cannot write it back.
-        let update = TenantUpdate::new().change(TenantChange::Status(StatusChange::new(
+        let mut update = TenantUpdate::new().change(TenantChange::Status(StatusChange::new(
             &tenant.status,
             &status,
         )));
+        if let Some(channel) = self.outbox.as_deref() {
+            update = update.emit(crate::outbox::OutboxMessage::new(
+                tenant.id,
+                channel,
+                &format!("tenant.{}", transition.name()),
+                serde_json::json!({
+                    "from": status_name(&tenant.status),
+                    "to": status_name(&status),
+                    "actor": actor,
+                }),
+            ));
+        }
         let next = (*self.store.update(tenant.id, &update).await?).clone();
         let from = status_name(&tenant.status);
         self.record(

@@ -333,7 +333,69 @@ pub struct Entitlements {
     pub features: BTreeMap<FlagKey, FlagValue>,
 }
 
+/// How much a limit allows, comparable within one kind (`Unlimited` above
+/// all; rates per day).
+fn allowance(limit: &Limit) -> u128 {
+    match limit {
+        Limit::Stock(n) => u128::from(*n),
+        Limit::Concurrency(n) => u128::from(*n),
+        Limit::Monthly(spec) => u128::from(spec.limit) + u128::from(spec.overage),
+        Limit::Rate(spec) => [
+            spec.per_second.map(|n| u128::from(n) * 86_400),
+            spec.per_minute.map(|n| u128::from(n) * 1_440),
+            spec.per_hour.map(|n| u128::from(n) * 24),
+            spec.per_day.map(u128::from),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(0),
+        Limit::Unlimited => u128::MAX,
+    }
+}
+
 impl Entitlements {
+    /// Whether these entitlements grant anything `other` does not: a
+    /// resource metered more generously (or only here), or a feature on
+    /// here and off (or absent) there. A move from `other` to `self` is
+    /// then an upgrade — one a billing system should confirm.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tenancy_core::plan::{Overrides, PlanCatalog};
+    /// use tenancy_core::PlanId;
+    /// let catalog = PlanCatalog::from_json(r#"{"plans": [
+    ///     {"id": "free", "name": "Free", "limits": {"users": {"stock": 3}}},
+    ///     {"id": "pro", "name": "Pro", "limits": {"users": {"stock": 25}}}
+    /// ]}"#)?;
+    /// let free = catalog.entitlements(&PlanId::new("free"), &Overrides::default())?;
+    /// let pro = catalog.entitlements(&PlanId::new("pro"), &Overrides::default())?;
+    /// assert!(pro.grants_more_than(&free));
+    /// assert!(!free.grants_more_than(&pro));
+    /// # Ok(()) }
+    /// ```
+    pub fn grants_more_than(&self, other: &Entitlements) -> bool {
+        let more_limit = self.limits.iter().any(|(r, l)| match other.limits.get(r) {
+            None => true,
+            Some(o) => allowance(l) > allowance(o),
+        });
+        let more_feature = self.features.iter().any(|(f, v)| {
+            let here = v.as_bool().unwrap_or(false);
+            let there = other
+                .features
+                .get(f)
+                .and_then(FlagValue::as_bool)
+                .unwrap_or(false);
+            let number = |v: Option<&FlagValue>| match v {
+                Some(FlagValue::Int(n)) => Some(*n),
+                _ => None,
+            };
+            (here && !there)
+                || matches!((number(Some(v)), number(other.features.get(f))), (Some(a), Some(b)) if a > b)
+        });
+        more_limit || more_feature
+    }
+
     /// The limit on `resource`; `None` when the plan does not meter it
     /// (treat as not allowed — see [`crate::quota`]).
     pub fn limit(&self, resource: &str) -> Option<&Limit> {

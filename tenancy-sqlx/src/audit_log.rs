@@ -55,6 +55,7 @@ pub struct PgAuditLog {
     db: TenantDb,
     root: Arc<Zeroizing<[u8; 32]>>,
     rules: Arc<ComplianceRules>,
+    alerts: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for PgAuditLog {
@@ -232,7 +233,18 @@ impl PgAuditLog {
             db,
             root: Arc::new(Zeroizing::new(chain_root)),
             rules: Arc::new(ComplianceRules::default()),
+            alerts: None,
         }
+    }
+
+    /// Also writes every event classified `high_risk` to the outbox
+    /// (`tenancy.outbox`, topic `audit.high_risk` on `channel`) in the same
+    /// transaction, for a [`Deliverer`](tenancy_core::outbox::Deliverer) to
+    /// send to an alerting webhook: an alert exists exactly when the event
+    /// does.
+    pub fn with_alerts(mut self, channel: &str) -> Self {
+        self.alerts = Some(channel.into());
+        self
     }
 
     /// Classifies every appended event with `rules`.
@@ -317,6 +329,17 @@ impl PgAuditLog {
         .bind(hash.as_slice())
         .execute(&mut *conn)
         .await?;
+        if let Some(channel) = self.alerts.as_deref()
+            && event.flags.high_risk
+        {
+            let alert = tenancy_core::outbox::OutboxMessage::new(
+                tenant,
+                channel,
+                "audit.high_risk",
+                serde_json::json!({ "seq": seq, "event": &event }),
+            );
+            crate::outbox::enqueue(&mut *conn, &alert).await?;
+        }
         Ok(seq)
     }
 

@@ -12,6 +12,7 @@ pub mod migrate;
 #[cfg(feature = "calendar")]
 mod monthly;
 mod notify;
+pub mod outbox;
 mod privileged;
 mod provision;
 mod quota;
@@ -37,6 +38,7 @@ pub use monthly::PgMonthlyUsage;
 pub use notify::{
     InvalidationListener, KEY_CHANGED_CHANNEL, KeyInvalidationListener, TENANT_CHANGED_CHANNEL,
 };
+pub use outbox::PgOutbox;
 pub use privileged::{CrossTenantAccess, PrivilegedDb};
 pub use provision::{Deprovisioner, ExportReport, PgProvisioningLog, PurgeReport};
 pub use quota::PgRateLimiter;

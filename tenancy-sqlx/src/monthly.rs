@@ -23,12 +23,23 @@ use crate::TenantDb;
 #[derive(Debug, Clone)]
 pub struct PgMonthlyUsage {
     db: TenantDb,
+    outbox: Option<std::sync::Arc<str>>,
 }
 
 impl PgMonthlyUsage {
     /// Counters reached through `db`.
     pub fn new(db: TenantDb) -> Self {
-        Self { db }
+        Self { db, outbox: None }
+    }
+
+    /// Also writes each accepted consumption to the outbox
+    /// (`tenancy.outbox`, topic `usage.recorded` on `channel`, with
+    /// resource, month, amount and the month's total) in the transaction
+    /// that counts it: billing receives every usage record exactly when
+    /// it was counted.
+    pub fn with_outbox(mut self, channel: &str) -> Self {
+        self.outbox = Some(channel.into());
+        self
     }
 }
 
@@ -72,6 +83,19 @@ impl MonthlyStore for PgMonthlyUsage {
         .fetch_optional(&mut *tx)
         .await
         .map_err(StoreError::new)?;
+        if let (Some(channel), Some((_, after))) = (self.outbox.as_deref(), added) {
+            let record = tenancy_core::outbox::OutboxMessage::new(
+                tenant,
+                channel,
+                "usage.recorded",
+                serde_json::json!({
+                    "resource": resource, "month": month, "amount": amount, "used": after,
+                }),
+            );
+            crate::outbox::enqueue(&mut tx, &record)
+                .await
+                .map_err(StoreError::new)?;
+        }
         let outcome = match added {
             Some((before, after)) => Ok((
                 u64::try_from(before).unwrap_or(0),

@@ -315,6 +315,10 @@ impl PgTenantStore {
                 .map_err(|e| unique_or(e, || UniqueViolation::Domain(d.clone())))?;
             }
         }
+        // The update's outbox messages commit with it, or not at all.
+        for m in update.emitted() {
+            crate::outbox::enqueue(&mut tx, m).await.map_err(store)?;
+        }
         tx.commit().await.map_err(|e| store(e.into()))?;
         Ok(Arc::new(next))
     }

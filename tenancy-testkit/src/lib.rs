@@ -28,10 +28,12 @@ pub mod isolation;
 pub mod membership;
 pub mod monthly;
 pub mod oidc;
+pub mod outbox;
 pub mod rate;
 pub mod signin;
 pub mod store;
 pub mod web;
+pub mod webhook;
 
 /// The environment variable holding the superuser URL.
 pub const ADMIN_URL_VAR: &str = "TENANCY_TEST_ADMIN_URL";

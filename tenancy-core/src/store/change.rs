@@ -110,6 +110,7 @@ impl StatusChange {
 pub struct TenantUpdate {
     expected_version: Option<u64>,
     changes: Vec<TenantChange>,
+    emitted: Vec<crate::outbox::OutboxMessage>,
 }
 
 impl TenantUpdate {
@@ -185,6 +186,34 @@ impl TenantUpdate {
     /// The changes, in order.
     pub fn changes(&self) -> &[TenantChange] {
         &self.changes
+    }
+
+    /// Writes `message` to the store's [outbox](crate::outbox) in the same
+    /// transaction as the change: it exists if and only if the change was
+    /// applied (a refused or failed update leaves no message).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tenancy_core::outbox::OutboxMessage;
+    /// use tenancy_core::store::{InMemoryTenantStore, TenantUpdate, TenantWriter};
+    /// use tenancy_core::{PlanId, Tenant, TenantId};
+    ///
+    /// let store = InMemoryTenantStore::new();
+    /// let id = TenantId::new_v4();
+    /// store.create(&Tenant::new(id, "acme".parse()?, "Acme")).await?;
+    /// let changed = OutboxMessage::new(id, "billing", "plan.changed", serde_json::json!({"to": "pro"}));
+    /// store.update(id, &TenantUpdate::new().plan(Some(PlanId::new("pro"))).emit(changed)).await?;
+    /// assert_eq!(store.outbox().messages().len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn emit(mut self, message: crate::outbox::OutboxMessage) -> Self {
+        self.emitted.push(message);
+        self
+    }
+
+    /// The messages to write with the change.
+    pub fn emitted(&self) -> &[crate::outbox::OutboxMessage] {
+        &self.emitted
     }
 
     /// Whether the update changes any domain (stores re-index domains only then).

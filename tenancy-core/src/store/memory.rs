@@ -26,6 +26,7 @@ use crate::{DomainName, StoreError, Tenant, TenantId, TenantSlug};
 #[derive(Debug, Default)]
 pub struct InMemoryTenantStore {
     inner: RwLock<Maps>,
+    outbox: Arc<crate::outbox::MemoryOutbox>,
 }
 
 #[derive(Debug, Default)]
@@ -120,9 +121,21 @@ impl InMemoryTenantStore {
             .ok_or(WriteError::NotFound(id))?;
         let next = update.apply_to(&current, chrono::Utc::now())?;
         maps.check_unique(&next)?;
+        for m in update.emitted() {
+            m.validate().map_err(WriteError::Store)?;
+        }
         maps.unindex(id);
         maps.index(next);
+        // Under the store's lock: the messages exist exactly when the change does.
+        for m in update.emitted() {
+            self.outbox.enqueue(m.clone());
+        }
         maps.by_id.get(&id).cloned().ok_or(WriteError::NotFound(id))
+    }
+
+    /// The outbox that [`TenantUpdate::emit`] writes to.
+    pub fn outbox(&self) -> Arc<crate::outbox::MemoryOutbox> {
+        self.outbox.clone()
     }
 
     /// Removes a tenant record entirely; returns it if it existed.

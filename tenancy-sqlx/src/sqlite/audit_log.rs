@@ -49,6 +49,7 @@ pub(crate) const AUDIT_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenancy_audit_l
 pub struct SqliteAuditLog {
     root: Arc<Zeroizing<[u8; 32]>>,
     rules: Arc<ComplianceRules>,
+    alerts: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for SqliteAuditLog {
@@ -82,7 +83,16 @@ impl SqliteAuditLog {
         Self {
             root: Arc::new(Zeroizing::new(chain_root)),
             rules: Arc::new(ComplianceRules::default()),
+            alerts: None,
         }
+    }
+
+    /// Also writes every event classified `high_risk` to the tenant file's
+    /// outbox (topic `audit.high_risk` on `channel`) in the same
+    /// transaction; [`super::SqliteTenantOutboxes`] relays them.
+    pub fn with_alerts(mut self, channel: &str) -> Self {
+        self.alerts = Some(channel.into());
+        self
     }
 
     /// Classifies every appended event with `rules`.
@@ -137,6 +147,17 @@ impl SqliteAuditLog {
         .bind(hash.as_slice())
         .execute(&mut **tx)
         .await?;
+        if let Some(channel) = self.alerts.as_deref()
+            && event.flags.high_risk
+        {
+            let alert = tenancy_core::outbox::OutboxMessage::new(
+                event.tenant,
+                channel,
+                "audit.high_risk",
+                serde_json::json!({ "seq": seq, "event": &event }),
+            );
+            super::outbox::enqueue(tx, &alert).await?;
+        }
         Ok(seq)
     }
 

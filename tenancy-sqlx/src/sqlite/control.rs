@@ -154,6 +154,7 @@ impl SqliteControl {
             )
             .await?;
         (&pool).execute(SCHEMA).await?;
+        (&pool).execute(super::outbox::OUTBOX_TABLE).await?;
         add_reserved_column(&pool).await?;
         Ok(Self { pool })
     }
@@ -188,6 +189,14 @@ impl SqliteControl {
     #[cfg(feature = "calendar")]
     pub fn monthly_usage(&self) -> SqliteMonthlyUsage {
         SqliteMonthlyUsage {
+            pool: self.pool.clone(),
+            outbox: None,
+        }
+    }
+
+    /// The outbox's relay side (see [`super::outbox`]).
+    pub fn outbox(&self) -> super::SqliteOutbox {
+        super::SqliteOutbox {
             pool: self.pool.clone(),
         }
     }
@@ -332,6 +341,10 @@ impl SqliteTenantStore {
                     .await
                     .map_err(|e| sqlite_unique_or(e, || UniqueViolation::Domain(d.clone())))?;
                 }
+            }
+            // The update's outbox messages commit with it, or not at all.
+            for m in update.emitted() {
+                super::outbox::enqueue(&mut tx, m).await.map_err(store)?;
             }
             tx.commit().await.map_err(|e| store(e.into()))?;
             return Ok(Arc::new(next));
@@ -1013,6 +1026,18 @@ async fn sqlite_seats(
 #[derive(Debug, Clone)]
 pub struct SqliteMonthlyUsage {
     pool: SqlitePool,
+    outbox: Option<Arc<str>>,
+}
+
+#[cfg(feature = "calendar")]
+impl SqliteMonthlyUsage {
+    /// Also writes each accepted consumption to the outbox
+    /// (`tenancy_outbox`, topic `usage.recorded` on `channel`) in the
+    /// transaction that counts it.
+    pub fn with_outbox(mut self, channel: &str) -> Self {
+        self.outbox = Some(channel.into());
+        self
+    }
 }
 
 #[cfg(feature = "calendar")]
@@ -1064,6 +1089,20 @@ impl tenancy_core::quota::monthly::MonthlyStore for SqliteMonthlyUsage {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::new)?;
+            if let Some(channel) = self.outbox.as_deref() {
+                let record = tenancy_core::outbox::OutboxMessage::new(
+                    tenant,
+                    channel,
+                    "usage.recorded",
+                    serde_json::json!({
+                        "resource": resource, "month": month, "amount": amount,
+                        "used": current + amount,
+                    }),
+                );
+                super::outbox::enqueue(&mut tx, &record)
+                    .await
+                    .map_err(StoreError::new)?;
+            }
             Ok((
                 u64::try_from(current).unwrap_or(0),
                 u64::try_from(current + amount).unwrap_or(0),

@@ -62,6 +62,7 @@
 mod audit_log;
 mod control;
 mod health;
+pub mod outbox;
 mod watch;
 
 pub use audit_log::SqliteAuditLog;
@@ -72,9 +73,11 @@ pub use control::{
     SqliteSessionEpochs, SqliteTenantStore,
 };
 pub use health::SqliteProbe;
+pub use outbox::{SqliteOutbox, SqliteTenantOutboxes};
 pub use watch::SqliteChangeWatcher;
 
 use audit_log::AUDIT_TABLE;
+use outbox::OUTBOX_TABLE;
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -363,7 +366,7 @@ impl SqliteTenantDb {
             .execute(
                 format!(
                     "CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (id TEXT PRIMARY KEY NOT NULL, \
-                     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); {SYSTEM_TABLES}; {AUDIT_TABLE}"
+                     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); {SYSTEM_TABLES}; {AUDIT_TABLE}; {OUTBOX_TABLE}"
                 )
                 .as_str(),
             )
@@ -559,6 +562,7 @@ impl TenantSchemas for Files {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         (&mut *tx).execute(SYSTEM_TABLES).await?;
         (&mut *tx).execute(AUDIT_TABLE).await?;
+        (&mut *tx).execute(OUTBOX_TABLE).await?;
         let done: Vec<(i64, String)> =
             sqlx::query_as("SELECT version, checksum FROM tenancy_migrations")
                 .fetch_all(&mut *tx)

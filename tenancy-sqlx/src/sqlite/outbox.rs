@@ -1,0 +1,404 @@
+//! The transactional outbox in the SQLite control database: `tenancy_outbox`.
+//!
+//! [`SqliteTenantStore`](super::SqliteTenantStore) writes the messages of a
+//! [`TenantUpdate::emit`](tenancy_core::store::TenantUpdate::emit) and
+//! [`SqliteMonthlyUsage::with_outbox`](super::SqliteMonthlyUsage::with_outbox)
+//! one per usage record, each in the transaction of its change;
+//! [`SqliteOutbox`] is the [`OutboxStore`] a
+//! [`Deliverer`](tenancy_core::outbox::Deliverer) claims from (claims are
+//! serialised by SQLite's write lock, so several processes on one control
+//! database share the work).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::{SqliteConnection, SqlitePool};
+use tenancy_core::outbox::{Claimed, OutboxMessage, OutboxStore};
+use tenancy_core::{StoreError, Tenant, TenantContext, TenantId};
+use uuid::Uuid;
+
+use crate::DbError;
+
+pub(super) const OUTBOX_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS tenancy_outbox (
+    id           TEXT PRIMARY KEY NOT NULL,
+    tenant_id    TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    topic        TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    available_at TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    leased_until TEXT,
+    delivered_at TEXT,
+    dead_at      TEXT,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS tenancy_outbox_due ON tenancy_outbox (channel, available_at)
+    WHERE delivered_at IS NULL AND dead_at IS NULL;
+";
+
+/// Fixed-width UTC timestamps: they compare as text.
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Inserts `message` on `conn` (a transaction on the control database): it
+/// commits or rolls back with whatever else the transaction does.
+pub async fn enqueue(conn: &mut SqliteConnection, message: &OutboxMessage) -> Result<(), DbError> {
+    message
+        .validate()
+        .map_err(|e| DbError::Conflict(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO tenancy_outbox (id, tenant_id, channel, topic, payload, created_at, available_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(message.id.to_string())
+    .bind(message.tenant.to_string())
+    .bind(&message.channel)
+    .bind(&message.topic)
+    .bind(message.payload.to_string())
+    .bind(ts(message.created_at))
+    .bind(ts(Utc::now()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The relay side of `tenancy_outbox` on a control database.
+#[derive(Debug, Clone)]
+pub struct SqliteOutbox {
+    pub(super) pool: SqlitePool,
+}
+
+impl SqliteOutbox {
+    /// Deletes messages delivered before `before`; returns how many.
+    pub async fn prune_delivered(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "DELETE FROM tenancy_outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+        )
+        .bind(ts(before))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn set(
+        &self,
+        sql: &str,
+        id: Uuid,
+        a: Option<String>,
+        b: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(a)
+            .bind(b)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::new)?;
+        Ok(())
+    }
+}
+
+type Row = (String, String, String, String, String, String, i64);
+
+fn claimed(row: Row) -> Result<Claimed, StoreError> {
+    let (id, tenant, channel, topic, payload, created_at, attempts) = row;
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::msg(format!("tenancy_outbox.{what} is corrupt: {e}"))
+    };
+    let tenant: TenantId = tenant.parse().map_err(|e| bad("tenant_id", &e))?;
+    let payload = serde_json::from_str(&payload).map_err(|e| bad("payload", &e))?;
+    let mut m = OutboxMessage::new(tenant, &channel, &topic, payload);
+    m.id = id.parse().map_err(|e| bad("id", &e))?;
+    m.created_at = DateTime::parse_from_rfc3339(&created_at)
+        .map_err(|e| bad("created_at", &e))?
+        .with_timezone(&Utc);
+    Ok(Claimed::new(m, u32::try_from(attempts).unwrap_or(0)))
+}
+
+#[async_trait]
+impl OutboxStore for SqliteOutbox {
+    async fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = Utc::now();
+        let until = chrono::Duration::from_std(lease)
+            .ok()
+            .and_then(|l| now.checked_add_signed(l))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::new)?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
+             WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+               AND (leased_until IS NULL OR leased_until <= $2) \
+             ORDER BY created_at, id LIMIT $3",
+        )
+        .bind(channel)
+        .bind(ts(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::new)?;
+        for row in &rows {
+            sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
+                .bind(&row.0)
+                .bind(ts(until))
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::new)?;
+        }
+        tx.commit().await.map_err(StoreError::new)?;
+        rows.into_iter().map(claimed).collect()
+    }
+
+    async fn delivered(&self, id: Uuid) -> Result<(), StoreError> {
+        self.set(
+            "UPDATE tenancy_outbox SET delivered_at = $2, leased_until = NULL, \
+             attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            id,
+            Some(ts(Utc::now())),
+            None,
+        )
+        .await
+    }
+
+    async fn retry(&self, id: Uuid, at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
+        self.set(
+            "UPDATE tenancy_outbox SET available_at = $2, leased_until = NULL, \
+             attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            id,
+            Some(ts(at)),
+            Some(error),
+        )
+        .await
+    }
+
+    async fn dead(&self, id: Uuid, error: &str) -> Result<(), StoreError> {
+        self.set(
+            "UPDATE tenancy_outbox SET dead_at = $2, leased_until = NULL, \
+             attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            id,
+            Some(ts(Utc::now())),
+            Some(error),
+        )
+        .await
+    }
+
+    async fn pending(&self, channel: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tenancy_outbox \
+             WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+        )
+        .bind(channel)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::new)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// The outboxes inside tenant files — high-risk audit alerts written by
+/// [`SqliteAuditLog::with_alerts`](super::SqliteAuditLog::with_alerts) in
+/// the transaction of the event — relayed through the one door: each file
+/// is opened with a context for its own tenant only.
+///
+/// A claim visits every tenant of the registry (those not deleted), so a
+/// poll costs one transaction per tenant file: fine for the embedded
+/// default's scale; on PostgreSQL one [`PgOutbox`](crate::PgOutbox) serves
+/// every tenant.
+#[derive(Clone)]
+pub struct SqliteTenantOutboxes {
+    db: super::SqliteTenantDb,
+    registry: super::SqliteTenantStore,
+    claimed: Arc<Mutex<HashMap<Uuid, Arc<Tenant>>>>,
+}
+
+impl std::fmt::Debug for SqliteTenantOutboxes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTenantOutboxes")
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteTenantOutboxes {
+    /// The relay over the files of `db`, for the tenants in `registry`.
+    pub fn new(db: super::SqliteTenantDb, registry: super::SqliteTenantStore) -> Self {
+        Self {
+            db,
+            registry,
+            claimed: Arc::default(),
+        }
+    }
+
+    fn claimed(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<Tenant>>> {
+        self.claimed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn tenants(&self) -> Result<Vec<Arc<Tenant>>, StoreError> {
+        Ok(self
+            .registry
+            .list()
+            .await
+            .map_err(StoreError::new)?
+            .into_iter()
+            .filter(|t| !matches!(t.status, tenancy_core::TenantStatus::Deleted))
+            .collect())
+    }
+
+    async fn update(
+        &self,
+        id: Uuid,
+        sql: &str,
+        a: Option<String>,
+        b: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let tenant = self
+            .claimed()
+            .remove(&id)
+            .ok_or_else(|| StoreError::msg(format!("outbox message {id} was not claimed here")))?;
+        let mut tx = self
+            .db
+            .begin_immediate(&TenantContext::new(tenant))
+            .await
+            .map_err(StoreError::new)?;
+        sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(a)
+            .bind(b)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::new)?;
+        tx.commit().await.map_err(StoreError::new)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteTenantOutboxes {
+    async fn claim(
+        &self,
+        channel: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = Utc::now();
+        let until = chrono::Duration::from_std(lease)
+            .ok()
+            .and_then(|l| now.checked_add_signed(l))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut out = Vec::new();
+        for tenant in self.tenants().await? {
+            if out.len() >= limit {
+                break;
+            }
+            let ctx = TenantContext::new(tenant.clone());
+            let mut tx = match self.db.begin_immediate(&ctx).await {
+                Ok(tx) => tx,
+                // One unreadable file must not hold back every tenant's alerts.
+                Err(e) => {
+                    tracing::warn!(tenant.id = %tenant.id, error = %e, "tenant outbox unavailable");
+                    continue;
+                }
+            };
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
+                 WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+                   AND (leased_until IS NULL OR leased_until <= $2) \
+                 ORDER BY created_at, id LIMIT $3",
+            )
+            .bind(channel)
+            .bind(ts(now))
+            .bind(i64::try_from(limit - out.len()).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::new)?;
+            for row in &rows {
+                sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
+                    .bind(&row.0)
+                    .bind(ts(until))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::new)?;
+            }
+            tx.commit().await.map_err(StoreError::new)?;
+            for row in rows {
+                let c = claimed(row)?;
+                // A row naming another tenant in this tenant's file is not
+                // this tenant's to send.
+                if c.message.tenant != tenant.id {
+                    tracing::error!(tenant.id = %tenant.id, "outbox row of another tenant in a tenant file; skipped");
+                    continue;
+                }
+                self.claimed().insert(c.message.id, tenant.clone());
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delivered(&self, id: Uuid) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE tenancy_outbox SET delivered_at = $2, leased_until = NULL, \
+             attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            Some(ts(Utc::now())),
+            None,
+        )
+        .await
+    }
+
+    async fn retry(&self, id: Uuid, at: DateTime<Utc>, error: &str) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE tenancy_outbox SET available_at = $2, leased_until = NULL, \
+             attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            Some(ts(at)),
+            Some(error),
+        )
+        .await
+    }
+
+    async fn dead(&self, id: Uuid, error: &str) -> Result<(), StoreError> {
+        self.update(
+            id,
+            "UPDATE tenancy_outbox SET dead_at = $2, leased_until = NULL, \
+             attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            Some(ts(Utc::now())),
+            Some(error),
+        )
+        .await
+    }
+
+    async fn pending(&self, channel: &str) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        for tenant in self.tenants().await? {
+            let mut tx = self
+                .db
+                .begin(&TenantContext::new(tenant))
+                .await
+                .map_err(StoreError::new)?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM tenancy_outbox \
+                 WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+            )
+            .bind(channel)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::new)?;
+            tx.commit().await.map_err(StoreError::new)?;
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(total)
+    }
+}
