@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tenancy_core::client::TrustedProxies;
 use tenancy_core::oidc::{IdentitySettings, IssuerDirectory, OidcConfig, OidcVerifier};
+use tenancy_core::ownership::{HickoryTxtResolver, TxtResolver};
 use tenancy_core::plan::PlanCatalog;
 use tenancy_core::signin::{AttemptRule, MemoryAttempts, SignInGuard};
 use tokio::sync::oneshot;
@@ -44,9 +45,12 @@ pub struct Config {
     pub security: Security,
     /// Connection cap and the deadlines of slow clients.
     pub limits: Limits,
+    /// Where the billing outbox and high-risk alerts are delivered.
+    pub billing: crate::billing::Billing,
 }
 
-/// How the server protects sign-in and learns client addresses.
+/// How the server protects sign-in, learns client addresses and checks
+/// custom domains.
 #[derive(Debug, Clone)]
 pub struct Security {
     /// Proxies whose `Forwarded` / `X-Forwarded-For` headers are believed
@@ -63,6 +67,9 @@ pub struct Security {
     /// The bearer token `/metrics` asks non-loopback clients for
     /// (`INSURANCE_METRICS_TOKEN`); without it only loopback is served.
     pub metrics_token: Option<String>,
+    /// The DNS server asked for custom-domain TXT records
+    /// (`INSURANCE_DNS_SERVER`, `ip:port`); `None`: the system's resolvers.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Default for Security {
@@ -74,8 +81,30 @@ impl Default for Security {
             hashing_permits: crate::auth::default_hashing_permits(),
             oidc: OidcConfig::default(),
             metrics_token: None,
+            dns_server: None,
         }
     }
+}
+
+/// The TXT look-ups of custom-domain checks: `server` only, or the system's
+/// resolvers. Without a readable system configuration the server still
+/// starts, and domain checks answer 503 until `INSURANCE_DNS_SERVER` is set.
+fn txt_resolver(server: Option<SocketAddr>) -> Result<Arc<dyn TxtResolver>, Error> {
+    Ok(match server {
+        Some(addr) => Arc::new(
+            HickoryTxtResolver::with_nameserver(addr)
+                .map_err(|e| format!("INSURANCE_DNS_SERVER={addr}: {e}"))?,
+        ),
+        None => match HickoryTxtResolver::system() {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no system DNS configuration: custom domains cannot be verified (set INSURANCE_DNS_SERVER)");
+                Arc::new(crate::api::domains::NoDns(format!(
+                    "no DNS server configured (set INSURANCE_DNS_SERVER): {e}"
+                )))
+            }
+        },
+    })
 }
 
 /// A running server.
@@ -95,6 +124,7 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     refresher: JoinHandle<()>,
+    deliverers: Vec<JoinHandle<()>>,
     issuers: IssuerDirectory,
 }
 
@@ -107,7 +137,15 @@ impl Running {
         }
         self.refresher.abort();
         (&mut self.task).await??;
+        self.stop_deliverers();
         Ok(())
+    }
+
+    /// Stops delivering the outbox (what is pending stays for the next start).
+    pub fn stop_deliverers(&mut self) {
+        for d in self.deliverers.drain(..) {
+            d.abort();
+        }
     }
 
     /// Re-reads the tenants' identity providers now (a change made in this
@@ -120,6 +158,7 @@ impl Running {
     pub async fn wait(mut self) -> Result<(), Error> {
         (&mut self.task).await??;
         self.refresher.abort();
+        self.stop_deliverers();
         Ok(())
     }
 }
@@ -241,6 +280,8 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let (rate, quota) = rate_limiter(config.redis.as_deref()).await?;
     let issuers = IssuerDirectory::new();
     load_issuers(&data, &issuers).await?;
+    let observer = crate::observe::Observer::new(&data, config.security.metrics_token.clone())?;
+    let billing_secret = crate::billing::secret(&config.billing, &config.data_dir)?;
     let state = AppState {
         sessions: Sessions::new(session_key(&config.data_dir)?).with_epochs(data.session_epochs()),
         plans: Arc::new(plans(config.plans.as_deref())?),
@@ -253,7 +294,14 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         proxies: Arc::new(config.security.trusted_proxies.clone()),
         oidc: Arc::new(OidcVerifier::new(config.security.oidc)?),
         issuers: issuers.clone(),
-        observer: crate::observe::Observer::new(&data, config.security.metrics_token.clone())?,
+        monthly: tenancy_core::quota::monthly::MonthlyQuota::new(data.monthly_usage()).with_events(
+            Arc::new(crate::observe::AuditedThresholds(observer.audit.clone())),
+        ),
+        observer,
+        billing: Arc::new(tenancy_core::webhook::WebhookVerifier::new(
+            billing_secret.clone(),
+        )),
+        dns: txt_resolver(config.security.dns_server)?,
         refusals_audited: moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(std::time::Duration::from_secs(60))
@@ -276,6 +324,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     };
     let listener = crate::server::bind(config.bind).await?;
     let addr = listener.local_addr()?;
+    let deliverers = crate::billing::spawn(&data, &config.billing, &billing_secret)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let drain = Arc::new(Drain::default());
     let app = api::router(state).layer(axum::middleware::from_fn_with_state(
@@ -306,5 +355,6 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         task,
         refresher,
         issuers,
+        deliverers,
     })
 }

@@ -611,7 +611,11 @@ impl Data {
             .execute(control.pool())
             .await?;
         let keyring = Arc::new(Keyring::new(key_provider(dir)?, Arc::new(control.keys())));
-        let audit = AuditLog::Sqlite(SqliteAuditLog::new(secret_file(dir, "audit.key")?));
+        // High-risk events also go to the alert webhook, through the tenant
+        // file's outbox in the transaction that records them.
+        let audit = AuditLog::Sqlite(
+            SqliteAuditLog::new(secret_file(dir, "audit.key")?).with_alerts(crate::billing::ALERTS),
+        );
         let store: Arc<dyn TenantStore> = Arc::new(control.tenants());
         let store = Arc::new(CachedStore::new(store));
         let watcher = SqliteChangeWatcher::start(
@@ -682,10 +686,12 @@ impl Data {
             provider,
             Arc::new(PgKeyStore::new(TenantDb::new(key_pool, seal))),
         );
-        let audit = AuditLog::Postgres(Box::new(PgAuditLog::new(
-            db.clone(),
-            secret_file(dir, "audit.key")?,
-        )));
+        // High-risk events also go to the alert webhook, through the outbox
+        // in the transaction that records them.
+        let audit = AuditLog::Postgres(Box::new(
+            PgAuditLog::new(db.clone(), secret_file(dir, "audit.key")?)
+                .with_alerts(crate::billing::ALERTS),
+        ));
         let store: Arc<dyn TenantStore> = Arc::new(PgTenantStore::new(app.clone()));
         let store = Arc::new(CachedStore::new(store));
         // Another process (the command line) changing a tenant drops it from
@@ -889,6 +895,38 @@ impl Data {
         }
     }
 
+    /// Usage counters per calendar month: in the control database, or
+    /// `tenancy.monthly_usage` under row-level security.
+    pub fn monthly_usage(&self) -> Arc<dyn tenancy_core::quota::monthly::MonthlyStore> {
+        // Every counted unit is also a usage record for billing, written to
+        // the outbox in the transaction that counts it.
+        match &self.backend {
+            Backend::Sqlite { control, .. } => {
+                Arc::new(control.monthly_usage().with_outbox(crate::billing::BILLING))
+            }
+            Backend::Postgres { db, .. } => Arc::new(
+                tenancy_sqlx::PgMonthlyUsage::new((**db).clone())
+                    .with_outbox(crate::billing::BILLING),
+            ),
+        }
+    }
+
+    /// The outbox's relay side for `channel`: on PostgreSQL
+    /// `tenancy.outbox` (read by the owner role) for every channel; on
+    /// SQLite the control database for billing, and the tenant files for
+    /// alerts (written there with the audit events).
+    pub fn outbox(&self, channel: &str) -> Arc<dyn tenancy_core::outbox::OutboxStore> {
+        match &self.backend {
+            Backend::Sqlite {
+                control, tenants, ..
+            } if channel == crate::billing::ALERTS => Arc::new(
+                tenancy_sqlx::sqlite::SqliteTenantOutboxes::new(tenants.clone(), control.tenants()),
+            ),
+            Backend::Sqlite { control, .. } => Arc::new(control.outbox()),
+            Backend::Postgres { owner, .. } => Arc::new(tenancy_sqlx::PgOutbox::new(owner.clone())),
+        }
+    }
+
     /// Invitations.
     pub fn invitations(&self) -> Arc<dyn InvitationStore> {
         match &self.backend {
@@ -1073,6 +1111,7 @@ impl Data {
             Transition::Suspend { .. } | Transition::Offboard { .. } | Transition::Purge
         );
         let result = Lifecycle::new(Arc::new(self.tenant_store()))
+            .with_outbox(crate::billing::BILLING)
             .apply(tenant, transition, actor)
             .await;
         self.store.invalidate(tenant.id).await;

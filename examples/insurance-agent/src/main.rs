@@ -78,6 +78,27 @@ struct Cli {
         hide_env_values = true
     )]
     metrics_token: Option<String>,
+    /// The DNS server (`ip:port`) asked for the TXT records that prove a
+    /// tenant controls a custom domain; without it, the system's resolvers.
+    #[arg(long, env = "INSURANCE_DNS_SERVER", global = true)]
+    dns_server: Option<SocketAddr>,
+    /// Where billing messages (plan requests and changes, usage records,
+    /// lifecycle transitions) are posted, signed with `billing-webhook.key`
+    /// from the data directory; without it they wait in the outbox.
+    #[arg(long, env = "INSURANCE_BILLING_WEBHOOK_URL", global = true)]
+    billing_webhook_url: Option<String>,
+    /// Where high-risk audit events are posted (signed the same way).
+    #[arg(long, env = "INSURANCE_ALERT_WEBHOOK_URL", global = true)]
+    alert_webhook_url: Option<String>,
+    /// The secret shared with the billing side (at least 16 bytes); without
+    /// it, `billing-webhook.key` in the data directory (created on first start).
+    #[arg(
+        long,
+        env = "INSURANCE_BILLING_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    billing_secret: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -182,6 +203,17 @@ enum TenantCommand {
         /// Why (shown to its users).
         #[arg(long)]
         reason: String,
+    },
+    /// Changes a tenant's plan at once (operators; tenant admins' upgrades
+    /// wait for billing's confirmation).
+    Plan {
+        /// The tenant.
+        slug: String,
+        /// The plan (free, professional, enterprise, or one of `--plans`).
+        plan: String,
+        /// A plan catalog (TOML) replacing the embedded one.
+        #[arg(long)]
+        plans: Option<PathBuf>,
     },
     /// Resumes a suspended tenant.
     Resume {
@@ -314,6 +346,10 @@ struct At {
     proxies: tenancy_core::client::TrustedProxies,
     allow_http_loopback: bool,
     metrics_token: Option<String>,
+    dns_server: Option<SocketAddr>,
+    billing_webhook_url: Option<String>,
+    alert_webhook_url: Option<String>,
+    billing_secret: Option<String>,
 }
 
 impl At {
@@ -353,6 +389,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
         },
         allow_http_loopback: cli.oidc_allow_http_loopback,
         metrics_token: cli.metrics_token,
+        dns_server: cli.dns_server,
+        billing_webhook_url: cli.billing_webhook_url,
+        alert_webhook_url: cli.alert_webhook_url,
+        billing_secret: cli.billing_secret,
     };
     // No subcommand: serve, honouring INSURANCE_BIND as `serve` does.
     let command = match cli.command {
@@ -387,11 +427,22 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
         security: app::Security {
             trusted_proxies: at.proxies,
             metrics_token: at.metrics_token,
+            dns_server: at.dns_server,
             oidc: tenancy_core::oidc::OidcConfig::default()
                 .allow_http_loopback(at.allow_http_loopback),
             ..app::Security::default()
         },
         limits: app::Limits::default(),
+        billing: insurance_agent::billing::Billing {
+            webhook_url: at.billing_webhook_url,
+            alert_url: at.alert_webhook_url,
+            secret: at
+                .billing_secret
+                .map(|s| tenancy_core::webhook::WebhookSecret::new(s.into_bytes()))
+                .transpose()
+                .map_err(|e| format!("INSURANCE_BILLING_SECRET: {e}"))?,
+            ..Default::default()
+        },
     })
     .await?;
     let url = format!("http://{}", running.addr);
@@ -755,6 +806,16 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
             data.transition(&t, Transition::Suspend { reason }, "cli")
                 .await?;
             println!("suspended {slug}");
+            Ok(())
+        }
+        TenantCommand::Plan { slug, plan, plans } => {
+            let t = by_slug(&slug).await?;
+            let catalog = app::plans(plans.as_deref())?;
+            let next = ops::set_plan(&data, &catalog, &t, &plan, "operator").await?;
+            println!(
+                "{slug} is on plan {}",
+                next.plan.as_ref().map_or("(none)", |p| p.as_str())
+            );
             Ok(())
         }
         TenantCommand::Offboard { slug, grace_days } => {

@@ -129,6 +129,27 @@ impl AuditSink for TenantLogSink {
     }
 }
 
+/// Quota thresholds (80 / 95 / 100 % of a monthly limit) as audit events
+/// in the tenant's own log (`quota.threshold` of the resource), through the
+/// observer's queue; a full queue is counted, never blocks the request.
+pub struct AuditedThresholds(pub Arc<AuditQueue>);
+
+impl tenancy_core::quota::QuotaEvents for AuditedThresholds {
+    fn threshold_crossed(&self, e: &tenancy_core::quota::ThresholdCrossed) {
+        let event = AuditEvent::system(e.tenant, "quota", "quota.threshold", e.resource.as_ref())
+            .with_details(serde_json::json!({
+                "resource": e.resource.to_string(),
+                "percent": e.percent,
+                "used": e.used,
+                "limit": e.limit,
+                "period_start": e.period_start,
+            }));
+        if let Err(err) = self.0.try_record(event) {
+            tracing::warn!(tenant.id = %e.tenant, error = %err, "quota threshold not audited");
+        }
+    }
+}
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(
     State(state): State<AppState>,
@@ -169,6 +190,15 @@ pub async fn metrics(
         .saturating_sub(queue.failed);
     ::metrics::gauge!("tenancy_audit_queue_depth").set(depth as f64);
     ::metrics::gauge!("tenancy_audit_queue_failed_total").set(queue.failed as f64);
+    // Messages waiting for their webhook (none configured, or failing).
+    for channel in [crate::billing::BILLING, crate::billing::ALERTS] {
+        match state.data.outbox(channel).pending(channel).await {
+            Ok(n) => {
+                ::metrics::gauge!("tenancy_outbox_pending", "channel" => channel).set(n as f64);
+            }
+            Err(e) => tracing::warn!(channel, error = %e, "outbox not counted"),
+        }
+    }
     observer.prometheus.run_upkeep();
     (
         [(

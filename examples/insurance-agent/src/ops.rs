@@ -235,6 +235,49 @@ pub async fn offboard(data: &Data, tenant: &Tenant, grace_days: i64) -> Result<T
         .await?)
 }
 
+/// An operator changes a tenant's plan directly — no billing confirmation,
+/// any pending request dropped — checked against `catalog`; billing is told
+/// (`plan.changed` in the outbox, in the same store transaction) and the
+/// change is audited in the tenant's log.
+pub async fn set_plan(
+    data: &Data,
+    catalog: &tenancy_core::plan::PlanCatalog,
+    tenant: &Tenant,
+    plan: &str,
+    actor: &str,
+) -> Result<Arc<Tenant>, ApiError> {
+    let plan = tenancy_core::PlanId::new(plan.to_owned());
+    catalog
+        .entitlements(&plan, &tenant.plan_overrides)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let from = tenant.plan.as_ref().map(ToString::to_string);
+    let next = data
+        .update_tenant(
+            tenant.id,
+            &tenancy_core::store::TenantUpdate::new()
+                .plan(Some(plan.clone()))
+                .settings_patch(serde_json::json!({ "plan_request": null }))
+                .emit(tenancy_core::outbox::OutboxMessage::new(
+                    tenant.id,
+                    crate::billing::BILLING,
+                    "plan.changed",
+                    serde_json::json!({ "from": from, "to": plan.as_str(), "by": actor }),
+                )),
+        )
+        .await?;
+    let ctx = TenantContext::new(next.clone());
+    let mut tx = data.begin_write(&ctx).await?;
+    data.audit()
+        .append(
+            &mut tx,
+            AuditEvent::system(tenant.id, actor, "plan.changed", "tenant")
+                .with_details(serde_json::json!({ "from": from, "to": plan.as_str() })),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(next)
+}
+
 /// Purges an offboarded tenant whose grace period is over: crypto-shreds
 /// its keys (nothing it encrypted can be read again, backups included),
 /// deletes its data (its file on SQLite, its rows on PostgreSQL), removes its

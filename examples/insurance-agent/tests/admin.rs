@@ -1,7 +1,7 @@
 //! Tenant administration over HTTP (both backends): members listed with
 //! status and activity; role changes, suspension and removal end the
 //! member's sessions at once, are audited, and never leave a tenant without
-//! an active admin.
+//! an active admin. Seats and monthly allowances of the plan.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use serde_json::json;
@@ -18,6 +18,7 @@ on_both_backends!(
     a_tenant_never_loses_its_last_admin,
     settings_are_typed_validated_and_unknown_keys_refused,
     invitations_reserve_seats_of_the_plan_exactly,
+    quotes_count_against_the_calendar_month_with_an_overage_allowance,
 );
 
 fn member(list: &RawResponse, email: &str) -> serde_json::Value {
@@ -527,5 +528,78 @@ async fn invitations_reserve_seats_of_the_plan_exactly(backend: Backend) {
     let issued = statuses.iter().filter(|s| **s == 201).count();
     let refused = statuses.iter().filter(|s| **s == 403).count();
     assert_eq!((issued, refused), (24, 16), "{statuses:?}");
+    app.running.stop().await.unwrap();
+}
+
+/// The enterprise plan's quotes cut to 2 a month with 1 of overage: three
+/// quotes are accepted (the third billed as overage), the fourth is 403
+/// `quota-exceeded`; `/usage` reports the month's count; the 80 / 95 / 100 %
+/// thresholds are each audited once.
+async fn quotes_count_against_the_calendar_month_with_an_overage_allowance(backend: Backend) {
+    let plans_dir = tempfile::tempdir().unwrap();
+    let plans = plans_dir.path().join("plans.toml");
+    let catalog = insurance_agent::app::PLANS.replace(
+        "quotes = \"unlimited\"",
+        "quotes = { monthly = { limit = 2, overage = 1 } }",
+    );
+    assert_ne!(
+        catalog,
+        insurance_agent::app::PLANS,
+        "the enterprise quotes line moved"
+    );
+    std::fs::write(&plans, catalog).unwrap();
+    let app = start_with(backend, Some(plans)).await;
+    let addr = app.running.addr;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let customers = call(addr, "GET", "/customers", Some(&admin), None).await;
+    let customer = customers.json()["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let quote = |n: u32| {
+        json!({"policy_number": format!("Q-{n}"), "product": "Term", "customer_id": customer,
+               "sum_assured_minor": 100_000, "premium_minor": 1_000,
+               "premium_frequency": "yearly", "term_years": 10})
+    };
+    for n in 0..3 {
+        let r = call(addr, "POST", "/policies", Some(&admin), Some(quote(n))).await;
+        assert_eq!(r.status, 201, "quote {n}: {}", r.text());
+    }
+    let refused = call(addr, "POST", "/policies", Some(&admin), Some(quote(3))).await;
+    assert_problem(&refused, 403, "quota-exceeded");
+    assert_eq!(refused.json()["resource"], "quotes", "{}", refused.text());
+    // Nothing was written by the refused request.
+    let listed = call(addr, "GET", "/policies?limit=200", Some(&admin), None).await;
+    assert!(!listed.text().contains("Q-3"), "{}", listed.text());
+    let usage = call(addr, "GET", "/usage", Some(&admin), None).await.json();
+    let quotes = usage["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "quotes")
+        .unwrap_or_else(|| panic!("no quotes in {usage}"))
+        .clone();
+    assert_eq!(quotes["used"], 3, "{quotes}");
+    assert_eq!(quotes["limit"], 2, "{quotes}");
+    assert_eq!(quotes["percent"], 150, "{quotes}");
+    // Thresholds reach the tenant's audit log through the queue.
+    let mut percents = Vec::new();
+    for _ in 0..50 {
+        let log = call(addr, "GET", "/audit?limit=100", Some(&admin), None).await;
+        percents = log.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"]["action"] == "quota.threshold")
+            .filter(|e| e["event"]["details"]["resource"] == "quotes")
+            .map(|e| e["event"]["details"]["percent"].as_u64().unwrap())
+            .collect();
+        if percents.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    percents.sort_unstable();
+    assert_eq!(percents, vec![80, 95, 100], "each threshold once");
     app.running.stop().await.unwrap();
 }

@@ -1414,7 +1414,8 @@ async fn usage_plan_changes_thresholds_and_compliance_reports(backend: Backend) 
             .any(|r| r["resource"] == "api_calls")
     );
 
-    // Upgrade: the new limit applies on the next request.
+    // Upgrade: asked by the admin (awaiting billing), applied here by an
+    // operator; the new limit applies on the next request.
     let agent_login = login(addr, "asha@asha.test", "asha-agency").await;
     let r = call(
         addr,
@@ -1424,11 +1425,23 @@ async fn usage_plan_changes_thresholds_and_compliance_reports(backend: Backend) 
         Some(json!({"plan": "professional"})),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(
-        (r.json()["from"].as_str(), r.json()["to"].as_str()),
+        (
+            r.json()["plan"].as_str(),
+            r.json()["request"]["plan"].as_str()
+        ),
         (Some("free"), Some("professional"))
     );
+    insurance_agent::ops::set_plan(
+        &app.running.data,
+        &insurance_agent::app::plans(None).unwrap(),
+        &*tenant(&app, "asha-agency").await,
+        "professional",
+        "operator",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         call(addr, "POST", "/agents", Some(&asha), Some(new_agent("T3")))
             .await
@@ -1948,15 +1961,20 @@ async fn a_plan_change_and_a_settings_change_sent_together_both_persist(backend:
                 Some(policy)
             ),
         );
-        assert_eq!(p.status, 200, "round {round}: {}", p.text());
         assert_eq!(s.status, 200, "round {round}: {}", s.text());
-        let usage = call(addr, "GET", "/usage", Some(&admin), None).await;
-        assert_eq!(
-            usage.json()["plan"],
-            plan,
-            "round {round}: {}",
-            usage.text()
-        );
+        // A downgrade applies (200); an upgrade is a request awaiting
+        // billing (202), kept in the tenant record like the settings.
+        let now = call(addr, "GET", "/plan", Some(&admin), None).await;
+        match p.status {
+            200 => assert_eq!(now.json()["plan"], plan, "round {round}: {}", now.text()),
+            202 => assert_eq!(
+                now.json()["pending"]["plan"],
+                plan,
+                "round {round}: {}",
+                now.text()
+            ),
+            other => panic!("round {round}: {other} {}", p.text()),
+        }
         let now = call(addr, "GET", "/settings/password-policy", Some(&admin), None).await;
         assert_eq!(
             now.json()["min_length"],

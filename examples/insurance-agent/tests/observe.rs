@@ -70,6 +70,16 @@ async fn a_scrape_after_traffic_has_the_tenants_series(backend: Backend) {
         )
         .await;
     }
+    // A plan request waits in the billing outbox (no webhook configured).
+    let r = call(
+        addr,
+        "POST",
+        "/plan",
+        Some(&asha),
+        Some(json!({"plan": "professional"})),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
 
     // The token: a wrong one is refused, the right one served.
     let wrong = tenancy_testkit::http::send(
@@ -142,6 +152,12 @@ async fn a_scrape_after_traffic_has_the_tenants_series(backend: Backend) {
     };
     assert!(pools.unwrap_or(0.0) >= 1.0, "pool gauge: {pools:?}");
     assert!(sample(&text, "tenancy_audit_queue_depth", &[]).is_some());
+    // Billing messages wait in the outbox (no webhook configured here).
+    let billing = sample(&text, "tenancy_outbox_pending", &[("channel", "billing")]);
+    assert!(
+        billing.is_some_and(|n| n >= 1.0),
+        "no pending billing messages counted"
+    );
     app.running.stop().await.unwrap();
 }
 

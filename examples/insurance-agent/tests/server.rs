@@ -221,6 +221,7 @@ async fn a_taken_port_is_named_with_the_way_to_choose_another() {
         redis: None,
         security: Security::default(),
         limits: Limits::default(),
+        billing: Default::default(),
     })
     .await
     .unwrap_err()

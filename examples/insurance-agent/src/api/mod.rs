@@ -27,8 +27,10 @@ use crate::data::Data;
 
 pub mod agents;
 pub mod audit;
+pub mod billing;
 pub mod customers;
 pub mod dashboard;
+pub mod domains;
 pub mod invitations;
 pub mod members;
 pub mod mfa;
@@ -64,6 +66,12 @@ pub struct AppState {
     pub issuers: IssuerDirectory,
     /// Metrics, health and the queue of audited refusals.
     pub observer: crate::observe::Observer,
+    /// Verifies the billing side's signed callbacks (replays refused).
+    pub billing: Arc<tenancy_core::webhook::WebhookVerifier>,
+    /// Usage per calendar month (quotes), thresholds audited.
+    pub monthly: tenancy_core::quota::monthly::MonthlyQuota,
+    /// DNS TXT look-ups proving a tenant controls a custom domain.
+    pub dns: Arc<dyn tenancy_core::ownership::TxtResolver>,
     /// Throttled sign-ins recently audited (tenant, email, client): one
     /// audit event per minute each, so a flood cannot flood the log.
     pub refusals_audited: moka::sync::Cache<String, ()>,
@@ -137,6 +145,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(invitations::revoke),
         )
         .route("/settings", get(settings::get).patch(settings::patch))
+        .route("/domains", get(domains::list).post(domains::create))
+        .route("/domains/{domain}", axum::routing::delete(domains::remove))
+        .route("/domains/{domain}/verify", post(domains::verify))
         .route("/members", get(members::list))
         .route(
             "/members/{user_id}",
@@ -150,7 +161,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/usage", get(tenant::usage))
         .route("/export", get(tenant::export))
-        .route("/plan", post(tenant::change_plan))
+        .route("/plan", get(billing::get).post(billing::change))
         .route("/reports/data-access", get(tenant::data_access))
         .route("/reports/user-activity", get(tenant::user_activity))
         .route("/audit", get(audit::list))
@@ -174,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/mfa/enroll", post(mfa::enroll))
         .route("/auth/mfa/confirm", post(mfa::confirm))
         .route("/invitations/accept", post(invitations::accept))
+        .route("/billing/callback", post(billing::callback))
         .merge(tenant_routes)
         .with_state(state)
 }
@@ -650,6 +662,36 @@ pub async fn check_stock(
             .await?;
     }
     Ok(())
+}
+
+/// Counts one `resource` against the plan's calendar-month limit (in the
+/// tenant's time zone): 403 `quota-exceeded` once the included amount and
+/// the overage allowance are used; thresholds go to the audit log.
+pub async fn record_monthly(
+    state: &AppState,
+    caller: &Caller,
+    resource: &str,
+) -> Result<(), ApiError> {
+    match state.monthly.record(&caller.ctx, resource, 1).await {
+        Ok(d) => {
+            state.observer.tenants.usage(
+                caller.ctx.tenant_id(),
+                resource,
+                d.used,
+                (d.limit != u64::MAX).then_some(d.limit),
+            );
+            Ok(())
+        }
+        Err(tenancy_core::quota::QuotaError::Exceeded(e)) => {
+            state
+                .observer
+                .tenants
+                .quota_refused(caller.ctx.tenant_id(), resource);
+            Err(TenantError::Quota(e).into())
+        }
+        Err(tenancy_core::quota::QuotaError::Backend(e)) => Err(TenantError::Store(e).into()),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
 }
 
 /// Refuses (403 `feature-not-in-plan`) unless the tenant's plan has `feature`.

@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, audit, customers, dashboard, invitations, members, mfa, payments, policies, session,
-    settings, tenant,
+    agents, audit, billing, customers, dashboard, domains, invitations, members, mfa, payments,
+    policies, session, settings, tenant,
 };
 
 /// The API description.
@@ -59,13 +59,19 @@ use super::{
         invitations::set_password_policy,
         settings::get,
         settings::patch,
+        domains::list,
+        domains::create,
+        domains::verify,
+        domains::remove,
         members::list,
         members::change_role,
         members::suspend,
         members::resume,
         members::remove,
         tenant::usage,
-        tenant::change_plan,
+        billing::get,
+        billing::change,
+        billing::callback,
         tenant::data_access,
         tenant::user_activity,
         tenant::export,

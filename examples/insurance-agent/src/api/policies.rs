@@ -203,7 +203,7 @@ pub async fn get(
 }
 
 /// Quotes a policy for a customer the caller owns (the plan's `policies`
-/// limit applies).
+/// limit applies, and its monthly `quotes` allowance).
 #[utoipa::path(post, path = "/policies", request_body = NewPolicy,
     responses((status = 201, body = Policy), (status = 403), (status = 404), (status = 409), (status = 422)),
     security(("bearer" = [])))]
@@ -250,6 +250,7 @@ pub async fn create(
         return Err(ApiError::not_found("customer"));
     };
     super::check_stock(&state, &caller, &mut tx, "policies").await?;
+    super::record_monthly(&state, &caller, "quotes").await?;
     let p = Policy {
         id: Id::new(),
         policy_number,

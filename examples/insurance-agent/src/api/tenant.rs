@@ -7,17 +7,15 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use tenancy_core::audit::AuditActor;
-use tenancy_core::plan::{DowngradePolicy, PlanError};
-use tenancy_core::store::TenantUpdate;
-use tenancy_core::{PlanId, Role};
+use tenancy_core::Role;
 
-use super::{ApiError, AppState, Body, Caller, QueryOf, STOCK, THRESHOLDS, require_feature};
+use super::{ApiError, AppState, Caller, QueryOf, STOCK, THRESHOLDS, require_feature};
 
 /// One metered resource.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ResourceUsage {
-    /// The resource (`agents`, `customers`, `policies`, `api_calls`).
+    /// The resource (`agents`, `customers`, `policies`, `users`, `api_calls`,
+    /// `quotes` this calendar month).
     pub resource: String,
     /// In use (stock) or used in the busiest window (rate).
     pub used: u64,
@@ -77,6 +75,28 @@ pub async fn usage(
             });
         }
     }
+    // Calendar-month allowances: used this month against the included
+    // amount (percent can pass 100 within the overage allowance).
+    if let Some(e) = e.as_ref() {
+        for resource in ["quotes"] {
+            let limit = match e.limit(resource) {
+                Some(tenancy_core::plan::Limit::Monthly(spec)) => Some(spec.limit),
+                Some(tenancy_core::plan::Limit::Unlimited) => None,
+                _ => continue,
+            };
+            let used = state
+                .monthly
+                .used(&caller.ctx, resource)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            resources.push(ResourceUsage {
+                resource: resource.to_owned(),
+                used,
+                limit,
+                percent: percent(used, limit),
+            });
+        }
+    }
     Ok(Json(UsageReport {
         plan: caller.ctx.tenant().plan.as_ref().map(ToString::to_string),
         resources,
@@ -84,7 +104,7 @@ pub async fn usage(
     }))
 }
 
-async fn stock_counts(
+pub(super) async fn stock_counts(
     state: &AppState,
     caller: &Caller,
 ) -> Result<Vec<(&'static str, u64)>, ApiError> {
@@ -118,78 +138,6 @@ pub struct PlanChanged {
     pub to: String,
     /// Resources left over their new limit.
     pub over_limit: Vec<ResourceUsage>,
-}
-
-/// Moves the tenant to another plan (tenant admins). Recorded in the audit log.
-#[utoipa::path(post, path = "/plan", request_body = PlanChange,
-    responses((status = 200, body = PlanChanged), (status = 403), (status = 409), (status = 422)),
-    security(("bearer" = [])))]
-pub async fn change_plan(
-    State(state): State<AppState>,
-    caller: Caller,
-    Body(req): Body<PlanChange>,
-) -> Result<Json<PlanChanged>, ApiError> {
-    if caller.role != Role::Admin {
-        return Err(ApiError::forbidden("only tenant admins change the plan"));
-    }
-    let tenant = caller.ctx.tenant().clone();
-    let new_plan = PlanId::new(req.plan.clone());
-    let counts = stock_counts(&state, &caller).await?;
-    let policy = if req.allow_over_limit {
-        DowngradePolicy::MarkOverLimit
-    } else {
-        DowngradePolicy::Refuse
-    };
-    let (_, event) = state
-        .plans
-        .change_plan(
-            tenant.id,
-            tenant.plan.as_ref(),
-            &new_plan,
-            &tenant.plan_overrides,
-            |r| counts.iter().find(|(c, _)| *c == r).map_or(0, |(_, n)| *n),
-            policy,
-        )
-        .map_err(|e| match e {
-            PlanError::DowngradeBelowUsage { .. } => ApiError::conflict(e.to_string()),
-            other => ApiError::invalid(other.to_string()),
-        })?;
-    // Record first (in the tenant's file), then switch the registry.
-    let mut tx = state.data.begin_write(&caller.ctx).await?;
-    state
-        .data
-        .audit()
-        .append(
-            &mut tx,
-            event.audit_event(&AuditActor::User(caller.user.as_str().to_owned())),
-        )
-        .await?;
-    tx.commit().await?;
-    // Applied only while the plan is still the one the downgrade check saw;
-    // other fields changed meanwhile (settings) are kept.
-    state
-        .data
-        .update_tenant(
-            tenant.id,
-            &TenantUpdate::new()
-                .expect_plan(tenant.plan.clone())
-                .plan(Some(new_plan)),
-        )
-        .await?;
-    Ok(Json(PlanChanged {
-        from: event.old.as_ref().map(ToString::to_string),
-        to: event.new.to_string(),
-        over_limit: event
-            .over_limit
-            .iter()
-            .map(|o| ResourceUsage {
-                resource: o.resource.to_string(),
-                used: o.used,
-                limit: Some(o.limit),
-                percent: Some(o.used.saturating_mul(100) / o.limit.max(1)),
-            })
-            .collect(),
-    }))
 }
 
 /// The report window.

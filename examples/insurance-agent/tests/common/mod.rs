@@ -53,13 +53,37 @@ pub async fn start_configured(
     plans: Option<std::path::PathBuf>,
     security: Security,
 ) -> App {
-    start_full(backend, plans, security, app::Limits::default()).await
+    start_full(
+        backend,
+        plans,
+        security,
+        app::Limits::default(),
+        Default::default(),
+    )
+    .await
 }
 
 /// An app with these security settings and server limits.
 #[allow(dead_code)]
 pub async fn start_with_limits(backend: Backend, security: Security, limits: app::Limits) -> App {
-    start_full(backend, None, security, limits).await
+    start_full(backend, None, security, limits, Default::default()).await
+}
+
+/// An app delivering its outbox to these webhooks.
+#[allow(dead_code)]
+pub async fn start_billing(
+    backend: Backend,
+    plans: Option<std::path::PathBuf>,
+    billing: insurance_agent::billing::Billing,
+) -> App {
+    start_full(
+        backend,
+        plans,
+        Security::default(),
+        app::Limits::default(),
+        billing,
+    )
+    .await
 }
 
 async fn start_full(
@@ -67,6 +91,7 @@ async fn start_full(
     plans: Option<std::path::PathBuf>,
     security: Security,
     limits: app::Limits,
+    billing: insurance_agent::billing::Billing,
 ) -> App {
     let dir = tempfile::tempdir().unwrap();
     let (pg, postgres) = match backend {
@@ -84,6 +109,7 @@ async fn start_full(
         redis: None,
         security,
         limits,
+        billing,
     })
     .await
     .unwrap();
