@@ -151,6 +151,9 @@ impl tenancy_core::quota::QuotaEvents for AuditedThresholds {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+    (status = 403, description = "Not loopback and no valid `INSURANCE_METRICS_TOKEN` bearer token")))]
 pub async fn metrics(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -23,6 +23,7 @@ use super::{
         crate::observe::live,
         crate::observe::ready,
         crate::observe::tenant,
+        crate::observe::metrics,
         session::login,
         session::refresh,
         session::logout,
