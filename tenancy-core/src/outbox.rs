@@ -346,7 +346,8 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 1 s doubling to at most 1 h; 20 attempts (about a day).
+    /// 1 s doubling to at most 1 h; 20 attempts (the last one 4 to 8 hours
+    /// after the first, with jitter).
     fn default() -> Self {
         Self {
             base: Duration::from_secs(1),
@@ -389,6 +390,17 @@ pub struct DeliveryReport {
     pub retried: usize,
     /// Given up.
     pub dead: usize,
+    /// Left unsent: half the lease had passed (claimed again later).
+    pub deferred: usize,
+    /// Sent or failed, but the outcome could not be recorded (sent again
+    /// after the lease, with the same key).
+    pub unrecorded: usize,
+}
+
+enum Outcome {
+    Delivered,
+    Retried,
+    Dead,
 }
 
 /// Sends the due messages of one channel. See the [module docs](self).
@@ -456,46 +468,75 @@ impl Deliverer {
     }
 
     /// Claims the due messages once and attempts each.
+    ///
+    /// A send must finish within the lease, or another deliverer could take
+    /// the same message: once half the lease has passed, the rest of a
+    /// batch is left unsent ([`DeliveryReport::deferred`]) for a later
+    /// claim. A failure to record one message's outcome is logged and does
+    /// not stop the others ([`DeliveryReport::unrecorded`]; that message is
+    /// sent again after its lease, with the same key).
     pub async fn run_once(&self) -> Result<DeliveryReport, StoreError> {
+        use tracing::Instrument as _;
         let mut report = DeliveryReport::default();
         loop {
+            let claimed_at = std::time::Instant::now();
             let claimed = self
                 .store
                 .claim(&self.channel, self.batch, self.lease)
                 .await?;
             let full = claimed.len() >= self.batch;
+            let mut deferred = false;
             for c in claimed {
+                if claimed_at.elapsed() > self.lease / 2 {
+                    deferred = true;
+                    report.deferred += 1;
+                    continue;
+                }
                 let m = &c.message;
                 let span = tracing::info_span!("outbox.deliver", tenant.id = %m.tenant,
                     outbox.id = %m.id, outbox.topic = %m.topic, outbox.attempt = c.attempts + 1);
-                let _enter = span.enter();
-                match self.transport.send(m).await {
-                    Ok(()) => {
-                        self.store.delivered(m.id).await?;
-                        report.delivered += 1;
-                    }
+                match self.attempt(&c).instrument(span.clone()).await {
+                    Ok(Outcome::Delivered) => report.delivered += 1,
+                    Ok(Outcome::Retried) => report.retried += 1,
+                    Ok(Outcome::Dead) => report.dead += 1,
                     Err(e) => {
-                        let attempts = c.attempts.saturating_add(1);
-                        let permanent = matches!(e, DeliveryError::Permanent(_));
-                        if permanent || attempts >= self.backoff.max_attempts {
-                            tracing::error!(error = %e, attempts, "outbox message given up");
-                            self.store.dead(m.id, &e.to_string()).await?;
-                            report.dead += 1;
-                        } else {
-                            let delay = self.backoff.delay(c.attempts);
-                            tracing::warn!(error = %e, retry_in = ?delay, "outbox delivery failed");
-                            let at = chrono::Duration::from_std(delay)
-                                .ok()
-                                .and_then(|d| Utc::now().checked_add_signed(d))
-                                .unwrap_or(DateTime::<Utc>::MAX_UTC);
-                            self.store.retry(m.id, at, &e.to_string()).await?;
-                            report.retried += 1;
-                        }
+                        span.in_scope(|| {
+                            tracing::warn!(error = %e, "outbox outcome not recorded; resent after the lease");
+                        });
+                        report.unrecorded += 1;
                     }
                 }
             }
-            if !full {
+            if !full || deferred {
                 return Ok(report);
+            }
+        }
+    }
+
+    async fn attempt(&self, c: &Claimed) -> Result<Outcome, StoreError> {
+        let m = &c.message;
+        match self.transport.send(m).await {
+            Ok(()) => {
+                self.store.delivered(m.id).await?;
+                Ok(Outcome::Delivered)
+            }
+            Err(e) => {
+                let attempts = c.attempts.saturating_add(1);
+                let permanent = matches!(e, DeliveryError::Permanent(_));
+                if permanent || attempts >= self.backoff.max_attempts {
+                    tracing::error!(error = %e, attempts, "outbox message given up");
+                    self.store.dead(m.id, &e.to_string()).await?;
+                    Ok(Outcome::Dead)
+                } else {
+                    let delay = self.backoff.delay(c.attempts);
+                    tracing::warn!(error = %e, retry_in = ?delay, "outbox delivery failed");
+                    let at = chrono::Duration::from_std(delay)
+                        .ok()
+                        .and_then(|d| Utc::now().checked_add_signed(d))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                    self.store.retry(m.id, at, &e.to_string()).await?;
+                    Ok(Outcome::Retried)
+                }
             }
         }
     }

@@ -333,24 +333,36 @@ pub struct Entitlements {
     pub features: BTreeMap<FlagKey, FlagValue>,
 }
 
-/// How much a limit allows, comparable within one kind (`Unlimited` above
-/// all; rates per day).
-fn allowance(limit: &Limit) -> u128 {
-    match limit {
-        Limit::Stock(n) => u128::from(*n),
-        Limit::Concurrency(n) => u128::from(*n),
-        Limit::Monthly(spec) => u128::from(spec.limit) + u128::from(spec.overage),
-        Limit::Rate(spec) => [
-            spec.per_second.map(|n| u128::from(n) * 86_400),
-            spec.per_minute.map(|n| u128::from(n) * 1_440),
-            spec.per_hour.map(|n| u128::from(n) * 24),
-            spec.per_day.map(u128::from),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(0),
-        Limit::Unlimited => u128::MAX,
+/// Whether `new` allows more than `old` in any respect. Limits of
+/// different kinds are not comparable: a change of kind counts as more
+/// (the conservative answer, so billing confirms it).
+fn allows_more(new: &Limit, old: &Limit) -> bool {
+    match (new, old) {
+        (Limit::Unlimited, Limit::Unlimited) => false,
+        (Limit::Unlimited, _) => true,
+        (_, Limit::Unlimited) => false,
+        (Limit::Stock(a), Limit::Stock(b)) => a > b,
+        (Limit::Concurrency(a), Limit::Concurrency(b)) => a > b,
+        (Limit::Monthly(a), Limit::Monthly(b)) => {
+            a.limit > b.limit
+                || a.limit.saturating_add(a.overage) > b.limit.saturating_add(b.overage)
+        }
+        (Limit::Rate(a), Limit::Rate(b)) => {
+            // Window by window: a window the old plan had and the new one
+            // drops, or raises, allows more. A rate with no window limits
+            // nothing.
+            let windows = |r: &RateSpec| [r.per_second, r.per_minute, r.per_hour, r.per_day];
+            let (wa, wb) = (windows(a), windows(b));
+            if wa.iter().all(Option::is_none) {
+                return wb.iter().any(Option::is_some);
+            }
+            wb.iter().zip(wa.iter()).any(|(old, new)| match (old, new) {
+                (Some(_), None) => true,
+                (Some(o), Some(n)) => n > o,
+                _ => false,
+            })
+        }
+        _ => true,
     }
 }
 
@@ -377,22 +389,20 @@ impl Entitlements {
     pub fn grants_more_than(&self, other: &Entitlements) -> bool {
         let more_limit = self.limits.iter().any(|(r, l)| match other.limits.get(r) {
             None => true,
-            Some(o) => allowance(l) > allowance(o),
+            Some(o) => allows_more(l, o),
         });
-        let more_feature = self.features.iter().any(|(f, v)| {
-            let here = v.as_bool().unwrap_or(false);
-            let there = other
-                .features
-                .get(f)
-                .and_then(FlagValue::as_bool)
-                .unwrap_or(false);
-            let number = |v: Option<&FlagValue>| match v {
-                Some(FlagValue::Int(n)) => Some(*n),
-                _ => None,
-            };
-            (here && !there)
-                || matches!((number(Some(v)), number(other.features.get(f))), (Some(a), Some(b)) if a > b)
-        });
+        // A feature on here and off there, a larger number, or any other
+        // difference of value (a string variant) counts as more.
+        let more_feature = self
+            .features
+            .iter()
+            .any(|(f, v)| match (v, other.features.get(f)) {
+                (FlagValue::Bool(a), Some(FlagValue::Bool(b))) => *a && !*b,
+                (FlagValue::Bool(a), None) => *a,
+                (FlagValue::Int(a), Some(FlagValue::Int(b))) => a > b,
+                (v, Some(o)) => v != o,
+                (_, None) => true,
+            });
         more_limit || more_feature
     }
 

@@ -6,8 +6,8 @@
 //!
 //! | Header | Value |
 //! |---|---|
-//! | `Idempotency-Key` | the message id (a UUID), the same on every attempt |
-//! | `Tenancy-Signature` | `t=<unix seconds>,v1=<hex HMAC-SHA256>` |
+//! | `Idempotency-Key` | the message id (a UUID; at most 128 of `A-Z a-z 0-9 - _`), the same on every attempt |
+//! | `Tenancy-Signature` | `t=<unix seconds>,v1=<hex HMAC-SHA256>` (up to four `v1`, for secret rotation) |
 //!
 //! The MAC covers `"{t}.{idempotency key}.{body}"` under a shared secret, so
 //! neither the body, the key nor the time can be changed without the
@@ -111,6 +111,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     };
     s.as_bytes()
@@ -248,6 +249,13 @@ impl WebhookVerifier {
         Ok(())
     }
 
+    /// Forgets that `key` was received, so the same request can be sent
+    /// again: for a receiver that could not apply an accepted request for
+    /// a passing reason (its store was busy) and asks for a resend.
+    pub fn forget(&self, key: &str) {
+        self.seen.invalidate(key);
+    }
+
     /// [`WebhookVerifier::verify_at`] without the replay check, for a
     /// receiver that deduplicates by idempotency key itself (an outbox
     /// redelivers a message with the same key after a lost
@@ -261,25 +269,34 @@ impl WebhookVerifier {
         now: DateTime<Utc>,
     ) -> Result<&'k str, WebhookError> {
         let key = key.ok_or(WebhookError::Missing(IDEMPOTENCY_HEADER))?;
-        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.is_ascii() {
+        // No '.': the MAC covers "t.key.body", so a key with a dot could be
+        // re-split against the body.
+        let key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(key_char) {
             return Err(WebhookError::Malformed(IDEMPOTENCY_HEADER));
         }
         let signature = signature.ok_or(WebhookError::Missing(SIGNATURE_HEADER))?;
         let malformed = || WebhookError::Malformed(SIGNATURE_HEADER);
         let mut t = None;
-        let mut v1 = None;
+        // Several v1 values are accepted (a sender rotating its secret signs
+        // with both); one must match.
+        let mut tags = Vec::new();
         for part in signature.split(',') {
             match part.trim().split_once('=') {
                 Some(("t", v)) => t = Some(v.parse::<i64>().map_err(|_| malformed())?),
-                Some(("v1", v)) => v1 = Some(unhex(v).ok_or_else(malformed)?),
+                Some(("v1", v)) if tags.len() < 4 => tags.push(unhex(v).ok_or_else(malformed)?),
+                Some(("v1", _)) => return Err(malformed()),
                 _ => {}
             }
         }
-        let (t, v1) = (t.ok_or_else(malformed)?, v1.ok_or_else(malformed)?);
-        self.secret
-            .mac(t, key, body)
-            .verify_slice(&v1)
-            .map_err(|_| WebhookError::BadSignature)?;
+        let t = t.ok_or_else(malformed)?;
+        if tags.is_empty() {
+            return Err(malformed());
+        }
+        let mac = self.secret.mac(t, key, body);
+        if !tags.iter().any(|tag| mac.clone().verify_slice(tag).is_ok()) {
+            return Err(WebhookError::BadSignature);
+        }
         let age_secs = now.timestamp().abs_diff(t);
         if age_secs > self.tolerance.as_secs() {
             return Err(WebhookError::Expired {
@@ -413,6 +430,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_secret_verifies_with_either_tag_and_hex_in_any_case() {
+        let v = WebhookVerifier::new(secret());
+        let now = Utc::now();
+        let old = sign(&WebhookSecret::new(vec![8; 32]).unwrap(), "k-1", now, b"x");
+        let new = sign(&secret(), "k-1", now, b"x");
+        let tag = |h: &str| h.split("v1=").nth(1).unwrap().to_owned();
+        let both = format!(
+            "t={},v1={},v1={}",
+            now.timestamp(),
+            tag(&old),
+            tag(&new).to_uppercase()
+        );
+        assert_eq!(v.verify_at(Some(&both), Some("k-1"), b"x", now), Ok(()));
+        let neither = format!("t={},v1={}", now.timestamp(), tag(&old));
+        assert_eq!(
+            v.verify_at(Some(&neither), Some("k-2"), b"x", now),
+            Err(WebhookError::BadSignature)
+        );
+    }
+
+    #[test]
     fn stale_and_replayed_requests_are_refused() {
         let v = WebhookVerifier::new(secret());
         let then = Utc::now() - chrono::Duration::minutes(6);
@@ -442,6 +480,13 @@ mod tests {
             v.verify(Some("t=1,v1=00"), None, b""),
             Err(WebhookError::Missing(IDEMPOTENCY_HEADER))
         );
+        for key in ["a.b", "k k", "ключ"] {
+            assert_eq!(
+                v.verify(Some("t=1,v1=00"), Some(key), b""),
+                Err(WebhookError::Malformed(IDEMPOTENCY_HEADER)),
+                "{key}"
+            );
+        }
         for bad in ["", "t=x,v1=00", "t=1", "v1=00", "t=1,v1=0g", "t=1,v1=0"] {
             assert_eq!(
                 v.verify(Some(bad), Some("k"), b""),

@@ -290,3 +290,60 @@ fn entitlements_come_from_the_tenant_record() {
             .is_err()
     );
 }
+
+/// What needs billing's confirmation: any respect in which the new plan
+/// allows more — a higher limit, a dropped or raised rate window, a rate
+/// with no window, a feature turned on or raised, a changed variant, a
+/// change of limit kind — and nothing else.
+#[test]
+fn upgrades_are_told_from_downgrades() {
+    let catalog = PlanCatalog::from_json(
+        r#"{"plans": [
+        {"id": "base", "name": "Base", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_second": 5, "per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "bronze"}},
+        {"id": "same", "name": "Same", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_second": 5, "per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "bronze"}},
+        {"id": "burst", "name": "Burst", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_second": 500, "per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "bronze"}},
+        {"id": "nosecond", "name": "No second", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "bronze"}},
+        {"id": "overage", "name": "Overage", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_second": 5, "per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 50}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "bronze"}},
+        {"id": "sso", "name": "SSO", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_second": 5, "per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": true, "seats_ui": 2, "tier": "bronze"}},
+        {"id": "gold", "name": "Gold", "limits": {"users": {"stock": 5},
+            "api": {"rate": {"per_second": 5, "per_day": 10000}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "gold"}},
+        {"id": "smaller", "name": "Smaller", "limits": {"users": {"stock": 3},
+            "api": {"rate": {"per_second": 1, "per_day": 100}}, "sms": {"monthly": {"limit": 5, "overage": 0}}},
+            "features": {"sso": false, "seats_ui": 1, "tier": "bronze"}},
+        {"id": "unmetered", "name": "Unmetered", "limits": {"users": "unlimited",
+            "api": {"rate": {}}, "sms": {"monthly": {"limit": 10, "overage": 2}}},
+            "features": {"sso": false, "seats_ui": 2, "tier": "bronze"}}
+    ]}"#,
+    )
+    .unwrap();
+    let e = |id: &str| {
+        catalog
+            .entitlements(&id.into(), &Overrides::default())
+            .unwrap()
+    };
+    let base = e("base");
+    for more in ["burst", "nosecond", "overage", "sso", "gold", "unmetered"] {
+        assert!(e(more).grants_more_than(&base), "{more} is an upgrade");
+    }
+    for not_more in ["same", "smaller"] {
+        assert!(
+            !e(not_more).grants_more_than(&base),
+            "{not_more} is no upgrade"
+        );
+    }
+    // Turning a feature off is not more.
+    assert!(!base.grants_more_than(&e("sso")));
+}

@@ -2,9 +2,13 @@
 -- other systems (billing, alerting), written in the transaction of the
 -- change they describe and delivered afterwards.
 --
--- The application role may only INSERT, and only rows of the tenant its
--- transaction is scoped to (row-level security): SQL running in a tenant's
--- transaction can neither read, suppress nor re-address anyone's messages.
+-- The application role may only INSERT the message columns (id, tenant,
+-- channel, topic, payload), only rows of the tenant its transaction is
+-- sealed to, and not the control plane's topics (plan.*, tenant.*, written
+-- by the tenant store as the owner): SQL running in a tenant's transaction
+-- can neither read, suppress, re-address nor pre-age anyone's messages, nor
+-- forge a plan change. A trigger starts every row fresh (written now, no
+-- attempts, no lease), so no insert can jump the queue or stall the relay.
 -- The relay reads across tenants as the schema owner (row-level security is
 -- enabled, not forced, on this table).
 CREATE TABLE tenancy.outbox (
@@ -13,7 +17,7 @@ CREATE TABLE tenancy.outbox (
     channel      text        NOT NULL CHECK (channel ~ '^[a-z0-9._-]{1,64}$'),
     topic        text        NOT NULL CHECK (topic ~ '^[a-z0-9._-]{1,64}$'),
     payload      jsonb       NOT NULL,
-    created_at   timestamptz NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
     available_at timestamptz NOT NULL DEFAULT now(),
     attempts     integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     leased_until timestamptz,
@@ -26,4 +30,19 @@ CREATE INDEX outbox_due ON tenancy.outbox (channel, available_at)
 ALTER TABLE tenancy.outbox ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON tenancy.outbox AS PERMISSIVE FOR ALL
     USING (tenant_id = (SELECT tenancy.tenant()))
-    WITH CHECK (tenant_id = (SELECT tenancy.tenant()));
+    WITH CHECK (tenant_id = (SELECT tenancy.tenant()) AND topic !~ '^(plan|tenant)\.');
+
+CREATE FUNCTION tenancy.outbox_fresh() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.created_at := now();
+    NEW.available_at := now();
+    NEW.attempts := 0;
+    NEW.leased_until := NULL;
+    NEW.delivered_at := NULL;
+    NEW.dead_at := NULL;
+    NEW.last_error := NULL;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER outbox_fresh BEFORE INSERT ON tenancy.outbox
+    FOR EACH ROW EXECUTE FUNCTION tenancy.outbox_fresh();

@@ -11,9 +11,12 @@
 //! from: `FOR UPDATE SKIP LOCKED` with a lease, so several deliverers share
 //! the work and a dead one's messages are picked up when its lease ends.
 //!
-//! The application role may only insert its own tenant's rows (row-level
-//! security, no `SELECT`, `UPDATE` or `DELETE` grant); [`PgOutbox`] needs a
-//! pool for the schema owner.
+//! The application role may only insert the message columns of its own
+//! tenant's rows (row-level security bound to the sealed tenant, a column
+//! grant, no `SELECT`, `UPDATE` or `DELETE`), never the control plane's
+//! topics (`plan.*`, `tenant.*`, which the tenant store writes as the
+//! owner); a trigger starts every row fresh (time, attempts, lease).
+//! [`PgOutbox`] needs a pool for the schema owner.
 
 use std::time::Duration;
 
@@ -45,16 +48,16 @@ pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result
     message
         .validate()
         .map_err(|e| DbError::Conflict(e.to_string()))?;
+    // Written now (the database's clock): the row's time is not the writer's to set.
     sqlx::query(
-        "INSERT INTO tenancy.outbox (id, tenant_id, channel, topic, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO tenancy.outbox (id, tenant_id, channel, topic, payload) \
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(message.id)
     .bind(message.tenant.as_uuid())
     .bind(&message.channel)
     .bind(&message.topic)
     .bind(&message.payload)
-    .bind(message.created_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -139,10 +142,16 @@ impl OutboxStore for PgOutbox {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::new)?;
-        let mut out = rows
-            .into_iter()
-            .map(claimed)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.0;
+            match claimed(row) {
+                Ok(c) => out.push(c),
+                // A row that cannot be a message is set aside, not retried
+                // for ever in front of the others.
+                Err(e) => self.dead(id, &format!("undecodable: {e}")).await?,
+            }
+        }
         out.sort_by(|a, b| {
             (a.message.created_at, a.message.id).cmp(&(b.message.created_at, b.message.id))
         });

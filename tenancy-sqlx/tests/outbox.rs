@@ -264,15 +264,17 @@ async fn sql_in_a_tenant_transaction_cannot_touch_other_messages() {
         .write(&OutboxMessage::new(
             b.id,
             &channel,
-            "plan.changed",
+            "usage.recorded",
             serde_json::json!({}),
         ))
         .await
         .unwrap();
     let ctx = TenantContext::new(Arc::new(a.clone()));
+    // Only the granted columns and an application topic: row-level
+    // security is what refuses it.
     let forge = format!(
-        "INSERT INTO tenancy.outbox (id, tenant_id, channel, topic, payload, created_at) \
-         VALUES (gen_random_uuid(), '{}', '{channel}', 'plan.changed', '{{}}', now())",
+        "INSERT INTO tenancy.outbox (id, tenant_id, channel, topic, payload) \
+         VALUES (gen_random_uuid(), '{}', '{channel}', 'usage.recorded', '{{}}')",
         b.id
     );
     let attempts = [
@@ -285,6 +287,24 @@ async fn sql_in_a_tenant_transaction_cannot_touch_other_messages() {
         (
             "delete",
             format!("DELETE FROM tenancy.outbox WHERE channel = '{channel}'"),
+        ),
+        (
+            // Its own row, aged and worn out, to sort first and stall the relay.
+            "pre-age own row",
+            format!(
+                "INSERT INTO tenancy.outbox (id, tenant_id, channel, topic, payload, created_at, attempts) \
+                 VALUES (gen_random_uuid(), '{}', '{channel}', 'usage.recorded', '{{}}', '-infinity', 2147483647)",
+                a.id
+            ),
+        ),
+        (
+            // A plan change for itself: the control plane's topic.
+            "forge own plan change",
+            format!(
+                "INSERT INTO tenancy.outbox (id, tenant_id, channel, topic, payload) \
+                 VALUES (gen_random_uuid(), '{}', '{channel}', 'plan.changed', '{{\"to\": \"enterprise\"}}')",
+                a.id
+            ),
         ),
         ("re-scope", format!("SET LOCAL app.tenant_id = '{}'", b.id)),
     ];
@@ -409,4 +429,104 @@ async fn delivery_from_tenant_files() {
     .await
     .unwrap();
     check("sqlite-tenant-files", figures);
+}
+
+/// Inside a tenant file the tenant's own SQL runs: it cannot delete or
+/// rewrite its alerts, nor insert worn-out rows; a row naming another
+/// tenant or an undecodable one is set aside — and none of it stops
+/// another tenant's alert from being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rows_in_a_tenant_file_neither_leak_nor_stall() {
+    use tenancy_core::Placement;
+    use tenancy_sqlx::sqlite::{SqliteTenantDb, SqliteTenantOutboxes};
+    use tenancy_sqlx::tenant_migrate::TenantMigrator;
+    let dir = tempfile::tempdir().unwrap();
+    let control = SqliteControl::open(dir.path().join("c.sqlite3"))
+        .await
+        .unwrap();
+    let files = SqliteTenantDb::new(dir.path().join("tenants"));
+    let migrator = TenantMigrator::new(Vec::new()).unwrap();
+    let mut ts = Vec::new();
+    for slug in ["hostile", "victim"] {
+        let t = tenant(slug).with_placement(Placement::database(slug).unwrap());
+        control.tenants().create(&t).await.unwrap();
+        files.provision(&t, &migrator).await.unwrap();
+        ts.push(Arc::new(t));
+    }
+    let (hostile, victim) = (ts[0].clone(), ts[1].clone());
+    let channel = channel();
+    TenantFileWriter(files.clone(), hostile.clone())
+        .write(&OutboxMessage::new(
+            hostile.id,
+            &channel,
+            "audit.high_risk",
+            serde_json::json!({}),
+        ))
+        .await
+        .unwrap();
+    let sql = |s: String| s;
+    let refused = [
+        sql("DELETE FROM tenancy_outbox".into()),
+        sql("UPDATE tenancy_outbox SET payload = '{}', topic = 'x'".into()),
+        sql(format!(
+            "INSERT INTO tenancy_outbox (id, tenant_id, channel, topic, payload, created_at, available_at, attempts) \
+             VALUES ('w', '{}', '{channel}', 'audit.high_risk', '{{}}', '0000', '0000', 2147483647)",
+            hostile.id
+        )),
+    ];
+    for statement in &refused {
+        let mut tx = files
+            .begin_immediate(&TenantContext::new(hostile.clone()))
+            .await
+            .unwrap();
+        let r = sqlx::query(statement).execute(&mut *tx).await;
+        assert!(r.is_err(), "allowed: {statement}");
+        let _ = tx.rollback().await;
+    }
+    // Rows the relay must not send: another tenant's id, and garbage.
+    let mut tx = files
+        .begin_immediate(&TenantContext::new(hostile.clone()))
+        .await
+        .unwrap();
+    for (id, tenant_id, payload) in [
+        ("forged", victim.id.to_string(), "{}".to_owned()),
+        ("garbage", hostile.id.to_string(), "{".to_owned()),
+    ] {
+        sqlx::query(
+            "INSERT INTO tenancy_outbox (id, tenant_id, channel, topic, payload, created_at, available_at) \
+             VALUES ($1, $2, $3, 'audit.high_risk', $4, '0000', '0000')",
+        )
+        .bind(id)
+        .bind(tenant_id)
+        .bind(&channel)
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    TenantFileWriter(files.clone(), victim.clone())
+        .write(&OutboxMessage::new(
+            victim.id,
+            &channel,
+            "audit.high_risk",
+            serde_json::json!({"v": 1}),
+        ))
+        .await
+        .unwrap();
+    let relay = SqliteTenantOutboxes::new(files, control.tenants());
+    let claimed = relay
+        .claim(&channel, 10, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut got: Vec<(TenantId, serde_json::Value)> = claimed
+        .iter()
+        .map(|c| (c.message.tenant, c.message.payload.clone()))
+        .collect();
+    got.sort_by_key(|(t, _)| *t == victim.id);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, hostile.id);
+    assert_eq!(got[1], (victim.id, serde_json::json!({"v": 1})));
+    // The two bad rows were set aside, not left pending.
+    assert_eq!(relay.pending(&channel).await.unwrap(), 2);
 }

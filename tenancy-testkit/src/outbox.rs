@@ -96,7 +96,12 @@ pub async fn delivery(
     };
 
     // 1. Committed, then the deliverer dies after the send.
-    let m1 = OutboxMessage::new(tenant, channel, "plan.changed", serde_json::json!({"n": 1}));
+    let m1 = OutboxMessage::new(
+        tenant,
+        channel,
+        "usage.recorded",
+        serde_json::json!({"n": 1}),
+    );
     writer.write(&m1).await.map_err(|e| fail("1.", e))?;
     let pending = store.pending(channel).await.map_err(|e| fail("1.", e))?;
     if pending != 1 {

@@ -324,7 +324,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     };
     let listener = crate::server::bind(config.bind).await?;
     let addr = listener.local_addr()?;
-    let deliverers = crate::billing::spawn(&data, &config.billing, &billing_secret)?;
+    let deliverers = crate::billing::spawn(&data, &config.billing, &config.data_dir)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let drain = Arc::new(Drain::default());
     let app = api::router(state).layer(axum::middleware::from_fn_with_state(

@@ -27,8 +27,14 @@ use crate::data::Data;
 pub const BILLING: &str = "billing";
 /// The outbox channel of high-risk audit alerts.
 pub const ALERTS: &str = "alerts";
-/// The shared webhook secret's file in the data directory.
+/// The billing webhook secret's file in the data directory (shared with the
+/// billing side: it signs what is sent there and the callbacks from there).
 pub const SECRET_FILE: &str = "billing-webhook.key";
+/// The alert webhook secret's file: a separate secret, so whoever verifies
+/// alerts cannot sign billing callbacks.
+pub const ALERT_SECRET_FILE: &str = "alerts-webhook.key";
+/// Delivered messages are kept this long, then pruned.
+pub const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Where the outbox is delivered.
 #[derive(Debug, Clone)]
@@ -41,6 +47,9 @@ pub struct Billing {
     /// `INSURANCE_BILLING_SECRET`: the shared secret (at least 16 bytes);
     /// without it, `billing-webhook.key` in the data directory.
     pub secret: Option<WebhookSecret>,
+    /// `INSURANCE_ALERT_SECRET`: the alert webhook's secret; without it,
+    /// `alerts-webhook.key` in the data directory.
+    pub alert_secret: Option<WebhookSecret>,
     /// The retry schedule.
     pub backoff: Backoff,
     /// How often the deliverers look for due messages.
@@ -53,37 +62,65 @@ impl Default for Billing {
             webhook_url: None,
             alert_url: None,
             secret: None,
+            alert_secret: None,
             backoff: Backoff::default(),
             poll: Duration::from_secs(1),
         }
     }
 }
 
-/// The shared secret: the configured one, or the data directory's (created
-/// random on first use).
+/// The billing secret: the configured one, or the data directory's
+/// (created random on first use).
 pub fn secret(config: &Billing, dir: &Path) -> Result<WebhookSecret, Error> {
-    if let Some(secret) = &config.secret {
+    configured_or_file(config.secret.as_ref(), dir, SECRET_FILE)
+}
+
+/// The alert webhook's secret, likewise.
+pub fn alert_secret(config: &Billing, dir: &Path) -> Result<WebhookSecret, Error> {
+    configured_or_file(config.alert_secret.as_ref(), dir, ALERT_SECRET_FILE)
+}
+
+fn configured_or_file(
+    configured: Option<&WebhookSecret>,
+    dir: &Path,
+    file: &str,
+) -> Result<WebhookSecret, Error> {
+    if let Some(secret) = configured {
         return Ok(secret.clone());
     }
-    let bytes = crate::data::secret_file(dir, SECRET_FILE)?;
+    let bytes = crate::data::secret_file(dir, file)?;
     Ok(WebhookSecret::new(bytes.to_vec()).map_err(|e| e.to_string())?)
 }
 
-/// Starts a deliverer per configured channel.
-pub fn spawn(
-    data: &Data,
-    config: &Billing,
-    secret: &WebhookSecret,
-) -> Result<Vec<JoinHandle<()>>, Error> {
+/// Starts a deliverer per configured channel, and the hourly pruning of
+/// messages delivered more than [`KEEP_DELIVERED`] ago.
+pub fn spawn(data: &Data, config: &Billing, dir: &Path) -> Result<Vec<JoinHandle<()>>, Error> {
     let mut tasks = Vec::new();
-    for (channel, url) in [(BILLING, &config.webhook_url), (ALERTS, &config.alert_url)] {
+    for (channel, url, secret) in [
+        (BILLING, &config.webhook_url, secret(config, dir)?),
+        (ALERTS, &config.alert_url, alert_secret(config, dir)?),
+    ] {
         let Some(url) = url else { continue };
-        let transport = HttpTransport::new(url, secret.clone())
+        let transport = HttpTransport::new(url, secret)
             .map_err(|e| format!("the {channel} webhook URL: {e}"))?;
         let deliverer = Deliverer::new(data.outbox(channel), Arc::new(transport), channel)
             .backoff(config.backoff)
             .interval(config.poll);
         tasks.push(tokio::spawn(deliverer.run(std::future::pending())));
     }
+    let data = data.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(KEEP_DELIVERED).unwrap_or(chrono::Duration::days(7));
+            match data.prune_outbox(before).await {
+                Ok(n) if n > 0 => tracing::info!(pruned = n, "delivered outbox messages pruned"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "outbox not pruned"),
+            }
+        }
+    }));
     Ok(tasks)
 }

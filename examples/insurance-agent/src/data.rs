@@ -911,6 +911,19 @@ impl Data {
         }
     }
 
+    /// Deletes billing messages delivered before `before` (alerts in tenant
+    /// files stay with the file).
+    pub async fn prune_outbox(&self, before: DateTime<Utc>) -> Result<u64, DbError> {
+        match &self.backend {
+            Backend::Sqlite { control, .. } => control.outbox().prune_delivered(before).await,
+            Backend::Postgres { owner, .. } => {
+                tenancy_sqlx::PgOutbox::new(owner.clone())
+                    .prune_delivered(before)
+                    .await
+            }
+        }
+    }
+
     /// The outbox's relay side for `channel`: on PostgreSQL
     /// `tenancy.outbox` (read by the owner role) for every channel; on
     /// SQLite the control database for billing, and the tenant files for

@@ -99,6 +99,15 @@ struct Cli {
         hide_env_values = true
     )]
     billing_secret: Option<String>,
+    /// The alert webhook's own secret (at least 16 bytes); without it,
+    /// `alerts-webhook.key` in the data directory.
+    #[arg(
+        long,
+        env = "INSURANCE_ALERT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    alert_secret: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -350,6 +359,7 @@ struct At {
     billing_webhook_url: Option<String>,
     alert_webhook_url: Option<String>,
     billing_secret: Option<String>,
+    alert_secret: Option<String>,
 }
 
 impl At {
@@ -393,6 +403,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         billing_webhook_url: cli.billing_webhook_url,
         alert_webhook_url: cli.alert_webhook_url,
         billing_secret: cli.billing_secret,
+        alert_secret: cli.alert_secret,
     };
     // No subcommand: serve, honouring INSURANCE_BIND as `serve` does.
     let command = match cli.command {
@@ -441,6 +452,11 @@ async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), E
                 .map(|s| tenancy_core::webhook::WebhookSecret::new(s.into_bytes()))
                 .transpose()
                 .map_err(|e| format!("INSURANCE_BILLING_SECRET: {e}"))?,
+            alert_secret: at
+                .alert_secret
+                .map(|s| tenancy_core::webhook::WebhookSecret::new(s.into_bytes()))
+                .transpose()
+                .map_err(|e| format!("INSURANCE_ALERT_SECRET: {e}"))?,
             ..Default::default()
         },
     })

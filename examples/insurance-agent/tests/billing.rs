@@ -26,9 +26,14 @@ fn secret() -> WebhookSecret {
     WebhookSecret::new(b"billing-test-secret-0123456789ab".to_vec()).unwrap()
 }
 
+/// The alert webhook's own secret.
+fn alert_secret() -> WebhookSecret {
+    WebhookSecret::new(b"alerts-test-secret-0123456789abc".to_vec()).unwrap()
+}
+
 async fn start_billed(backend: Backend) -> (App, Receiver, Receiver) {
     let billing = Receiver::start(secret()).await.unwrap();
-    let alerts = Receiver::start(secret()).await.unwrap();
+    let alerts = Receiver::start(alert_secret()).await.unwrap();
     let app = start_billing(
         backend,
         None,
@@ -36,6 +41,7 @@ async fn start_billed(backend: Backend) -> (App, Receiver, Receiver) {
             webhook_url: Some(billing.url()),
             alert_url: Some(alerts.url()),
             secret: Some(secret()),
+            alert_secret: Some(alert_secret()),
             poll: Duration::from_millis(100),
             ..Billing::default()
         },
@@ -184,6 +190,31 @@ async fn an_upgrade_waits_for_billings_signed_confirmation(backend: Backend) {
         .await,
         401,
         "webhook-expired",
+    );
+    // Signed with the alert webhook's secret: whoever verifies alerts
+    // cannot answer for billing.
+    let alerts_signed = sign(&alert_secret(), "cb-1", now, body.as_bytes());
+    assert_problem(
+        &callback(
+            &app,
+            body.as_bytes(),
+            &[
+                (IDEMPOTENCY_HEADER, "cb-1"),
+                (SIGNATURE_HEADER, &alerts_signed),
+            ],
+        )
+        .await,
+        401,
+        "webhook-signature-invalid",
+    );
+    // Genuinely signed, but naming another tenant: nothing of its is pending.
+    let sunrise = tenant(&app, "sunrise-insurance").await.id.to_string();
+    let elsewhere =
+        json!({"tenant_id": sunrise, "request_id": request_id, "decision": "confirmed"});
+    assert_problem(
+        &signed_callback(&app, &elsewhere, "cb-x").await,
+        409,
+        "app.conflict",
     );
     // None of those changed anything.
     let plan = call(addr, "GET", "/plan", Some(&asha), None).await.json();

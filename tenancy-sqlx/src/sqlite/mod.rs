@@ -77,7 +77,7 @@ pub use outbox::{SqliteOutbox, SqliteTenantOutboxes};
 pub use watch::SqliteChangeWatcher;
 
 use audit_log::AUDIT_TABLE;
-use outbox::OUTBOX_TABLE;
+use outbox::{OUTBOX_GUARDS, OUTBOX_TABLE};
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -366,7 +366,7 @@ impl SqliteTenantDb {
             .execute(
                 format!(
                     "CREATE TABLE IF NOT EXISTS {STAMP_TABLE} (id TEXT PRIMARY KEY NOT NULL, \
-                     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); {SYSTEM_TABLES}; {AUDIT_TABLE}; {OUTBOX_TABLE}"
+                     created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP); {SYSTEM_TABLES}; {AUDIT_TABLE}; {OUTBOX_TABLE}; {OUTBOX_GUARDS}"
                 )
                 .as_str(),
             )
@@ -563,6 +563,7 @@ impl TenantSchemas for Files {
         (&mut *tx).execute(SYSTEM_TABLES).await?;
         (&mut *tx).execute(AUDIT_TABLE).await?;
         (&mut *tx).execute(OUTBOX_TABLE).await?;
+        (&mut *tx).execute(OUTBOX_GUARDS).await?;
         let done: Vec<(i64, String)> =
             sqlx::query_as("SELECT version, checksum FROM tenancy_migrations")
                 .fetch_all(&mut *tx)

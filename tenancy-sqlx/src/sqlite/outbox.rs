@@ -41,6 +41,24 @@ CREATE INDEX IF NOT EXISTS tenancy_outbox_due ON tenancy_outbox (channel, availa
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 ";
 
+/// Walls on the outbox inside tenant files, where the tenant's own SQL runs
+/// (SQLite has no roles): rows start fresh, are never deleted, and their
+/// message never changes. A tenant's SQL can still mark its own rows
+/// delivered, or drop these triggers: inside a tenant file the outbox is
+/// tamper-resistant, not tamper-proof (the audit log's hash chain shows a
+/// removed event).
+pub(super) const OUTBOX_GUARDS: &str = "
+CREATE TRIGGER IF NOT EXISTS tenancy_outbox_fresh BEFORE INSERT ON tenancy_outbox
+WHEN NEW.attempts <> 0 OR NEW.leased_until IS NOT NULL OR NEW.delivered_at IS NOT NULL
+  OR NEW.dead_at IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'tenancy_outbox rows start undelivered, with no attempts and no lease'); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_outbox_no_delete BEFORE DELETE ON tenancy_outbox
+BEGIN SELECT RAISE(ABORT, 'tenancy_outbox rows are marked delivered or dead, never deleted'); END;
+CREATE TRIGGER IF NOT EXISTS tenancy_outbox_fixed
+BEFORE UPDATE OF id, tenant_id, channel, topic, payload, created_at ON tenancy_outbox
+BEGIN SELECT RAISE(ABORT, 'a tenancy_outbox message never changes'); END;
+";
+
 /// Fixed-width UTC timestamps: they compare as text.
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -143,7 +161,7 @@ impl OutboxStore for SqliteOutbox {
             "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
              WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
                AND (leased_until IS NULL OR leased_until <= $2) \
-             ORDER BY created_at, id LIMIT $3",
+             ORDER BY rowid LIMIT $3",
         )
         .bind(channel)
         .bind(ts(now))
@@ -160,7 +178,27 @@ impl OutboxStore for SqliteOutbox {
                 .map_err(StoreError::new)?;
         }
         tx.commit().await.map_err(StoreError::new)?;
-        rows.into_iter().map(claimed).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.0.clone();
+            match claimed(row) {
+                Ok(c) => out.push(c),
+                // Set aside, not retried for ever in front of the others.
+                Err(e) => {
+                    sqlx::query(
+                        "UPDATE tenancy_outbox SET dead_at = $2, leased_until = NULL, last_error = $3 \
+                         WHERE id = $1",
+                    )
+                    .bind(&id)
+                    .bind(ts(Utc::now()))
+                    .bind(format!("undecodable: {e}"))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn delivered(&self, id: Uuid) -> Result<(), StoreError> {
@@ -257,6 +295,59 @@ impl SqliteTenantOutboxes {
             .collect())
     }
 
+    async fn claim_in(
+        tx: &mut super::SqliteTenantTx,
+        channel: &str,
+        limit: usize,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
+             WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+               AND (leased_until IS NULL OR leased_until <= $2) \
+             ORDER BY rowid LIMIT $3",
+        )
+        .bind(channel)
+        .bind(ts(now))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &rows {
+            sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
+                .bind(&row.0)
+                .bind(ts(until))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(rows)
+    }
+
+    /// Marks a row that cannot be sent as dead (logged), so it never holds
+    /// the others back.
+    async fn set_aside(&self, tenant: &Arc<Tenant>, id: &str, why: &str) {
+        tracing::error!(tenant.id = %tenant.id, outbox.id = id, why, "tenant outbox row set aside");
+        let result = async {
+            let mut tx = self
+                .db
+                .begin_immediate(&TenantContext::new(tenant.clone()))
+                .await?;
+            sqlx::query(
+                "UPDATE tenancy_outbox SET dead_at = $2, leased_until = NULL, last_error = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(ts(Utc::now()))
+            .bind(why)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(tenant.id = %tenant.id, error = %e, "could not set an outbox row aside");
+        }
+    }
+
     async fn update(
         &self,
         id: Uuid,
@@ -311,37 +402,32 @@ impl OutboxStore for SqliteTenantOutboxes {
                     continue;
                 }
             };
-            let rows: Vec<Row> = sqlx::query_as(
-                "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
-                 WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
-                   AND (leased_until IS NULL OR leased_until <= $2) \
-                 ORDER BY created_at, id LIMIT $3",
-            )
-            .bind(channel)
-            .bind(ts(now))
-            .bind(i64::try_from(limit - out.len()).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::new)?;
-            for row in &rows {
-                sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
-                    .bind(&row.0)
-                    .bind(ts(until))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::new)?;
-            }
-            tx.commit().await.map_err(StoreError::new)?;
-            for row in rows {
-                let c = claimed(row)?;
-                // A row naming another tenant in this tenant's file is not
-                // this tenant's to send.
-                if c.message.tenant != tenant.id {
-                    tracing::error!(tenant.id = %tenant.id, "outbox row of another tenant in a tenant file; skipped");
+            let rows = match Self::claim_in(&mut tx, channel, limit - out.len(), now, until).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(tenant.id = %tenant.id, error = %e, "tenant outbox unreadable; skipped");
                     continue;
                 }
-                self.claimed().insert(c.message.id, tenant.clone());
-                out.push(c);
+            };
+            if let Err(e) = tx.commit().await {
+                tracing::warn!(tenant.id = %tenant.id, error = %e, "tenant outbox claim not committed");
+                continue;
+            }
+            for row in rows {
+                let id = row.0.clone();
+                match claimed(row) {
+                    // A row naming another tenant in this tenant's file is
+                    // not this tenant's to send.
+                    Ok(c) if c.message.tenant == tenant.id => {
+                        self.claimed().insert(c.message.id, tenant.clone());
+                        out.push(c);
+                    }
+                    Ok(_) => self.set_aside(&tenant, &id, "names another tenant").await,
+                    Err(e) => {
+                        self.set_aside(&tenant, &id, &format!("undecodable: {e}"))
+                            .await;
+                    }
+                }
             }
         }
         Ok(out)
@@ -383,21 +469,24 @@ impl OutboxStore for SqliteTenantOutboxes {
     async fn pending(&self, channel: &str) -> Result<u64, StoreError> {
         let mut total = 0u64;
         for tenant in self.tenants().await? {
-            let mut tx = self
-                .db
-                .begin(&TenantContext::new(tenant))
-                .await
-                .map_err(StoreError::new)?;
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM tenancy_outbox \
-                 WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL",
-            )
-            .bind(channel)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::new)?;
-            tx.commit().await.map_err(StoreError::new)?;
-            total += u64::try_from(n).unwrap_or(0);
+            let id = tenant.id;
+            let counted = async {
+                let mut tx = self.db.begin(&TenantContext::new(tenant)).await?;
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM tenancy_outbox \
+                     WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL",
+                )
+                .bind(channel)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<_, DbError>(n)
+            }
+            .await;
+            match counted {
+                Ok(n) => total += u64::try_from(n).unwrap_or(0),
+                Err(e) => tracing::warn!(tenant.id = %id, error = %e, "tenant outbox not counted"),
+            }
         }
         Ok(total)
     }

@@ -280,80 +280,99 @@ pub async fn callback(
     body: axum::body::Bytes,
 ) -> Result<Json<DecisionApplied>, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let key = header(IDEMPOTENCY_HEADER);
     state
         .billing
-        .verify(header(SIGNATURE_HEADER), header(IDEMPOTENCY_HEADER), &body)
+        .verify(header(SIGNATURE_HEADER), key, &body)
         .map_err(|e| {
             tracing::warn!(error = %e, "billing callback refused");
             refused(&e)
         })?;
-    let decision: BillingDecision = serde_json::from_slice(&body)
+    let result = apply_decision(&state, &body).await;
+    // A passing failure (the store busy, the record changing under us too
+    // often) must not use the key up: billing sends the same callback again.
+    if let (Err(e), Some(key)) = (&result, key)
+        && (e.0.status >= 500 || e.0.code == "app.retry")
+    {
+        state.billing.forget(key);
+    }
+    result
+}
+
+async fn apply_decision(state: &AppState, body: &[u8]) -> Result<Json<DecisionApplied>, ApiError> {
+    let decision: BillingDecision = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("the callback body is not a decision: {e}")))?;
-    let tenant = state
-        .data
-        .tenant(decision.tenant_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
-    let pending = pending_of(&tenant.settings)
-        .filter(|p| p.request_id == decision.request_id)
-        .ok_or_else(|| {
-            ApiError::conflict("no such plan request is pending: it was answered or replaced")
-        })?;
-    let from = tenant.plan.as_ref().map(ToString::to_string);
-    // Applied only to the record the decision was checked against: a
-    // concurrent answer to the same request finds it changed (409).
-    let mut update = TenantUpdate::new()
-        .expect_version(tenant.version)
-        .settings_patch(serde_json::json!({ REQUEST_KEY: null }));
-    let (status, action) = match decision.decision {
-        Decision::Confirmed => {
-            let plan = PlanId::new(pending.plan.clone());
-            state
-                .plans
-                .plan(&plan)
-                .map_err(|e| ApiError::invalid(e.to_string()))?;
-            update = update.plan(Some(plan)).emit(OutboxMessage::new(
-                tenant.id,
-                BILLING,
-                "plan.changed",
-                serde_json::json!({
-                    "request_id": pending.request_id, "from": from, "to": pending.plan,
-                    "by": "billing",
-                }),
-            ));
-            ("applied", "plan.changed")
-        }
-        Decision::Declined => ("declined", "plan.change_declined"),
-    };
-    let next = state
-        .data
-        .update_tenant(tenant.id, &update)
-        .await
-        .map_err(|e| match e {
-            tenancy_core::store::WriteError::Conflict { .. }
-            | tenancy_core::store::WriteError::FieldChanged { .. } => ApiError::conflict(
-                "the tenant changed while the callback was applied; send it again",
-            ),
-            other => other.into(),
-        })?;
-    let ctx = TenantContext::new(next.clone());
-    let mut tx = state.data.begin_write(&ctx).await?;
-    state
-        .data
-        .audit()
-        .append(
-            &mut tx,
-            AuditEvent::system(tenant.id, "billing", action, "tenant").with_details(
-                serde_json::json!({
-                    "request_id": pending.request_id, "from": from, "to": pending.plan,
-                    "requested_by": pending.requested_by,
-                }),
-            ),
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(Json(DecisionApplied {
-        status,
-        plan: next.plan.as_ref().map(ToString::to_string),
-    }))
+    // Other writers (settings, domains) may change the record meanwhile:
+    // the decision is re-checked against a fresh copy until it applies.
+    for _ in 0..8 {
+        let tenant = state
+            .data
+            .tenant(decision.tenant_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("tenant"))?;
+        let pending = pending_of(&tenant.settings)
+            .filter(|p| p.request_id == decision.request_id)
+            .ok_or_else(|| {
+                ApiError::conflict("no such plan request is pending: it was answered or replaced")
+            })?;
+        let from = tenant.plan.as_ref().map(ToString::to_string);
+        // Applied only to the record the decision was checked against.
+        let mut update = TenantUpdate::new()
+            .expect_version(tenant.version)
+            .settings_patch(serde_json::json!({ REQUEST_KEY: null }));
+        let (status, action) = match decision.decision {
+            Decision::Confirmed => {
+                let plan = PlanId::new(pending.plan.clone());
+                state
+                    .plans
+                    .plan(&plan)
+                    .map_err(|e| ApiError::invalid(e.to_string()))?;
+                update = update.plan(Some(plan)).emit(OutboxMessage::new(
+                    tenant.id,
+                    BILLING,
+                    "plan.changed",
+                    serde_json::json!({
+                        "request_id": pending.request_id, "from": from, "to": pending.plan,
+                        "by": "billing",
+                    }),
+                ));
+                ("applied", "plan.changed")
+            }
+            Decision::Declined => ("declined", "plan.change_declined"),
+        };
+        let next = match state.data.update_tenant(tenant.id, &update).await {
+            Ok(next) => next,
+            Err(
+                tenancy_core::store::WriteError::Conflict { .. }
+                | tenancy_core::store::WriteError::FieldChanged { .. },
+            ) => continue,
+            Err(other) => return Err(other.into()),
+        };
+        let ctx = TenantContext::new(next.clone());
+        let mut tx = state.data.begin_write(&ctx).await?;
+        state
+            .data
+            .audit()
+            .append(
+                &mut tx,
+                AuditEvent::system(tenant.id, "billing", action, "tenant").with_details(
+                    serde_json::json!({
+                        "request_id": pending.request_id, "from": from, "to": pending.plan,
+                        "requested_by": pending.requested_by,
+                    }),
+                ),
+            )
+            .await?;
+        tx.commit().await?;
+        return Ok(Json(DecisionApplied {
+            status,
+            plan: next.plan.as_ref().map(ToString::to_string),
+        }));
+    }
+    Err(ApiError(Box::new(Problem::new(
+        503,
+        "app.retry",
+        "Try again",
+        "the tenant kept changing while the callback was applied; send it again",
+    ))))
 }
