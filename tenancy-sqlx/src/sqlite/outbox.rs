@@ -124,6 +124,44 @@ impl SqliteOutbox {
 
 type Row = (String, String, String, String, String, String, i64);
 
+/// When a lease taken at `now` ends.
+fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(lease)
+        .ok()
+        .and_then(|l| now.checked_add_signed(l))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Leases up to `limit` due rows of `channel` until `until`, in insertion
+/// order, inside the caller's (immediate) transaction.
+async fn lease_due(
+    conn: &mut SqliteConnection,
+    channel: &str,
+    limit: usize,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
+         WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
+           AND (leased_until IS NULL OR leased_until <= $2) \
+         ORDER BY rowid LIMIT $3",
+    )
+    .bind(channel)
+    .bind(ts(now))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
+            .bind(&row.0)
+            .bind(ts(until))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(rows)
+}
+
 fn claimed(row: Row) -> Result<Claimed, StoreError> {
     let (id, tenant, channel, topic, payload, created_at, attempts) = row;
     let bad = |what: &str, e: &dyn std::fmt::Display| {
@@ -148,35 +186,15 @@ impl OutboxStore for SqliteOutbox {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = Utc::now();
-        let until = chrono::Duration::from_std(lease)
-            .ok()
-            .and_then(|l| now.checked_add_signed(l))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let until = lease_end(now, lease);
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::new)?;
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
-             WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
-               AND (leased_until IS NULL OR leased_until <= $2) \
-             ORDER BY rowid LIMIT $3",
-        )
-        .bind(channel)
-        .bind(ts(now))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(StoreError::new)?;
-        for row in &rows {
-            sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
-                .bind(&row.0)
-                .bind(ts(until))
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::new)?;
-        }
+        let rows = lease_due(&mut tx, channel, limit, now, until)
+            .await
+            .map_err(StoreError::new)?;
         tx.commit().await.map_err(StoreError::new)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -295,34 +313,6 @@ impl SqliteTenantOutboxes {
             .collect())
     }
 
-    async fn claim_in(
-        tx: &mut super::SqliteTenantTx,
-        channel: &str,
-        limit: usize,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<Row>, sqlx::Error> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, tenant_id, channel, topic, payload, created_at, attempts FROM tenancy_outbox \
-             WHERE channel = $1 AND delivered_at IS NULL AND dead_at IS NULL AND available_at <= $2 \
-               AND (leased_until IS NULL OR leased_until <= $2) \
-             ORDER BY rowid LIMIT $3",
-        )
-        .bind(channel)
-        .bind(ts(now))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in &rows {
-            sqlx::query("UPDATE tenancy_outbox SET leased_until = $2 WHERE id = $1")
-                .bind(&row.0)
-                .bind(ts(until))
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(rows)
-    }
-
     /// Marks a row that cannot be sent as dead (logged), so it never holds
     /// the others back.
     async fn set_aside(&self, tenant: &Arc<Tenant>, id: &str, why: &str) {
@@ -384,10 +374,7 @@ impl OutboxStore for SqliteTenantOutboxes {
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = Utc::now();
-        let until = chrono::Duration::from_std(lease)
-            .ok()
-            .and_then(|l| now.checked_add_signed(l))
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let until = lease_end(now, lease);
         let mut out = Vec::new();
         for tenant in self.tenants().await? {
             if out.len() >= limit {
@@ -402,7 +389,7 @@ impl OutboxStore for SqliteTenantOutboxes {
                     continue;
                 }
             };
-            let rows = match Self::claim_in(&mut tx, channel, limit - out.len(), now, until).await {
+            let rows = match lease_due(&mut tx, channel, limit - out.len(), now, until).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(tenant.id = %tenant.id, error = %e, "tenant outbox unreadable; skipped");
