@@ -308,9 +308,10 @@ async fn sql_in_a_tenant_transaction_cannot_touch_other_messages() {
         ),
         ("re-scope", format!("SET LOCAL app.tenant_id = '{}'", b.id)),
     ];
-    for (what, sql) in attempts {
+    for (what, sql) in &attempts {
+        let what = *what;
         let mut tx = db.begin(&ctx).await.unwrap();
-        let r = sqlx::query(&sql).execute(&mut *tx).await;
+        let r = sqlx::query(sql).execute(&mut *tx).await;
         if what == "re-scope" {
             // Even where setting the variable succeeds, the sealed binding
             // refuses the next statement or the forged insert.
@@ -332,8 +333,28 @@ async fn sql_in_a_tenant_transaction_cannot_touch_other_messages() {
     // The control: the very statement that forged a message for B runs as
     // the owner, outside the application role's grants and policy — so the
     // refusals above come from the wall, not from malformed SQL.
-    sqlx::query(&forge).execute(&owner).await.unwrap();
-    assert_eq!(relay.pending(&channel).await.unwrap(), 2);
+    // So do the pre-aged row and the plan change, for the same reason (the
+    // grant and the policy bind the application role, not the owner).
+    for (what, sql) in &attempts {
+        if what.starts_with("forge") || what.starts_with("pre-age") {
+            sqlx::query(sql).execute(&owner).await.unwrap();
+        }
+    }
+    assert_eq!(relay.pending(&channel).await.unwrap(), 4);
+    // And even then every row starts fresh (the trigger): nothing jumps the
+    // queue or arrives worn out.
+    let (oldest, worn): (chrono::DateTime<chrono::Utc>, i32) = sqlx::query_as(
+        "SELECT min(created_at), max(attempts) FROM tenancy.outbox WHERE channel = $1",
+    )
+    .bind(&channel)
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert!(
+        chrono::Utc::now() - oldest < chrono::Duration::minutes(5),
+        "{oldest}"
+    );
+    assert_eq!(worn, 0);
 }
 
 /// The monthly counters are bound to the sealed tenant too: SQL that sets
@@ -529,4 +550,21 @@ async fn hostile_rows_in_a_tenant_file_neither_leak_nor_stall() {
     assert_eq!(got[1], (victim.id, serde_json::json!({"v": 1})));
     // The two bad rows were set aside, not left pending.
     assert_eq!(relay.pending(&channel).await.unwrap(), 2);
+    // The control: the control database's outbox (not tenant-writable, so
+    // unguarded) takes the same statements.
+    SqliteWriter(control.clone())
+        .write(&OutboxMessage::new(
+            hostile.id,
+            &channel,
+            "audit.high_risk",
+            serde_json::json!({}),
+        ))
+        .await
+        .unwrap();
+    for statement in &refused {
+        sqlx::query(statement)
+            .execute(control.pool())
+            .await
+            .unwrap();
+    }
 }
