@@ -32,6 +32,7 @@ pub mod outbox;
 pub mod rate;
 pub mod signin;
 pub mod store;
+pub mod subject;
 pub mod web;
 pub mod webhook;
 

@@ -33,6 +33,7 @@ pub mod keys;
 #[cfg(feature = "aws-kms")]
 pub mod kms;
 pub mod reencrypt;
+pub mod subject;
 
 pub use field::Encrypted;
 
@@ -100,6 +101,13 @@ pub enum CryptoError {
     /// The key store failed (details are logged).
     #[error("key store failed: {0}")]
     KeyStore(String),
+    /// The data subject was erased: their key is destroyed and nothing
+    /// encrypted for them can be decrypted, or encrypted, again.
+    #[error("this data subject was erased: their encrypted values can never be read again")]
+    SubjectErased,
+    /// A data-subject id is not acceptable (see `subject::SubjectId`).
+    #[error("bad subject id: {0}")]
+    BadSubject(String),
 }
 
 impl CryptoError {

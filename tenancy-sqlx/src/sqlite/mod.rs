@@ -63,6 +63,7 @@ mod audit_log;
 mod control;
 mod health;
 pub mod outbox;
+mod subject;
 mod watch;
 
 pub use audit_log::SqliteAuditLog;
@@ -74,6 +75,7 @@ pub use control::{
 };
 pub use health::SqliteProbe;
 pub use outbox::{SqliteOutbox, SqliteTenantOutboxes};
+pub use subject::SqliteSubjectKeyStore;
 pub use watch::SqliteChangeWatcher;
 
 use audit_log::AUDIT_TABLE;
