@@ -10,12 +10,16 @@ use std::sync::Arc;
 use sqlx::sqlite::SqliteConnectOptions;
 use tenancy_core::TenantId;
 use tenancy_core::crypto::CryptoError;
-use tenancy_core::crypto::keys::LocalKeyProvider;
+use tenancy_core::crypto::keys::{InMemoryKeyStore, Keyring, LocalKeyProvider};
 use tenancy_core::crypto::subject::{SubjectId, SubjectKeyStore, SubjectKeys};
 use tenancy_sqlx::sqlite::SqliteSubjectKeyStore;
 
 fn provider() -> Arc<LocalKeyProvider> {
     Arc::new(LocalKeyProvider::new(zeroize::Zeroizing::new([5u8; 32])))
+}
+
+fn keyring(key_store: &Arc<InMemoryKeyStore>) -> Arc<Keyring> {
+    Arc::new(Keyring::new(provider(), key_store.clone()))
 }
 
 #[tokio::test]
@@ -37,9 +41,10 @@ async fn tombstones_survive_a_restart() {
     let path = dir.path().join("subjects.sqlite3");
     let tenant = TenantId::new_v4();
     let s = SubjectId::new("customer:1").unwrap();
+    let key_store = Arc::new(InMemoryKeyStore::default());
     let ct = {
         let keys = SubjectKeys::new(
-            provider(),
+            keyring(&key_store),
             Arc::new(SqliteSubjectKeyStore::open(&path).await.unwrap()),
         );
         let ct = keys.encrypt(tenant, &s, b"f", b"v").await.unwrap();
@@ -47,7 +52,7 @@ async fn tombstones_survive_a_restart() {
         ct
     };
     let keys = SubjectKeys::new(
-        provider(),
+        keyring(&key_store),
         Arc::new(SqliteSubjectKeyStore::open(&path).await.unwrap()),
     );
     assert_eq!(
@@ -80,7 +85,8 @@ async fn erase_and_read(secure: bool) -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("subjects.sqlite3");
     let store = SqliteSubjectKeyStore::open(&path).await.unwrap();
-    let keys = SubjectKeys::new(provider(), Arc::new(store.clone()));
+    let key_store = Arc::new(InMemoryKeyStore::default());
+    let keys = SubjectKeys::new(keyring(&key_store), Arc::new(store.clone()));
     let tenant = TenantId::new_v4();
     for i in 0..50 {
         let s = SubjectId::new(format!("customer:{i}")).unwrap();

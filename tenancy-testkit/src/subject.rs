@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tenancy_core::TenantId;
 use tenancy_core::crypto::CryptoError;
-use tenancy_core::crypto::keys::KeyProvider;
+use tenancy_core::crypto::keys::{InMemoryKeyStore, KeyProvider, Keyring};
 use tenancy_core::crypto::subject::{StoredSubjectKey, SubjectId, SubjectKeyStore, SubjectKeys};
 
 /// Concurrent first uses of one subject in [`erasure`].
@@ -32,8 +32,10 @@ fn subject(s: &str) -> Result<SubjectId, String> {
     SubjectId::new(s).map_err(|e| e.to_string())
 }
 
-/// Runs the table on `store`, with subject keys wrapped by `provider`. An
-/// `Err` names the rule that broke.
+/// Runs the table on `store`, with subject keys wrapped by tenant data keys
+/// under `provider`'s KEKs. Each [`SubjectKeys`] has a keyring of its own
+/// over one shared key store, as separate processes would. An `Err` names
+/// the rule that broke.
 ///
 /// 1. values of two subjects decrypt; a value does not open as another
 ///    subject's or another tenant's;
@@ -50,7 +52,13 @@ pub async fn erasure(
     store: Arc<dyn SubjectKeyStore>,
     provider: Arc<dyn KeyProvider>,
 ) -> Result<ErasureReport, String> {
-    let fresh = || SubjectKeys::new(provider.clone(), store.clone());
+    let key_store = Arc::new(InMemoryKeyStore::default());
+    let fresh = || {
+        SubjectKeys::new(
+            Arc::new(Keyring::new(provider.clone(), key_store.clone())),
+            store.clone(),
+        )
+    };
     let keys = fresh();
     let (tenant, other) = (TenantId::new_v4(), TenantId::new_v4());
     let (a, b) = (subject("customer:a")?, subject("customer:b")?);
@@ -138,7 +146,7 @@ pub async fn erasure(
     match store.get(tenant, &a).await.map_err(|e| e.to_string())? {
         Some(k) if k.wrapped.is_none() && k.is_erased() => {}
         Some(k) if k.wrapped.is_some() => {
-            return Err("3. the store still holds A's wrapped key: a copy of it, with the tenant's KEK, opens A's data".into());
+            return Err("3. the store still holds A's wrapped key: a copy of it, with the tenant's keys, opens A's data".into());
         }
         other => return Err(format!("3. A's tombstone: {other:?}")),
     }

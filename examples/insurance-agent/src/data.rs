@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tenancy_core::audit::AuditEvent;
 use tenancy_core::audit::chain::{Anchor, ChainReport};
 use tenancy_core::crypto::keys::{KeyProvider, Keyring, LocalKeyProvider};
+use tenancy_core::crypto::subject::SubjectKeys;
 use tenancy_core::invite::InvitationStore;
 use tenancy_core::lifecycle::{Lifecycle, LifecycleError, Transition};
 use tenancy_core::store::{CachedStore, TenantStore, TenantUpdate, TenantWriter, WriteError};
@@ -24,8 +25,8 @@ use tenancy_core::{
     TenantContext, TenantId, TenantSlug, UserId,
 };
 use tenancy_sqlx::sqlite::{
-    SqliteAuditLog, SqliteChangeWatcher, SqliteControl, SqliteMembershipStore, SqliteTenantDb,
-    SqliteTenantStore, SqliteTenantTx, guard_table_sql,
+    SqliteAuditLog, SqliteChangeWatcher, SqliteControl, SqliteMembershipStore,
+    SqliteSubjectKeyStore, SqliteTenantDb, SqliteTenantStore, SqliteTenantTx, guard_table_sql,
 };
 use tenancy_sqlx::tenant_migrate::{RolloutReport, TenantMigration, TenantMigrator};
 use tenancy_sqlx::{
@@ -57,6 +58,11 @@ pub fn migrator() -> TenantMigrator {
             4,
             "who settled a payment",
             include_str!("../migrations/sqlite/0004_payment_settlement.sql"),
+        ),
+        TenantMigration::new(
+            5,
+            "customers forgotten on request",
+            include_str!("../migrations/sqlite/0005_customer_erasure.sql"),
         ),
     ]) {
         Ok(m) => m,
@@ -237,6 +243,7 @@ pub struct Data {
     backend: Backend,
     store: Arc<CachedStore<Arc<dyn TenantStore>>>,
     keyring: Arc<Keyring>,
+    subjects: Arc<SubjectKeys>,
     audit: AuditLog,
     _listeners: Option<Arc<(InvalidationListener, KeyInvalidationListener)>>,
     /// SQLite: changes made by other processes (the command line), read
@@ -510,6 +517,16 @@ pub fn key_provider(dir: &Path) -> Result<Arc<dyn KeyProvider>, DbError> {
     Ok(Arc::new(provider))
 }
 
+/// Data-subject keys: wrapped by the tenants' data keys in `keyring`, kept
+/// in `subject-keys.sqlite3` in the data directory — beside the KEKs, apart
+/// from the databases (on both backends), so a backup of the data holds
+/// only ciphertext and a forgotten customer's values never open again from
+/// any copy.
+pub async fn subject_keys(dir: &Path, keyring: Arc<Keyring>) -> Result<Arc<SubjectKeys>, DbError> {
+    let store = SqliteSubjectKeyStore::open(dir.join("subject-keys.sqlite3")).await?;
+    Ok(Arc::new(SubjectKeys::new(keyring, Arc::new(store))))
+}
+
 /// Where tenant KEKs live in AWS KMS (feature `kms`).
 #[cfg(feature = "kms")]
 #[derive(Clone)]
@@ -611,6 +628,7 @@ impl Data {
             .execute(control.pool())
             .await?;
         let keyring = Arc::new(Keyring::new(key_provider(dir)?, Arc::new(control.keys())));
+        let subjects = subject_keys(dir, keyring.clone()).await?;
         // High-risk events also go to the alert webhook, through the tenant
         // file's outbox in the transaction that records them.
         let audit = AuditLog::Sqlite(
@@ -634,6 +652,7 @@ impl Data {
                 migrator: migrator(),
             },
             keyring,
+            subjects,
             audit,
             _listeners: None,
             _watcher: Some(Arc::new(watcher)),
@@ -697,6 +716,7 @@ impl Data {
         // Another process (the command line) changing a tenant drops it from
         // this process's cache at once; so does shredding its keys.
         let keyring = Arc::new(keyring);
+        let subjects = subject_keys(dir, keyring.clone()).await?;
         let listen = match &urls.listen {
             Some(url) => {
                 sqlx::postgres::PgPoolOptions::new()
@@ -720,6 +740,7 @@ impl Data {
                 app_role,
             },
             keyring,
+            subjects,
             audit,
             _listeners: Some(Arc::new(listeners)),
             _watcher: None,
@@ -805,6 +826,12 @@ impl Data {
     /// The per-tenant keys (field encryption, blind indexes).
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
+    }
+
+    /// Data-subject keys (customers' sensitive fields; erased when a
+    /// customer is forgotten).
+    pub fn subjects(&self) -> &SubjectKeys {
+        &self.subjects
     }
 
     /// The tenant audit log.

@@ -29,4 +29,5 @@ pub mod postgres;
 pub mod seed;
 pub mod sensitive;
 pub mod server;
+pub mod subject;
 pub mod validate;

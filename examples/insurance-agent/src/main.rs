@@ -143,6 +143,40 @@ enum Command {
     /// Reports.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// A customer's data-subject rights: forget, export.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Forgets a customer on their request: destroys their data-subject key
+    /// (their encrypted fields never decrypt again, also from earlier
+    /// backups), redacts their personal fields and keeps the financial
+    /// records. Audited.
+    Forget {
+        /// The tenant.
+        slug: String,
+        /// The customer id.
+        id: String,
+        /// Who is acting (recorded as `operator:<name>`).
+        #[arg(long)]
+        operator: String,
+    },
+    /// Writes everything stored about a customer, decrypted, as JSON
+    /// (a subject-access request). Audited.
+    Export {
+        /// The tenant.
+        slug: String,
+        /// The customer id.
+        id: String,
+        /// Who is acting (recorded as `operator:<name>`).
+        #[arg(long)]
+        operator: String,
+        /// A new file to write (owner-readable only); without it, standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -425,7 +459,71 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Tenant(t) => tenant(&at, t).await,
         Command::Keys(k) => keys(&at, k).await,
         Command::Report(r) => report(&at, r).await,
+        Command::Customer(c) => customer(&at, c).await,
     }
+}
+
+async fn customer(at: &At, command: CustomerCommand) -> Result<(), Error> {
+    use insurance_agent::subject::{self, Requester};
+    let data = at.open().await?;
+    let (slug, id, operator) = match &command {
+        CustomerCommand::Forget { slug, id, operator }
+        | CustomerCommand::Export {
+            slug, id, operator, ..
+        } => (slug.clone(), id.clone(), operator.clone()),
+    };
+    if operator.trim().is_empty() {
+        return Err("--operator must name who is acting".into());
+    }
+    let tenant = find(&data, &slug).await?;
+    let id: insurance_agent::id::Id = id
+        .parse()
+        .map_err(|_| format!("{id:?} is not a customer id (a UUID)"))?;
+    let ctx = tenancy_core::TenantContext::new((*tenant).clone());
+    let by = Requester::Operator(operator.trim());
+    match command {
+        CustomerCommand::Forget { .. } => {
+            let done = subject::forget(&data, &ctx, by, id).await?;
+            println!(
+                "customer {} forgotten at {}{}; key destroyed: {}; kept {} policies and {} payments",
+                done.customer_id,
+                done.erased_at,
+                if done.already_erased {
+                    " (already)"
+                } else {
+                    ""
+                },
+                done.destroyed_key,
+                done.policies_kept,
+                done.payments_kept
+            );
+        }
+        CustomerCommand::Export { out, .. } => {
+            let export = subject::export(&data, &ctx, by, id).await?;
+            let json = serde_json::to_vec_pretty(&export)?;
+            match out {
+                Some(path) => {
+                    use std::io::Write as _;
+                    let mut f = insurance_agent::ops::private_file(&path).map_err(|e| {
+                        format!("{}: {e} (the file must not exist yet)", path.display())
+                    })?;
+                    f.write_all(&json)?;
+                    f.sync_all()?;
+                    println!(
+                        "written to {} (contains decrypted personal data: keep it private)",
+                        path.display()
+                    );
+                }
+                None => {
+                    use std::io::Write as _;
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&json)?;
+                    stdout.write_all(b"\n")?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(at: At, bind: SocketAddr, plans: Option<PathBuf>) -> Result<(), Error> {

@@ -206,7 +206,7 @@ pub async fn export_to(
 /// A new file only the owner can read: `O_CREAT | O_EXCL` (fails on an
 /// existing file or any symbolic link, dangling or not), mode 0600.
 #[cfg(unix)]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
@@ -216,7 +216,7 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 #[cfg(not(unix))]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+pub fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -279,7 +279,8 @@ pub async fn set_plan(
 }
 
 /// Purges an offboarded tenant whose grace period is over: crypto-shreds
-/// its keys (nothing it encrypted can be read again, backups included),
+/// its keys and its customers' subject keys (nothing it encrypted can be
+/// read again, backups included),
 /// deletes its data (its file on SQLite, its rows on PostgreSQL), removes its
 /// memberships, and marks it deleted.
 pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
@@ -290,6 +291,12 @@ pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
         .shred(tenant.id)
         .await
         .map_err(|e| ApiError::internal(format!("shredding keys: {e}")))?;
+    // The subject keys were wrapped by the KEKs just destroyed; their
+    // entries go too.
+    data.subjects()
+        .purge(tenant.id)
+        .await
+        .map_err(|e| ApiError::internal(format!("removing subject keys: {e}")))?;
     data.remove_tenant_data(tenant).await?;
     for m in data.memberships().members_of(tenant.id).await? {
         data.memberships()

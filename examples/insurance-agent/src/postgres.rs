@@ -34,6 +34,9 @@ pub fn upgrade_sql(schema: &str, version: i32) -> Vec<String> {
              ADD COLUMN IF NOT EXISTS refunded_by text, \
              ADD COLUMN IF NOT EXISTS refunded_at timestamptz"
         )],
+        3 => vec![format!(
+            "ALTER TABLE {s}.customers ADD COLUMN IF NOT EXISTS erased_at timestamptz"
+        )],
         _ => Vec::new(),
     }
 }
@@ -163,7 +166,7 @@ pub fn grants_sql(schema: &str, app_role: &str) -> Vec<String> {
 
 /// The application schema's version: 1 is the base schema, each later
 /// version one step of [`upgrade_sql`].
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Applies the system schema (`tenancy_sqlx::migrate`) and the application
 /// schema in `public` — as the owner, serialised between instances starting

@@ -1,10 +1,14 @@
 //! Customers' sensitive fields: validated and normalised, encrypted with
-//! the tenant's data key (bound to the column and the row, so a value
-//! copied elsewhere does not open), searchable by equality through keyed
-//! blind indexes (PAN, phone), and masked wherever the caller only reads.
+//! the customer's own data-subject key (wrapped by the tenant's KEK, bound
+//! to the customer, the column and the row, so a value copied elsewhere
+//! does not open), searchable by equality through keyed blind indexes (PAN,
+//! phone), and masked wherever the caller only reads. Forgetting the
+//! customer destroys the key ([`crate::subject`]). Values written before
+//! subject keys, with the tenant's data key, still open.
 
 use serde::{Deserialize, Serialize};
 use tenancy_core::TenantId;
+use tenancy_core::crypto::subject::is_subject_sealed;
 use tenancy_core::crypto::{CryptoError, from_text, to_text};
 
 use crate::api::ApiError;
@@ -128,6 +132,9 @@ fn context(field: &str, row: Id) -> Vec<u8> {
 
 #[allow(clippy::needless_pass_by_value)] // the shape `map_err` takes
 fn crypto_failed(e: CryptoError) -> ApiError {
+    if e == CryptoError::SubjectErased {
+        return ApiError::gone("this customer was forgotten: their personal data no longer exists");
+    }
     if e.is_retryable() {
         tracing::warn!(error = %e, "field encryption: keys unavailable");
         return ApiError::unavailable("encryption keys are not reachable right now; retry shortly");
@@ -145,9 +152,10 @@ async fn seal_one(
     match value {
         None => Ok(None),
         Some(v) => {
+            let subject = crate::subject::customer_subject(row)?;
             let ct = data
-                .keyring()
-                .encrypt(tenant, &context(field, row), v.as_bytes())
+                .subjects()
+                .encrypt(tenant, &subject, &context(field, row), v.as_bytes())
                 .await
                 .map_err(crypto_failed)?;
             Ok(Some(to_text(&ct)))
@@ -216,11 +224,22 @@ async fn open_one(
     };
     // A value that does not open is an error, never shown as ciphertext.
     let ct = from_text(text).map_err(crypto_failed)?;
-    let pt = data
-        .keyring()
-        .decrypt(tenant, &context(field, row), &ct)
-        .await
-        .map_err(crypto_failed)?;
+    let opened = if is_subject_sealed(&ct) {
+        let subject = crate::subject::customer_subject(row)?;
+        data.subjects()
+            .decrypt(tenant, &subject, &context(field, row), &ct)
+            .await
+    } else {
+        data.keyring()
+            .decrypt(tenant, &context(field, row), &ct)
+            .await
+    };
+    let pt = match opened {
+        Ok(pt) => pt,
+        // The customer was forgotten: the value no longer exists.
+        Err(CryptoError::SubjectErased) => return Ok(None),
+        Err(e) => return Err(crypto_failed(e)),
+    };
     let s = pt
         .as_str()
         .map_err(|e| ApiError::internal(format!("field encryption: {e}")))?;

@@ -39,13 +39,13 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tenancy_subject_keys (
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use tenancy_core::crypto::keys::LocalKeyProvider;
+/// use tenancy_core::crypto::keys::Keyring;
 /// use tenancy_core::crypto::subject::SubjectKeys;
 /// use tenancy_sqlx::sqlite::SqliteSubjectKeyStore;
 ///
-/// # async fn f(provider: LocalKeyProvider) -> Result<(), tenancy_sqlx::DbError> {
+/// # async fn f(keyring: Arc<Keyring>) -> Result<(), tenancy_sqlx::DbError> {
 /// let store = SqliteSubjectKeyStore::open("./keys/subject-keys.sqlite3").await?;
-/// let subjects = SubjectKeys::new(Arc::new(provider), Arc::new(store));
+/// let subjects = SubjectKeys::new(keyring, Arc::new(store));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -486,3 +486,58 @@ pub async fn deactivate(
     tx.commit().await?;
     Ok(http::StatusCode::NO_CONTENT)
 }
+
+/// Forgets a customer on their request (tenant admins only): their
+/// data-subject key is destroyed, so their encrypted fields never decrypt
+/// again — also from earlier backups; names, email and date of birth are
+/// redacted, the blind indexes cleared, the record deactivated. Policies
+/// and payments keep their financial records. Audited (`erase`); repeating
+/// it is harmless.
+#[utoipa::path(post, path = "/customers/{id}/forget", params(("id" = Id, Path)),
+    responses((status = 200, body = crate::subject::Forgotten), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn forget(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<Json<crate::subject::Forgotten>, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "only tenant admins may forget a customer",
+        ));
+    }
+    let done = crate::subject::forget(
+        &state.data,
+        &caller.ctx,
+        crate::subject::Requester::Caller,
+        id,
+    )
+    .await?;
+    Ok(Json(done))
+}
+
+/// Everything stored about one customer, decrypted, as JSON (a
+/// subject-access request; tenant admins only). Deactivated and forgotten
+/// customers are exported too. Audited (`export`).
+#[utoipa::path(get, path = "/customers/{id}/export", params(("id" = Id, Path)),
+    responses((status = 200, body = crate::subject::SubjectExport), (status = 403), (status = 404)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathOf(id): PathOf<Id>,
+) -> Result<Json<crate::subject::SubjectExport>, ApiError> {
+    if caller.role != Role::Admin {
+        return Err(ApiError::forbidden(
+            "only tenant admins may export a customer's data",
+        ));
+    }
+    let out = crate::subject::export(
+        &state.data,
+        &caller.ctx,
+        crate::subject::Requester::Caller,
+        id,
+    )
+    .await?;
+    Ok(Json(out))
+}

@@ -173,6 +173,8 @@ pub fn router(state: AppState) -> Router {
                 .patch(customers::update)
                 .delete(customers::deactivate),
         )
+        .route("/customers/{id}/forget", post(customers::forget))
+        .route("/customers/{id}/export", get(customers::export))
         .layer(TenantLayer::new(pipeline));
     Router::new()
         .route("/health", get(health))
@@ -264,6 +266,11 @@ impl ApiError {
             "Conflict",
             detail,
         )))
+    }
+
+    /// 410: the thing existed and was erased for good.
+    pub fn gone(detail: impl Into<String>) -> Self {
+        Self(Box::new(Problem::new(410, "app.gone", "Gone", detail)))
     }
 
     /// 422.

@@ -41,6 +41,8 @@ use super::{
         customers::create,
         customers::update,
         customers::deactivate,
+        customers::forget,
+        customers::export,
         policies::list,
         policies::get,
         policies::create,

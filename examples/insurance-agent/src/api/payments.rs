@@ -61,7 +61,7 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "y.id, y.policy_id, y.amount_minor, y.currency, y.due_date, y.paid_date, \
+pub(crate) const COLUMNS: &str = "y.id, y.policy_id, y.amount_minor, y.currency, y.due_date, y.paid_date, \
     y.method, y.status, y.transaction_ref, y.confirmed_by, y.confirmed_at, y.refunded_by, \
     y.refunded_at, y.created_at";
 
