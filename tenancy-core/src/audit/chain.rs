@@ -90,6 +90,20 @@ impl ChainKey {
         mac.update(canonical(event).as_bytes());
         mac.finalize().into_bytes().into()
     }
+
+    /// An HMAC of `parts` under this key, domain-separated by `label`
+    /// (checkpoints and archive seals use it; each part is length-prefixed).
+    pub fn mac(&self, label: &str, parts: &[&[u8]]) -> Hash {
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(&self.0) else {
+            return GENESIS;
+        };
+        mac.update(label.as_bytes());
+        for p in parts {
+            mac.update(&(p.len() as u64).to_be_bytes());
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
 }
 
 /// The canonical text of an event (what the chain hashes).
@@ -261,6 +275,18 @@ pub enum ChainBreak {
         /// The row.
         seq: u64,
     },
+    /// An archive segment's seal does not verify: the segment file was
+    /// edited, or was not sealed with this tenant's key.
+    SegmentSeal {
+        /// The segment's first row.
+        first: u64,
+    },
+    /// A checkpoint (where the live log or the retained history starts)
+    /// does not verify: it was forged or moved.
+    Checkpoint {
+        /// The position it claims.
+        seq: u64,
+    },
 }
 
 /// A chain's head recorded outside the database: the newest row's sequence
@@ -394,34 +420,106 @@ pub fn verify_anchored(
     rows: impl IntoIterator<Item = ChainedEvent>,
     anchors: &[Anchor],
 ) -> ChainReport {
-    let mut report = ChainReport {
-        rows: 0,
-        head: None,
-        breaks: Vec::new(),
-    };
-    let mut seen = vec![false; anchors.len()];
-    let mut prev_seq = 0u64;
-    let mut prev_hash = GENESIS;
+    let mut v = ChainVerifier::new(key, tenant, 0, GENESIS, anchors);
     for row in rows {
+        v.push(&row);
+    }
+    v.finish()
+}
+
+/// Verifies a chain row by row, from a starting point: the genesis, or a
+/// checkpoint where older rows were archived (`start_seq`, `start_hash`: the
+/// last row before the first one pushed). Rows are pushed in sequence order
+/// and need not be held in memory together.
+///
+/// Anchors at or before the starting point cannot be checked against live
+/// rows: one exactly at it is compared with `start_hash`, older ones are left
+/// to a verification that includes the archive.
+#[derive(Debug)]
+pub struct ChainVerifier<'a> {
+    key: &'a ChainKey,
+    tenant: TenantId,
+    anchors: &'a [Anchor],
+    seen: Vec<bool>,
+    prev_seq: u64,
+    prev_hash: Hash,
+    report: ChainReport,
+}
+
+impl<'a> ChainVerifier<'a> {
+    /// A verifier whose first row must be `start_seq + 1`, linked to `start_hash`.
+    pub fn new(
+        key: &'a ChainKey,
+        tenant: TenantId,
+        start_seq: u64,
+        start_hash: Hash,
+        anchors: &'a [Anchor],
+    ) -> Self {
+        let mut report = ChainReport {
+            rows: 0,
+            head: (start_seq > 0).then_some((start_seq, start_hash)),
+            breaks: Vec::new(),
+        };
+        let seen = anchors
+            .iter()
+            .map(|a| {
+                if a.seq < start_seq {
+                    true
+                } else if a.seq == start_seq {
+                    if a.hash != start_hash {
+                        report
+                            .breaks
+                            .push(ChainBreak::AnchorMismatch { seq: a.seq });
+                    }
+                    true
+                } else {
+                    false
+                }
+            })
+            .collect();
+        Self {
+            key,
+            tenant,
+            anchors,
+            seen,
+            prev_seq: start_seq,
+            prev_hash: start_hash,
+            report,
+        }
+    }
+
+    /// Records a break found outside the rows (a broken seal, a forged checkpoint).
+    pub fn note(&mut self, b: ChainBreak) {
+        self.report.breaks.push(b);
+    }
+
+    /// Where the verified chain ends so far (`seq`, `hash`).
+    pub fn position(&self) -> (u64, Hash) {
+        (self.prev_seq, self.prev_hash)
+    }
+
+    /// Checks the next row.
+    pub fn push(&mut self, row: &ChainedEvent) {
+        let report = &mut self.report;
         report.rows += 1;
-        if row.event.tenant != tenant {
+        if row.event.tenant != self.tenant {
             report
                 .breaks
                 .push(ChainBreak::ForeignTenant { seq: row.seq });
         }
-        if row.seq != prev_seq + 1 {
+        if row.seq != self.prev_seq + 1 {
             report.breaks.push(ChainBreak::Missing {
-                after: prev_seq,
+                after: self.prev_seq,
                 next: row.seq,
             });
         }
-        if row.prev_hash != prev_hash {
+        if row.prev_hash != self.prev_hash {
             report.breaks.push(ChainBreak::Relinked { seq: row.seq });
         }
-        if key.link(&row.prev_hash, row.seq, &row.event) != row.hash {
+        if self.key.link(&row.prev_hash, row.seq, &row.event) != row.hash {
             report.breaks.push(ChainBreak::Modified { seq: row.seq });
         }
-        for (anchor, seen) in anchors.iter().zip(seen.iter_mut()) {
+        for (anchor, seen) in self.anchors.iter().zip(self.seen.iter_mut()) {
             if anchor.seq == row.seq {
                 *seen = true;
                 if anchor.hash != row.hash {
@@ -431,17 +529,21 @@ pub fn verify_anchored(
                 }
             }
         }
-        prev_seq = row.seq;
-        prev_hash = row.hash;
+        self.prev_seq = row.seq;
+        self.prev_hash = row.hash;
         report.head = Some((row.seq, row.hash));
     }
-    for (anchor, seen) in anchors.iter().zip(seen) {
-        if !seen {
-            report.breaks.push(ChainBreak::Truncated {
-                anchored: anchor.seq,
-                head: report.head.map_or(0, |(seq, _)| seq),
-            });
+
+    /// The report, with anchors past the last row reported as truncation.
+    pub fn finish(mut self) -> ChainReport {
+        for (anchor, seen) in self.anchors.iter().zip(&self.seen) {
+            if !seen {
+                self.report.breaks.push(ChainBreak::Truncated {
+                    anchored: anchor.seq,
+                    head: self.report.head.map_or(0, |(seq, _)| seq),
+                });
+            }
         }
+        self.report
     }
-    report
 }

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{TenantContext, TenantId};
 
+pub mod archive;
 pub mod chain;
 mod queue;
 
