@@ -6,7 +6,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use tenancy_core::TenantId;
-use tenancy_core::audit::chain::{self, ChainKey, ChainReport, ChainedEvent, GENESIS, Hash};
+use tenancy_core::audit::archive::{
+    self, ArchiveDir, ArchiveError, ArchiveReport, Checkpoint, Retention, Segment,
+};
+use tenancy_core::audit::chain::{
+    self, ChainBreak, ChainKey, ChainReport, ChainVerifier, ChainedEvent, GENESIS, Hash,
+};
 use tenancy_core::audit::{
     AuditActor, AuditError, AuditEvent, AuditSink, ComplianceFlags, ComplianceRules,
 };
@@ -176,6 +181,49 @@ struct Row {
 const COLUMNS: &str = "seq, at, actor_kind, actor_id, action, resource_type, resource_id, fields, \
                        record_count, details, ip, user_agent, flags, prev_hash, hash";
 
+/// What one [`PgAuditLog::archive`] (or `SqliteAuditLog::archive`) run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ArchiveRun {
+    /// Segments written.
+    pub segments: u64,
+    /// Rows moved from the live log into them.
+    pub archived_rows: u64,
+    /// Archived rows destroyed by the maximum retention.
+    pub destroyed_rows: u64,
+    /// The live log's checkpoint afterwards, if it moved.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+async fn lock_chain(conn: &mut PgConnection, tenant: TenantId) -> Result<(), DbError> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('tenancy.audit_log:' || $1::text, 0))",
+    )
+    .bind(tenant.as_uuid())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn read_checkpoint(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+) -> Result<Option<Checkpoint>, DbError> {
+    let row: Option<(i64, Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, hash, mac FROM tenancy.audit_checkpoints WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.map(|(seq, hash, mac)| {
+        Ok(Checkpoint {
+            seq: u64::try_from(seq).map_err(|_| invalid("checkpoint seq"))?,
+            hash: hash.try_into().map_err(|_| invalid("checkpoint hash"))?,
+            mac: mac.try_into().map_err(|_| invalid("checkpoint mac"))?,
+        })
+    })
+    .transpose()
+}
+
 fn invalid(reason: impl Into<String>) -> DbError {
     DbError::InvalidData {
         what: "tenancy.audit_log",
@@ -285,8 +333,12 @@ impl PgAuditLog {
         .bind(tenant.as_uuid())
         .execute(&mut *conn)
         .await?;
+        // The newest live row or, once everything was archived, the checkpoint.
         let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT seq, hash FROM tenancy.audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, hash FROM (\
+                 (SELECT seq, hash FROM tenancy.audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1) \
+                 UNION ALL SELECT seq, hash FROM tenancy.audit_checkpoints WHERE tenant_id = $1) h \
+             ORDER BY seq DESC LIMIT 1",
         )
         .bind(tenant.as_uuid())
         .fetch_optional(&mut *conn)
@@ -351,12 +403,39 @@ impl PgAuditLog {
     /// [`Self::verify_chain`], also against heads recorded earlier
     /// ([`chain::verify_anchored`]): detects removal of the newest events,
     /// even once the log has grown again over the same sequence numbers.
+    ///
+    /// Once older events were archived ([`Self::archive`]) the live log
+    /// verifies from the tenant's checkpoint; a checkpoint that does not
+    /// verify is [`ChainBreak::Checkpoint`], and missing rows right after it
+    /// are [`ChainBreak::Missing`]. Anchors older than the checkpoint are
+    /// checked by [`Self::verify_archive`].
     pub async fn verify_chain_anchored(
         &self,
         tenant: TenantId,
         anchors: &[chain::Anchor],
     ) -> Result<ChainReport, DbError> {
+        let (checkpoint, rows) = self.live(tenant).await?;
+        let key = self.key(tenant);
+        let (seq, hash) = checkpoint.map_or((0, GENESIS), |c| (c.seq, c.hash));
+        let mut v = ChainVerifier::new(&key, tenant, seq, hash, anchors);
+        if let Some(c) = checkpoint
+            && !c.is_authentic(&key)
+        {
+            v.note(ChainBreak::Checkpoint { seq: c.seq });
+        }
+        for r in &rows {
+            v.push(r);
+        }
+        Ok(v.finish())
+    }
+
+    /// The tenant's checkpoint and live rows, in one snapshot.
+    async fn live(
+        &self,
+        tenant: TenantId,
+    ) -> Result<(Option<Checkpoint>, Vec<ChainedEvent>), DbError> {
         let mut tx = self.db.begin_for_id(tenant).await?;
+        let checkpoint = read_checkpoint(&mut tx, tenant).await?;
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {COLUMNS} FROM tenancy.audit_log WHERE tenant_id = $1 ORDER BY seq"
         ))
@@ -368,12 +447,128 @@ impl PgAuditLog {
             .into_iter()
             .map(|r| r.into_chained(tenant))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(chain::verify_anchored(
+        Ok((checkpoint, rows))
+    }
+
+    /// The tenant's checkpoint: where its live log starts after archival.
+    pub async fn checkpoint(&self, tenant: TenantId) -> Result<Option<Checkpoint>, DbError> {
+        let mut tx = self.db.begin_for_id(tenant).await?;
+        let c = read_checkpoint(&mut tx, tenant).await?;
+        tx.commit().await?;
+        Ok(c)
+    }
+
+    /// Verifies the tenant's whole retained chain: the archive in `dir`
+    /// (from its floor, segment by segment), then the live log, against
+    /// `anchors` ([`archive::verify_archive`]).
+    pub async fn verify_archive(
+        &self,
+        tenant: TenantId,
+        dir: &ArchiveDir,
+        anchors: &[chain::Anchor],
+    ) -> Result<ArchiveReport, DbError> {
+        let (checkpoint, rows) = self.live(tenant).await?;
+        Ok(archive::verify_archive(
             &self.key(tenant),
             tenant,
+            dir,
+            checkpoint.as_ref(),
             rows,
             anchors,
-        ))
+        )?)
+    }
+
+    /// Archives the tenant's events older than `retention`'s minimum: seals
+    /// them into segments of at most `batch` rows in `dir`, then moves the
+    /// checkpoint and deletes them from the live log, one transaction per
+    /// segment; afterwards destroys archived segments older than the
+    /// maximum. Runs as the **owner** (`owner`: a pool of the role that
+    /// applied the migrations): the application role can neither delete
+    /// audit rows nor move checkpoints, and even the owner cannot delete a
+    /// row past its tenant's checkpoint. A chain that does not verify is not
+    /// archived ([`ArchiveError::Broken`](archive::ArchiveError::Broken)).
+    pub async fn archive(
+        &self,
+        owner: &sqlx::PgPool,
+        tenant: TenantId,
+        retention: &Retention,
+        dir: &ArchiveDir,
+        now: DateTime<Utc>,
+        batch: usize,
+    ) -> Result<ArchiveRun, DbError> {
+        let key = self.key(tenant);
+        let cutoff = retention.archive_before(now);
+        let batch = batch.clamp(1, 100_000);
+        let mut run = ArchiveRun::default();
+        loop {
+            let mut tx = owner.begin().await?;
+            lock_chain(&mut tx, tenant).await?;
+            let checkpoint = read_checkpoint(&mut tx, tenant).await?;
+            if let Some(c) = checkpoint
+                && !c.is_authentic(&key)
+            {
+                return Err(ArchiveError::Broken(ChainBreak::Checkpoint { seq: c.seq }).into());
+            }
+            let after = checkpoint.map_or((0, GENESIS), |c| (c.seq, c.hash));
+            let rows: Vec<Row> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM tenancy.audit_log WHERE tenant_id = $1 AND seq > $2 \
+                 ORDER BY seq LIMIT $3"
+            ))
+            .bind(tenant.as_uuid())
+            .bind(i64::try_from(after.0).map_err(|_| invalid("seq"))?)
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            let rows: Vec<ChainedEvent> = rows
+                .into_iter()
+                .map(|r| r.into_chained(tenant))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .take_while(|r| r.event.at < cutoff)
+                .collect();
+            let Some(last) = rows.last() else { break };
+            let (last_seq, last_hash) = (last.seq, last.hash);
+            let n = rows.len() as u64;
+            let segment = Segment::seal(&key, tenant, after, rows, now)?;
+            dir.write(&segment)?;
+            let cp = Checkpoint::new(&key, last_seq, last_hash);
+            sqlx::query(
+                "INSERT INTO tenancy.audit_checkpoints (tenant_id, seq, hash, mac, archived_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE \
+                 SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, \
+                     archived_at = excluded.archived_at",
+            )
+            .bind(tenant.as_uuid())
+            .bind(i64::try_from(cp.seq).map_err(|_| invalid("seq"))?)
+            .bind(cp.hash.as_slice())
+            .bind(cp.mac.as_slice())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND seq <= $2")
+                .bind(tenant.as_uuid())
+                .bind(i64::try_from(cp.seq).map_err(|_| invalid("seq"))?)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            run.segments += 1;
+            run.archived_rows += n;
+            run.checkpoint = Some(cp);
+            if n < batch as u64 {
+                break;
+            }
+        }
+        if let Some(before) = retention.destroy_before(now) {
+            run.destroyed_rows = dir.destroy_before(&key, tenant, before)?;
+        }
+        tracing::info!(
+            tenant.id = %tenant,
+            segments = run.segments,
+            archived = run.archived_rows,
+            destroyed = run.destroyed_rows,
+            "audit log archived"
+        );
+        Ok(run)
     }
 
     /// Events of `tenant` matching `q`, newest first, one page.

@@ -94,6 +94,9 @@ pub enum DbError {
     /// A write would break a uniqueness rule (slug, domain, id).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Archiving the audit log failed (see the message); nothing was pruned.
+    #[error(transparent)]
+    Archive(#[from] tenancy_core::audit::archive::ArchiveError),
 }
 
 impl DbError {

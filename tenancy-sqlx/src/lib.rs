@@ -27,7 +27,7 @@ pub mod sqlite;
 mod store;
 pub mod tenant_migrate;
 
-pub use audit_log::{ActivityLine, AuditPage, AuditQuery, PgAuditLog};
+pub use audit_log::{ActivityLine, ArchiveRun, AuditPage, AuditQuery, PgAuditLog};
 pub use db::{PoolHygiene, TENANT_SETTING, TenantDb, TenantTx};
 pub use error::DbError;
 pub use health::DatabaseProbe;

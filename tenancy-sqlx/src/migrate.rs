@@ -116,6 +116,7 @@ pub async fn grant_system_read(conn: &mut PgConnection, role: &str) -> Result<()
                    tenancy.monthly_usage TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.tenant_settings TO {role}; \
              GRANT SELECT, INSERT ON tenancy.audit_log TO {role}; \
+             GRANT SELECT ON tenancy.audit_checkpoints TO {role}; \
              GRANT INSERT (id, tenant_id, channel, topic, payload) ON tenancy.outbox TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.invitations TO {role}; \
              GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.signin_attempts TO {role}; \

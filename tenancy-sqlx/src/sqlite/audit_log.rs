@@ -5,16 +5,23 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tenancy_core::TenantId;
-use tenancy_core::audit::chain::{self, ChainKey, ChainReport, ChainedEvent, GENESIS, Hash};
+use tenancy_core::audit::archive::{
+    self, ArchiveDir, ArchiveError, ArchiveReport, Checkpoint, Retention, Segment,
+};
+use tenancy_core::audit::chain::{
+    self, ChainBreak, ChainKey, ChainReport, ChainVerifier, ChainedEvent, GENESIS, Hash,
+};
 use tenancy_core::audit::{AuditEvent, ComplianceRules};
 use zeroize::Zeroizing;
 
 use super::SqliteTenantTx;
-use crate::{AuditPage, AuditQuery, DbError};
+use crate::{ArchiveRun, AuditPage, AuditQuery, DbError};
 
 /// The audit table inside every tenant file (created with the file, and by
 /// every migration run for older files): append-only — triggers refuse
-/// `UPDATE` and `DELETE` — and chained (see [`tenancy_core::audit::chain`]).
+/// `UPDATE`, and `DELETE` of any row past the archival checkpoint — and
+/// chained (see [`tenancy_core::audit::chain`]); plus the checkpoint,
+/// which only moves forward.
 pub(crate) const AUDIT_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenancy_audit_log (\
      seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor_id TEXT NOT NULL, action TEXT NOT NULL, \
      resource_type TEXT NOT NULL, flags TEXT NOT NULL, event TEXT NOT NULL, \
@@ -22,8 +29,18 @@ pub(crate) const AUDIT_TABLE: &str = "CREATE TABLE IF NOT EXISTS tenancy_audit_l
      CREATE INDEX IF NOT EXISTS tenancy_audit_log_at ON tenancy_audit_log (at); \
      CREATE TRIGGER IF NOT EXISTS tenancy_audit_log_no_update BEFORE UPDATE ON tenancy_audit_log \
      BEGIN SELECT RAISE(ABORT, 'tenancy: the audit log is append-only'); END; \
-     CREATE TRIGGER IF NOT EXISTS tenancy_audit_log_no_delete BEFORE DELETE ON tenancy_audit_log \
-     BEGIN SELECT RAISE(ABORT, 'tenancy: the audit log is append-only'); END";
+     CREATE TABLE IF NOT EXISTS tenancy_audit_checkpoint (\
+     id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL CHECK (seq >= 1), \
+     hash BLOB NOT NULL, mac BLOB NOT NULL, archived_at TEXT NOT NULL); \
+     DROP TRIGGER IF EXISTS tenancy_audit_log_no_delete; \
+     CREATE TRIGGER tenancy_audit_log_no_delete BEFORE DELETE ON tenancy_audit_log \
+     WHEN OLD.seq > coalesce((SELECT seq FROM tenancy_audit_checkpoint WHERE id = 1), 0) \
+     BEGIN SELECT RAISE(ABORT, 'tenancy: the audit log is append-only (only archived events are pruned)'); END; \
+     CREATE TRIGGER IF NOT EXISTS tenancy_audit_checkpoint_forward BEFORE UPDATE ON tenancy_audit_checkpoint \
+     WHEN NEW.seq < OLD.seq \
+     BEGIN SELECT RAISE(ABORT, 'tenancy: audit checkpoints only move forward'); END; \
+     CREATE TRIGGER IF NOT EXISTS tenancy_audit_checkpoint_kept BEFORE DELETE ON tenancy_audit_checkpoint \
+     BEGIN SELECT RAISE(ABORT, 'tenancy: audit checkpoints are kept'); END";
 
 /// The audit log of SQLite tenants, written in the tenant's own transaction
 /// (so an event commits or rolls back with the change it describes).
@@ -118,10 +135,15 @@ impl SqliteAuditLog {
         }
         event.validate().map_err(|e| invalid(e.to_string()))?;
         let event = event.classify(&self.rules);
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, hash FROM tenancy_audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?;
+        // The newest live row or, once everything was archived, the checkpoint.
+        let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, hash FROM (\
+                 SELECT * FROM (SELECT seq, hash FROM tenancy_audit_log ORDER BY seq DESC LIMIT 1) \
+                 UNION ALL SELECT seq, hash FROM tenancy_audit_checkpoint WHERE id = 1) \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
         let (prev_seq, prev_hash) = match last {
             Some((seq, hash)) => (
                 u64::try_from(seq).map_err(|_| invalid("seq"))?,
@@ -168,27 +190,143 @@ impl SqliteAuditLog {
 
     /// [`Self::verify_chain`], also against heads recorded earlier
     /// ([`chain::verify_anchored`]): detects removal of the newest events.
+    /// After archival the live log verifies from the checkpoint (see
+    /// [`PgAuditLog::verify_chain_anchored`](crate::PgAuditLog::verify_chain_anchored)).
     pub async fn verify_chain_anchored(
         &self,
         tx: &mut SqliteTenantTx,
         anchors: &[chain::Anchor],
     ) -> Result<ChainReport, DbError> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log ORDER BY seq",
-        )
-        .fetch_all(&mut **tx)
-        .await?;
-        let rows = rows
-            .into_iter()
-            .map(chained)
-            .collect::<Result<Vec<_>, _>>()?;
         let tenant = tx.tenant_id();
-        Ok(chain::verify_anchored(
+        let checkpoint = self.checkpoint(tx).await?;
+        let rows = live_rows(tx).await?;
+        let key = self.key(tenant);
+        let (seq, hash) = checkpoint.map_or((0, GENESIS), |c| (c.seq, c.hash));
+        let mut v = ChainVerifier::new(&key, tenant, seq, hash, anchors);
+        if let Some(c) = checkpoint
+            && !c.is_authentic(&key)
+        {
+            v.note(ChainBreak::Checkpoint { seq: c.seq });
+        }
+        for r in &rows {
+            v.push(r);
+        }
+        Ok(v.finish())
+    }
+
+    /// The tenant's checkpoint: where its live log starts after archival.
+    pub async fn checkpoint(&self, tx: &mut SqliteTenantTx) -> Result<Option<Checkpoint>, DbError> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, hash, mac FROM tenancy_audit_checkpoint WHERE id = 1")
+                .fetch_optional(&mut **tx)
+                .await?;
+        row.map(|(seq, hash, mac)| {
+            Ok(Checkpoint {
+                seq: u64::try_from(seq).map_err(|_| invalid("checkpoint seq"))?,
+                hash: hash.try_into().map_err(|_| invalid("checkpoint hash"))?,
+                mac: mac.try_into().map_err(|_| invalid("checkpoint mac"))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Verifies the tenant's whole retained chain: the archive in `dir`,
+    /// then the live log in `tx`, against `anchors`.
+    pub async fn verify_archive(
+        &self,
+        tx: &mut SqliteTenantTx,
+        dir: &ArchiveDir,
+        anchors: &[chain::Anchor],
+    ) -> Result<ArchiveReport, DbError> {
+        let tenant = tx.tenant_id();
+        let checkpoint = self.checkpoint(tx).await?;
+        let rows = live_rows(tx).await?;
+        Ok(archive::verify_archive(
             &self.key(tenant),
             tenant,
+            dir,
+            checkpoint.as_ref(),
             rows,
             anchors,
-        ))
+        )?)
+    }
+
+    /// Archives the tenant's events older than `retention`'s minimum into
+    /// segments of at most `batch` rows in `dir`, moves the checkpoint and
+    /// prunes them, in `tx` (open it with `begin_immediate`; commit it
+    /// after); then destroys segments older than the maximum. The file's
+    /// triggers refuse deleting a row past the checkpoint. A chain that does
+    /// not verify is not archived.
+    pub async fn archive(
+        &self,
+        tx: &mut SqliteTenantTx,
+        retention: &Retention,
+        dir: &ArchiveDir,
+        now: DateTime<Utc>,
+        batch: usize,
+    ) -> Result<ArchiveRun, DbError> {
+        let tenant = tx.tenant_id();
+        let key = self.key(tenant);
+        let cutoff = retention.archive_before(now);
+        let batch = batch.clamp(1, 100_000);
+        let mut run = ArchiveRun::default();
+        loop {
+            let checkpoint = self.checkpoint(tx).await?;
+            if let Some(c) = checkpoint
+                && !c.is_authentic(&key)
+            {
+                return Err(ArchiveError::Broken(ChainBreak::Checkpoint { seq: c.seq }).into());
+            }
+            let after = checkpoint.map_or((0, GENESIS), |c| (c.seq, c.hash));
+            let rows: Vec<Row> = sqlx::query_as(
+                "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log WHERE seq > $1 \
+                 ORDER BY seq LIMIT $2",
+            )
+            .bind(i64::try_from(after.0).map_err(|_| invalid("seq"))?)
+            .bind(i64::try_from(batch).unwrap_or(i64::MAX))
+            .fetch_all(&mut **tx)
+            .await?;
+            let rows: Vec<ChainedEvent> = rows
+                .into_iter()
+                .map(chained)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .take_while(|r| r.event.at < cutoff)
+                .collect();
+            let Some(last) = rows.last() else { break };
+            let (last_seq, last_hash) = (last.seq, last.hash);
+            let n = rows.len() as u64;
+            let segment = Segment::seal(&key, tenant, after, rows, now)?;
+            dir.write(&segment)?;
+            let cp = Checkpoint::new(&key, last_seq, last_hash);
+            let seq = i64::try_from(cp.seq).map_err(|_| invalid("seq"))?;
+            sqlx::query(
+                "INSERT INTO tenancy_audit_checkpoint (id, seq, hash, mac, archived_at) \
+                 VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO UPDATE \
+                 SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, \
+                     archived_at = excluded.archived_at",
+            )
+            .bind(seq)
+            .bind(cp.hash.as_slice())
+            .bind(cp.mac.as_slice())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query("DELETE FROM tenancy_audit_log WHERE seq <= $1")
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
+            run.segments += 1;
+            run.archived_rows += n;
+            run.checkpoint = Some(cp);
+            if n < batch as u64 {
+                break;
+            }
+        }
+        if let Some(before) = retention.destroy_before(now) {
+            run.destroyed_rows = dir.destroy_before(&key, tenant, before)?;
+        }
+        Ok(run)
     }
 
     /// Events matching `q`, newest first, one page.
@@ -247,4 +385,12 @@ impl SqliteAuditLog {
             .map(|r| chained(r).map(|c| (c.seq, c.event)))
             .collect()
     }
+}
+
+async fn live_rows(tx: &mut SqliteTenantTx) -> Result<Vec<ChainedEvent>, DbError> {
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT seq, event, prev_hash, hash FROM tenancy_audit_log ORDER BY seq")
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.into_iter().map(chained).collect()
 }
