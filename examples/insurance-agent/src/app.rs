@@ -260,6 +260,39 @@ pub fn session_key(dir: &Path) -> Result<Vec<u8>, Error> {
     Ok(crate::data::secret_file(dir, "session.key")?.to_vec())
 }
 
+/// Once a day, every tenant's audit events older than its retention
+/// minimum are sealed into archive segments and pruned from the live log
+/// (`insurance-agent audit archive` does the same on demand).
+fn spawn_audit_archival(data: &Data) -> JoinHandle<()> {
+    let data = data.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let tenants = match data.tenant_store().list().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit archival: tenants not listed");
+                    continue;
+                }
+            };
+            for t in tenants {
+                let retention = match crate::api::settings::audit_retention_of(&t.settings) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(tenant.id = %t.id, error = ?e, "audit archival: bad retention");
+                        continue;
+                    }
+                };
+                if let Err(e) = data.archive_audit(&t, &retention, chrono::Utc::now()).await {
+                    tracing::warn!(tenant.id = %t.id, error = %e, "audit log not archived");
+                }
+            }
+        }
+    })
+}
+
 /// Opens the data directory (seeding the demo on first run) and starts
 /// serving on `config.bind`.
 pub async fn start(config: &Config) -> Result<Running, Error> {
@@ -324,7 +357,8 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     };
     let listener = crate::server::bind(config.bind).await?;
     let addr = listener.local_addr()?;
-    let deliverers = crate::billing::spawn(&data, &config.billing, &config.data_dir)?;
+    let mut deliverers = crate::billing::spawn(&data, &config.billing, &config.data_dir)?;
+    deliverers.push(spawn_audit_archival(&data));
     let (stop, stopped) = oneshot::channel::<()>();
     let drain = Arc::new(Drain::default());
     let app = api::router(state).layer(axum::middleware::from_fn_with_state(

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tenancy_core::audit::AuditEvent;
+use tenancy_core::audit::archive::{ArchiveDir, ArchiveReport, Retention};
 use tenancy_core::audit::chain::{Anchor, ChainReport};
 use tenancy_core::crypto::keys::{KeyProvider, Keyring, LocalKeyProvider};
 use tenancy_core::crypto::subject::SubjectKeys;
@@ -30,8 +31,8 @@ use tenancy_sqlx::sqlite::{
 };
 use tenancy_sqlx::tenant_migrate::{RolloutReport, TenantMigration, TenantMigrator};
 use tenancy_sqlx::{
-    AuditPage, AuditQuery, DbError, InvalidationListener, KeyInvalidationListener, PgAuditLog,
-    PgInvitationStore, PgKeyStore, PgMembershipStore, PgTenantStore, TenantDb,
+    ArchiveRun, AuditPage, AuditQuery, DbError, InvalidationListener, KeyInvalidationListener,
+    PgAuditLog, PgInvitationStore, PgKeyStore, PgMembershipStore, PgTenantStore, TenantDb,
 };
 
 /// The tables of a tenant file that carry `tenant_id`.
@@ -168,6 +169,23 @@ impl AuditLog {
             (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.verify_chain_anchored(t, anchors).await,
             (AuditLog::Postgres(log), Tx::Postgres(t)) => {
                 log.verify_chain_anchored(t.tenant_id(), anchors).await
+            }
+            (_, tx) => Err(mismatch(tx)),
+        }
+    }
+
+    /// Verifies the tenant's whole retained chain: the archive segments in
+    /// `dir`, then the live log from its checkpoint, against `anchors`.
+    pub async fn verify_archive(
+        &self,
+        tx: &mut Tx,
+        dir: &ArchiveDir,
+        anchors: &[Anchor],
+    ) -> Result<ArchiveReport, DbError> {
+        match (self, tx) {
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.verify_archive(t, dir, anchors).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => {
+                log.verify_archive(t.tenant_id(), dir, anchors).await
             }
             (_, tx) => Err(mismatch(tx)),
         }
@@ -837,6 +855,43 @@ impl Data {
     /// The tenant audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Where archived audit segments go: `audit-archive/<tenant>/` in the
+    /// data directory (on both backends).
+    pub fn audit_archive(&self) -> ArchiveDir {
+        ArchiveDir::new(self.dir.join("audit-archive"))
+    }
+
+    /// Archives `tenant`'s audit events older than its retention minimum
+    /// and destroys archived ones older than its maximum: in the tenant's
+    /// file on SQLite; with the owner role on PostgreSQL (the application
+    /// role cannot prune the audit log).
+    pub async fn archive_audit(
+        &self,
+        tenant: &Tenant,
+        retention: &Retention,
+        now: DateTime<Utc>,
+    ) -> Result<ArchiveRun, DbError> {
+        const BATCH: usize = 10_000;
+        let dir = self.audit_archive();
+        match (&self.backend, &self.audit) {
+            (Backend::Sqlite { tenants, .. }, AuditLog::Sqlite(log)) => {
+                let ctx = TenantContext::new(tenant.clone());
+                let mut tx = tenants.begin_immediate(&ctx).await?;
+                let run = log.archive(&mut tx, retention, &dir, now, BATCH).await?;
+                tx.commit().await?;
+                Ok(run)
+            }
+            (Backend::Postgres { owner, .. }, AuditLog::Postgres(log)) => {
+                log.archive(owner, tenant.id, retention, &dir, now, BATCH)
+                    .await
+            }
+            _ => Err(DbError::Placement {
+                tenant: tenant.id,
+                reason: "the audit log and the data are on different backends".into(),
+            }),
+        }
     }
 
     /// The data directory (secrets; on SQLite also the databases).

@@ -146,6 +146,24 @@ enum Command {
     /// A customer's data-subject rights: forget, export.
     #[command(subcommand)]
     Customer(CustomerCommand),
+    /// Audit log retention.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Seals audit events older than the tenant's retention minimum into
+    /// archive segments (`audit-archive/` in the data directory) and prunes
+    /// them from the live log; destroys archived events older than its
+    /// maximum. The server does this daily.
+    Archive {
+        /// The tenant (omit with --all).
+        slug: Option<String>,
+        /// Every tenant.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,7 +225,8 @@ enum ReportCommand {
         #[arg(long, default_value_t = 30)]
         days: i64,
     },
-    /// Verifies the tenant's audit hash chain.
+    /// Verifies the tenant's audit hash chain across its archive segments
+    /// and the live log.
     Audit {
         /// The tenant.
         slug: String,
@@ -460,7 +479,35 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Keys(k) => keys(&at, k).await,
         Command::Report(r) => report(&at, r).await,
         Command::Customer(c) => customer(&at, c).await,
+        Command::Audit(AuditCommand::Archive { slug, all }) => archive_audit(&at, slug, all).await,
     }
+}
+
+async fn archive_audit(at: &At, slug: Option<String>, all: bool) -> Result<(), Error> {
+    let data = at.open().await?;
+    let tenants = match (slug, all) {
+        (Some(s), false) => vec![find(&data, &s).await?],
+        (None, true) => data.tenant_store().list().await?,
+        _ => return Err("name one tenant, or --all".into()),
+    };
+    let now = chrono::Utc::now();
+    for t in tenants {
+        let retention = insurance_agent::api::settings::audit_retention_of(&t.settings)?;
+        let run = data.archive_audit(&t, &retention, now).await?;
+        println!(
+            "{}: {} events archived in {} segments, {} destroyed (retention {} days live{})",
+            t.slug,
+            run.archived_rows,
+            run.segments,
+            run.destroyed_rows,
+            retention.min_days,
+            retention
+                .max_days
+                .map(|d| format!(", {d} in all"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 async fn customer(at: &At, command: CustomerCommand) -> Result<(), Error> {
@@ -685,11 +732,22 @@ async fn report(at: &At, command: ReportCommand) -> Result<(), Error> {
             let ctx = tenancy_core::TenantContext::new((*t).clone());
             let mut tx = data.begin(&ctx).await?;
             let anchors: Vec<_> = anchor.into_iter().collect();
-            let r = data.audit().verify_chain(&mut tx, &anchors).await?;
+            let report = data
+                .audit()
+                .verify_archive(&mut tx, &data.audit_archive(), &anchors)
+                .await?;
             tx.commit().await?;
+            let r = &report.chain;
             println!(
-                "{slug}: {} events, {}",
-                r.rows,
+                "{slug}: {} archived events in {} segments{} + {} live events, {}",
+                report.archived_rows,
+                report.segments,
+                if report.floor > 0 {
+                    format!(" (retained from #{})", report.floor + 1)
+                } else {
+                    String::new()
+                },
+                report.live_rows,
                 if r.is_intact() {
                     "chain intact"
                 } else {

@@ -297,6 +297,9 @@ pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
         .purge(tenant.id)
         .await
         .map_err(|e| ApiError::internal(format!("removing subject keys: {e}")))?;
+    data.audit_archive()
+        .purge(tenant.id)
+        .map_err(|e| ApiError::internal(format!("removing the audit archive: {e}")))?;
     data.remove_tenant_data(tenant).await?;
     for m in data.memberships().members_of(tenant.id).await? {
         data.memberships()

@@ -16,9 +16,9 @@
 //!   archived row's sequence number and hash, authenticated with the chain
 //!   key. The database stores it; the live log verifies from it
 //!   ([`super::chain::ChainVerifier`]), so deleting the oldest live rows is
-//!   still [`ChainBreak::Missing`](super::chain::ChainBreak::Missing), and a
+//!   still [`ChainBreak::Missing`], and a
 //!   checkpoint moved or forged by someone who can write the database is
-//!   [`ChainBreak::Checkpoint`](super::chain::ChainBreak::Checkpoint).
+//!   [`ChainBreak::Checkpoint`].
 //! - [`ArchiveDir`]: segments as JSON Lines files in a directory per tenant
 //!   (owner-only, written atomically), and the **floor** — an authenticated
 //!   checkpoint recording where retained history begins once segments older
@@ -101,6 +101,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
 /// # Ok::<(), tenancy_core::audit::archive::ArchiveError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Days an event stays in the live log at least.
     pub min_days: u32,

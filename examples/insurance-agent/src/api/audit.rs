@@ -48,8 +48,12 @@ pub struct AuditEntries {
 /// The chain check.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChainCheck {
-    /// Events read.
+    /// Events read (archived and live).
     pub rows: u64,
+    /// Of them, in archive segments.
+    pub archived_rows: u64,
+    /// Of them, in the live log.
+    pub live_rows: u64,
     /// Whether no break was found.
     pub intact: bool,
     /// Breaks found (described).
@@ -108,7 +112,7 @@ pub async fn list(
     }))
 }
 
-/// Verifies the tenant's audit hash chain.
+/// Verifies the tenant's audit hash chain across its archive segments and the live log.
 #[utoipa::path(get, path = "/audit/verify", params(VerifyParams),
     responses((status = 200, body = ChainCheck), (status = 403), (status = 422)), security(("bearer" = [])))]
 pub async fn verify(
@@ -125,10 +129,17 @@ pub async fn verify(
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let mut tx = state.data.begin(&caller.ctx).await?;
     let anchors: Vec<Anchor> = anchor.into_iter().collect();
-    let report = state.data.audit().verify_chain(&mut tx, &anchors).await?;
+    let whole = state
+        .data
+        .audit()
+        .verify_archive(&mut tx, &state.data.audit_archive(), &anchors)
+        .await?;
     tx.commit().await?;
+    let report = &whole.chain;
     Ok(Json(ChainCheck {
         rows: report.rows,
+        archived_rows: whole.archived_rows,
+        live_rows: whole.live_rows,
         intact: report.is_intact(),
         breaks: report.breaks.iter().map(|b| format!("{b:?}")).collect(),
         anchor: report.anchor().map(|a| a.to_string()),

@@ -10,6 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use tenancy_core::Role;
+use tenancy_core::audit::archive::Retention;
 use tenancy_core::audit::{Action, AuditEvent};
 use tenancy_core::store::TenantUpdate;
 
@@ -103,6 +104,30 @@ pub struct TenantSettingsView {
     pub time_zone: String,
     /// Commission rates, basis points.
     pub commission_rates: CommissionRates,
+    /// How long audit events are kept: at least `min_days` in the live log,
+    /// then archived into sealed segments; destroyed after `max_days`
+    /// (never, when absent).
+    #[schema(value_type = Object)]
+    pub audit_retention: Retention,
+}
+
+/// The audit retention when a tenant sets none: a year live, archived
+/// segments kept.
+pub const DEFAULT_AUDIT_RETENTION: Retention = Retention {
+    min_days: 365,
+    max_days: None,
+};
+
+/// The shortest minimum a tenant may choose (days).
+pub const MIN_AUDIT_RETENTION_DAYS: u32 = 30;
+
+/// The tenant's audit retention (the default when unset).
+pub fn audit_retention_of(settings: &serde_json::Value) -> Result<Retention, ApiError> {
+    match settings.get("audit_retention") {
+        None | Some(serde_json::Value::Null) => Ok(DEFAULT_AUDIT_RETENTION),
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| ApiError::internal(format!("tenant audit_retention is invalid: {e}"))),
+    }
 }
 
 /// A change to some sections; absent sections are left as they are.
@@ -115,6 +140,10 @@ pub struct SettingsPatch {
     pub time_zone: Option<String>,
     /// Replaces the commission rates (each 0–10 000).
     pub commission_rates: Option<CommissionRates>,
+    /// Replaces the audit retention: `min_days` 30–3650, `max_days` (or
+    /// null: kept) not below `min_days`.
+    #[schema(value_type = Option<Object>)]
+    pub audit_retention: Option<Retention>,
 }
 
 /// The tenant's time zone (UTC when unset; a malformed setting is an error).
@@ -140,6 +169,7 @@ fn view(settings: &serde_json::Value) -> Result<TenantSettingsView, ApiError> {
         branding,
         time_zone: time_zone_of(settings)?.name().to_owned(),
         commission_rates: CommissionRates::of(settings).map_err(ApiError::internal)?,
+        audit_retention: audit_retention_of(settings)?,
     })
 }
 
@@ -200,9 +230,25 @@ pub async fn patch(
             serde_json::to_value(rates).map_err(|e| ApiError::internal(e.to_string()))?,
         );
     }
+    if let Some(r) = patch.audit_retention {
+        if !(MIN_AUDIT_RETENTION_DAYS..=3650).contains(&r.min_days) {
+            return Err(ApiError::invalid_field(
+                "audit_retention.min_days",
+                format!(
+                    "audit_retention.min_days must be between {MIN_AUDIT_RETENTION_DAYS} and 3650"
+                ),
+            ));
+        }
+        let r = Retention::days(r.min_days, r.max_days)
+            .map_err(|e| ApiError::invalid_field("audit_retention.max_days", e.to_string()))?;
+        changes.insert(
+            "audit_retention".into(),
+            serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+    }
     if changes.is_empty() {
         return Err(ApiError::invalid(
-            "name at least one of branding, time_zone, commission_rates",
+            "name at least one of branding, time_zone, commission_rates, audit_retention",
         ));
     }
     let fields: Vec<String> = changes.keys().cloned().collect();
