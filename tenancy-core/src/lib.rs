@@ -8,6 +8,7 @@ pub mod cache;
 pub mod client;
 mod context;
 pub mod crypto;
+pub mod destruction;
 mod domain;
 mod error;
 pub mod flags;

@@ -298,11 +298,29 @@ enum TenantCommand {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Purges an offboarded tenant after its grace period: keys
-    /// crypto-shredded, data removed (its file, or its rows), memberships removed.
+    /// Purges an offboarded tenant after its grace period and an export
+    /// made since offboarding began: keys crypto-shredded, audit log
+    /// destroyed, data removed (its file, or its rows), memberships removed.
+    /// Writes a signed destruction certificate.
     Purge {
         /// The tenant.
         slug: String,
+        /// Purge although no export was made since offboarding began (the
+        /// certificate records that none was).
+        #[arg(long)]
+        without_export: bool,
+        /// Who is purging (recorded in the certificate).
+        #[arg(long, default_value = "operator")]
+        operator: String,
+    },
+    /// Verifies a destruction certificate against this deployment's
+    /// signing key (or the public key given).
+    VerifyCertificate {
+        /// The certificate file.
+        file: PathBuf,
+        /// The signer's public key (base64); default: this data directory's.
+        #[arg(long)]
+        public_key: Option<String>,
     },
     /// Sets the identity provider (OpenID Connect issuer) whose access
     /// tokens the tenant accepts, or removes it.
@@ -1008,14 +1026,56 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
             );
             Ok(())
         }
-        TenantCommand::Purge { slug } => {
+        TenantCommand::Purge {
+            slug,
+            without_export,
+            operator,
+        } => {
             let t = by_slug(&slug).await?;
-            ops::purge(&data, &t).await?;
+            let (_, cert) = ops::purge(
+                &data,
+                &t,
+                ops::PurgeOptions {
+                    require_export: !without_export,
+                    operator: &operator,
+                },
+            )
+            .await?;
             let removed = match data.backend_name() {
                 "postgres" => "its rows deleted",
                 _ => "its data file removed",
             };
-            println!("{slug} purged: keys destroyed, {removed}");
+            let r = &cert.record;
+            println!(
+                "{slug} purged: keys destroyed (versions {:?}), {} subject keys, {} audit events, {removed}",
+                r.data_key_versions, r.subject_keys, r.audit_events
+            );
+            for (table, n) in &r.rows {
+                println!("  {table:<12} {n} rows");
+            }
+            println!(
+                "destruction certificate: {} (signed by {})",
+                data.dir()
+                    .join("certificates")
+                    .join(format!("{}.json", t.id))
+                    .display(),
+                cert.public_key
+            );
+            Ok(())
+        }
+        TenantCommand::VerifyCertificate { file, public_key } => {
+            let cert: tenancy_core::destruction::DestructionCertificate =
+                serde_json::from_slice(&std::fs::read(&file)?)
+                    .map_err(|e| format!("{}: not a certificate: {e}", file.display()))?;
+            let verifier = match public_key {
+                Some(k) => tenancy_core::destruction::CertificateVerifier::from_base64(&k)?,
+                None => ops::certificate_signer(&data)?.verifier(),
+            };
+            let r = verifier.verify(&cert)?;
+            println!(
+                "valid: tenant {} ({}) purged at {} by {}",
+                r.tenant_slug, r.tenant_id, r.purged_at, r.purged_by
+            );
             Ok(())
         }
         TenantCommand::Resume { slug } => {

@@ -7,9 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
+use tenancy_core::audit::archive::Retention;
 use tenancy_core::audit::{Action, AuditEvent};
+use tenancy_core::destruction::{
+    CertificateSigner, DestructionCertificate, DestructionRecord, ExportEvidence,
+};
 use tenancy_core::lifecycle::{Transition, next_status};
 use tenancy_core::{Tenant, TenantContext, TenantStatus, UserId};
+use tenancy_sqlx::AuditQuery;
 
 use crate::api::ApiError;
 use crate::api::customers::Customer;
@@ -230,10 +235,27 @@ pub async fn offboard(data: &Data, tenant: &Tenant, grace_days: i64) -> Result<T
         return Err(ApiError::invalid("grace days must not be negative"));
     }
     let grace = chrono::Duration::days(grace_days);
-    Ok(data
+    let next = data
         .transition(tenant, Transition::Offboard { grace }, "operator")
-        .await?)
+        .await?;
+    // Recorded in the tenant's own log: the purge looks for an export made
+    // after it.
+    let ctx = TenantContext::new(next.clone());
+    let mut tx = data.begin_write(&ctx).await?;
+    data.audit()
+        .append(
+            &mut tx,
+            AuditEvent::system(tenant.id, "operator", OFFBOARD, "tenant")
+                .with_resource_id(tenant.id)
+                .with_details(serde_json::json!({ "grace_days": grace_days })),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(next)
 }
+
+/// The audit action recorded when offboarding starts.
+pub const OFFBOARD: &str = "offboard";
 
 /// An operator changes a tenant's plan directly — no billing confirmation,
 /// any pending request dropped — checked against `catalog`; billing is told
@@ -278,25 +300,134 @@ pub async fn set_plan(
     Ok(next)
 }
 
-/// Purges an offboarded tenant whose grace period is over: crypto-shreds
-/// its keys and its customers' subject keys (nothing it encrypted can be
-/// read again, backups included),
-/// deletes its data (its file on SQLite, its rows on PostgreSQL), removes its
-/// memberships, and marks it deleted.
-pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
+/// How a purge is done.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeOptions<'a> {
+    /// Refuse unless the tenant was exported (`tenant export`) after its
+    /// offboarding started. On by default; an operator may waive it, and the
+    /// certificate says so.
+    pub require_export: bool,
+    /// Who purges (recorded in the certificate).
+    pub operator: &'a str,
+}
+
+impl Default for PurgeOptions<'_> {
+    fn default() -> Self {
+        Self {
+            require_export: true,
+            operator: "operator",
+        }
+    }
+}
+
+/// The latest whole-tenant export recorded after the latest offboarding.
+async fn export_after_offboarding(
+    data: &Data,
+    tx: &mut Tx,
+) -> Result<Option<ExportEvidence>, ApiError> {
+    let newest = |action: &'static str| AuditQuery::new().action(action).limit(1);
+    let offboarded = data.audit().query(tx, &newest(OFFBOARD)).await?;
+    let since = offboarded.events.first().map_or(u64::MAX, |(seq, _)| *seq);
+    let exports = data
+        .audit()
+        .query(tx, &newest(Action::EXPORT).resource_type("tenant"))
+        .await?;
+    Ok(exports
+        .events
+        .into_iter()
+        .find(|(seq, _)| *seq > since)
+        .map(|(seq, e)| ExportEvidence {
+            at: e.at,
+            by: e.actor.id().to_owned(),
+            records: e.record_count,
+            audit_seq: seq,
+        }))
+}
+
+/// The signer of destruction certificates: `destruction.key` in the data
+/// directory (created on first use). Publish its public key.
+pub fn certificate_signer(data: &Data) -> Result<CertificateSigner, ApiError> {
+    let seed = crate::data::secret_file(data.dir(), "destruction.key")?;
+    Ok(CertificateSigner::from_seed(seed))
+}
+
+/// Purges an offboarded tenant whose grace period is over — after checking
+/// that it was exported since offboarding began (unless waived): counts what
+/// it holds, crypto-shreds its keys and its customers' subject keys (nothing
+/// it encrypted can be read again, backups included), destroys its audit
+/// log (live and archived), deletes its data (its file on SQLite, its rows
+/// on PostgreSQL), removes its memberships and marks it deleted. Returns the
+/// tenant and a signed destruction certificate, also written to
+/// `certificates/<tenant id>.json` in the data directory.
+pub async fn purge(
+    data: &Data,
+    tenant: &Tenant,
+    options: PurgeOptions<'_>,
+) -> Result<(Tenant, DestructionCertificate), ApiError> {
     let next = next_status(&tenant.status, &Transition::Purge, chrono::Utc::now())
         .map_err(|e| ApiError::conflict(e.to_string()))?;
     debug_assert!(matches!(next, TenantStatus::Deleted));
+    let purge_after = match tenant.status {
+        TenantStatus::Offboarding { purge_after } => Some(purge_after),
+        _ => None,
+    };
+    // What there is, before anything is destroyed.
+    let ctx = TenantContext::new(tenant.clone());
+    let mut tx = data.begin(&ctx).await?;
+    let export = export_after_offboarding(data, &mut tx).await?;
+    if options.require_export && export.is_none() {
+        return Err(ApiError::conflict(
+            "export the tenant first (`tenant export SLUG --out DIR`) after offboarding began, \
+             or purge with --without-export",
+        ));
+    }
+    let mut rows = std::collections::BTreeMap::new();
+    for table in TENANT_TABLES {
+        let n: i64 = crate::on!(
+            tx,
+            sqlx::query_scalar(&format!("SELECT count(*) FROM \"{table}\"")),
+            fetch_one
+        )?;
+        rows.insert(table.to_owned(), u64::try_from(n).unwrap_or(0));
+    }
+    let audit = data
+        .audit()
+        .verify_archive(&mut tx, &data.audit_archive(), &[])
+        .await?;
+    tx.commit().await?;
+    let versions = data
+        .keyring()
+        .versions(tenant.id)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading key versions: {e}")))?;
+    let segments = data
+        .audit_archive()
+        .paths(tenant.id)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+
     data.keyring()
         .shred(tenant.id)
         .await
         .map_err(|e| ApiError::internal(format!("shredding keys: {e}")))?;
-    // The subject keys were wrapped by the KEKs just destroyed; their
+    // The subject keys were wrapped by the keys just destroyed; their
     // entries go too.
-    data.subjects()
+    let subject_keys = data
+        .subjects()
         .purge(tenant.id)
         .await
         .map_err(|e| ApiError::internal(format!("removing subject keys: {e}")))?;
+    // On PostgreSQL the audit rows are in shared tables the application
+    // role cannot prune: archive them all (as the owner), then remove the
+    // archive. On SQLite they go with the file.
+    if data.backend_name() == "postgres" {
+        let everything = Retention::days(0, None).map_err(|e| ApiError::internal(e.to_string()))?;
+        data.archive_audit(
+            tenant,
+            &everything,
+            chrono::Utc::now() + chrono::Duration::seconds(1),
+        )
+        .await?;
+    }
     data.audit_archive()
         .purge(tenant.id)
         .map_err(|e| ApiError::internal(format!("removing the audit archive: {e}")))?;
@@ -306,7 +437,30 @@ pub async fn purge(data: &Data, tenant: &Tenant) -> Result<Tenant, ApiError> {
             .remove(&UserId::new(m.user_id.as_str().to_owned()), tenant.id)
             .await?;
     }
-    Ok(data
-        .transition(tenant, Transition::Purge, "operator")
-        .await?)
+    let gone = data
+        .transition(tenant, Transition::Purge, options.operator)
+        .await?;
+
+    let mut record = DestructionRecord::new(tenant.id, tenant.slug.as_str(), chrono::Utc::now());
+    record.purge_after = purge_after;
+    record.data_key_versions = versions.iter().map(|(v, _)| *v).collect();
+    record.keks_destroyed = true;
+    record.subject_keys = subject_keys;
+    record.rows = rows;
+    record.audit_events = audit.archived_rows + audit.live_rows;
+    record.audit_segments = segments.len() as u64;
+    record.export = export;
+    record.purged_by = options.operator.to_owned();
+    let cert = certificate_signer(data)?
+        .sign(record)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let dir = data.dir().join("certificates");
+    std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(e.to_string()))?;
+    let path = dir.join(format!("{}.json", tenant.id));
+    let mut f =
+        private_file(&path).map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    serde_json::to_writer_pretty(&mut f, &cert).map_err(|e| ApiError::internal(e.to_string()))?;
+    f.sync_all()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((gone, cert))
 }

@@ -111,14 +111,25 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
     tx.commit().await.unwrap();
 
     // Purge is refused until offboarding's grace period is over.
-    assert_eq!(ops::purge(&data, &tenant).await.unwrap_err().0.status, 409);
+    assert_eq!(
+        ops::purge(&data, &tenant, ops::PurgeOptions::default())
+            .await
+            .unwrap_err()
+            .0
+            .status,
+        409
+    );
     let offboarding = ops::offboard(&data, &tenant, 30).await.unwrap();
     assert!(matches!(
         offboarding.status,
         TenantStatus::Offboarding { .. }
     ));
     assert_eq!(
-        ops::purge(&data, &offboarding).await.unwrap_err().0.status,
+        ops::purge(&data, &offboarding, ops::PurgeOptions::default())
+            .await
+            .unwrap_err()
+            .0
+            .status,
         409
     );
     // A copy from before the offboarding cannot be used to decide again.
@@ -139,8 +150,54 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
     let restored = ops::offboard(&data, &restored, 0).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     let path = (!postgres).then(|| data.tenant_path(&restored).unwrap());
-    let gone = ops::purge(&data, &restored).await.unwrap();
+    // An export is required since offboarding began: the one made before
+    // does not count.
+    let refused = ops::purge(&data, &restored, ops::PurgeOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.0.status, 409, "{refused}");
+    assert!(
+        refused.to_string().contains("export the tenant first"),
+        "{refused}"
+    );
+    let final_export = dir.path().join("final-export");
+    ops::export_to(&data, &restored, &final_export, "dpo")
+        .await
+        .unwrap();
+    let (gone, cert) = ops::purge(&data, &restored, ops::PurgeOptions::default())
+        .await
+        .unwrap();
     assert!(matches!(gone.status, TenantStatus::Deleted));
+    // The destruction certificate: what was destroyed, signed.
+    let r = &cert.record;
+    assert_eq!(r.tenant_id, tenant.id);
+    assert_eq!(r.rows["customers"], 3, "{r:?}");
+    assert!(r.rows.contains_key("payments"));
+    assert!(!r.data_key_versions.is_empty(), "{r:?}");
+    assert!(r.keks_destroyed);
+    assert!(r.audit_events >= 3, "{r:?}");
+    let export = r.export.as_ref().unwrap();
+    assert_eq!(export.by, "dpo");
+    let verifier = ops::certificate_signer(&data).unwrap().verifier();
+    assert!(verifier.verify(&cert).is_ok());
+    let stored: tenancy_core::destruction::DestructionCertificate = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("certificates")
+                .join(format!("{}.json", tenant.id)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored, cert);
+    let mut forged = stored.clone();
+    forged.record.rows.insert("customers".into(), 0);
+    assert!(verifier.verify(&forged).is_err(), "a changed count fails");
+    let other = tenancy_core::destruction::CertificateSigner::from_seed([1u8; 32]).verifier();
+    assert!(
+        other.verify(&stored).is_err(),
+        "another key's verifier refuses"
+    );
     match path {
         Some(path) => assert!(!path.exists(), "the tenant file is removed"),
         None => {
@@ -160,6 +217,20 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
                 .unwrap();
                 assert_eq!(left, 0, "{table} rows of the purged tenant");
             }
+            // Its audit log too (archived by the owner, then the archive removed).
+            let audit_left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1")
+                    .bind(tenant.id.as_uuid())
+                    .fetch_one(&owner)
+                    .await
+                    .unwrap();
+            assert_eq!(audit_left, 0, "audit rows of the purged tenant");
+            assert!(
+                !dir.path()
+                    .join("audit-archive")
+                    .join(tenant.id.to_string())
+                    .exists()
+            );
             let others: i64 = sqlx::query_scalar("SELECT count(*) FROM public.customers")
                 .fetch_one(&owner)
                 .await

@@ -971,6 +971,18 @@ impl Keyring {
         Ok(())
     }
 
+    /// The tenant's data-key versions in the store and their states
+    /// (version 0 is the blind-index root).
+    pub async fn versions(&self, tenant: TenantId) -> Result<Vec<(u32, KeyState)>, CryptoError> {
+        Ok(self
+            .store
+            .keys(tenant)
+            .await?
+            .into_iter()
+            .map(|k| (k.version, k.state))
+            .collect())
+    }
+
     /// Crypto-shredding: destroys the tenant's KEKs and marks every data key
     /// destroyed, so nothing the tenant ever encrypted can be read again.
     pub async fn shred(&self, tenant: TenantId) -> Result<(), CryptoError> {
