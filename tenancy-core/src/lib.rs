@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod authorize;
+pub mod backup;
 pub mod cache;
 pub mod client;
 mod context;
