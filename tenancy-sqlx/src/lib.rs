@@ -3,6 +3,7 @@
 
 pub mod audit;
 mod audit_log;
+pub mod backup;
 mod db;
 mod error;
 mod health;
