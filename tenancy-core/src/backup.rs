@@ -467,6 +467,22 @@ pub enum BackupEvent {
     Sealed(Manifest),
 }
 
+/// The longest line a backup may hold (one row): a longer one is refused
+/// rather than read into memory.
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// One line, at most [`MAX_LINE`] bytes (so memory stays bounded whatever
+/// the file holds).
+fn read_line<R: BufRead>(input: &mut R, line: &mut Vec<u8>) -> Result<usize, BackupError> {
+    let n = std::io::Read::take(input, MAX_LINE as u64 + 1).read_until(b'\n', line)?;
+    if n > MAX_LINE {
+        return Err(BackupError::Tampered(format!(
+            "a line longer than {MAX_LINE} bytes"
+        )));
+    }
+    Ok(n)
+}
+
 /// Reads a backup as a stream, verifying as it goes.
 pub struct BackupReader<'k, R: BufRead> {
     input: R,
@@ -492,7 +508,7 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
     pub fn new(mut input: R, key: &'k BackupKey) -> Result<Self, BackupError> {
         let mut mac = key.mac()?;
         let mut line = Vec::new();
-        if input.read_until(b'\n', &mut line)? == 0 {
+        if read_line(&mut input, &mut line)? == 0 {
             return Err(BackupError::Format("empty".into()));
         }
         mac.update(&line);
@@ -530,7 +546,7 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
             return Err(BackupError::Usage("the backup was read to its seal"));
         }
         self.line.clear();
-        if self.input.read_until(b'\n', &mut self.line)? == 0 {
+        if read_line(&mut self.input, &mut self.line)? == 0 {
             return Err(BackupError::Tampered(
                 "the backup ends before its seal".into(),
             ));
@@ -604,6 +620,9 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
                     .clone()
                     .verify_slice(&seal)
                     .map_err(|_| BackupError::Tampered("the seal does not verify".into()))?;
+                if !self.input.fill_buf()?.is_empty() {
+                    return Err(BackupError::Tampered("data after the seal".into()));
+                }
                 self.done = true;
                 Ok(BackupEvent::Sealed(manifest))
             }
@@ -693,6 +712,13 @@ mod tests {
             read_all(rebuild(&swapped).as_bytes(), &key),
             Err(BackupError::Tampered(_))
         ));
+        // Data appended after the seal.
+        let mut appended = bytes.clone();
+        appended.extend_from_slice(b"{\"row\":[1]}\n");
+        assert!(matches!(
+            read_all(&appended, &key),
+            Err(BackupError::Tampered(_))
+        ));
         // Another key.
         assert!(matches!(
             read_all(&bytes, &BackupKey::new([2u8; 32])),
@@ -708,6 +734,55 @@ mod tests {
             w.row(vec![json!("07/12/2026")]),
             Err(BackupError::Value { .. })
         ));
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_without_reading_it_whole() {
+        let key = BackupKey::new([1u8; 32]);
+        let bytes = backup(&key, 1);
+        let header_end = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+        // A "line" longer than MAX_LINE, generated lazily, never ending.
+        let endless = std::io::BufReader::new(std::io::repeat(b'x'));
+        let input = std::io::Read::chain(&bytes[..header_end], endless);
+        let mut r = BackupReader::new(std::io::BufReader::new(input), &key).unwrap();
+        assert!(matches!(r.next(), Err(BackupError::Tampered(m)) if m.contains("longer")));
+    }
+
+    #[test]
+    fn floats_survive_the_stream_bit_for_bit() {
+        // Values whose shortest decimal form needs all 17 digits.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let floats: Vec<f64> = (0..2000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                f64::from_bits(x)
+            })
+            .filter(|f| f.is_finite())
+            .collect();
+        let key = BackupKey::new([3u8; 32]);
+        let mut out = Vec::new();
+        let header = BackupHeader::new(TenantId::new_v4(), "t", Utc::now(), Value::Null);
+        let mut w = BackupWriter::new(&mut out, &key, header).unwrap();
+        w.begin_table("f", vec![Column::new("x", ColumnType::Float)])
+            .unwrap();
+        for f in &floats {
+            w.row(vec![json!(f)]).unwrap();
+        }
+        w.end_table().unwrap();
+        w.finish().unwrap();
+        let mut r = BackupReader::new(&out[..], &key).unwrap();
+        let mut back = Vec::new();
+        loop {
+            match r.next().unwrap() {
+                BackupEvent::Row(v) => back.push(v[0].as_f64().unwrap().to_bits()),
+                BackupEvent::Sealed(_) => break,
+                _ => {}
+            }
+        }
+        let sent: Vec<u64> = floats.iter().map(|f| f.to_bits()).collect();
+        assert_eq!(back, sent);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use chrono::Utc;
-//! use tenancy_core::destruction::{CertificateSigner, DestructionRecord};
+//! use tenancy_core::destruction::{CertificateSigner, DestructionCertificate, DestructionRecord};
 //! use tenancy_core::TenantId;
 //!
 //! let signer = CertificateSigner::from_seed([7u8; 32]);
@@ -23,6 +23,11 @@
 //! let mut forged = cert.clone();
 //! forged.record.rows.insert("customers".into(), 1);
 //! assert!(verifier.verify(&forged).is_err());
+//!
+//! // A field added to a signed certificate is refused as it is read.
+//! let mut added = serde_json::to_value(&cert).unwrap();
+//! added["record"]["note"] = "rows retained".into();
+//! assert!(serde_json::from_value::<DestructionCertificate>(added).is_err());
 //! # Ok::<(), tenancy_core::destruction::CertificateError>(())
 //! ```
 
@@ -54,6 +59,7 @@ pub enum CertificateError {
 
 /// The export made before the purge, as the audit log recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)] // an added field would not be signed
 pub struct ExportEvidence {
     /// When.
     pub at: DateTime<Utc>,
@@ -67,6 +73,7 @@ pub struct ExportEvidence {
 
 /// What was destroyed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)] // an added field would not be signed
 #[non_exhaustive]
 pub struct DestructionRecord {
     /// [`RECORD_FORMAT`].
@@ -91,6 +98,9 @@ pub struct DestructionRecord {
     pub audit_events: u64,
     /// Archive segments destroyed.
     pub audit_segments: u64,
+    /// Whether the audit chain verified (archive and live log) just before
+    /// it was destroyed.
+    pub audit_chain_intact: bool,
     /// The export made before the purge (`None`: waived by the operator).
     pub export: Option<ExportEvidence>,
     /// Who purged.
@@ -112,6 +122,7 @@ impl DestructionRecord {
             rows: BTreeMap::new(),
             audit_events: 0,
             audit_segments: 0,
+            audit_chain_intact: false,
             export: None,
             purged_by: String::new(),
         }
@@ -124,6 +135,7 @@ impl DestructionRecord {
 
 /// A signed [`DestructionRecord`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)] // an added field would not be signed
 pub struct DestructionCertificate {
     /// What was destroyed.
     pub record: DestructionRecord,

@@ -450,6 +450,40 @@ impl PgAuditLog {
         Ok((checkpoint, rows))
     }
 
+    /// One page of the tenant's live log in `tx` (rows after `after`, in
+    /// order, at most `limit`), chained as stored: for a backup, read in the
+    /// same snapshot as the tenant's data.
+    ///
+    /// ```no_run
+    /// # async fn f(log: &tenancy_sqlx::PgAuditLog, tx: &mut tenancy_sqlx::TenantTx) -> Result<(), tenancy_sqlx::DbError> {
+    /// let mut after = 0;
+    /// loop {
+    ///     let page = log.live_events(tx, after, 1000).await?;
+    ///     let Some(last) = page.last() else { break };
+    ///     after = last.seq;
+    ///     // … write `page` out …
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn live_events(
+        &self,
+        tx: &mut TenantTx,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEvent>, DbError> {
+        let tenant = tx.tenant_id();
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tenancy.audit_log WHERE tenant_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        ))
+        .bind(tenant.as_uuid())
+        .bind(i64::try_from(after).map_err(|_| invalid("seq"))?)
+        .bind(i64::from(limit))
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter().map(|r| r.into_chained(tenant)).collect()
+    }
+
     /// The tenant's checkpoint: where its live log starts after archival.
     pub async fn checkpoint(&self, tenant: TenantId) -> Result<Option<Checkpoint>, DbError> {
         let mut tx = self.db.begin_for_id(tenant).await?;
@@ -500,6 +534,7 @@ impl PgAuditLog {
         let cutoff = retention.archive_before(now);
         let batch = batch.clamp(1, 100_000);
         let mut run = ArchiveRun::default();
+        let mut archived_to: u64;
         loop {
             let mut tx = owner.begin().await?;
             lock_chain(&mut tx, tenant).await?;
@@ -510,6 +545,7 @@ impl PgAuditLog {
                 return Err(ArchiveError::Broken(ChainBreak::Checkpoint { seq: c.seq }).into());
             }
             let after = checkpoint.map_or((0, GENESIS), |c| (c.seq, c.hash));
+            archived_to = after.0;
             let rows: Vec<Row> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM tenancy.audit_log WHERE tenant_id = $1 AND seq > $2 \
                  ORDER BY seq LIMIT $3"
@@ -545,21 +581,31 @@ impl PgAuditLog {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND seq <= $2")
-                .bind(tenant.as_uuid())
-                .bind(i64::try_from(cp.seq).map_err(|_| invalid("seq"))?)
-                .execute(&mut *tx)
-                .await?;
+            // Exactly the rows sealed: none below the old checkpoint, none
+            // past the new one.
+            let pruned = sqlx::query(
+                "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND seq > $2 AND seq <= $3",
+            )
+            .bind(tenant.as_uuid())
+            .bind(i64::try_from(after.0).map_err(|_| invalid("seq"))?)
+            .bind(i64::try_from(cp.seq).map_err(|_| invalid("seq"))?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if pruned != n {
+                return Err(ArchiveError::Changed { sealed: n, pruned }.into());
+            }
             tx.commit().await?;
             run.segments += 1;
             run.archived_rows += n;
             run.checkpoint = Some(cp);
+            archived_to = cp.seq;
             if n < batch as u64 {
                 break;
             }
         }
         if let Some(before) = retention.destroy_before(now) {
-            run.destroyed_rows = dir.destroy_before(&key, tenant, before)?;
+            run.destroyed_rows = dir.destroy_before(&key, tenant, before, archived_to)?;
         }
         tracing::info!(
             tenant.id = %tenant,
@@ -569,6 +615,53 @@ impl PgAuditLog {
             "audit log archived"
         );
         Ok(run)
+    }
+
+    /// Destroys every audit event of `tenant` and its checkpoint, whatever
+    /// the state of its chain (a purged tenant's log goes even when it was
+    /// tampered with: verify it first, to record the fact). Runs as the
+    /// **owner**, in one transaction: the checkpoint is moved to the newest
+    /// row — the only way the owner may delete rows — then everything goes.
+    /// Returns how many events were destroyed.
+    pub async fn purge(&self, owner: &sqlx::PgPool, tenant: TenantId) -> Result<u64, DbError> {
+        let key = self.key(tenant);
+        let mut tx = owner.begin().await?;
+        lock_chain(&mut tx, tenant).await?;
+        let newest: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, hash FROM tenancy.audit_log WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut destroyed = 0;
+        if let Some((seq, hash)) = newest {
+            let hash: Hash = hash.try_into().map_err(|_| invalid("hash"))?;
+            let cp = Checkpoint::new(&key, u64::try_from(seq).map_err(|_| invalid("seq"))?, hash);
+            sqlx::query(
+                "INSERT INTO tenancy.audit_checkpoints (tenant_id, seq, hash, mac) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE \
+                 SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac \
+                 WHERE tenancy.audit_checkpoints.seq <= excluded.seq",
+            )
+            .bind(tenant.as_uuid())
+            .bind(seq)
+            .bind(cp.hash.as_slice())
+            .bind(cp.mac.as_slice())
+            .execute(&mut *tx)
+            .await?;
+            destroyed = sqlx::query("DELETE FROM tenancy.audit_log WHERE tenant_id = $1")
+                .bind(tenant.as_uuid())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        sqlx::query("DELETE FROM tenancy.audit_checkpoints WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(tenant.id = %tenant, destroyed, "audit log destroyed (tenant purge)");
+        Ok(destroyed)
     }
 
     /// Events of `tenant` matching `q`, newest first, one page.

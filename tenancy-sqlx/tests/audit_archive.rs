@@ -258,9 +258,21 @@ async fn sqlite_archives_prunes_and_still_verifies() {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    // Expiry waits for the archival to commit: nothing destroyed yet...
     assert_eq!(
         (run.segments, run.archived_rows, run.destroyed_rows),
-        (4, 29, 8)
+        (4, 29, 0)
+    );
+    // ... and the next run destroys the expired segment.
+    let mut tx = db.begin_immediate(&c).await.unwrap();
+    let run = log
+        .archive(&mut tx, &retention(), &dir, now, 8)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (run.segments, run.archived_rows, run.destroyed_rows),
+        (0, 0, 8)
     );
 
     let mut tx = db.begin_immediate(&c).await.unwrap();

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tenancy_core::audit::AuditEvent;
 use tenancy_core::audit::archive::{ArchiveDir, ArchiveReport, Retention};
-use tenancy_core::audit::chain::{Anchor, ChainReport};
+use tenancy_core::audit::chain::{Anchor, ChainReport, ChainedEvent};
 use tenancy_core::crypto::keys::{KeyProvider, Keyring, LocalKeyProvider};
 use tenancy_core::crypto::subject::SubjectKeys;
 use tenancy_core::invite::InvitationStore;
@@ -187,6 +187,20 @@ impl AuditLog {
             (AuditLog::Postgres(log), Tx::Postgres(t)) => {
                 log.verify_archive(t.tenant_id(), dir, anchors).await
             }
+            (_, tx) => Err(mismatch(tx)),
+        }
+    }
+
+    /// One page of the live log in `tx`: rows after `after`, oldest first.
+    pub async fn live_events(
+        &self,
+        tx: &mut Tx,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEvent>, DbError> {
+        match (self, tx) {
+            (AuditLog::Sqlite(log), Tx::Sqlite(t)) => log.live_events(t, after, limit).await,
+            (AuditLog::Postgres(log), Tx::Postgres(t)) => log.live_events(t, after, limit).await,
             (_, tx) => Err(mismatch(tx)),
         }
     }
@@ -894,6 +908,19 @@ impl Data {
         }
     }
 
+    /// Destroys `tenant`'s audit log when it is purged: on PostgreSQL its
+    /// rows in the shared log, as the owner (whatever the state of its
+    /// chain); on SQLite nothing here (the log goes with the tenant's file).
+    /// Returns how many events were destroyed.
+    pub async fn purge_audit(&self, tenant: &Tenant) -> Result<u64, DbError> {
+        match (&self.backend, &self.audit) {
+            (Backend::Postgres { owner, .. }, AuditLog::Postgres(log)) => {
+                log.purge(owner, tenant.id).await
+            }
+            _ => Ok(0),
+        }
+    }
+
     /// The data directory (secrets; on SQLite also the databases).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -1063,6 +1090,41 @@ impl Data {
             sqlx::query_as("SELECT id, password_hash FROM users WHERE email = $1").bind(email),
             fetch_optional
         )?)
+    }
+
+    /// Account `id` for a backup: its email, name and password hash.
+    pub async fn user_record(&self, id: &str) -> Result<Option<(String, String, String)>, DbError> {
+        Ok(on_users!(
+            &self.backend,
+            sqlx::query_as("SELECT email, name, password_hash FROM users WHERE id = $1").bind(id),
+            fetch_optional
+        )?)
+    }
+
+    /// Deletes every application row of `tenant`, children first, keeping
+    /// its record, its file and its keys (before a restore replaces them).
+    pub async fn remove_tenant_rows(&self, tenant: &Tenant) -> Result<(), DbError> {
+        let mut tx = self
+            .begin_write(&TenantContext::new(tenant.clone()))
+            .await?;
+        for table in TENANT_TABLES.iter().rev() {
+            crate::on!(
+                tx,
+                sqlx::query(&format!("DELETE FROM \"{table}\"")),
+                execute
+            )?;
+        }
+        tx.commit().await
+    }
+
+    /// Makes sure `tenant`'s storage exists (its file on SQLite).
+    pub async fn ensure_tenant_storage(&self, tenant: &Tenant) -> Result<(), DbError> {
+        match &self.backend {
+            Backend::Sqlite {
+                tenants, migrator, ..
+            } => tenants.provision(tenant, migrator).await.map(|_| ()),
+            Backend::Postgres { .. } => Ok(()),
+        }
     }
 
     /// The name and email of account `id`.

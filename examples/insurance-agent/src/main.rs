@@ -313,6 +313,25 @@ enum TenantCommand {
         #[arg(long, default_value = "operator")]
         operator: String,
     },
+    /// Writes a sealed backup of one tenant (its record, members, wrapped
+    /// keys, customers' subject keys and every table) to a new file.
+    Backup {
+        /// The tenant.
+        slug: String,
+        /// The file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restores a tenant from a backup into this deployment (a SQLite file
+    /// of its own, or the shared PostgreSQL tables), under the same id. An
+    /// interrupted restore resumes when run again.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Overwrite the tenant's data if it exists here.
+        #[arg(long)]
+        replace: bool,
+    },
     /// Verifies a destruction certificate against this deployment's
     /// signing key (or the public key given).
     VerifyCertificate {
@@ -670,6 +689,20 @@ async fn migrate(at: &At) -> Result<(), Error> {
     } else {
         Err("some tenants were not migrated (see above)".into())
     }
+}
+
+/// The key that seals backups: `INSURANCE_BACKUP_KEY` (base64 of 32
+/// bytes), else `backup.key` in the data directory (created on first use;
+/// copy it to the deployment that restores).
+fn backup_key(data: &Data) -> Result<tenancy_core::backup::BackupKey, Error> {
+    if let Ok(text) = std::env::var("INSURANCE_BACKUP_KEY") {
+        let secret = tenancy_core::crypto::keys::LocalKeyProvider::master_from_base64(&text)
+            .map_err(|e| format!("INSURANCE_BACKUP_KEY: {e}"))?;
+        return Ok(tenancy_core::backup::BackupKey::new(*secret));
+    }
+    Ok(tenancy_core::backup::BackupKey::new(
+        insurance_agent::data::secret_file(data.dir(), "backup.key")?,
+    ))
 }
 
 async fn find(data: &Data, slug: &str) -> Result<std::sync::Arc<Tenant>, Error> {
@@ -1060,6 +1093,52 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
                     .join(format!("{}.json", t.id))
                     .display(),
                 cert.public_key
+            );
+            Ok(())
+        }
+        TenantCommand::Backup { slug, out } => {
+            let t = by_slug(&slug).await?;
+            let key = backup_key(&data)?;
+            let bar = ProgressBar::new_spinner();
+            bar.set_message(format!("backing up {slug}"));
+            let report = insurance_agent::backup::backup_to(&data, &t, &out, &key, &|n| {
+                bar.set_position(n);
+            })
+            .await?;
+            bar.finish_and_clear();
+            for (table, sum) in &report.manifest.tables {
+                println!("  {table:<22} {} rows", sum.rows);
+            }
+            println!(
+                "written to {} (sealed with backup.key; it holds personal data: keep it private)",
+                out.display()
+            );
+            Ok(())
+        }
+        TenantCommand::Restore { file, replace } => {
+            let key = backup_key(&data)?;
+            let header = insurance_agent::backup::peek(&file)?;
+            println!(
+                "restoring {} ({}) from a backup of {}",
+                header.tenant_slug, header.tenant_id, header.created_at
+            );
+            let bar = ProgressBar::new_spinner();
+            let (t, manifest) = insurance_agent::backup::restore_from(
+                &data,
+                &file,
+                &key,
+                insurance_agent::backup::RestoreOptions { replace },
+                &|n| {
+                    bar.set_message(format!("{n} rows restored"));
+                    bar.tick();
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            let total: u64 = manifest.tables.values().map(|s| s.rows).sum();
+            println!(
+                "restored {} ({}): {total} rows, checksums verified",
+                t.slug, t.id
             );
             Ok(())
         }

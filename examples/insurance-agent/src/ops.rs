@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use tenancy_core::audit::archive::Retention;
 use tenancy_core::audit::{Action, AuditEvent};
 use tenancy_core::destruction::{
     CertificateSigner, DestructionCertificate, DestructionRecord, ExportEvidence,
@@ -416,18 +415,10 @@ pub async fn purge(
         .purge(tenant.id)
         .await
         .map_err(|e| ApiError::internal(format!("removing subject keys: {e}")))?;
-    // On PostgreSQL the audit rows are in shared tables the application
-    // role cannot prune: archive them all (as the owner), then remove the
-    // archive. On SQLite they go with the file.
-    if data.backend_name() == "postgres" {
-        let everything = Retention::days(0, None).map_err(|e| ApiError::internal(e.to_string()))?;
-        data.archive_audit(
-            tenant,
-            &everything,
-            chrono::Utc::now() + chrono::Duration::seconds(1),
-        )
-        .await?;
-    }
+    // The audit log goes whatever the state of its chain (whether it
+    // verified is in the certificate): on PostgreSQL its rows, as the
+    // owner; on SQLite with the tenant's file. Then its archive.
+    data.purge_audit(tenant).await?;
     data.audit_archive()
         .purge(tenant.id)
         .map_err(|e| ApiError::internal(format!("removing the audit archive: {e}")))?;
@@ -449,6 +440,7 @@ pub async fn purge(
     record.rows = rows;
     record.audit_events = audit.archived_rows + audit.live_rows;
     record.audit_segments = segments.len() as u64;
+    record.audit_chain_intact = audit.is_intact();
     record.export = export;
     record.purged_by = options.operator.to_owned();
     let cert = certificate_signer(data)?

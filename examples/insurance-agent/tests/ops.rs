@@ -164,9 +164,24 @@ async fn export_then_offboard_then_purge_shreds_everything(postgres: bool) {
     ops::export_to(&data, &restored, &final_export, "dpo")
         .await
         .unwrap();
+    if let Some(pg) = &pg {
+        // On PostgreSQL the log is tampered with first (as the superuser):
+        // the purge still destroys it all, and the certificate says the
+        // chain did not verify.
+        let su = sqlx::PgPool::connect(&pg.admin_url).await.unwrap();
+        sqlx::query(
+            "UPDATE tenancy.audit_log SET actor_id = 'someone-else' \
+             WHERE tenant_id = $1 AND seq = 1",
+        )
+        .bind(tenant.id.as_uuid())
+        .execute(&su)
+        .await
+        .unwrap();
+    }
     let (gone, cert) = ops::purge(&data, &restored, ops::PurgeOptions::default())
         .await
         .unwrap();
+    assert_eq!(cert.record.audit_chain_intact, !postgres, "{cert:?}");
     assert!(matches!(gone.status, TenantStatus::Deleted));
     // The destruction certificate: what was destroyed, signed.
     let r = &cert.record;

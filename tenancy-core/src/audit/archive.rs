@@ -50,6 +50,7 @@ pub const SEGMENT_FORMAT: &str = "tenancy-rs/audit-segment/v1";
 
 const CHECKPOINT_LABEL: &str = "tenancy-rs/audit-checkpoint/v1";
 const SEGMENT_LABEL: &str = "tenancy-rs/audit-segment/v1";
+const FLOOR_LABEL: &str = "tenancy-rs/audit-floor/v1";
 
 /// Why retention, archival or archive verification failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,18 @@ pub enum ArchiveError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// The rows pruned were not exactly the rows sealed (the live log changed
+    /// under the archival): the prune is rolled back and the segment stays
+    /// unreferenced until the next run rewrites it.
+    #[error(
+        "the audit log changed while archiving: {sealed} rows were sealed but {pruned} would be pruned; nothing was pruned (run the chain verification)"
+    )]
+    Changed {
+        /// Rows sealed into the segment.
+        sealed: u64,
+        /// Rows the prune matched.
+        pruned: u64,
     },
     /// A segment file is not a segment.
     #[error("audit archive {path}: not a segment: {detail}")]
@@ -211,6 +224,61 @@ impl Checkpoint {
             seq: self.seq,
             hash: self.hash,
         }
+    }
+}
+
+/// Where a tenant's retained history begins once segments were destroyed:
+/// the last destroyed row and its time, authenticated under the chain key
+/// with a label of its own (a checkpoint cannot be replayed as a floor).
+///
+/// ```
+/// use chrono::Utc;
+/// use tenancy_core::audit::archive::Floor;
+/// use tenancy_core::audit::chain::ChainKey;
+/// use tenancy_core::TenantId;
+///
+/// let key = ChainKey::derive(&[7u8; 32], TenantId::new_v4());
+/// let floor = Floor::new(&key, 40, [9u8; 32], Utc::now());
+/// assert!(floor.is_authentic(&key));
+/// assert!(!Floor { seq: 41, ..floor }.is_authentic(&key));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Floor {
+    /// The last destroyed row.
+    pub seq: u64,
+    /// Its hash.
+    #[serde(with = "hex_hash")]
+    pub hash: Hash,
+    /// Its time.
+    pub last_at: DateTime<Utc>,
+    /// HMAC of all three under the chain key.
+    #[serde(with = "hex_hash")]
+    pub mac: Hash,
+}
+
+impl Floor {
+    fn mac_of(key: &ChainKey, seq: u64, hash: &Hash, last_at: DateTime<Utc>) -> Hash {
+        key.mac(
+            FLOOR_LABEL,
+            &[&seq.to_be_bytes(), hash, last_at.to_rfc3339().as_bytes()],
+        )
+    }
+
+    /// A floor after row `seq` (hash `hash`, time `last_at`).
+    pub fn new(key: &ChainKey, seq: u64, hash: Hash, last_at: DateTime<Utc>) -> Self {
+        Self {
+            seq,
+            hash,
+            last_at,
+            mac: Self::mac_of(key, seq, &hash, last_at),
+        }
+    }
+
+    /// Whether it was made with `key` (not moved, forged or a replayed
+    /// checkpoint).
+    pub fn is_authentic(&self, key: &ChainKey) -> bool {
+        Self::mac_of(key, self.seq, &self.hash, self.last_at) == self.mac
     }
 }
 
@@ -464,8 +532,8 @@ impl ArchiveDir {
     }
 
     /// Where retained history begins (after segments were destroyed), if
-    /// anywhere but the genesis.
-    pub fn floor(&self, tenant: TenantId) -> Result<Option<Checkpoint>, ArchiveError> {
+    /// anywhere but the genesis. Check it with [`Floor::is_authentic`].
+    pub fn floor(&self, tenant: TenantId) -> Result<Option<Floor>, ArchiveError> {
         let path = self.tenant_dir(tenant).join("floor.json");
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -482,41 +550,75 @@ impl ArchiveDir {
     }
 
     /// Destroys the oldest segments whose newest event is before `before`
-    /// (the maximum retention), oldest first and without gaps, recording the
-    /// new floor first. Returns how many rows were destroyed.
+    /// (the maximum retention) and whose rows are archived (at most
+    /// `archived_to`, the committed checkpoint's row), oldest first and
+    /// without gaps, recording the new floor first. Returns how many rows
+    /// were destroyed.
+    ///
+    /// Nothing is destroyed on the word of a file alone: the current floor
+    /// must be authentic, and each doomed segment sealed by `key`, for this
+    /// tenant, and continuing the chain from the one before — otherwise
+    /// [`ArchiveError::Broken`] and the archive is left as it is.
     pub fn destroy_before(
         &self,
         key: &ChainKey,
         tenant: TenantId,
         before: DateTime<Utc>,
+        archived_to: u64,
     ) -> Result<u64, ArchiveError> {
+        let current = self.floor(tenant)?;
+        if let Some(f) = current
+            && !f.is_authentic(key)
+        {
+            return Err(ArchiveError::Broken(ChainBreak::Checkpoint { seq: f.seq }));
+        }
+        let (mut at_seq, mut at_hash) = current.map_or((0, GENESIS), |f| (f.seq, f.hash));
         let mut doomed = Vec::new();
         let mut floor = None;
-        for (first, last, path) in self.paths(tenant)? {
+        let mut rows = 0u64;
+        for (_, last, path) in self.paths(tenant)? {
+            // Left behind by an interrupted expiry: below the floor already.
+            if last <= at_seq {
+                doomed.push(path);
+                continue;
+            }
             let seg = self.read(&path)?;
-            if seg.header.last_at >= before {
+            let h = &seg.header;
+            if !seg.is_sealed_by(key) || h.tenant != tenant {
+                return Err(ArchiveError::Broken(ChainBreak::SegmentSeal {
+                    first: h.first_seq,
+                }));
+            }
+            if h.first_seq != at_seq.saturating_add(1) || h.prev_hash != at_hash {
+                return Err(ArchiveError::Broken(ChainBreak::Missing {
+                    after: at_seq,
+                    next: h.first_seq,
+                }));
+            }
+            if h.last_at >= before || h.last_seq > archived_to {
                 break;
             }
-            floor = Some(Checkpoint::new(key, last, seg.header.last_hash));
-            doomed.push((first, last, path));
+            rows += seg.rows.len() as u64;
+            (at_seq, at_hash) = (h.last_seq, h.last_hash);
+            floor = Some(Floor::new(key, h.last_seq, h.last_hash, h.last_at));
+            doomed.push(path);
         }
-        let Some(floor) = floor else { return Ok(0) };
         let dir = self.tenant_dir(tenant);
-        let path = dir.join("floor.json");
-        let tmp = dir.join(".floor.json.tmp");
-        let bytes = serde_json::to_vec(&floor).map_err(|e| ArchiveError::Format {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let mut f = private_file(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&dir)?;
-        let mut rows = 0;
-        for (first, last, p) in doomed {
+        if let Some(floor) = floor {
+            let path = dir.join("floor.json");
+            let tmp = dir.join(".floor.json.tmp");
+            let bytes = serde_json::to_vec(&floor).map_err(|e| ArchiveError::Format {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            let mut f = private_file(&tmp).map_err(io(&tmp))?;
+            f.write_all(&bytes).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            sync_dir(&dir)?;
+        }
+        for p in doomed {
             std::fs::remove_file(&p).map_err(io(&p))?;
-            rows += last - first + 1;
         }
         Ok(rows)
     }
@@ -609,21 +711,24 @@ pub fn verify_archive(
         v.note(ChainBreak::Checkpoint { seq: cp.seq });
     }
     let (mut segments, mut archived_rows, mut live_rows) = (0, 0, 0);
-    for (_, last, path) in dir.paths(tenant)? {
-        // Left behind by an interrupted expiry: older than the floor.
-        if last <= start_seq {
+    // Rows after the checkpoint (or all, without one) are not archived yet:
+    // a segment written by a run whose prune did not commit is live too.
+    let archived_to = checkpoint.map_or(start_seq, |cp| cp.seq);
+    for (first, last, path) in dir.paths(tenant)? {
+        // Left behind by an interrupted expiry (older than the floor), or
+        // by an interrupted archival (newer than the checkpoint).
+        if last <= start_seq || first > archived_to {
             continue;
         }
         let seg = dir.read(&path)?;
         segments += 1;
-        if !seg.is_sealed_by(key) {
+        if !seg.is_sealed_by(key) || seg.header.tenant != tenant {
             v.note(ChainBreak::SegmentSeal {
                 first: seg.header.first_seq,
             });
         }
         for r in &seg.rows {
-            // Rows of a segment whose prune did not happen are live too.
-            if checkpoint.is_some_and(|cp| r.seq > cp.seq) {
+            if r.seq > archived_to {
                 break;
             }
             archived_rows += 1;
@@ -749,12 +854,96 @@ mod tests {
         // Expiry: the floor moves, what remains verifies.
         dir.write(&s2).unwrap();
         let destroyed = dir
-            .destroy_before(&key, tenant, s1.header.last_at + Duration::seconds(1))
+            .destroy_before(&key, tenant, s1.header.last_at + Duration::seconds(1), 20)
             .unwrap();
         assert_eq!(destroyed, 10);
         let after = verify_archive(&key, tenant, &dir, Some(&cp), live, &[]).unwrap();
         assert!(after.is_intact(), "{:?}", after.chain.breaks);
         assert_eq!(after.floor, 10);
+    }
+
+    #[test]
+    fn a_checkpoint_replayed_as_the_floor_is_refused() {
+        let tenant = TenantId::new_v4();
+        let key = ChainKey::derive(&[1u8; 32], tenant);
+        let rows = chain_of(&key, tenant, 20);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::new(tmp.path());
+        let now = Utc::now();
+        let s1 = Segment::seal(&key, tenant, (0, GENESIS), rows[..10].to_vec(), now).unwrap();
+        let p1 = dir.write(&s1).unwrap();
+        let cp = Checkpoint::new(&key, 10, rows[9].hash);
+        // Segment removed, the (authentic) checkpoint copied in as floor.
+        std::fs::remove_file(&p1).unwrap();
+        std::fs::write(
+            dir.tenant_dir(tenant).join("floor.json"),
+            format!(
+                r#"{{"seq":10,"hash":"{}","last_at":"{}","mac":"{}"}}"#,
+                hex(&cp.hash),
+                rows[9].event.at.to_rfc3339(),
+                hex(&cp.mac)
+            ),
+        )
+        .unwrap();
+        let r = verify_archive(&key, tenant, &dir, Some(&cp), rows[10..].to_vec(), &[]).unwrap();
+        assert!(r.chain.breaks.contains(&ChainBreak::Checkpoint { seq: 10 }));
+        // Control: the floor expiry writes verifies.
+        let real = Floor::new(&key, 10, rows[9].hash, rows[9].event.at);
+        std::fs::write(
+            dir.tenant_dir(tenant).join("floor.json"),
+            serde_json::to_vec(&real).unwrap(),
+        )
+        .unwrap();
+        let ok = verify_archive(&key, tenant, &dir, Some(&cp), rows[10..].to_vec(), &[]).unwrap();
+        assert!(ok.is_intact(), "{:?}", ok.chain.breaks);
+    }
+
+    #[test]
+    fn expiry_destroys_nothing_on_a_forged_header() {
+        let tenant = TenantId::new_v4();
+        let key = ChainKey::derive(&[1u8; 32], tenant);
+        let rows = chain_of(&key, tenant, 20);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::new(tmp.path());
+        let now = Utc::now();
+        let s1 = Segment::seal(&key, tenant, (0, GENESIS), rows[..10].to_vec(), now).unwrap();
+        // The newest event back-dated in the header: would look expired.
+        let mut forged = s1.clone();
+        forged.header.last_at = rows[0].event.at;
+        let p1 = dir.write(&s1).unwrap();
+        let mut bytes = Vec::new();
+        forged.write_to(&mut bytes).unwrap();
+        std::fs::write(&p1, bytes).unwrap();
+        let cutoff = rows[0].event.at + Duration::seconds(1);
+        assert!(matches!(
+            dir.destroy_before(&key, tenant, cutoff, 10),
+            Err(ArchiveError::Broken(ChainBreak::SegmentSeal { first: 1 }))
+        ));
+        assert!(p1.exists());
+        // Control: the genuine segment is kept by the same cut-off (its
+        // newest event is younger), and destroyed by a later one.
+        dir.write(&s1).unwrap();
+        assert_eq!(dir.destroy_before(&key, tenant, cutoff, 10).unwrap(), 0);
+        let later = s1.header.last_at + Duration::seconds(1);
+        // Not before its rows are archived (the checkpoint moved past them).
+        assert_eq!(dir.destroy_before(&key, tenant, later, 9).unwrap(), 0);
+        assert_eq!(dir.destroy_before(&key, tenant, later, 10).unwrap(), 10);
+        assert!(!p1.exists());
+    }
+
+    #[test]
+    fn a_segment_past_the_checkpoint_is_still_live() {
+        let tenant = TenantId::new_v4();
+        let key = ChainKey::derive(&[1u8; 32], tenant);
+        let rows = chain_of(&key, tenant, 10);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ArchiveDir::new(tmp.path());
+        // Written, but the prune never committed: no checkpoint.
+        let s1 = Segment::seal(&key, tenant, (0, GENESIS), rows[..5].to_vec(), Utc::now()).unwrap();
+        dir.write(&s1).unwrap();
+        let r = verify_archive(&key, tenant, &dir, None, rows.clone(), &[]).unwrap();
+        assert!(r.is_intact(), "{:?}", r.chain.breaks);
+        assert_eq!((r.segments, r.archived_rows, r.live_rows), (0, 0, 10));
     }
 
     #[test]

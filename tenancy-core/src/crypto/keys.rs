@@ -971,6 +971,41 @@ impl Keyring {
         Ok(())
     }
 
+    /// The tenant's stored keys, still wrapped (for a backup: they open
+    /// only through the same key provider).
+    pub async fn export_keys(&self, tenant: TenantId) -> Result<Vec<StoredKey>, CryptoError> {
+        self.store.keys(tenant).await
+    }
+
+    /// Stores wrapped keys from a backup of the same tenant: versions the
+    /// store lacks are inserted, versions it has are left as they are (a
+    /// destroyed key is never brought back). Returns how many were inserted.
+    pub async fn import_keys(
+        &self,
+        tenant: TenantId,
+        keys: Vec<StoredKey>,
+    ) -> Result<u64, CryptoError> {
+        let have = self.store.keys(tenant).await?;
+        if have.iter().any(|k| k.state == KeyState::Destroyed) {
+            return Err(CryptoError::UnknownKeyVersion(0));
+        }
+        let mut inserted = 0;
+        for k in keys {
+            if k.tenant != tenant {
+                return Err(CryptoError::KeyStore(
+                    "a key of another tenant in the import".into(),
+                ));
+            }
+            if have.iter().any(|h| h.version == k.version) {
+                continue;
+            }
+            self.store.insert(k).await?;
+            inserted += 1;
+        }
+        self.evict(tenant).await;
+        Ok(inserted)
+    }
+
     /// The tenant's data-key versions in the store and their states
     /// (version 0 is the blind-index root).
     pub async fn versions(&self, tenant: TenantId) -> Result<Vec<(u32, KeyState)>, CryptoError> {

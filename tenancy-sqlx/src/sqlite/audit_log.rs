@@ -214,6 +214,26 @@ impl SqliteAuditLog {
         Ok(v.finish())
     }
 
+    /// One page of the tenant's live log in `tx` (rows after `after`, in
+    /// order, at most `limit`), chained as stored (for a backup, read in the
+    /// same snapshot as the tenant's data).
+    pub async fn live_events(
+        &self,
+        tx: &mut SqliteTenantTx,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainedEvent>, DbError> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, event, prev_hash, hash FROM tenancy_audit_log WHERE seq > $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(i64::try_from(after).map_err(|_| invalid("seq"))?)
+        .bind(i64::from(limit))
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter().map(chained).collect()
+    }
+
     /// The tenant's checkpoint: where its live log starts after archival.
     pub async fn checkpoint(&self, tx: &mut SqliteTenantTx) -> Result<Option<Checkpoint>, DbError> {
         let row: Option<(i64, Vec<u8>, Vec<u8>)> =
@@ -270,6 +290,7 @@ impl SqliteAuditLog {
         let cutoff = retention.archive_before(now);
         let batch = batch.clamp(1, 100_000);
         let mut run = ArchiveRun::default();
+        let committed = self.checkpoint(tx).await?;
         loop {
             let checkpoint = self.checkpoint(tx).await?;
             if let Some(c) = checkpoint
@@ -312,10 +333,17 @@ impl SqliteAuditLog {
             .bind(now)
             .execute(&mut **tx)
             .await?;
-            sqlx::query("DELETE FROM tenancy_audit_log WHERE seq <= $1")
+            // Exactly the rows sealed: none below the old checkpoint, none
+            // past the new one.
+            let pruned = sqlx::query("DELETE FROM tenancy_audit_log WHERE seq > $1 AND seq <= $2")
+                .bind(i64::try_from(after.0).map_err(|_| invalid("seq"))?)
                 .bind(seq)
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected();
+            if pruned != n {
+                return Err(ArchiveError::Changed { sealed: n, pruned }.into());
+            }
             run.segments += 1;
             run.archived_rows += n;
             run.checkpoint = Some(cp);
@@ -323,8 +351,11 @@ impl SqliteAuditLog {
                 break;
             }
         }
+        // Only what an earlier, committed run archived: this run's
+        // checkpoint is not committed until the caller commits `tx`.
         if let Some(before) = retention.destroy_before(now) {
-            run.destroyed_rows = dir.destroy_before(&key, tenant, before)?;
+            let archived_to = committed.map_or(0, |c| c.seq);
+            run.destroyed_rows = dir.destroy_before(&key, tenant, before, archived_to)?;
         }
         Ok(run)
     }

@@ -434,11 +434,13 @@ pub async fn update(
             c.sealed.medical_history_enc = s.medical_history_enc;
         }
     }
-    crate::on!(tx, sqlx::query(
+    // Re-checked as the row is written: a customer forgotten or deactivated
+    // since it was read is not written back (no erased field returns).
+    let done = crate::on!(tx, sqlx::query(
         "UPDATE customers SET agent_id = $2, email = $3, risk_profile = $4, lifecycle_stage = $5, \
          engagement_score = $6, kyc_status = $7, shared = $8, phone_enc = $9, phone_index = $10, \
          pan_enc = $11, pan_index = $12, aadhaar_enc = $13, bank_account_enc = $14, \
-         medical_history_enc = $15 WHERE id = $1",
+         medical_history_enc = $15 WHERE id = $1 AND active = TRUE AND erased_at IS NULL",
     )
     .bind(c.id)
     .bind(c.agent_id)
@@ -455,6 +457,9 @@ pub async fn update(
     .bind(&c.sealed.aadhaar_enc)
     .bind(&c.sealed.bank_account_enc)
     .bind(&c.sealed.medical_history_enc), execute)?;
+    if done == 0 {
+        return Err(ApiError::not_found("customer"));
+    }
     audit(&state, &mut tx, &caller, Action::UPDATE, c.id, &fields).await?;
     tx.commit().await?;
     c.sensitive = masked(&c.sealed);

@@ -1,0 +1,754 @@
+//! Tenant backup and restore: one tenant's record, members, wrapped keys,
+//! customers' subject keys and every application table, in the portable
+//! sealed stream of `tenancy_core::backup`, restorable into either backend
+//! (a SQLite file of its own, or the shared PostgreSQL tables).
+//!
+//! A backup is written as a stream from one tenant transaction (a
+//! consistent snapshot, memory flat however large the tenant). Its audit
+//! log — the retained archive and the live log — comes last; a restore
+//! re-appends it only into an empty log (a live tenant's log is
+//! append-only and stays as it is). A restore
+//! reads the file twice: once to verify the seal (nothing is written from an
+//! altered backup), then to load it, each table in its own transaction and
+//! checked against the verified manifest; the tables done are recorded in
+//! `<file>.restore-progress`, so an interrupted restore resumes where it
+//! stopped. The keys in a backup are wrapped by the source deployment's
+//! KEKs: a restore needs the same key provider (`master.key` and
+//! `keks.json`, or the same KMS), and restores the tenant under the same id.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use tenancy_core::audit::AuditEvent;
+use tenancy_core::audit::chain::ChainedEvent;
+use tenancy_core::backup::{
+    BackupEvent, BackupHeader, BackupKey, BackupReader, BackupWriter, ColumnType, Manifest,
+    TableSum,
+};
+use tenancy_core::crypto::keys::{KeyState, StoredKey};
+use tenancy_core::crypto::subject::{StoredSubjectKey, SubjectId};
+use tenancy_core::store::TenantStore as _;
+use tenancy_core::{Membership, Tenant, TenantContext};
+use tenancy_sqlx::backup::TableSpec;
+
+use crate::api::ApiError;
+use crate::data::{Data, Tx};
+
+use ColumnType::{Bool, Bytes, Date, Int, Json, Text, Timestamp, Uuid};
+
+/// The application's tables, parents first, with portable column types.
+pub fn app_tables() -> Vec<TableSpec> {
+    vec![
+        TableSpec::new(
+            "agents",
+            "created_at, id",
+            &[
+                ("tenant_id", Uuid),
+                ("id", Uuid),
+                ("user_id", Text),
+                ("agent_code", Text),
+                ("name", Text),
+                ("licence_number", Text),
+                ("licence_expiry", Date),
+                ("experience_years", Int),
+                ("business_name", Text),
+                ("regions", Json),
+                ("manager_id", Uuid),
+                ("compliance_status", Text),
+                ("active", Bool),
+                ("created_at", Timestamp),
+            ],
+        ),
+        TableSpec::new(
+            "customers",
+            "id",
+            &[
+                ("tenant_id", Uuid),
+                ("id", Uuid),
+                ("agent_id", Uuid),
+                ("first_name", Text),
+                ("last_name", Text),
+                ("date_of_birth", Date),
+                ("email", Text),
+                ("customer_type", Text),
+                ("risk_profile", Text),
+                ("lifecycle_stage", Text),
+                ("engagement_score", Int),
+                ("kyc_status", Text),
+                ("shared", Bool),
+                ("active", Bool),
+                ("created_at", Timestamp),
+                ("phone_enc", Text),
+                ("phone_index", Bytes),
+                ("pan_enc", Text),
+                ("pan_index", Bytes),
+                ("aadhaar_enc", Text),
+                ("bank_account_enc", Text),
+                ("medical_history_enc", Text),
+                ("erased_at", Timestamp),
+            ],
+        ),
+        TableSpec::new(
+            "policies",
+            "id",
+            &[
+                ("tenant_id", Uuid),
+                ("id", Uuid),
+                ("policy_number", Text),
+                ("product", Text),
+                ("customer_id", Uuid),
+                ("agent_id", Uuid),
+                ("sum_assured_minor", Int),
+                ("premium_minor", Int),
+                ("currency", Text),
+                ("premium_frequency", Text),
+                ("issue_date", Date),
+                ("commencement_date", Date),
+                ("maturity_date", Date),
+                ("next_due_date", Date),
+                ("status", Text),
+                ("riders", Json),
+                ("shared", Bool),
+                ("active", Bool),
+                ("created_at", Timestamp),
+            ],
+        ),
+        TableSpec::new(
+            "payments",
+            "id",
+            &[
+                ("tenant_id", Uuid),
+                ("id", Uuid),
+                ("policy_id", Uuid),
+                ("amount_minor", Int),
+                ("currency", Text),
+                ("due_date", Date),
+                ("paid_date", Date),
+                ("method", Text),
+                ("status", Text),
+                ("transaction_ref", Text),
+                ("created_at", Timestamp),
+                ("confirmed_by", Text),
+                ("confirmed_at", Timestamp),
+                ("refunded_by", Text),
+                ("refunded_at", Timestamp),
+            ],
+        ),
+        TableSpec::new(
+            "commissions",
+            "id",
+            &[
+                ("tenant_id", Uuid),
+                ("id", Uuid),
+                ("payment_id", Uuid),
+                ("policy_id", Uuid),
+                ("agent_id", Uuid),
+                ("kind", Text),
+                ("rate_bp", Int),
+                ("amount_minor", Int),
+                ("currency", Text),
+                ("status", Text),
+                ("created_at", Timestamp),
+            ],
+        ),
+    ]
+}
+
+/// The library's parts of a tenant, as tables of the backup.
+const TENANT: &str = "tenancy.tenant";
+const MEMBERS: &str = "tenancy.memberships";
+const USERS: &str = "app.users";
+const KEYS: &str = "tenancy.tenant_keys";
+const SUBJECT_KEYS: &str = "tenancy.subject_keys";
+const AUDIT: &str = "tenancy.audit_log";
+
+fn audit_columns() -> Vec<tenancy_core::backup::Column> {
+    columns(&[
+        ("seq", Int),
+        ("event", Json),
+        ("prev_hash", Bytes),
+        ("hash", Bytes),
+    ])
+}
+
+fn audit_row(r: &ChainedEvent) -> Result<Vec<Value>, ApiError> {
+    Ok(vec![
+        Value::from(r.seq),
+        serde_json::to_value(&r.event).map_err(failed)?,
+        b64(&r.prev_hash),
+        b64(&r.hash),
+    ])
+}
+
+fn columns(cols: &[(&str, ColumnType)]) -> Vec<tenancy_core::backup::Column> {
+    cols.iter()
+        .map(|(n, t)| tenancy_core::backup::Column::new(*n, *t))
+        .collect()
+}
+
+fn failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("backup: {e}"))
+}
+
+fn b64(bytes: &[u8]) -> Value {
+    use base64::Engine as _;
+    Value::from(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))
+}
+
+fn unb64(v: &Value) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    let s = v.as_str().ok_or_else(|| failed("expected base64"))?;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(s)
+        .map_err(failed)
+}
+
+fn instant(t: chrono::DateTime<Utc>) -> Value {
+    use chrono::SubsecRound as _;
+    Value::from(
+        t.trunc_subsecs(6)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+}
+
+fn parse_instant(v: &Value) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(failed),
+        _ => Err(failed("expected an instant")),
+    }
+}
+
+/// What a backup or a restore did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Every table with its count and checksum.
+    pub manifest: Manifest,
+}
+
+/// Writes a backup of `tenant` to `out` (a new file, owner-readable only),
+/// sealed with `key`; `progress` is told every row written.
+pub async fn backup_to(
+    data: &Data,
+    tenant: &Tenant,
+    out: &Path,
+    key: &BackupKey,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, ApiError> {
+    let file = crate::ops::private_file(out).map_err(|e| {
+        ApiError::conflict(format!(
+            "{}: {e} (a backup is written to a new file)",
+            out.display()
+        ))
+    })?;
+    let result = backup(data, tenant, std::io::BufWriter::new(file), key, progress).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result
+}
+
+async fn backup<W: Write>(
+    data: &Data,
+    tenant: &Tenant,
+    out: W,
+    key: &BackupKey,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, ApiError> {
+    let header = BackupHeader::new(
+        tenant.id,
+        tenant.slug.as_str(),
+        Utc::now(),
+        json!({
+            "backend": data.backend_name(),
+            "app_schema_version": crate::postgres::SCHEMA_VERSION,
+            "tenant_file_version": crate::data::migrator().latest(),
+        }),
+    );
+    let mut w = BackupWriter::new(out, key, header).map_err(failed)?;
+    // The tenant's record and members.
+    w.begin_table(TENANT, columns(&[("record", Json)]))
+        .map_err(failed)?;
+    w.row(vec![serde_json::to_value(tenant).map_err(failed)?])
+        .map_err(failed)?;
+    w.end_table().map_err(failed)?;
+    let members = data.memberships().members_of(tenant.id).await?;
+    w.begin_table(
+        USERS,
+        columns(&[
+            ("id", Text),
+            ("email", Text),
+            ("name", Text),
+            ("password_hash", Text),
+        ]),
+    )
+    .map_err(failed)?;
+    let ids: BTreeSet<String> = members
+        .iter()
+        .map(|m| m.user_id.as_str().to_owned())
+        .collect();
+    for id in ids {
+        if let Some((email, name, hash)) = data.user_record(&id).await? {
+            w.row(vec![
+                Value::from(id),
+                Value::from(email),
+                Value::from(name),
+                Value::from(hash),
+            ])
+            .map_err(failed)?;
+        }
+    }
+    w.end_table().map_err(failed)?;
+    // Members after their accounts (a restore creates the accounts first).
+    w.begin_table(MEMBERS, columns(&[("membership", Json)]))
+        .map_err(failed)?;
+    for m in &members {
+        w.row(vec![serde_json::to_value(m).map_err(failed)?])
+            .map_err(failed)?;
+    }
+    w.end_table().map_err(failed)?;
+    // Wrapped keys: they open only through the same key provider.
+    w.begin_table(
+        KEYS,
+        columns(&[
+            ("version", Int),
+            ("wrapped", Bytes),
+            ("state", Text),
+            ("created_at", Timestamp),
+        ]),
+    )
+    .map_err(failed)?;
+    for k in data
+        .keyring()
+        .export_keys(tenant.id)
+        .await
+        .map_err(failed)?
+    {
+        let state = match k.state {
+            KeyState::Primary => "primary",
+            KeyState::Retired => "retired",
+            _ => "destroyed",
+        };
+        w.row(vec![
+            Value::from(i64::from(k.version)),
+            b64(&k.wrapped),
+            Value::from(state),
+            instant(k.created_at),
+        ])
+        .map_err(failed)?;
+    }
+    w.end_table().map_err(failed)?;
+    w.begin_table(
+        SUBJECT_KEYS,
+        columns(&[
+            ("subject", Text),
+            ("wrapped", Bytes),
+            ("created_at", Timestamp),
+            ("erased_at", Timestamp),
+        ]),
+    )
+    .map_err(failed)?;
+    let mut after: Option<SubjectId> = None;
+    loop {
+        let page = data
+            .subjects()
+            .store()
+            .list(tenant.id, after.as_ref(), 1000)
+            .await
+            .map_err(failed)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.subject.clone());
+        for k in page {
+            w.row(vec![
+                Value::from(k.subject.as_str()),
+                k.wrapped.as_deref().map_or(Value::Null, b64),
+                instant(k.created_at),
+                k.erased_at.map_or(Value::Null, instant),
+            ])
+            .map_err(failed)?;
+        }
+    }
+    w.end_table().map_err(failed)?;
+    // The application's tables, from one snapshot.
+    let ctx = TenantContext::new(tenant.clone());
+    let mut tx = data.begin(&ctx).await?;
+    let mut rows = 0u64;
+    for spec in app_tables() {
+        let sum = match tx.tx() {
+            Tx::Sqlite(t) => tenancy_sqlx::backup::write_sqlite_table(t, &spec, &mut w).await?,
+            Tx::Postgres(t) => tenancy_sqlx::backup::write_pg_table(t, &spec, &mut w).await?,
+        };
+        rows += sum.rows;
+        progress(rows);
+    }
+    // The audit log, from the same snapshot: the retained archive (segment
+    // by segment), then the live log (page by page).
+    w.begin_table(AUDIT, audit_columns()).map_err(failed)?;
+    let first_live = data
+        .audit()
+        .live_events(&mut tx, 0, 1)
+        .await?
+        .first()
+        .map_or(u64::MAX, |r| r.seq);
+    let archive = data.audit_archive();
+    let floor = archive
+        .floor(tenant.id)
+        .map_err(failed)?
+        .map_or(0, |f| f.seq);
+    for (_, last, path) in archive.paths(tenant.id).map_err(failed)? {
+        if last <= floor {
+            continue;
+        }
+        for r in archive.read(&path).map_err(failed)?.rows {
+            if r.seq < first_live {
+                w.row(audit_row(&r)?).map_err(failed)?;
+            }
+        }
+    }
+    let mut after = 0;
+    loop {
+        let page = data.audit().live_events(&mut tx, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in &page {
+            w.row(audit_row(r)?).map_err(failed)?;
+        }
+    }
+    w.end_table().map_err(failed)?;
+    tx.commit().await?;
+    let manifest = w.finish().map_err(failed)?;
+    Ok(Report { manifest })
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Replace the tenant's current data when it exists (otherwise a live
+    /// tenant with the same id is refused, 409).
+    pub replace: bool,
+}
+
+fn progress_path(file: &Path) -> PathBuf {
+    let mut p = file.as_os_str().to_owned();
+    p.push(".restore-progress");
+    PathBuf::from(p)
+}
+
+fn open(file: &Path) -> Result<BufReader<std::fs::File>, ApiError> {
+    std::fs::File::open(file)
+        .map(BufReader::new)
+        .map_err(|e| ApiError::invalid(format!("{}: {e}", file.display())))
+}
+
+/// Pass one: the whole file against its seal.
+fn verify(file: &Path, key: &BackupKey) -> Result<(BackupHeader, Manifest), ApiError> {
+    let mut r = BackupReader::new(open(file)?, key).map_err(refused)?;
+    let header = r.header().clone();
+    loop {
+        if let BackupEvent::Sealed(m) = r.next().map_err(refused)? {
+            return Ok((header, m));
+        }
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` wants
+fn refused(e: tenancy_core::backup::BackupError) -> ApiError {
+    ApiError::invalid(format!("backup refused: {e}"))
+}
+
+/// Restores the backup in `file` (sealed with `key`) into this deployment's
+/// placement, as the same tenant. `progress` is told every row restored.
+pub async fn restore_from(
+    data: &Data,
+    file: &Path,
+    key: &BackupKey,
+    options: RestoreOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Tenant, Manifest), ApiError> {
+    let (header, manifest) = verify(file, key)?;
+    let done_path = progress_path(file);
+    let done: BTreeSet<String> = std::fs::read_to_string(&done_path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let resuming = !done.is_empty();
+    // The store itself, not the cache (which may remember "no such tenant").
+    let existing = data
+        .tenant_store()
+        .by_id(header.tenant_id)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if existing.is_some() && !resuming && !options.replace {
+        return Err(ApiError::conflict(format!(
+            "tenant {} ({}) exists here: restore with --replace to overwrite its data",
+            header.tenant_slug, header.tenant_id
+        )));
+    }
+    // Pass two: load, table by table, each checked against the manifest.
+    let mut r = BackupReader::new(open(file)?, key).map_err(refused)?;
+    let mut tenant: Option<Tenant> = existing.map(|t| (*t).clone());
+    let specs = app_tables();
+    let mut rows = 0u64;
+    loop {
+        let (name, columns) = match r.next().map_err(refused)? {
+            BackupEvent::Table { name, columns } => (name, columns),
+            BackupEvent::Sealed(_) => break,
+            other => return Err(refused_shape(&other)),
+        };
+        let skip = done.contains(&name);
+        let mut values: Vec<Vec<Value>> = Vec::new();
+        let spec = specs.iter().find(|s| s.name == name);
+        // Library tables are small (one row per member or key): gathered,
+        // then applied. Application tables stream into one transaction.
+        // The audit log streams too, re-appended event by event (the chain
+        // re-links under this deployment's key: identical where the key is
+        // the same) — but only into an empty log: a live tenant's log is
+        // append-only and is kept as it is.
+        let is_audit = name == AUDIT;
+        let mut audit_into = false;
+        let mut app_tx = match (spec.is_some() || is_audit, skip) {
+            (true, false) => {
+                let t = tenant
+                    .as_ref()
+                    .ok_or_else(|| failed("the tenant record comes first"))?;
+                if options.replace && !resuming && name == specs[0].name {
+                    data.remove_tenant_rows(t).await?;
+                }
+                let mut tx = data.begin_write(&TenantContext::new(t.clone())).await?;
+                if is_audit {
+                    audit_into = data.audit().live_events(&mut tx, 0, 1).await?.is_empty()
+                        && data.audit_archive().paths(t.id).map_err(failed)?.is_empty();
+                }
+                Some(tx)
+            }
+            _ => None,
+        };
+        if is_audit && columns != audit_columns() {
+            return Err(ApiError::invalid(
+                "backup refused: its audit log has other columns than this version's",
+            ));
+        }
+        if let Some(s) = spec
+            && s.columns != columns
+        {
+            return Err(ApiError::invalid(format!(
+                "backup refused: table {name} has other columns than this version's"
+            )));
+        }
+        let sum = loop {
+            match r.next().map_err(refused)? {
+                BackupEvent::Row(v) if skip => drop(v),
+                BackupEvent::Row(v) => match (&mut app_tx, spec) {
+                    (Some(tx), Some(spec)) => {
+                        match tx.tx() {
+                            Tx::Sqlite(t) => {
+                                tenancy_sqlx::backup::insert_sqlite_row(t, spec, &v).await?;
+                            }
+                            Tx::Postgres(t) => {
+                                tenancy_sqlx::backup::insert_pg_row(t, spec, &v).await?;
+                            }
+                        }
+                        rows += 1;
+                        if rows.is_multiple_of(1000) {
+                            progress(rows);
+                        }
+                    }
+                    (Some(tx), None) if audit_into => {
+                        let event: AuditEvent =
+                            serde_json::from_value(v.into_iter().nth(1).unwrap_or_default())
+                                .map_err(failed)?;
+                        if event.tenant != header.tenant_id {
+                            return Err(ApiError::invalid(
+                                "backup refused: an audit event of another tenant",
+                            ));
+                        }
+                        data.audit().append(tx, event).await?;
+                        rows += 1;
+                    }
+                    (Some(_), None) => {}
+                    _ => values.push(v),
+                },
+                BackupEvent::TableEnd { sum, .. } => break sum,
+                other => return Err(refused_shape(&other)),
+            }
+        };
+        if manifest.tables.get(&name) != Some(&sum) {
+            return Err(ApiError::invalid(format!(
+                "backup refused: table {name} differs from the verified manifest (was the file replaced?)"
+            )));
+        }
+        if skip {
+            continue;
+        }
+        match app_tx {
+            Some(tx) => tx.commit().await?,
+            None => {
+                apply_library_table(data, &header, &name, values, &mut tenant, options).await?;
+            }
+        }
+        mark_done(&done_path, &name)?;
+    }
+    progress(rows);
+    let _ = std::fs::remove_file(&done_path);
+    let tenant = tenant.ok_or_else(|| failed("the backup has no tenant record"))?;
+    Ok((tenant, manifest))
+}
+
+fn refused_shape(e: &BackupEvent) -> ApiError {
+    ApiError::invalid(format!("backup refused: unexpected {e:?}"))
+}
+
+fn mark_done(path: &Path, table: &str) -> Result<(), ApiError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(failed)?;
+    writeln!(f, "{table}").map_err(failed)?;
+    f.sync_all().map_err(failed)
+}
+
+async fn apply_library_table(
+    data: &Data,
+    header: &BackupHeader,
+    name: &str,
+    rows: Vec<Vec<Value>>,
+    tenant: &mut Option<Tenant>,
+    options: RestoreOptions,
+) -> Result<(), ApiError> {
+    let id = header.tenant_id;
+    match name {
+        TENANT => {
+            let record = rows
+                .into_iter()
+                .next()
+                .and_then(|mut r| r.pop())
+                .ok_or_else(|| failed("no tenant record"))?;
+            let t: Tenant = serde_json::from_value(record).map_err(failed)?;
+            if t.id != id {
+                return Err(ApiError::invalid(
+                    "backup refused: its tenant record names another tenant",
+                ));
+            }
+            if tenant.is_none() {
+                *tenant = Some(data.create_tenant(t).await?);
+            } else if options.replace {
+                data.ensure_tenant_storage(tenant.as_ref().ok_or_else(|| failed("tenant"))?)
+                    .await?;
+            }
+        }
+        USERS => {
+            for r in rows {
+                let [id, email, name, hash] =
+                    <[Value; 4]>::try_from(r).map_err(|_| failed("user row"))?;
+                let (Some(id), Some(email), Some(name), Some(hash)) =
+                    (id.as_str(), email.as_str(), name.as_str(), hash.as_str())
+                else {
+                    return Err(failed("user row"));
+                };
+                if data.user_record(id).await?.is_none() {
+                    data.insert_user(id, email, name, hash).await?;
+                }
+            }
+        }
+        MEMBERS => {
+            for r in rows {
+                let m: Membership =
+                    serde_json::from_value(r.into_iter().next().unwrap_or_default())
+                        .map_err(failed)?;
+                if m.tenant_id != id {
+                    return Err(ApiError::invalid(
+                        "backup refused: a membership of another tenant",
+                    ));
+                }
+                data.memberships().upsert(&m).await?;
+            }
+        }
+        KEYS => {
+            let mut keys = Vec::new();
+            for r in rows {
+                let [version, wrapped, state, created_at] =
+                    <[Value; 4]>::try_from(r).map_err(|_| failed("key row"))?;
+                let state = match state.as_str() {
+                    Some("primary") => KeyState::Primary,
+                    Some("retired") => KeyState::Retired,
+                    _ => KeyState::Destroyed,
+                };
+                let version = version
+                    .as_i64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| failed("key version"))?;
+                keys.push(StoredKey::new(
+                    id,
+                    version,
+                    unb64(&wrapped)?,
+                    state,
+                    parse_instant(&created_at)?.ok_or_else(|| failed("key time"))?,
+                ));
+            }
+            data.keyring().import_keys(id, keys).await.map_err(failed)?;
+        }
+        SUBJECT_KEYS => {
+            for r in rows {
+                let [subject, wrapped, created_at, erased_at] =
+                    <[Value; 4]>::try_from(r).map_err(|_| failed("subject key row"))?;
+                let subject =
+                    SubjectId::new(subject.as_str().unwrap_or_default()).map_err(failed)?;
+                let created_at = parse_instant(&created_at)?.ok_or_else(|| failed("time"))?;
+                let entry = match (wrapped.is_null(), parse_instant(&erased_at)?) {
+                    (false, None) => {
+                        StoredSubjectKey::live(id, subject, unb64(&wrapped)?, created_at)
+                    }
+                    (true, Some(at)) => StoredSubjectKey::erased(id, subject, created_at, at),
+                    _ => return Err(failed("a subject key neither live nor erased")),
+                };
+                // A subject erased here since the backup stays erased: the
+                // store never replaces a tombstone.
+                data.subjects()
+                    .store()
+                    .insert(entry)
+                    .await
+                    .map_err(failed)?;
+            }
+        }
+        other => {
+            return Err(ApiError::invalid(format!(
+                "backup refused: unknown table {other}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the header of a backup without verifying it (to show what it is).
+pub fn peek(file: &Path) -> Result<BackupHeader, ApiError> {
+    let mut line = Vec::new();
+    open(file)?.read_until(b'\n', &mut line).map_err(failed)?;
+    #[derive(serde::Deserialize)]
+    struct H {
+        header: BackupHeader,
+    }
+    serde_json::from_slice::<H>(&line)
+        .map(|h| h.header)
+        .map_err(|e| ApiError::invalid(format!("not a backup: {e}")))
+}
+
+/// Every application table's count and checksum as stored now for `tenant`
+/// (to compare a restore with its backup).
+pub async fn table_sums(data: &Data, tenant: &Tenant) -> Result<Vec<(String, TableSum)>, ApiError> {
+    let mut tx = data.begin(&TenantContext::new(tenant.clone())).await?;
+    let mut out = Vec::new();
+    for spec in app_tables() {
+        let sum = match tx.tx() {
+            Tx::Sqlite(t) => tenancy_sqlx::backup::read_sqlite_table_sum(t, &spec).await?,
+            Tx::Postgres(t) => tenancy_sqlx::backup::read_pg_table_sum(t, &spec).await?,
+        };
+        out.push((spec.name.clone(), sum));
+    }
+    tx.commit().await?;
+    Ok(out)
+}
