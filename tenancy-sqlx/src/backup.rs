@@ -7,7 +7,7 @@
 //! bytes for the same data: instants to microseconds (what PostgreSQL
 //! keeps), UUIDs hyphenated, bytes as unpadded base64, JSON re-serialised.
 //! The order-independent checksums of a table read back after a restore then
-//! equal the source's ([`read_table_sum`]).
+//! equal the source's ([`read_pg_table_sum`], `read_sqlite_table_sum`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
