@@ -11,10 +11,15 @@
 //! reads the file twice: once to verify the seal (nothing is written from an
 //! altered backup), then to load it, each table in its own transaction and
 //! checked against the verified manifest; the tables done are recorded in
-//! `<file>.restore-progress`, so an interrupted restore resumes where it
-//! stopped. The keys in a backup are wrapped by the source deployment's
-//! KEKs: a restore needs the same key provider (`master.key` and
-//! `keks.json`, or the same KMS), and restores the tenant under the same id.
+//! the data directory (`restores/<tenant>.progress`, bound to the backup's
+//! manifest), so an interrupted restore resumes where it stopped when asked
+//! to (`resume`). A customer forgotten since the backup stays forgotten; on
+//! replace, members are those of the backup; a purged tenant is not
+//! restored under its id. The restore is recorded in the tenant's log.
+//!
+//! The keys in a backup are wrapped by the source deployment's KEKs: a
+//! restore needs the same key provider (`master.key` and `keks.json`, or the
+//! same KMS), and restores the tenant under the same id.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -431,12 +436,32 @@ pub struct RestoreOptions {
     /// Replace the tenant's current data when it exists (otherwise a live
     /// tenant with the same id is refused, 409).
     pub replace: bool,
+    /// Continue an interrupted restore of the same backup (its progress is
+    /// kept in the data directory, bound to the backup's manifest).
+    pub resume: bool,
 }
 
-fn progress_path(file: &Path) -> PathBuf {
-    let mut p = file.as_os_str().to_owned();
-    p.push(".restore-progress");
-    PathBuf::from(p)
+/// Where the progress of restoring `tenant` is kept: in the data
+/// directory (not beside the backup, where others may write).
+pub fn progress_path(data: &Data, tenant: tenancy_core::TenantId) -> PathBuf {
+    data.dir()
+        .join("restores")
+        .join(format!("{tenant}.progress"))
+}
+
+/// The first line of a progress file: the tenant and the digest of the
+/// backup's verified manifest it belongs to.
+pub fn progress_binding(header: &BackupHeader, manifest: &Manifest) -> Result<String, ApiError> {
+    // The manifest's tables, counts and checksums, summed into one digest.
+    let mut digest = TableSum::default();
+    for (name, sum) in &manifest.tables {
+        digest.add(&[
+            Value::from(name.as_str()),
+            serde_json::to_value(sum).map_err(failed)?,
+        ]);
+    }
+    let hex: String = digest.checksum.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{} {hex}", header.tenant_id))
 }
 
 fn open(file: &Path) -> Result<BufReader<std::fs::File>, ApiError> {
@@ -445,13 +470,37 @@ fn open(file: &Path) -> Result<BufReader<std::fs::File>, ApiError> {
         .map_err(|e| ApiError::invalid(format!("{}: {e}", file.display())))
 }
 
-/// Pass one: the whole file against its seal.
+/// Pass one: the whole file against its seal, and every table's columns
+/// against this version's — before anything is written or removed.
 fn verify(file: &Path, key: &BackupKey) -> Result<(BackupHeader, Manifest), ApiError> {
     let mut r = BackupReader::new(open(file)?, key).map_err(refused)?;
     let header = r.header().clone();
+    let specs = app_tables();
     loop {
-        if let BackupEvent::Sealed(m) = r.next().map_err(refused)? {
-            return Ok((header, m));
+        match r.next().map_err(refused)? {
+            BackupEvent::Table { name, columns } => {
+                let expected = match name.as_str() {
+                    AUDIT => Some(audit_columns()),
+                    TENANT | USERS | MEMBERS | KEYS | SUBJECT_KEYS => None,
+                    other => Some(
+                        specs
+                            .iter()
+                            .find(|s| s.name == other)
+                            .ok_or_else(|| {
+                                ApiError::invalid(format!("backup refused: unknown table {other}"))
+                            })?
+                            .columns
+                            .clone(),
+                    ),
+                };
+                if expected.is_some_and(|e| e != columns) {
+                    return Err(ApiError::invalid(format!(
+                        "backup refused: table {name} has other columns than this version's"
+                    )));
+                }
+            }
+            BackupEvent::Sealed(m) => return Ok((header, m)),
+            _ => {}
         }
     }
 }
@@ -471,27 +520,62 @@ pub async fn restore_from(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Tenant, Manifest), ApiError> {
     let (header, manifest) = verify(file, key)?;
-    let done_path = progress_path(file);
-    let done: BTreeSet<String> = std::fs::read_to_string(&done_path)
-        .map(|t| t.lines().map(str::to_owned).collect())
-        .unwrap_or_default();
-    let resuming = !done.is_empty();
+    let done_path = progress_path(data, header.tenant_id);
+    let binding = progress_binding(&header, &manifest)?;
+    let recorded = match std::fs::read_to_string(&done_path) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(failed(e)),
+    };
+    let done: BTreeSet<String> = match (recorded, options.resume) {
+        (None, _) => BTreeSet::new(),
+        (Some(text), true) => {
+            let mut lines = text.lines();
+            if lines.next() != Some(binding.as_str()) {
+                return Err(ApiError::conflict(
+                    "the interrupted restore of this tenant was of another backup: \
+                     finish it with that backup, or remove its progress file",
+                ));
+            }
+            lines.map(str::to_owned).collect()
+        }
+        (Some(_), false) => {
+            return Err(ApiError::conflict(format!(
+                "a restore of tenant {} was interrupted: run it again with --resume",
+                header.tenant_slug
+            )));
+        }
+    };
+    let resuming = options.resume && !done.is_empty();
     // The store itself, not the cache (which may remember "no such tenant").
     let existing = data
         .tenant_store()
         .by_id(header.tenant_id)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    if existing
+        .as_ref()
+        .is_some_and(|t| matches!(t.status, tenancy_core::TenantStatus::Deleted))
+    {
+        return Err(ApiError::conflict(format!(
+            "tenant {} was purged here: it is not restored under the same id",
+            header.tenant_slug
+        )));
+    }
     if existing.is_some() && !resuming && !options.replace {
         return Err(ApiError::conflict(format!(
             "tenant {} ({}) exists here: restore with --replace to overwrite its data",
             header.tenant_slug, header.tenant_id
         )));
     }
+    if !resuming {
+        start_progress(&done_path, &binding)?;
+    }
     // Pass two: load, table by table, each checked against the manifest.
     let mut r = BackupReader::new(open(file)?, key).map_err(refused)?;
     let mut tenant: Option<Tenant> = existing.map(|t| (*t).clone());
     let specs = app_tables();
+    let tenant_id = header.tenant_id.to_string();
     let mut rows = 0u64;
     loop {
         let (name, columns) = match r.next().map_err(refused)? {
@@ -544,6 +628,18 @@ pub async fn restore_from(
                 BackupEvent::Row(v) if skip => drop(v),
                 BackupEvent::Row(v) => match (&mut app_tx, spec) {
                     (Some(tx), Some(spec)) => {
+                        // Every application row is the tenant's own (on
+                        // SQLite no policy would stop another id).
+                        if v.first().and_then(Value::as_str) != Some(tenant_id.as_str()) {
+                            return Err(ApiError::invalid(format!(
+                                "backup refused: a row of {name} belongs to another tenant"
+                            )));
+                        }
+                        let v = if spec.name == "customers" {
+                            redact_if_erased(data, header.tenant_id, v).await?
+                        } else {
+                            v
+                        };
                         match tx.tx() {
                             Tx::Sqlite(t) => {
                                 tenancy_sqlx::backup::insert_sqlite_row(t, spec, &v).await?;
@@ -593,13 +689,86 @@ pub async fn restore_from(
         mark_done(&done_path, &name)?;
     }
     progress(rows);
-    let _ = std::fs::remove_file(&done_path);
     let tenant = tenant.ok_or_else(|| failed("the backup has no tenant record"))?;
+    // The restore itself goes into the tenant's log.
+    let mut tx = data
+        .begin_write(&TenantContext::new(tenant.clone()))
+        .await?;
+    let mut event =
+        AuditEvent::system(tenant.id, "restore", "restore", "tenant").with_resource_id(tenant.id);
+    event.details = json!({
+        "backup_created_at": header.created_at,
+        "replace": options.replace,
+        "resumed": resuming,
+        "rows": manifest.tables.values().map(|s| s.rows).sum::<u64>(),
+    });
+    data.audit().append(&mut tx, event).await?;
+    tx.commit().await?;
+    let _ = std::fs::remove_file(&done_path);
     Ok((tenant, manifest))
+}
+
+/// A customer row from a backup, as the erasure left it where the customer
+/// was forgotten since (here, or in the backup's own tombstones): names
+/// redacted, personal fields and indexes cleared, deactivated. A restore
+/// never brings a forgotten customer back.
+async fn redact_if_erased(
+    data: &Data,
+    tenant: tenancy_core::TenantId,
+    mut row: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    let spec = &app_tables()[1];
+    let col = |name: &str| spec.columns.iter().position(|c| c.name == name);
+    let id = col("id")
+        .and_then(|i| row.get(i))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<uuid::Uuid>().ok())
+        .ok_or_else(|| failed("a customer row without an id"))?;
+    let subject = crate::subject::customer_subject(crate::id::Id(id))?;
+    let entry = data
+        .subjects()
+        .store()
+        .get(tenant, &subject)
+        .await
+        .map_err(failed)?;
+    let Some(erased_at) = entry.and_then(|e| e.erased_at) else {
+        return Ok(row);
+    };
+    for (name, value) in [
+        ("first_name", Value::from(crate::subject::REDACTED)),
+        ("last_name", Value::from(crate::subject::REDACTED)),
+        ("email", Value::Null),
+        ("date_of_birth", Value::Null),
+        ("phone_enc", Value::Null),
+        ("phone_index", Value::Null),
+        ("pan_enc", Value::Null),
+        ("pan_index", Value::Null),
+        ("aadhaar_enc", Value::Null),
+        ("bank_account_enc", Value::Null),
+        ("medical_history_enc", Value::Null),
+        ("shared", Value::Bool(false)),
+        ("active", Value::Bool(false)),
+        ("erased_at", instant(erased_at)),
+    ] {
+        if let Some(slot) = col(name).and_then(|i| row.get_mut(i)) {
+            *slot = value;
+        }
+    }
+    Ok(row)
 }
 
 fn refused_shape(e: &BackupEvent) -> ApiError {
     ApiError::invalid(format!("backup refused: unexpected {e:?}"))
+}
+
+fn start_progress(path: &Path, binding: &str) -> Result<(), ApiError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut f = crate::ops::private_file(path).map_err(failed)?;
+    writeln!(f, "{binding}").map_err(failed)?;
+    f.sync_all().map_err(failed)
 }
 
 fn mark_done(path: &Path, table: &str) -> Result<(), ApiError> {
@@ -656,6 +825,17 @@ async fn apply_library_table(
             }
         }
         MEMBERS => {
+            // Members as in the backup, not added to those here: on
+            // replace, a member removed or demoted since keeps no access
+            // the backup would not give.
+            for m in data.memberships().members_of(id).await? {
+                data.memberships()
+                    .remove(
+                        &tenancy_core::UserId::new(m.user_id.as_str().to_owned()),
+                        id,
+                    )
+                    .await?;
+            }
             for r in rows {
                 let m: Membership =
                     serde_json::from_value(r.into_iter().next().unwrap_or_default())

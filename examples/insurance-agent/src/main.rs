@@ -331,6 +331,9 @@ enum TenantCommand {
         /// Overwrite the tenant's data if it exists here.
         #[arg(long)]
         replace: bool,
+        /// Continue an interrupted restore of this backup.
+        #[arg(long)]
+        resume: bool,
     },
     /// Verifies a destruction certificate against this deployment's
     /// signing key (or the public key given).
@@ -1115,7 +1118,11 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
             );
             Ok(())
         }
-        TenantCommand::Restore { file, replace } => {
+        TenantCommand::Restore {
+            file,
+            replace,
+            resume,
+        } => {
             let key = backup_key(&data)?;
             let header = insurance_agent::backup::peek(&file)?;
             println!(
@@ -1127,7 +1134,7 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
                 &data,
                 &file,
                 &key,
-                insurance_agent::backup::RestoreOptions { replace },
+                insurance_agent::backup::RestoreOptions { replace, resume },
                 &|n| {
                     bar.set_message(format!("{n} rows restored"));
                     bar.tick();

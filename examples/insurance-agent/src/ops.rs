@@ -418,7 +418,7 @@ pub async fn purge(
     // The audit log goes whatever the state of its chain (whether it
     // verified is in the certificate): on PostgreSQL its rows, as the
     // owner; on SQLite with the tenant's file. Then its archive.
-    data.purge_audit(tenant).await?;
+    let purged_events = data.purge_audit(tenant).await?;
     data.audit_archive()
         .purge(tenant.id)
         .map_err(|e| ApiError::internal(format!("removing the audit archive: {e}")))?;
@@ -438,7 +438,9 @@ pub async fn purge(
     record.keks_destroyed = true;
     record.subject_keys = subject_keys;
     record.rows = rows;
-    record.audit_events = audit.archived_rows + audit.live_rows;
+    // The live log as destroyed (on PostgreSQL: counted as it went, with
+    // the events the purge itself appended), and the archive.
+    record.audit_events = audit.archived_rows + audit.live_rows.max(purged_events);
     record.audit_segments = segments.len() as u64;
     record.audit_chain_intact = audit.is_intact();
     record.export = export;

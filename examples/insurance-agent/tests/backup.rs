@@ -133,7 +133,8 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     assert!(logged > 0);
     let audit = audit_of(&target, &restored).await;
     assert!(audit.is_intact(), "{:?}", audit.chain.breaks);
-    assert_eq!(audit.live_rows, logged);
+    // Every event, and the restore itself.
+    assert_eq!(audit.live_rows, logged + 1);
     // A live tenant is not overwritten without `replace`...
     let again = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
         .await
@@ -144,7 +145,10 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
         &target,
         &file,
         &key,
-        RestoreOptions { replace: true },
+        RestoreOptions {
+            replace: true,
+            ..Default::default()
+        },
         &|_| {},
     )
     .await
@@ -152,8 +156,9 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     for (table, sum) in table_sums(&target, &restored).await.unwrap() {
         assert_eq!(Some(&sum), report.manifest.tables.get(&table), "{table}");
     }
-    // The live tenant's log is append-only: kept, not doubled.
-    assert_eq!(audit_of(&target, &restored).await.live_rows, logged);
+    // The live tenant's log is append-only: kept, not doubled (one more
+    // restore recorded).
+    assert_eq!(audit_of(&target, &restored).await.live_rows, logged + 2);
     drop(target);
     // The app serves the restored tenant: its users sign in, fields decrypt.
     let served = serve(sqlite_dir.path(), None).await;
@@ -244,5 +249,166 @@ async fn an_altered_backup_is_refused_and_leaves_nothing() {
     .await
     .unwrap_err();
     assert_eq!(err.0.status, 422);
+    source.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_restore_resumes_where_it_stopped() {
+    let key = BackupKey::new([8u8; 32]);
+    let source = start(Backend::Sqlite).await;
+    let sunrise = tenant(&source, "sunrise-insurance").await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("b");
+    let report = backup_to(&source.running.data, &sunrise, &file, &key, &|_| {})
+        .await
+        .unwrap();
+    assert!(report.manifest.tables["customers"].rows > 0);
+    let target_dir = tempfile::tempdir().unwrap();
+    copy_keys(source._dir.path(), target_dir.path());
+    let target = Data::open(target_dir.path()).await.unwrap();
+    let (restored, _) = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    // What a restore stopped after `agents` leaves: the tables before
+    // committed and recorded, the ones after empty.
+    let mut tx = target
+        .begin_write(&tenancy_core::TenantContext::new(restored.clone()))
+        .await
+        .unwrap();
+    for table in ["commissions", "payments", "policies", "customers"] {
+        insurance_agent::on!(tx, sqlx::query(&format!("DELETE FROM {table}")), execute).unwrap();
+    }
+    tx.commit().await.unwrap();
+    let progress = insurance_agent::backup::progress_path(&target, restored.id);
+    let header = insurance_agent::backup::peek(&file).unwrap();
+    let binding = insurance_agent::backup::progress_binding(&header, &report.manifest).unwrap();
+    let done = [
+        "tenancy.tenant",
+        "app.users",
+        "tenancy.memberships",
+        "tenancy.tenant_keys",
+        "tenancy.subject_keys",
+        "agents",
+    ];
+    let resume = RestoreOptions {
+        resume: true,
+        ..Default::default()
+    };
+    // The twin: without the record of what was done, the half-restored
+    // tenant is a live tenant, and is refused.
+    let refused = restore_from(&target, &file, &key, resume, &|_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.0.status, 409, "{refused}");
+    // A record of another backup's restore does not count either.
+    std::fs::create_dir_all(progress.parent().unwrap()).unwrap();
+    std::fs::write(
+        &progress,
+        format!("{} {}\n{}\n", restored.id, "0".repeat(64), done.join("\n")),
+    )
+    .unwrap();
+    let other = restore_from(&target, &file, &key, resume, &|_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(other.0.status, 409, "{other}");
+    assert!(other.to_string().contains("another backup"), "{other}");
+    std::fs::write(&progress, format!("{binding}\n{}\n", done.join("\n"))).unwrap();
+    // An interrupted restore is continued only when asked to.
+    let unasked = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(unasked.to_string().contains("--resume"), "{unasked}");
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    restore_from(&target, &file, &key, resume, &|n| {
+        seen.store(n, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await
+    .unwrap();
+    let seen = seen.into_inner();
+    // Only the missing tables were loaded (agents were not inserted
+    // twice), and every table now sums as in the backup.
+    let expected: u64 = ["customers", "policies", "payments", "commissions"]
+        .iter()
+        .map(|t| report.manifest.tables[*t].rows)
+        .sum();
+    assert_eq!(seen, expected);
+    for (table, sum) in table_sums(&target, &restored).await.unwrap() {
+        assert_eq!(Some(&sum), report.manifest.tables.get(&table), "{table}");
+    }
+    assert!(
+        !progress.exists(),
+        "the record goes once the restore is done"
+    );
+    source.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_forgotten_since_the_backup_stays_forgotten() {
+    let key = BackupKey::new([8u8; 32]);
+    let source = start(Backend::Sqlite).await;
+    let addr = source.running.addr;
+    let sunrise = tenant(&source, "sunrise-insurance").await;
+    let admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let c = call(
+        addr,
+        "POST",
+        "/customers",
+        Some(&agent),
+        Some(json!({
+            "first_name": "Mira", "last_name": "Das", "customer_type": "individual",
+            "email": "mira@example.test", "sensitive": {"pan": "MIRAD1234K"}
+        })),
+    )
+    .await;
+    assert_eq!(c.status, 201, "{}", c.text());
+    let id = c.json()["id"].as_str().unwrap().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("b");
+    backup_to(&source.running.data, &sunrise, &file, &key, &|_| {})
+        .await
+        .unwrap();
+    let forgot = call(
+        addr,
+        "POST",
+        &format!("/customers/{id}/forget"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(forgot.status, 200, "{}", forgot.text());
+    restore_from(
+        &source.running.data,
+        &file,
+        &key,
+        RestoreOptions {
+            replace: true,
+            ..Default::default()
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    // Replaced from a backup that still holds her name and email: the row
+    // is loaded as the erasure left it.
+    let mut tx = source
+        .running
+        .data
+        .begin(&tenancy_core::TenantContext::new(sunrise.clone()))
+        .await
+        .unwrap();
+    let row: (String, Option<String>, bool) = insurance_agent::on!(
+        tx,
+        sqlx::query_as("SELECT first_name, email, active FROM customers WHERE id = $1")
+            .bind(insurance_agent::id::Id(uuid::Uuid::parse_str(&id).unwrap())),
+        fetch_one
+    )
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(row, ("[erased]".to_owned(), None, false));
+    // Twin: an untouched customer of the same backup comes back as it was.
+    let others = call(addr, "GET", "/customers", Some(&admin), None).await;
+    assert_eq!(others.status, 200);
+    assert!(others.text().contains("Anil"), "{}", others.text());
     source.running.stop().await.unwrap();
 }

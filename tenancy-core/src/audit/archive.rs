@@ -577,13 +577,19 @@ impl ArchiveDir {
         let mut floor = None;
         let mut rows = 0u64;
         for (_, last, path) in self.paths(tenant)? {
-            // Left behind by an interrupted expiry: below the floor already.
+            let seg = self.read(&path)?;
+            let h = &seg.header;
+            // Left behind by an interrupted expiry: below the floor already
+            // (by its sealed header, not its file name).
             if last <= at_seq {
+                if h.last_seq > at_seq || h.tenant != tenant || !seg.is_sealed_by(key) {
+                    return Err(ArchiveError::Broken(ChainBreak::SegmentSeal {
+                        first: h.first_seq,
+                    }));
+                }
                 doomed.push(path);
                 continue;
             }
-            let seg = self.read(&path)?;
-            let h = &seg.header;
             if !seg.is_sealed_by(key) || h.tenant != tenant {
                 return Err(ArchiveError::Broken(ChainBreak::SegmentSeal {
                     first: h.first_seq,
