@@ -10,7 +10,7 @@
 //! {"header":{"format":"tenancy-rs/backup/v1","tenant_id":…,"created_at":…,"source":…}}
 //! {"table":"customers","columns":[{"name":"id","type":"uuid"},…]}
 //! {"row":["0b3…","Meera",…]}                      one line per row
-//! {"end":"customers","rows":1200,"checksum":"…"}
+//! {"end":"customers","rows":1200,"checksum":"…","tag":"…"}
 //! …                                               more tables
 //! {"manifest":{"tables":{"customers":{"rows":1200,"checksum":"…"},…}},"seal":"…"}
 //! ```
@@ -29,9 +29,12 @@
 //! - The **seal** is an HMAC-SHA256, under the backup key, of every byte
 //!   before the manifest line and of the manifest itself. [`BackupReader`]
 //!   verifies each table's count and checksum when the table ends and the
-//!   seal at the end; a reader must not commit what it restored before the
-//!   seal verified ([`BackupReader::next`] returns
-//!   [`BackupEvent::Sealed`] only then).
+//!   seal at the end.
+//! - Each table end carries a **tag**: the same HMAC over every byte before
+//!   it. [`BackupEvent::TableEnd`] is returned only once the tag verified,
+//!   so everything up to that table is authentic and may be committed — a
+//!   restore that loads table by table never commits bytes that were not
+//!   sealed, even if the file changes between two readings of it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -293,6 +296,9 @@ enum Line {
         rows: u64,
         #[serde(with = "hex32")]
         checksum: [u8; 32],
+        /// HMAC of every byte before this line: the stream so far.
+        #[serde(with = "hex32")]
+        tag: [u8; 32],
     },
     Manifest {
         manifest: Manifest,
@@ -412,10 +418,12 @@ impl<'k, W: Write> BackupWriter<'k, W> {
         let Some((name, _, sum)) = self.table.take() else {
             return Err(BackupError::Usage("no table to end"));
         };
+        let tag: [u8; 32] = self.mac.clone().finalize().into_bytes().into();
         self.line(&Line::End {
             end: name.clone(),
             rows: sum.rows,
             checksum: sum.checksum,
+            tag,
         })?;
         self.manifest.tables.insert(name, sum);
         Ok(sum)
@@ -455,7 +463,8 @@ pub enum BackupEvent {
     },
     /// A row of the current table, checked against the column types.
     Row(Vec<Value>),
-    /// The current table ended; its rows matched its count and checksum.
+    /// The current table ended; its rows matched its count and checksum,
+    /// and its tag verified: everything read so far is what was written.
     TableEnd {
         /// Its name.
         name: String,
@@ -553,6 +562,14 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
         }
         let line: Line = serde_json::from_slice(&self.line)
             .map_err(|e| BackupError::Tampered(format!("an unreadable line: {e}")))?;
+        // A table end authenticates everything before it, so a table may be
+        // committed as soon as it ends (not only after the seal).
+        if let Line::End { tag, .. } = &line {
+            self.mac
+                .clone()
+                .verify_slice(tag)
+                .map_err(|_| BackupError::Tampered("a table's tag does not verify".into()))?;
+        }
         if !matches!(line, Line::Manifest { .. }) {
             self.mac.update(&self.line);
         }
@@ -591,6 +608,7 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
                 end,
                 rows,
                 checksum,
+                ..
             } => {
                 let Some((name, _, sum)) = self.table.take() else {
                     return Err(BackupError::Tampered("a table end outside a table".into()));
@@ -734,6 +752,37 @@ mod tests {
             w.row(vec![json!("07/12/2026")]),
             Err(BackupError::Value { .. })
         ));
+    }
+
+    #[test]
+    fn a_table_end_authenticates_everything_before_it() {
+        let key = BackupKey::new([1u8; 32]);
+        let a = String::from_utf8(backup(&key, 5)).unwrap();
+        let b = String::from_utf8(backup(&key, 5)).unwrap();
+        // A's header, then B's tables: every line well-formed and each
+        // table's count and checksum right — only the tag can tell.
+        let spliced: String = a
+            .lines()
+            .take(1)
+            .chain(b.lines().skip(1))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let first_end = |text: &str| {
+            let mut r = BackupReader::new(text.as_bytes(), &key).unwrap();
+            loop {
+                match r.next() {
+                    Ok(BackupEvent::TableEnd { .. }) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        assert!(
+            matches!(first_end(&spliced), Err(BackupError::Tampered(m)) if m.contains("tag")),
+            "refused at the first table end, before the seal"
+        );
+        // Twin: the genuine file passes its first table end.
+        assert!(first_end(&a).is_ok());
     }
 
     #[test]
