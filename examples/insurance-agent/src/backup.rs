@@ -19,7 +19,8 @@
 //!
 //! The keys in a backup are wrapped by the source deployment's KEKs: a
 //! restore needs the same key provider (`master.key` and `keks.json`, or the
-//! same KMS), and restores the tenant under the same id.
+//! same KMS). [`restore_from`] restores the tenant under the same id;
+//! [`clone_from`] as a new tenant, re-encrypted under its own keys.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -441,6 +442,15 @@ pub struct RestoreOptions {
     pub resume: bool,
 }
 
+/// A restore as a new tenant: a clone or sandbox copy of the backed-up one.
+#[derive(Debug, Clone)]
+pub struct CloneAs {
+    /// The new tenant's slug (must be free).
+    pub slug: tenancy_core::TenantSlug,
+    /// Its display name (default: the source's, with " (copy)").
+    pub name: Option<String>,
+}
+
 /// Where the progress of restoring `tenant` is kept: in the data
 /// directory (not beside the backup, where others may write).
 pub fn progress_path(data: &Data, tenant: tenancy_core::TenantId) -> PathBuf {
@@ -510,8 +520,300 @@ fn refused(e: tenancy_core::backup::BackupError) -> ApiError {
     ApiError::invalid(format!("backup refused: {e}"))
 }
 
+/// A row id of the source, as the clone's: derived from the clone's tenant
+/// id and the source id (the same source id always maps to the same clone
+/// id, so references between tables follow without a table of ids held in
+/// memory).
+fn clone_id(target: tenancy_core::TenantId, old: &str) -> Result<String, ApiError> {
+    use sha2::Digest as _;
+    let old: uuid::Uuid = old.parse().map_err(failed)?;
+    let mut h = sha2::Sha256::new();
+    h.update(b"insurance-agent/clone-id/v1");
+    h.update(target.as_uuid().as_bytes());
+    h.update(old.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Ok(uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string())
+}
+
+fn column_of(spec: &TableSpec, name: &str) -> Result<usize, ApiError> {
+    spec.columns
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| failed(format!("{} has no column {name}", spec.name)))
+}
+
+/// One application row of the source as the clone's: the tenant id and
+/// every row id mapped ([`clone_id`]); a customer's sensitive fields
+/// decrypted with the source's keys and encrypted again with a new subject
+/// key of the clone (blind indexes under the clone's index key).
+async fn clone_row(
+    data: &Data,
+    source: tenancy_core::TenantId,
+    target: tenancy_core::TenantId,
+    spec: &TableSpec,
+    mut row: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    let old_id = row
+        .get(column_of(spec, "id")?)
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<uuid::Uuid>().ok())
+        .ok_or_else(|| failed("a row without an id"))?;
+    for (c, v) in spec.columns.iter().zip(row.iter_mut()) {
+        if c.ty != Uuid {
+            continue;
+        }
+        if c.name == "tenant_id" {
+            *v = Value::from(target.to_string());
+        } else if let Some(old) = v.as_str() {
+            *v = Value::from(clone_id(target, old)?);
+        }
+    }
+    if spec.name != "customers" {
+        return Ok(row);
+    }
+    let text = |row: &[Value], name: &str| -> Result<Option<String>, ApiError> {
+        Ok(row
+            .get(column_of(spec, name)?)
+            .and_then(Value::as_str)
+            .map(str::to_owned))
+    };
+    let sealed = crate::sensitive::SealedFields {
+        phone_enc: text(&row, "phone_enc")?,
+        pan_enc: text(&row, "pan_enc")?,
+        aadhaar_enc: text(&row, "aadhaar_enc")?,
+        bank_account_enc: text(&row, "bank_account_enc")?,
+        medical_history_enc: text(&row, "medical_history_enc")?,
+        ..Default::default()
+    };
+    let fields = crate::sensitive::open(data, source, crate::id::Id(old_id), &sealed).await?;
+    let new_id: uuid::Uuid = clone_id(target, &old_id.to_string())?
+        .parse()
+        .map_err(failed)?;
+    let s = crate::sensitive::seal(data, target, crate::id::Id(new_id), &fields).await?;
+    let bytes = |b: Option<Vec<u8>>| b.as_deref().map_or(Value::Null, b64);
+    let text = |t: Option<String>| t.map_or(Value::Null, Value::from);
+    for (name, value) in [
+        ("phone_enc", text(s.phone_enc)),
+        ("phone_index", bytes(s.phone_index)),
+        ("pan_enc", text(s.pan_enc)),
+        ("pan_index", bytes(s.pan_index)),
+        ("aadhaar_enc", text(s.aadhaar_enc)),
+        ("bank_account_enc", text(s.bank_account_enc)),
+        ("medical_history_enc", text(s.medical_history_enc)),
+    ] {
+        let i = column_of(spec, name)?;
+        if let Some(slot) = row.get_mut(i) {
+            *slot = value;
+        }
+    }
+    Ok(row)
+}
+
+/// Restores the backup in `file` as a **new tenant** (`clone`): a sandbox
+/// copy with its own id, slug and keys. Every row id is mapped, members
+/// keep their roles, sensitive fields are re-encrypted under the clone's
+/// keys (customers forgotten since the backup stay forgotten), and the
+/// clone takes no custom domain, no key or subject key and no audit history
+/// of the source; its log starts with the clone. The source tenant's keys
+/// must be in this deployment (to open the values): to clone elsewhere,
+/// restore the backup as the same tenant there first. A clone is not
+/// resumable: on failure, purge the partial clone and run it again.
+pub async fn clone_from(
+    data: &Data,
+    file: &Path,
+    key: &BackupKey,
+    clone: CloneAs,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Tenant, Manifest), ApiError> {
+    let (header, manifest) = verify(file, key)?;
+    let source = header.tenant_id;
+    let usable = data
+        .keyring()
+        .versions(source)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .iter()
+        .any(|(_, state)| *state != KeyState::Destroyed);
+    if !usable {
+        return Err(ApiError::conflict(format!(
+            "the keys of tenant {} are not in this deployment: restore the backup as that \
+             tenant here first, then clone it",
+            header.tenant_slug
+        )));
+    }
+    if data
+        .tenant_store()
+        .by_slug(&clone.slug)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .is_some()
+    {
+        return Err(ApiError::conflict(format!(
+            "the slug {} is taken",
+            clone.slug
+        )));
+    }
+    let target = tenancy_core::TenantId::new_v4();
+    let source_id = source.to_string();
+    let specs = app_tables();
+    let mut r = BackupReader::new(open(file)?, key).map_err(refused)?;
+    let mut tenant: Option<Tenant> = None;
+    let mut rows = 0u64;
+    loop {
+        let name = match r.next().map_err(refused)? {
+            BackupEvent::Table { name, .. } => name,
+            BackupEvent::Sealed(_) => break,
+            other => return Err(refused_shape(&other)),
+        };
+        let spec = specs.iter().find(|s| s.name == name);
+        let mut tx = match (spec, &tenant) {
+            (Some(_), Some(t)) => Some(data.begin_write(&TenantContext::new(t.clone())).await?),
+            (Some(_), None) => return Err(failed("the tenant record comes first")),
+            _ => None,
+        };
+        let mut values = Vec::new();
+        loop {
+            match r.next().map_err(refused)? {
+                BackupEvent::Row(v) => match (&mut tx, spec) {
+                    (Some(tx), Some(spec)) => {
+                        if v.first().and_then(Value::as_str) != Some(source_id.as_str()) {
+                            return Err(ApiError::invalid(format!(
+                                "backup refused: a row of {name} belongs to another tenant"
+                            )));
+                        }
+                        let v = if spec.name == "customers" {
+                            redact_if_erased(data, source, v).await?
+                        } else {
+                            v
+                        };
+                        let v = clone_row(data, source, target, spec, v).await?;
+                        match tx.tx() {
+                            Tx::Sqlite(t) => {
+                                tenancy_sqlx::backup::insert_sqlite_row(t, spec, &v).await?;
+                            }
+                            Tx::Postgres(t) => {
+                                tenancy_sqlx::backup::insert_pg_row(t, spec, &v).await?;
+                            }
+                        }
+                        rows += 1;
+                        if rows.is_multiple_of(1000) {
+                            progress(rows);
+                        }
+                    }
+                    _ if matches!(name.as_str(), TENANT | USERS | MEMBERS) => values.push(v),
+                    // Keys, subject keys and the audit log stay the source's.
+                    _ => {}
+                },
+                BackupEvent::TableEnd { .. } => break,
+                other => return Err(refused_shape(&other)),
+            }
+        }
+        if let Some(tx) = tx {
+            tx.commit().await?;
+            continue;
+        }
+        match name.as_str() {
+            TENANT => {
+                let record = values
+                    .into_iter()
+                    .next()
+                    .and_then(|mut r| r.pop())
+                    .ok_or_else(|| failed("no tenant record"))?;
+                let mut t: Tenant = serde_json::from_value(record).map_err(failed)?;
+                if t.id != source {
+                    return Err(ApiError::invalid(
+                        "backup refused: its tenant record names another tenant",
+                    ));
+                }
+                let now = Utc::now();
+                t.display_name = clone
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{} (copy)", t.display_name));
+                t.id = target;
+                t.slug = clone.slug.clone();
+                // A domain names one tenant: the clone is reached by its slug.
+                t.domains.clear();
+                t.status = tenancy_core::TenantStatus::Active;
+                t.created_at = now;
+                t.updated_at = now;
+                t.version = 0;
+                tenant = Some(data.create_tenant(t).await?);
+            }
+            MEMBERS => {
+                for v in values {
+                    let mut m: Membership =
+                        serde_json::from_value(v.into_iter().next().unwrap_or_default())
+                            .map_err(failed)?;
+                    if m.tenant_id != source {
+                        return Err(ApiError::invalid(
+                            "backup refused: a membership of another tenant",
+                        ));
+                    }
+                    m.tenant_id = target;
+                    data.memberships().upsert(&m).await?;
+                }
+            }
+            USERS => {
+                apply_library_table(
+                    data,
+                    &header,
+                    USERS,
+                    values,
+                    &mut None,
+                    RestoreOptions::default(),
+                )
+                .await?;
+            }
+            // Keys, subject keys and the audit log stay the source's.
+            _ => {}
+        }
+    }
+    progress(rows);
+    let tenant = tenant.ok_or_else(|| failed("the backup has no tenant record"))?;
+    let mut tx = data
+        .begin_write(&TenantContext::new(tenant.clone()))
+        .await?;
+    let mut event =
+        AuditEvent::system(tenant.id, "restore", "clone", "tenant").with_resource_id(tenant.id);
+    event.details = json!({
+        "source_tenant": source,
+        "source_slug": header.tenant_slug,
+        "backup_created_at": header.created_at,
+        "rows": rows,
+    });
+    data.audit().append(&mut tx, event).await?;
+    tx.commit().await?;
+    // Reading one tenant's data into another is recorded on both sides.
+    if let Some(src) = data
+        .tenant_store()
+        .by_id(source)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        let mut tx = data
+            .begin_write(&TenantContext::new((*src).clone()))
+            .await?;
+        let mut event =
+            AuditEvent::system(source, "restore", "clone", "tenant").with_resource_id(source);
+        event.details = json!({
+            "clone_tenant": tenant.id,
+            "clone_slug": tenant.slug,
+            "backup_created_at": header.created_at,
+        });
+        data.audit().append(&mut tx, event).await?;
+        tx.commit().await?;
+    }
+    Ok((tenant, manifest))
+}
+
 /// Restores the backup in `file` (sealed with `key`) into this deployment's
-/// placement, as the same tenant. `progress` is told every row restored.
+/// placement, as the same tenant (for a new one, see [`clone_from`]).
+/// `progress` is told every row restored.
 pub async fn restore_from(
     data: &Data,
     file: &Path,

@@ -332,8 +332,15 @@ enum TenantCommand {
         #[arg(long)]
         replace: bool,
         /// Continue an interrupted restore of this backup.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "clone_as")]
         resume: bool,
+        /// Restore as a new tenant with this slug (a clone or sandbox copy:
+        /// new id, own keys, fields re-encrypted) instead of the same one.
+        #[arg(long = "as", value_name = "SLUG", conflicts_with = "replace")]
+        clone_as: Option<String>,
+        /// The clone's display name (default: the source's, "(copy)").
+        #[arg(long, requires = "clone_as")]
+        name: Option<String>,
     },
     /// Verifies a destruction certificate against this deployment's
     /// signing key (or the public key given).
@@ -1122,29 +1129,49 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
             file,
             replace,
             resume,
+            clone_as,
+            name,
         } => {
             let key = backup_key(&data)?;
             let header = insurance_agent::backup::peek(&file)?;
             println!(
-                "restoring {} ({}) from a backup of {}",
-                header.tenant_slug, header.tenant_id, header.created_at
+                "restoring {} ({}) from a backup of {}{}",
+                header.tenant_slug,
+                header.tenant_id,
+                header.created_at,
+                clone_as
+                    .as_ref()
+                    .map(|s| format!(" as a new tenant {s}"))
+                    .unwrap_or_default()
             );
             let bar = ProgressBar::new_spinner();
-            let (t, manifest) = insurance_agent::backup::restore_from(
-                &data,
-                &file,
-                &key,
-                insurance_agent::backup::RestoreOptions { replace, resume },
-                &|n| {
-                    bar.set_message(format!("{n} rows restored"));
-                    bar.tick();
-                },
-            )
-            .await?;
+            let tick = |n: u64| {
+                bar.set_message(format!("{n} rows restored"));
+                bar.tick();
+            };
+            let (t, manifest) = match clone_as {
+                Some(slug) => {
+                    let clone = insurance_agent::backup::CloneAs {
+                        slug: slug.parse()?,
+                        name,
+                    };
+                    insurance_agent::backup::clone_from(&data, &file, &key, clone, &tick).await?
+                }
+                None => {
+                    insurance_agent::backup::restore_from(
+                        &data,
+                        &file,
+                        &key,
+                        insurance_agent::backup::RestoreOptions { replace, resume },
+                        &tick,
+                    )
+                    .await?
+                }
+            };
             bar.finish_and_clear();
             let total: u64 = manifest.tables.values().map(|s| s.rows).sum();
             println!(
-                "restored {} ({}): {total} rows, checksums verified",
+                "restored {} ({}): {total} rows of the backup, verified",
                 t.slug, t.id
             );
             Ok(())

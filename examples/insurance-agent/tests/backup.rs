@@ -13,7 +13,9 @@ use std::path::Path;
 
 use common::{Backend, call, fresh_database, login, start, tenant};
 use insurance_agent::app::{self, Config, Security};
-use insurance_agent::backup::{RestoreOptions, backup_to, restore_from, table_sums};
+use insurance_agent::backup::{
+    CloneAs, RestoreOptions, backup_to, clone_from, restore_from, table_sums,
+};
 use insurance_agent::data::{Data, PgUrls};
 use serde_json::json;
 use tenancy_core::backup::BackupKey;
@@ -410,5 +412,143 @@ async fn a_customer_forgotten_since_the_backup_stays_forgotten() {
     let others = call(addr, "GET", "/customers", Some(&admin), None).await;
     assert_eq!(others.status, 200);
     assert!(others.text().contains("Anil"), "{}", others.text());
+    source.running.stop().await.unwrap();
+}
+
+on_both_backends!(a_backup_restores_as_a_new_tenant_with_its_own_keys);
+
+/// The row and sealed PAN of customer `first_name` in `t`.
+async fn ritu(data: &Data, t: &tenancy_core::Tenant) -> (uuid::Uuid, Option<String>, Vec<u8>) {
+    let mut tx = data
+        .begin(&tenancy_core::TenantContext::new(t.clone()))
+        .await
+        .unwrap();
+    let (id, pan, index): (insurance_agent::id::Id, Option<String>, Option<Vec<u8>>) =
+        insurance_agent::on!(
+            tx,
+            sqlx::query_as(
+                "SELECT id, pan_enc, pan_index FROM customers WHERE first_name = 'Ritu'"
+            ),
+            fetch_one
+        )
+        .unwrap();
+    tx.commit().await.unwrap();
+    (id.0, pan, index.unwrap())
+}
+
+async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
+    let key = BackupKey::new([3u8; 32]);
+    let source = start(backend).await;
+    let addr = source.running.addr;
+    let data = &source.running.data;
+    let agent = login(addr, "agent@sunrise.test", "sunrise-insurance").await;
+    let c = call(
+        addr,
+        "POST",
+        "/customers",
+        Some(&agent),
+        Some(json!({
+            "first_name": "Ritu", "last_name": "Sen", "customer_type": "individual",
+            "sensitive": {"pan": "RITUS1234K", "phone": "+919876543210"}
+        })),
+    )
+    .await;
+    assert_eq!(c.status, 201, "{}", c.text());
+    let sunrise = tenant(&source, "sunrise-insurance").await;
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("b");
+    let report = backup_to(data, &sunrise, &file, &key, &|_| {})
+        .await
+        .unwrap();
+    let clone_as = || CloneAs {
+        slug: "sunrise-sandbox".parse().unwrap(),
+        name: None,
+    };
+    let (copy, _) = clone_from(data, &file, &key, clone_as(), &|_| {})
+        .await
+        .unwrap();
+    assert_ne!(copy.id, sunrise.id);
+    assert_eq!(copy.slug.as_str(), "sunrise-sandbox");
+    assert!(copy.domains.is_empty(), "a domain names one tenant");
+    // Every table, every row, under new ids.
+    for (table, sum) in table_sums(data, &copy).await.unwrap() {
+        assert_eq!(sum.rows, report.manifest.tables[&table].rows, "{table}");
+    }
+    let (src_id, src_pan, src_index) = ritu(data, &sunrise).await;
+    let (copy_id, copy_pan, copy_index) = ritu(data, &copy).await;
+    assert_ne!(copy_id, src_id);
+    // Re-keyed: other ciphertext, other blind index, and the clone's value
+    // does not open under the source tenant's keys.
+    assert_ne!(copy_pan, src_pan);
+    assert_ne!(copy_index, src_index);
+    let sealed = insurance_agent::sensitive::SealedFields {
+        pan_enc: copy_pan,
+        ..Default::default()
+    };
+    assert!(
+        insurance_agent::sensitive::open(
+            data,
+            sunrise.id,
+            insurance_agent::id::Id(copy_id),
+            &sealed
+        )
+        .await
+        .is_err()
+    );
+    // The app serves the clone to the same members, values decrypting...
+    let admin = login(addr, "admin@sunrise.test", "sunrise-sandbox").await;
+    let r = call(
+        addr,
+        "GET",
+        &format!("/customers/{copy_id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sensitive"]["pan"], "RITUS1234K");
+    // ... searchable by the clone's own blind index ...
+    let found = call(addr, "GET", "/customers?pan=RITUS1234K", Some(&admin), None).await;
+    assert_eq!(found.status, 200, "{}", found.text());
+    assert_eq!(found.json()["items"][0]["id"], copy_id.to_string());
+    // ... and the source is untouched (its id is unknown in the clone).
+    let src_admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let r = call(
+        addr,
+        "GET",
+        &format!("/customers/{src_id}"),
+        Some(&src_admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["sensitive"]["pan"], "RITUS1234K");
+    let r = call(
+        addr,
+        "GET",
+        &format!("/customers/{src_id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    // The crossing is in both tenants' logs.
+    for t in [&sunrise, &copy] {
+        let mut tx = data
+            .begin(&tenancy_core::TenantContext::new(t.clone()))
+            .await
+            .unwrap();
+        let page = data
+            .audit()
+            .query(&mut tx, &tenancy_sqlx::AuditQuery::new().action("clone"))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(page.events.len(), 1, "{}", t.slug);
+    }
+    // A taken slug is refused.
+    let again = clone_from(data, &file, &key, clone_as(), &|_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(again.0.status, 409, "{again}");
     source.running.stop().await.unwrap();
 }
