@@ -305,6 +305,13 @@ impl PgAuditLog {
         ChainKey::derive(&self.root, tenant)
     }
 
+    /// The tenant's chain key: to verify rows read outside this log (a
+    /// backup of it, an export) with [`ChainVerifier`]. It authenticates the
+    /// tenant's history: keep it where the audit root is kept.
+    pub fn chain_key(&self, tenant: TenantId) -> ChainKey {
+        self.key(tenant)
+    }
+
     /// Appends `event` inside `tx` (so it commits or rolls back with the
     /// change it describes) and returns its sequence number. The event must
     /// belong to the transaction's tenant.

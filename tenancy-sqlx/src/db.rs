@@ -374,6 +374,47 @@ impl TenantDb {
         .await
     }
 
+    /// [`TenantDb::begin`] at `REPEATABLE READ`: every statement of the
+    /// transaction sees the same snapshot, taken at its first query — for
+    /// reading several tables as of one instant (a backup, an export), while
+    /// other transactions keep writing. Write in it only what a concurrent
+    /// change to the same rows may refuse (serialization failure, retry).
+    ///
+    /// ```no_run
+    /// # async fn f(db: &tenancy_sqlx::TenantDb, ctx: &tenancy_core::TenantContext) -> Result<(), tenancy_sqlx::DbError> {
+    /// let mut tx = db.begin_snapshot(ctx).await?;
+    /// let policies: i64 = sqlx::query_scalar("SELECT count(*) FROM policies").fetch_one(&mut *tx).await?;
+    /// let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&mut *tx).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin_snapshot(&self, ctx: &TenantContext) -> Result<TenantTx, DbError> {
+        let tenant = ctx.tenant_id();
+        let (pool, sql) = self.route(ctx).await?;
+        let sql = match sql.strip_prefix("BEGIN;") {
+            // The seal accepts only a message that starts with `BEGIN;`.
+            Some(rest) => format!("BEGIN; SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;{rest}"),
+            None => {
+                return Err(DbError::Placement {
+                    tenant,
+                    reason: "unexpected opening statement".into(),
+                });
+            }
+        };
+        let tx = pool.begin_with(sql).await.map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(MOVED_SQLSTATE) => {
+                DbError::TenantMoved { tenant }
+            }
+            _ => seal_error(e),
+        })?;
+        Ok(TenantTx {
+            tx,
+            ctx: ctx.clone(),
+            quota: self.quota.clone(),
+            pending: Vec::new(),
+        })
+    }
+
     /// The pool and opening message for `ctx`'s tenant, by placement.
     async fn route(&self, ctx: &TenantContext) -> Result<(PgPool, String), DbError> {
         let tenant = ctx.tenant();

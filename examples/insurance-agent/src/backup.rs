@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use serde_json::{Value, json};
 use tenancy_core::audit::AuditEvent;
-use tenancy_core::audit::chain::ChainedEvent;
+use tenancy_core::audit::chain::{ChainBreak, ChainVerifier, ChainedEvent, GENESIS};
 use tenancy_core::backup::{
     BackupEvent, BackupHeader, BackupKey, BackupReader, BackupWriter, ColumnType, Manifest,
     TableSum,
@@ -170,6 +170,17 @@ const USERS: &str = "app.users";
 const KEYS: &str = "tenancy.tenant_keys";
 const SUBJECT_KEYS: &str = "tenancy.subject_keys";
 const AUDIT: &str = "tenancy.audit_log";
+/// The audit chain's verification when the backup was taken (one row).
+const AUDIT_CHAIN: &str = "tenancy.audit_chain";
+
+fn audit_chain_columns() -> Vec<tenancy_core::backup::Column> {
+    columns(&[
+        ("intact", Bool),
+        ("floor", Int),
+        ("head_seq", Int),
+        ("breaks", Json),
+    ])
+}
 
 fn audit_columns() -> Vec<tenancy_core::backup::Column> {
     columns(&[
@@ -197,6 +208,12 @@ fn columns(cols: &[(&str, ColumnType)]) -> Vec<tenancy_core::backup::Column> {
 
 fn failed(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal(format!("backup: {e}"))
+}
+
+fn hash32(v: &Value) -> Result<[u8; 32], ApiError> {
+    unb64(v)?
+        .try_into()
+        .map_err(|_| failed("a hash of the wrong length"))
 }
 
 fn b64(bytes: &[u8]) -> Value {
@@ -380,9 +397,9 @@ async fn backup<W: Write>(
         }
     }
     w.end_table().map_err(failed)?;
-    // The application's tables, from one snapshot.
+    // The application's tables and the audit log, from one snapshot.
     let ctx = TenantContext::new(tenant.clone());
-    let mut tx = data.begin(&ctx).await?;
+    let mut tx = data.begin_snapshot(&ctx).await?;
     let mut rows = 0u64;
     for spec in app_tables() {
         let sum = match tx.tx() {
@@ -393,8 +410,10 @@ async fn backup<W: Write>(
         progress(rows);
     }
     // The audit log, from the same snapshot: the retained archive (segment
-    // by segment), then the live log (page by page).
+    // by segment), then the live log (page by page) — verified as it is
+    // written, and the verdict sealed in the backup after it.
     w.begin_table(AUDIT, audit_columns()).map_err(failed)?;
+    let key = data.audit().chain_key(tenant.id);
     let first_live = data
         .audit()
         .live_events(&mut tx, 0, 1)
@@ -402,16 +421,27 @@ async fn backup<W: Write>(
         .first()
         .map_or(u64::MAX, |r| r.seq);
     let archive = data.audit_archive();
-    let floor = archive
-        .floor(tenant.id)
-        .map_err(failed)?
-        .map_or(0, |f| f.seq);
+    let floor = archive.floor(tenant.id).map_err(failed)?;
+    let (floor_seq, floor_hash) = floor.map_or((0, GENESIS), |f| (f.seq, f.hash));
+    let mut chain = ChainVerifier::new(&key, tenant.id, floor_seq, floor_hash, &[]);
+    if let Some(f) = floor
+        && !f.is_authentic(&key)
+    {
+        chain.note(ChainBreak::Checkpoint { seq: f.seq });
+    }
     for (_, last, path) in archive.paths(tenant.id).map_err(failed)? {
-        if last <= floor {
+        if last <= floor_seq {
             continue;
         }
-        for r in archive.read(&path).map_err(failed)?.rows {
+        let segment = archive.read(&path).map_err(failed)?;
+        if !segment.is_sealed_by(&key) || segment.header.tenant != tenant.id {
+            chain.note(ChainBreak::SegmentSeal {
+                first: segment.header.first_seq,
+            });
+        }
+        for r in segment.rows {
             if r.seq < first_live {
+                chain.push(&r);
                 w.row(audit_row(&r)?).map_err(failed)?;
             }
         }
@@ -422,9 +452,29 @@ async fn backup<W: Write>(
         let Some(last) = page.last() else { break };
         after = last.seq;
         for r in &page {
+            chain.push(r);
             w.row(audit_row(r)?).map_err(failed)?;
         }
     }
+    w.end_table().map_err(failed)?;
+    let verdict = chain.finish();
+    w.begin_table(AUDIT_CHAIN, audit_chain_columns())
+        .map_err(failed)?;
+    w.row(vec![
+        Value::Bool(verdict.is_intact()),
+        Value::from(floor_seq),
+        verdict
+            .head
+            .map_or(Value::Null, |(seq, _)| Value::from(seq)),
+        Value::from(
+            verdict
+                .breaks
+                .iter()
+                .map(|b| Value::from(format!("{b:?}")))
+                .collect::<Vec<_>>(),
+        ),
+    ])
+    .map_err(failed)?;
     w.end_table().map_err(failed)?;
     tx.commit().await?;
     let manifest = w.finish().map_err(failed)?;
@@ -491,6 +541,7 @@ fn verify(file: &Path, key: &BackupKey) -> Result<(BackupHeader, Manifest), ApiE
             BackupEvent::Table { name, columns } => {
                 let expected = match name.as_str() {
                     AUDIT => Some(audit_columns()),
+                    AUDIT_CHAIN => Some(audit_chain_columns()),
                     TENANT | USERS | MEMBERS | KEYS | SUBJECT_KEYS => None,
                     other => Some(
                         specs
@@ -879,6 +930,9 @@ pub async fn restore_from(
     let specs = app_tables();
     let tenant_id = header.tenant_id.to_string();
     let mut rows = 0u64;
+    let chain_key = data.audit().chain_key(header.tenant_id);
+    let mut here: Option<ChainVerifier<'_>> = None;
+    let mut source_chain: Option<Value> = None;
     loop {
         let (name, columns) = match r.next().map_err(refused)? {
             BackupEvent::Table { name, columns } => (name, columns),
@@ -956,16 +1010,39 @@ pub async fn restore_from(
                         }
                     }
                     (Some(tx), None) if audit_into => {
-                        let event: AuditEvent =
-                            serde_json::from_value(v.into_iter().nth(1).unwrap_or_default())
-                                .map_err(failed)?;
-                        if event.tenant != header.tenant_id {
+                        let [seq, event, prev_hash, hash] =
+                            <[Value; 4]>::try_from(v).map_err(|_| failed("audit row"))?;
+                        let row = ChainedEvent::new(
+                            seq.as_u64().ok_or_else(|| failed("audit seq"))?,
+                            serde_json::from_value(event).map_err(failed)?,
+                            hash32(&prev_hash)?,
+                            hash32(&hash)?,
+                        );
+                        if row.event.tenant != header.tenant_id {
                             return Err(ApiError::invalid(
                                 "backup refused: an audit event of another tenant",
                             ));
                         }
-                        data.audit().append(tx, event).await?;
+                        // Re-verified with this deployment's key: it holds
+                        // where the audit root was restored with the data.
+                        let v = here.get_or_insert_with(|| {
+                            ChainVerifier::new(
+                                &chain_key,
+                                header.tenant_id,
+                                row.seq.saturating_sub(1),
+                                row.prev_hash,
+                                &[],
+                            )
+                        });
+                        v.push(&row);
+                        data.audit().append(tx, row.event).await?;
                         rows += 1;
+                    }
+                    (None, None) if name == AUDIT_CHAIN => {
+                        let names = audit_chain_columns();
+                        source_chain = Some(Value::Object(
+                            names.into_iter().map(|c| c.name).zip(v).collect(),
+                        ));
                     }
                     (Some(_), None) => {}
                     _ => values.push(v),
@@ -984,6 +1061,7 @@ pub async fn restore_from(
         }
         match app_tx {
             Some(tx) => tx.commit().await?,
+            None if name == AUDIT_CHAIN => {}
             None => {
                 apply_library_table(data, &header, &name, values, &mut tenant, options).await?;
             }
@@ -1003,6 +1081,11 @@ pub async fn restore_from(
         "replace": options.replace,
         "resumed": resuming,
         "rows": manifest.tables.values().map(|s| s.rows).sum::<u64>(),
+        // The source's chain as verified when the backup was taken, and
+        // whether the events re-appended here verified under this
+        // deployment's audit root (null: none were re-appended).
+        "source_chain": source_chain,
+        "reverified_here": here.map(|v| v.finish().is_intact()),
     });
     data.audit().append(&mut tx, event).await?;
     tx.commit().await?;

@@ -191,6 +191,14 @@ impl AuditLog {
         }
     }
 
+    /// The tenant's chain key (to verify rows read elsewhere: a backup).
+    pub fn chain_key(&self, tenant: TenantId) -> tenancy_core::audit::chain::ChainKey {
+        match self {
+            AuditLog::Sqlite(log) => log.chain_key(tenant),
+            AuditLog::Postgres(log) => log.chain_key(tenant),
+        }
+    }
+
     /// One page of the live log in `tx`: rows after `after`, oldest first.
     pub async fn live_events(
         &self,
@@ -931,6 +939,16 @@ impl Data {
         match &self.backend {
             Backend::Sqlite { tenants, .. } => Ok(Tx::Sqlite(tenants.begin(ctx).await?)),
             Backend::Postgres { db, .. } => Ok(Tx::Postgres(db.begin(ctx).await?)),
+        }
+    }
+
+    /// [`Data::begin`] reading one instant throughout (a backup): on
+    /// PostgreSQL at `REPEATABLE READ`; on SQLite a read transaction, which
+    /// keeps its snapshot from its first read.
+    pub async fn begin_snapshot(&self, ctx: &TenantContext) -> Result<Tx, DbError> {
+        match &self.backend {
+            Backend::Sqlite { tenants, .. } => Ok(Tx::Sqlite(tenants.begin(ctx).await?)),
+            Backend::Postgres { db, .. } => Ok(Tx::Postgres(db.begin_snapshot(ctx).await?)),
         }
     }
 

@@ -59,6 +59,21 @@ async fn audit_of(
     r
 }
 
+/// The details of the newest `action` event in `t`'s log.
+async fn last_event(data: &Data, t: &tenancy_core::Tenant, action: &str) -> serde_json::Value {
+    let mut tx = data
+        .begin(&tenancy_core::TenantContext::new(t.clone()))
+        .await
+        .unwrap();
+    let page = data
+        .audit()
+        .query(&mut tx, &tenancy_sqlx::AuditQuery::new().action(action))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    page.events.first().unwrap().1.details.clone()
+}
+
 /// The customer's PAN as the restored app serves it.
 async fn pan_of(running: &app::Running, customer: &str) -> String {
     let admin = login(running.addr, "admin@sunrise.test", "sunrise-insurance").await;
@@ -137,6 +152,14 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     assert!(audit.is_intact(), "{:?}", audit.chain.breaks);
     // Every event, and the restore itself.
     assert_eq!(audit.live_rows, logged + 1);
+    // The restore records the source's chain as verified at backup time;
+    // this deployment has another audit root, so it could not re-verify.
+    let restored_event = last_event(&target, &restored, "restore").await;
+    assert_eq!(
+        restored_event["source_chain"]["intact"], true,
+        "{restored_event}"
+    );
+    assert_eq!(restored_event["reverified_here"], false, "{restored_event}");
     // A live tenant is not overwritten without `replace`...
     let again = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
         .await
@@ -178,11 +201,19 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     let (_db, urls) = fresh_database().await;
     let pg_dir = tempfile::tempdir().unwrap();
     copy_keys(source._dir.path(), pg_dir.path());
+    // With the audit root restored too, the events re-verify here.
+    std::fs::copy(
+        sqlite_dir.path().join("audit.key"),
+        pg_dir.path().join("audit.key"),
+    )
+    .unwrap();
     let pg = Data::open_postgres(pg_dir.path(), &urls).await.unwrap();
     let (in_pg, _) = restore_from(&pg, &back, &key, RestoreOptions::default(), &|_| {})
         .await
         .unwrap();
     assert_eq!(in_pg.placement, tenancy_core::Placement::Shared);
+    let restored_event = last_event(&pg, &in_pg, "restore").await;
+    assert_eq!(restored_event["reverified_here"], true, "{restored_event}");
     for (table, sum) in table_sums(&pg, &in_pg).await.unwrap() {
         assert_eq!(
             Some(&sum),
@@ -550,5 +581,64 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(again.0.status, 409, "{again}");
+    source.running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_log_is_reported_by_the_backup() {
+    let key = BackupKey::new([2u8; 32]);
+    let source = start(Backend::Postgres).await;
+    let sunrise = tenant(&source, "sunrise-insurance").await;
+    let agent = login(
+        source.running.addr,
+        "agent@sunrise.test",
+        "sunrise-insurance",
+    )
+    .await;
+    let c = call(
+        source.running.addr,
+        "POST",
+        "/customers",
+        Some(&agent),
+        Some(json!({"first_name": "Asha", "last_name": "Rao", "customer_type": "individual"})),
+    )
+    .await;
+    assert_eq!(c.status, 201, "{}", c.text());
+    // As the superuser: one event's actor changed in place.
+    let su = sqlx::PgPool::connect(&source.pg.as_ref().unwrap().admin_url)
+        .await
+        .unwrap();
+    let changed = sqlx::query(
+        "UPDATE tenancy.audit_log SET actor_id = 'someone-else' \
+         WHERE tenant_id = $1 AND seq = 1",
+    )
+    .bind(sunrise.id.as_uuid())
+    .execute(&su)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(changed, 1);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("b");
+    backup_to(&source.running.data, &sunrise, &file, &key, &|_| {})
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_keys(source._dir.path(), dir.path());
+    let target = Data::open(dir.path()).await.unwrap();
+    let (restored, _) = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+        .await
+        .unwrap();
+    // Re-linked under the target's key the events would verify: the
+    // restore event keeps the verdict the backup sealed.
+    let event = last_event(&target, &restored, "restore").await;
+    assert_eq!(event["source_chain"]["intact"], false, "{event}");
+    assert!(
+        event["source_chain"]["breaks"][0]
+            .as_str()
+            .unwrap()
+            .contains("Modified"),
+        "{event}"
+    );
     source.running.stop().await.unwrap();
 }

@@ -122,6 +122,13 @@ impl SqliteAuditLog {
         ChainKey::derive(&self.root, tenant)
     }
 
+    /// The tenant's chain key: to verify rows read outside this log (a
+    /// backup of it, an export) with [`ChainVerifier`]. It authenticates the
+    /// tenant's history: keep it where the audit root is kept.
+    pub fn chain_key(&self, tenant: TenantId) -> ChainKey {
+        self.key(tenant)
+    }
+
     /// Appends `event` inside `tx` and returns its sequence number. The
     /// event must belong to the transaction's tenant. Use a transaction
     /// opened with `begin_immediate` (the write lock orders the chain).
