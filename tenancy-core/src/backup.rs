@@ -478,7 +478,13 @@ pub enum BackupEvent {
 
 /// The longest line a backup may hold (one row): a longer one is refused
 /// rather than read into memory.
-pub const MAX_LINE: usize = 64 * 1024 * 1024;
+pub const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// The most tables a backup may hold, and columns a table: a file with
+/// more is refused (memory for the manifest stays bounded).
+pub const MAX_TABLES: usize = 4096;
+/// See [`MAX_TABLES`].
+pub const MAX_COLUMNS: usize = 1024;
 
 /// One line, at most [`MAX_LINE`] bytes (so memory stays bounded whatever
 /// the file holds).
@@ -576,6 +582,11 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
         match line {
             Line::Header { .. } => Err(BackupError::Tampered("a second header".into())),
             Line::Table { table, columns } => {
+                if self.seen.tables.len() >= MAX_TABLES || columns.len() > MAX_COLUMNS {
+                    return Err(BackupError::Tampered(format!(
+                        "more than {MAX_TABLES} tables or {MAX_COLUMNS} columns"
+                    )));
+                }
                 if self.table.is_some() || self.seen.tables.contains_key(&table) {
                     return Err(BackupError::Tampered(format!("table {table} out of place")));
                 }
@@ -783,6 +794,31 @@ mod tests {
         );
         // Twin: the genuine file passes its first table end.
         assert!(first_end(&a).is_ok());
+    }
+
+    #[test]
+    fn a_backup_of_too_many_tables_is_refused() {
+        let key = BackupKey::new([4u8; 32]);
+        let tables = |n: usize| {
+            let mut out = Vec::new();
+            let header = BackupHeader::new(TenantId::new_v4(), "t", Utc::now(), Value::Null);
+            let mut w = BackupWriter::new(&mut out, &key, header).unwrap();
+            for i in 0..n {
+                w.begin_table(&format!("t{i}"), vec![Column::new("x", ColumnType::Int)])
+                    .unwrap();
+                w.end_table().unwrap();
+            }
+            w.finish().unwrap();
+            out
+        };
+        assert_eq!(
+            read_all(&tables(MAX_TABLES), &key).unwrap().tables.len(),
+            MAX_TABLES
+        );
+        assert!(matches!(
+            read_all(&tables(MAX_TABLES + 1), &key),
+            Err(BackupError::Tampered(m)) if m.contains("tables")
+        ));
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! log — the retained archive and the live log — comes last; a restore
 //! re-appends it only into an empty log (a live tenant's log is
 //! append-only and stays as it is). A restore
-//! reads the file twice: once to verify the seal (nothing is written from an
-//! altered backup), then to load it, each table in its own transaction and
+//! first copies the file into the data directory (so no one can change it
+//! in between), then reads the copy twice: once to verify the seal and
+//! every table's columns (nothing is written from an altered backup), then
+//! to load it, each table in its own transaction and
 //! checked against the verified manifest; the tables done are recorded in
 //! the data directory (`restores/<tenant>.progress`, bound to the backup's
 //! manifest), so an interrupted restore resumes where it stopped when asked
@@ -530,6 +532,42 @@ fn open(file: &Path) -> Result<BufReader<std::fs::File>, ApiError> {
         .map_err(|e| ApiError::invalid(format!("{}: {e}", file.display())))
 }
 
+/// The backup, copied into the data directory (owner-only) before it is
+/// read: both passes read bytes no one else can change in between. Removed
+/// when dropped.
+struct PrivateCopy(PathBuf);
+
+impl PrivateCopy {
+    fn of(data: &Data, file: &Path) -> Result<Self, ApiError> {
+        let dir = data.dir().join("restores");
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        let path = dir.join(format!("{}.backup", uuid::Uuid::new_v4()));
+        let mut from = open(file)?;
+        let mut to = crate::ops::private_file(&path).map_err(failed)?;
+        let copy = Self(path);
+        std::io::copy(&mut from, &mut to).map_err(failed)?;
+        Ok(copy)
+    }
+}
+
+impl Drop for PrivateCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Rows a restore loads one by one (the application's tables and the
+/// audit log): the length of its progress bar.
+fn restored_rows(manifest: &Manifest) -> u64 {
+    let names: Vec<String> = app_tables().into_iter().map(|t| t.name).collect();
+    manifest
+        .tables
+        .iter()
+        .filter(|(n, _)| names.contains(n) || n.as_str() == AUDIT)
+        .map(|(_, s)| s.rows)
+        .sum()
+}
+
 /// Pass one: the whole file against its seal, and every table's columns
 /// against this version's — before anything is written or removed.
 fn verify(file: &Path, key: &BackupKey) -> Result<(BackupHeader, Manifest), ApiError> {
@@ -678,9 +716,21 @@ pub async fn clone_from(
     file: &Path,
     key: &BackupKey,
     clone: CloneAs,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(Tenant, Manifest), ApiError> {
+    let copy = PrivateCopy::of(data, file)?;
+    clone_copy(data, &copy.0, key, clone, progress).await
+}
+
+async fn clone_copy(
+    data: &Data,
+    file: &Path,
+    key: &BackupKey,
+    clone: CloneAs,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(Tenant, Manifest), ApiError> {
     let (header, manifest) = verify(file, key)?;
+    let total = restored_rows(&manifest);
     let source = header.tenant_id;
     let usable = data
         .keyring()
@@ -752,7 +802,7 @@ pub async fn clone_from(
                         }
                         rows += 1;
                         if rows.is_multiple_of(1000) {
-                            progress(rows);
+                            progress(rows, total);
                         }
                     }
                     _ if matches!(name.as_str(), TENANT | USERS | MEMBERS) => values.push(v),
@@ -824,7 +874,7 @@ pub async fn clone_from(
             _ => {}
         }
     }
-    progress(rows);
+    progress(rows, total);
     let tenant = tenant.ok_or_else(|| failed("the backup has no tenant record"))?;
     let mut tx = data
         .begin_write(&TenantContext::new(tenant.clone()))
@@ -864,15 +914,27 @@ pub async fn clone_from(
 
 /// Restores the backup in `file` (sealed with `key`) into this deployment's
 /// placement, as the same tenant (for a new one, see [`clone_from`]).
-/// `progress` is told every row restored.
+/// `progress` is told the rows restored so far and the rows to restore.
 pub async fn restore_from(
     data: &Data,
     file: &Path,
     key: &BackupKey,
     options: RestoreOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<(Tenant, Manifest), ApiError> {
+    let copy = PrivateCopy::of(data, file)?;
+    restore_copy(data, &copy.0, key, options, progress).await
+}
+
+async fn restore_copy(
+    data: &Data,
+    file: &Path,
+    key: &BackupKey,
+    options: RestoreOptions,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(Tenant, Manifest), ApiError> {
     let (header, manifest) = verify(file, key)?;
+    let total = restored_rows(&manifest);
     let done_path = progress_path(data, header.tenant_id);
     let binding = progress_binding(&header, &manifest)?;
     let recorded = match std::fs::read_to_string(&done_path) {
@@ -1006,7 +1068,7 @@ pub async fn restore_from(
                         }
                         rows += 1;
                         if rows.is_multiple_of(1000) {
-                            progress(rows);
+                            progress(rows, total);
                         }
                     }
                     (Some(tx), None) if audit_into => {
@@ -1038,6 +1100,9 @@ pub async fn restore_from(
                         data.audit().append(tx, row.event).await?;
                         rows += 1;
                     }
+                    (None, None) if name == SUBJECT_KEYS => {
+                        restore_subject_key(data, header.tenant_id, v).await?;
+                    }
                     (None, None) if name == AUDIT_CHAIN => {
                         let names = audit_chain_columns();
                         source_chain = Some(Value::Object(
@@ -1068,7 +1133,7 @@ pub async fn restore_from(
         }
         mark_done(&done_path, &name)?;
     }
-    progress(rows);
+    progress(rows, total);
     let tenant = tenant.ok_or_else(|| failed("the backup has no tenant record"))?;
     // The restore itself goes into the tenant's log.
     let mut tx = data
@@ -1257,35 +1322,39 @@ async fn apply_library_table(
             }
             data.keyring().import_keys(id, keys).await.map_err(failed)?;
         }
-        SUBJECT_KEYS => {
-            for r in rows {
-                let [subject, wrapped, created_at, erased_at] =
-                    <[Value; 4]>::try_from(r).map_err(|_| failed("subject key row"))?;
-                let subject =
-                    SubjectId::new(subject.as_str().unwrap_or_default()).map_err(failed)?;
-                let created_at = parse_instant(&created_at)?.ok_or_else(|| failed("time"))?;
-                let entry = match (wrapped.is_null(), parse_instant(&erased_at)?) {
-                    (false, None) => {
-                        StoredSubjectKey::live(id, subject, unb64(&wrapped)?, created_at)
-                    }
-                    (true, Some(at)) => StoredSubjectKey::erased(id, subject, created_at, at),
-                    _ => return Err(failed("a subject key neither live nor erased")),
-                };
-                // A subject erased here since the backup stays erased: the
-                // store never replaces a tombstone.
-                data.subjects()
-                    .store()
-                    .insert(entry)
-                    .await
-                    .map_err(failed)?;
-            }
-        }
+        // Streamed row by row as read (one per customer: not gathered).
+        SUBJECT_KEYS => {}
         other => {
             return Err(ApiError::invalid(format!(
                 "backup refused: unknown table {other}"
             )));
         }
     }
+    Ok(())
+}
+
+/// Stores one subject key of a backup (from the private copy, verified in
+/// pass one). A subject erased here since the backup stays erased: the
+/// store never replaces a tombstone.
+async fn restore_subject_key(
+    data: &Data,
+    id: tenancy_core::TenantId,
+    row: Vec<Value>,
+) -> Result<(), ApiError> {
+    let [subject, wrapped, created_at, erased_at] =
+        <[Value; 4]>::try_from(row).map_err(|_| failed("subject key row"))?;
+    let subject = SubjectId::new(subject.as_str().unwrap_or_default()).map_err(failed)?;
+    let created_at = parse_instant(&created_at)?.ok_or_else(|| failed("time"))?;
+    let entry = match (wrapped.is_null(), parse_instant(&erased_at)?) {
+        (false, None) => StoredSubjectKey::live(id, subject, unb64(&wrapped)?, created_at),
+        (true, Some(at)) => StoredSubjectKey::erased(id, subject, created_at, at),
+        _ => return Err(failed("a subject key neither live nor erased")),
+    };
+    data.subjects()
+        .store()
+        .insert(entry)
+        .await
+        .map_err(failed)?;
     Ok(())
 }
 

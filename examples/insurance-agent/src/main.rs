@@ -1144,10 +1144,15 @@ async fn tenant(at: &At, command: TenantCommand) -> Result<(), Error> {
                     .map(|s| format!(" as a new tenant {s}"))
                     .unwrap_or_default()
             );
-            let bar = ProgressBar::new_spinner();
-            let tick = |n: u64| {
-                bar.set_message(format!("{n} rows restored"));
-                bar.tick();
+            let bar = ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rows ({per_sec}, {eta} left)",
+            ) {
+                bar.set_style(style);
+            }
+            let tick = |n: u64, total: u64| {
+                bar.set_length(total);
+                bar.set_position(n);
             };
             let (t, manifest) = match clone_as {
                 Some(slug) => {

@@ -133,7 +133,7 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     copy_keys(source._dir.path(), sqlite_dir.path());
     let target = Data::open(sqlite_dir.path()).await.unwrap();
     let (restored, manifest) =
-        restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+        restore_from(&target, &file, &key, RestoreOptions::default(), &|_, _| {})
             .await
             .unwrap();
     assert_eq!(restored.id, sunrise.id);
@@ -161,7 +161,7 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     );
     assert_eq!(restored_event["reverified_here"], false, "{restored_event}");
     // A live tenant is not overwritten without `replace`...
-    let again = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+    let again = restore_from(&target, &file, &key, RestoreOptions::default(), &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(again.0.status, 409, "{again}");
@@ -174,7 +174,7 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
             replace: true,
             ..Default::default()
         },
-        &|_| {},
+        &|_, _| {},
     )
     .await
     .unwrap();
@@ -208,7 +208,7 @@ async fn a_tenant_round_trips_postgres_to_sqlite_and_back() {
     )
     .unwrap();
     let pg = Data::open_postgres(pg_dir.path(), &urls).await.unwrap();
-    let (in_pg, _) = restore_from(&pg, &back, &key, RestoreOptions::default(), &|_| {})
+    let (in_pg, _) = restore_from(&pg, &back, &key, RestoreOptions::default(), &|_, _| {})
         .await
         .unwrap();
     assert_eq!(in_pg.placement, tenancy_core::Placement::Shared);
@@ -261,7 +261,7 @@ async fn an_altered_backup_is_refused_and_leaves_nothing() {
         assert_ne!(altered, text, "{what}: the alteration changed nothing");
         let f = work.path().join("altered");
         std::fs::write(&f, altered).unwrap();
-        let err = restore_from(&target, &f, &key, RestoreOptions::default(), &|_| {})
+        let err = restore_from(&target, &f, &key, RestoreOptions::default(), &|_, _| {})
             .await
             .unwrap_err();
         assert_eq!(err.0.status, 422, "{what}: {err}");
@@ -277,7 +277,7 @@ async fn an_altered_backup_is_refused_and_leaves_nothing() {
         &file,
         &BackupKey::new([7u8; 32]),
         RestoreOptions::default(),
-        &|_| {},
+        &|_, _| {},
     )
     .await
     .unwrap_err();
@@ -299,7 +299,7 @@ async fn an_interrupted_restore_resumes_where_it_stopped() {
     let target_dir = tempfile::tempdir().unwrap();
     copy_keys(source._dir.path(), target_dir.path());
     let target = Data::open(target_dir.path()).await.unwrap();
-    let (restored, _) = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+    let (restored, _) = restore_from(&target, &file, &key, RestoreOptions::default(), &|_, _| {})
         .await
         .unwrap();
     // What a restore stopped after `agents` leaves: the tables before
@@ -329,7 +329,7 @@ async fn an_interrupted_restore_resumes_where_it_stopped() {
     };
     // The twin: without the record of what was done, the half-restored
     // tenant is a live tenant, and is refused.
-    let refused = restore_from(&target, &file, &key, resume, &|_| {})
+    let refused = restore_from(&target, &file, &key, resume, &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(refused.0.status, 409, "{refused}");
@@ -340,19 +340,19 @@ async fn an_interrupted_restore_resumes_where_it_stopped() {
         format!("{} {}\n{}\n", restored.id, "0".repeat(64), done.join("\n")),
     )
     .unwrap();
-    let other = restore_from(&target, &file, &key, resume, &|_| {})
+    let other = restore_from(&target, &file, &key, resume, &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(other.0.status, 409, "{other}");
     assert!(other.to_string().contains("another backup"), "{other}");
     std::fs::write(&progress, format!("{binding}\n{}\n", done.join("\n"))).unwrap();
     // An interrupted restore is continued only when asked to.
-    let unasked = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+    let unasked = restore_from(&target, &file, &key, RestoreOptions::default(), &|_, _| {})
         .await
         .unwrap_err();
     assert!(unasked.to_string().contains("--resume"), "{unasked}");
     let seen = std::sync::atomic::AtomicU64::new(0);
-    restore_from(&target, &file, &key, resume, &|n| {
+    restore_from(&target, &file, &key, resume, &|n, _| {
         seen.store(n, std::sync::atomic::Ordering::Relaxed);
     })
     .await
@@ -372,6 +372,13 @@ async fn an_interrupted_restore_resumes_where_it_stopped() {
         !progress.exists(),
         "the record goes once the restore is done"
     );
+    // The private copies restores read are gone too.
+    let left: Vec<_> = std::fs::read_dir(progress.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".backup"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     source.running.stop().await.unwrap();
 }
 
@@ -418,7 +425,7 @@ async fn a_customer_forgotten_since_the_backup_stays_forgotten() {
             replace: true,
             ..Default::default()
         },
-        &|_| {},
+        &|_, _| {},
     )
     .await
     .unwrap();
@@ -495,7 +502,7 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
         slug: "sunrise-sandbox".parse().unwrap(),
         name: None,
     };
-    let (copy, _) = clone_from(data, &file, &key, clone_as(), &|_| {})
+    let (copy, _) = clone_from(data, &file, &key, clone_as(), &|_, _| {})
         .await
         .unwrap();
     assert_ne!(copy.id, sunrise.id);
@@ -577,7 +584,7 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
         assert_eq!(page.events.len(), 1, "{}", t.slug);
     }
     // A taken slug is refused.
-    let again = clone_from(data, &file, &key, clone_as(), &|_| {})
+    let again = clone_from(data, &file, &key, clone_as(), &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(again.0.status, 409, "{again}");
@@ -626,7 +633,7 @@ async fn a_tampered_audit_log_is_reported_by_the_backup() {
     let dir = tempfile::tempdir().unwrap();
     copy_keys(source._dir.path(), dir.path());
     let target = Data::open(dir.path()).await.unwrap();
-    let (restored, _) = restore_from(&target, &file, &key, RestoreOptions::default(), &|_| {})
+    let (restored, _) = restore_from(&target, &file, &key, RestoreOptions::default(), &|_, _| {})
         .await
         .unwrap();
     // Re-linked under the target's key the events would verify: the
