@@ -51,24 +51,9 @@ fn spec(name: &str) -> TableSpec {
 const PG_DDL: &str = "(tenant_id uuid NOT NULL, id uuid NOT NULL, n bigint NOT NULL, note text, at timestamptz, \
      PRIMARY KEY (tenant_id, id))";
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Runs `f` and returns how far the peak resident set rose above the
-/// resident set before it (KiB).
+/// Runs `f` and returns how far the peak resident set rose (KiB).
 async fn peak_growth<T>(f: impl AsyncFnOnce() -> T) -> (T, u64) {
-    // Resets VmHWM to the current resident set (Linux ≥ 4.0).
-    std::fs::write("/proc/self/clear_refs", "5").unwrap();
-    let before = status_kib("VmRSS:");
-    let out = f().await;
-    let peak = status_kib("VmHWM:");
-    (out, peak.saturating_sub(before))
+    tenancy_testkit::memory::peak_growth_kib(f).await.unwrap()
 }
 
 fn open<'k>(path: &Path, key: &'k BackupKey) -> BackupReader<'k, BufReader<std::fs::File>> {

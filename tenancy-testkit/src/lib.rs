@@ -26,6 +26,7 @@ pub mod http;
 pub mod invite;
 pub mod isolation;
 pub mod membership;
+pub mod memory;
 pub mod monthly;
 pub mod oidc;
 pub mod outbox;
@@ -65,6 +66,10 @@ pub enum TestkitError {
     /// Connecting failed.
     #[error("cannot connect to the test database: {0}")]
     Connect(#[from] sqlx::Error),
+    /// The process's memory figures cannot be read (not Linux, or `/proc`
+    /// not mounted).
+    #[error("cannot measure memory: {0}")]
+    Memory(String),
 }
 
 /// The connection URLs of the throwaway database.
