@@ -30,11 +30,12 @@
 //!   before the manifest line and of the manifest itself. [`BackupReader`]
 //!   verifies each table's count and checksum when the table ends and the
 //!   seal at the end.
-//! - Each table end carries a **tag**: the same HMAC over every byte before
-//!   it. [`BackupEvent::TableEnd`] is returned only once the tag verified,
-//!   so everything up to that table is authentic and may be committed — a
-//!   restore that loads table by table never commits bytes that were not
-//!   sealed, even if the file changes between two readings of it.
+//! - Each table end carries a **tag**: an HMAC (under its own label) over
+//!   every byte before it. [`BackupEvent::TableEnd`] is returned only once
+//!   the tag verified, so everything up to that table is authentic — even
+//!   if the file changed since an earlier reading. A tag does not prove the
+//!   file is complete: verify the whole file to its seal first (a first
+//!   pass), then load it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -296,7 +297,7 @@ enum Line {
         rows: u64,
         #[serde(with = "hex32")]
         checksum: [u8; 32],
-        /// HMAC of every byte before this line: the stream so far.
+        /// HMAC of every byte before this line (labelled): the stream so far.
         #[serde(with = "hex32")]
         tag: [u8; 32],
     },
@@ -368,6 +369,10 @@ impl<'k, W: Write> BackupWriter<'k, W> {
     fn line(&mut self, line: &Line) -> Result<(), BackupError> {
         let mut bytes = serde_json::to_vec(line).map_err(|e| BackupError::Format(e.to_string()))?;
         bytes.push(b'\n');
+        // What a reader would refuse is not written.
+        if bytes.len() > MAX_LINE {
+            return Err(BackupError::Usage("a row longer than MAX_LINE"));
+        }
         self.mac.update(&bytes);
         self.out.write_all(&bytes)?;
         Ok(())
@@ -418,7 +423,7 @@ impl<'k, W: Write> BackupWriter<'k, W> {
         let Some((name, _, sum)) = self.table.take() else {
             return Err(BackupError::Usage("no table to end"));
         };
-        let tag: [u8; 32] = self.mac.clone().finalize().into_bytes().into();
+        let tag: [u8; 32] = table_mac(&self.mac).finalize().into_bytes().into();
         self.line(&Line::End {
             end: name.clone(),
             rows: sum.rows,
@@ -474,6 +479,14 @@ pub enum BackupEvent {
     /// The seal verified: everything read is what was written. Only now may
     /// a restore commit.
     Sealed(Manifest),
+}
+
+/// A table end's tag: the HMAC of the stream so far, under a label of its
+/// own (a tag is never a seal).
+fn table_mac(mac: &Hmac<Sha256>) -> Hmac<Sha256> {
+    let mut m = mac.clone();
+    m.update(b"\0tenancy-rs/backup/table-end");
+    m
 }
 
 /// The longest line a backup may hold (one row): a longer one is refused
@@ -571,8 +584,7 @@ impl<'k, R: BufRead> BackupReader<'k, R> {
         // A table end authenticates everything before it, so a table may be
         // committed as soon as it ends (not only after the seal).
         if let Line::End { tag, .. } = &line {
-            self.mac
-                .clone()
+            table_mac(&self.mac)
                 .verify_slice(tag)
                 .map_err(|_| BackupError::Tampered("a table's tag does not verify".into()))?;
         }

@@ -401,12 +401,25 @@ impl TenantDb {
                 });
             }
         };
-        let tx = pool.begin_with(sql).await.map_err(|e| match &e {
+        let span = tracing::debug_span!("tenant_tx", tenant.id = %tenant, snapshot = true);
+        let moved = |e: sqlx::Error| match &e {
             sqlx::Error::Database(d) if d.code().as_deref() == Some(MOVED_SQLSTATE) => {
                 DbError::TenantMoved { tenant }
             }
             _ => seal_error(e),
-        })?;
+        };
+        let tx = async {
+            match pool.begin_with(sql.clone()).await {
+                Ok(tx) => Ok(tx),
+                Err(e) if is_connection_loss(&e) => {
+                    tracing::warn!(error = %e, "connection lost at BEGIN; retrying once");
+                    pool.begin_with(sql).await.map_err(moved)
+                }
+                Err(e) => Err(moved(e)),
+            }
+        }
+        .instrument(span)
+        .await?;
         Ok(TenantTx {
             tx,
             ctx: ctx.clone(),

@@ -38,6 +38,7 @@ use tenancy_core::backup::{
 };
 use tenancy_core::crypto::keys::{KeyState, StoredKey};
 use tenancy_core::crypto::subject::{StoredSubjectKey, SubjectId};
+use tenancy_core::lifecycle::Transition;
 use tenancy_core::store::TenantStore as _;
 use tenancy_core::{Membership, Tenant, TenantContext};
 use tenancy_sqlx::backup::TableSpec;
@@ -368,6 +369,20 @@ async fn backup<W: Write>(
         .map_err(failed)?;
     }
     w.end_table().map_err(failed)?;
+    // The application's tables and the audit log, from one snapshot.
+    let ctx = TenantContext::new(tenant.clone());
+    let mut tx = data.begin_snapshot(&ctx).await?;
+    let mut rows = 0u64;
+    for spec in app_tables() {
+        let sum = match tx.tx() {
+            Tx::Sqlite(t) => tenancy_sqlx::backup::write_sqlite_table(t, &spec, &mut w).await?,
+            Tx::Postgres(t) => tenancy_sqlx::backup::write_pg_table(t, &spec, &mut w).await?,
+        };
+        rows += sum.rows;
+        progress(rows);
+    }
+    // Subject keys after the snapshot began: every customer in it has its
+    // key by now (a key is stored before its customer is).
     w.begin_table(
         SUBJECT_KEYS,
         columns(&[
@@ -399,18 +414,6 @@ async fn backup<W: Write>(
         }
     }
     w.end_table().map_err(failed)?;
-    // The application's tables and the audit log, from one snapshot.
-    let ctx = TenantContext::new(tenant.clone());
-    let mut tx = data.begin_snapshot(&ctx).await?;
-    let mut rows = 0u64;
-    for spec in app_tables() {
-        let sum = match tx.tx() {
-            Tx::Sqlite(t) => tenancy_sqlx::backup::write_sqlite_table(t, &spec, &mut w).await?,
-            Tx::Postgres(t) => tenancy_sqlx::backup::write_pg_table(t, &spec, &mut w).await?,
-        };
-        rows += sum.rows;
-        progress(rows);
-    }
     // The audit log, from the same snapshot: the retained archive (segment
     // by segment), then the live log (page by page) — verified as it is
     // written, and the verdict sealed in the backup after it.
@@ -468,10 +471,12 @@ async fn backup<W: Write>(
         verdict
             .head
             .map_or(Value::Null, |(seq, _)| Value::from(seq)),
+        // The first breaks (a line stays small however broken the log is).
         Value::from(
             verdict
                 .breaks
                 .iter()
+                .take(100)
                 .map(|b| Value::from(format!("{b:?}")))
                 .collect::<Vec<_>>(),
         ),
@@ -541,6 +546,20 @@ impl PrivateCopy {
     fn of(data: &Data, file: &Path) -> Result<Self, ApiError> {
         let dir = data.dir().join("restores");
         std::fs::create_dir_all(&dir).map_err(failed)?;
+        // Copies left by a restore that was killed (they hold personal
+        // data): gone after a day.
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for entry in std::fs::read_dir(&dir).map_err(failed)?.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if stale && entry.file_name().to_string_lossy().ends_with(".backup") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let path = dir.join(format!("{}.backup", uuid::Uuid::new_v4()));
         let mut from = open(file)?;
         let mut to = crate::ops::private_file(&path).map_err(failed)?;
@@ -719,19 +738,76 @@ pub async fn clone_from(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(Tenant, Manifest), ApiError> {
     let copy = PrivateCopy::of(data, file)?;
-    clone_copy(data, &copy.0, key, clone, progress).await
+    let mut made: Option<Tenant> = None;
+    match clone_copy(data, &copy.0, key, clone, &mut made, progress).await {
+        Ok(done) => Ok(done),
+        // Say where the partial clone is (it stays suspended).
+        Err(mut e) => {
+            if let Some(t) = made {
+                e.0.detail = format!(
+                    "{} — the partial clone {} ({}) is suspended: purge it and clone again",
+                    e.0.detail, t.slug, t.id
+                );
+            }
+            Err(e)
+        }
+    }
 }
+
+/// The settings a clone takes from its source: those that describe how the
+/// tenant works, not who it is (no identity provider, pending domain
+/// challenge or plan request — those name one tenant).
+const CLONED_SETTINGS: [&str; 6] = [
+    "time_zone",
+    "branding",
+    "password_policy",
+    "commission_rates",
+    "audit_retention",
+    "security",
+];
 
 async fn clone_copy(
     data: &Data,
     file: &Path,
     key: &BackupKey,
     clone: CloneAs,
+    made: &mut Option<Tenant>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<(Tenant, Manifest), ApiError> {
     let (header, manifest) = verify(file, key)?;
-    let total = restored_rows(&manifest);
+    let names: Vec<String> = app_tables().into_iter().map(|t| t.name).collect();
+    let total: u64 = manifest
+        .tables
+        .iter()
+        .filter(|(n, _)| names.contains(n))
+        .map(|(_, s)| s.rows)
+        .sum();
     let source = header.tenant_id;
+    // The source as it is now: its members are the clone's (access revoked
+    // since the backup is not brought back), and a tenant on its way out is
+    // not copied out of its purge.
+    let Some(now_source) = data
+        .tenant_store()
+        .by_id(source)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    else {
+        return Err(ApiError::conflict(format!(
+            "tenant {} is not in this deployment: restore the backup as that tenant here \
+             first, then clone it",
+            header.tenant_slug
+        )));
+    };
+    if !matches!(
+        now_source.status,
+        tenancy_core::TenantStatus::Active | tenancy_core::TenantStatus::Trial { .. }
+    ) {
+        return Err(ApiError::conflict(format!(
+            "tenant {} is not active here: it is not cloned",
+            header.tenant_slug
+        )));
+    }
+    let members = data.memberships().members_of(source).await?;
     let usable = data
         .keyring()
         .versions(source)
@@ -839,42 +915,47 @@ async fn clone_copy(
                 t.slug = clone.slug.clone();
                 // A domain names one tenant: the clone is reached by its slug.
                 t.domains.clear();
-                t.status = tenancy_core::TenantStatus::Active;
+                if let Value::Object(settings) = &mut t.settings {
+                    settings.retain(|k, _| CLONED_SETTINGS.contains(&k.as_str()));
+                }
+                // Suspended until every row is in (resumed at the end).
+                t.status = tenancy_core::TenantStatus::Suspended {
+                    reason: "being restored as a copy".into(),
+                };
                 t.created_at = now;
                 t.updated_at = now;
                 t.version = 0;
-                tenant = Some(data.create_tenant(t).await?);
-            }
-            MEMBERS => {
-                for v in values {
-                    let mut m: Membership =
-                        serde_json::from_value(v.into_iter().next().unwrap_or_default())
-                            .map_err(failed)?;
-                    if m.tenant_id != source {
-                        return Err(ApiError::invalid(
-                            "backup refused: a membership of another tenant",
-                        ));
-                    }
+                let created = data.create_tenant(t).await?;
+                *made = Some(created.clone());
+                tenant = Some(created);
+                // The crossing goes into the source's log before any of
+                // its data is copied.
+                let mut tx = data
+                    .begin_write(&TenantContext::new((*now_source).clone()))
+                    .await?;
+                let mut event = AuditEvent::system(source, "restore", "clone", "tenant")
+                    .with_resource_id(source);
+                event.details = json!({
+                    "clone_tenant": target,
+                    "clone_slug": clone.slug,
+                    "backup_created_at": header.created_at,
+                });
+                data.audit().append(&mut tx, event).await?;
+                tx.commit().await?;
+                // Members: the source's, as they are now.
+                for m in &members {
+                    let mut m = m.clone();
                     m.tenant_id = target;
                     data.memberships().upsert(&m).await?;
                 }
             }
-            USERS => {
-                apply_library_table(
-                    data,
-                    &header,
-                    USERS,
-                    values,
-                    &mut None,
-                    RestoreOptions::default(),
-                )
-                .await?;
-            }
+            // Members and accounts: the source's now (above), not the
+            // backup's.
             // Keys, subject keys and the audit log stay the source's.
             _ => {}
         }
     }
-    progress(rows, total);
+    progress(total, total);
     let tenant = tenant.ok_or_else(|| failed("the backup has no tenant record"))?;
     let mut tx = data
         .begin_write(&TenantContext::new(tenant.clone()))
@@ -889,26 +970,10 @@ async fn clone_copy(
     });
     data.audit().append(&mut tx, event).await?;
     tx.commit().await?;
-    // Reading one tenant's data into another is recorded on both sides.
-    if let Some(src) = data
-        .tenant_store()
-        .by_id(source)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        let mut tx = data
-            .begin_write(&TenantContext::new((*src).clone()))
-            .await?;
-        let mut event =
-            AuditEvent::system(source, "restore", "clone", "tenant").with_resource_id(source);
-        event.details = json!({
-            "clone_tenant": tenant.id,
-            "clone_slug": tenant.slug,
-            "backup_created_at": header.created_at,
-        });
-        data.audit().append(&mut tx, event).await?;
-        tx.commit().await?;
-    }
+    // Every row is in: the clone opens.
+    let tenant = data
+        .transition(&tenant, Transition::Resume, "restore")
+        .await?;
     Ok((tenant, manifest))
 }
 

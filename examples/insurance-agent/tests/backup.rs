@@ -492,7 +492,19 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
     )
     .await;
     assert_eq!(c.status, 201, "{}", c.text());
+    // A pending domain challenge: it names this tenant, not a copy.
+    let src_admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
+    let challenge = call(
+        addr,
+        "POST",
+        "/domains",
+        Some(&src_admin),
+        Some(json!({"domain": "portal.sunrise.test"})),
+    )
+    .await;
+    assert_eq!(challenge.status, 201, "{}", challenge.text());
     let sunrise = tenant(&source, "sunrise-insurance").await;
+    assert!(sunrise.settings.get("domain_challenges").is_some());
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("b");
     let report = backup_to(data, &sunrise, &file, &key, &|_| {})
@@ -508,6 +520,12 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
     assert_ne!(copy.id, sunrise.id);
     assert_eq!(copy.slug.as_str(), "sunrise-sandbox");
     assert!(copy.domains.is_empty(), "a domain names one tenant");
+    assert!(
+        copy.settings.get("domain_challenges").is_none(),
+        "{}",
+        copy.settings
+    );
+    assert!(matches!(copy.status, tenancy_core::TenantStatus::Active));
     // Every table, every row, under new ids.
     for (table, sum) in table_sums(data, &copy).await.unwrap() {
         assert_eq!(sum.rows, report.manifest.tables[&table].rows, "{table}");
@@ -550,7 +568,6 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
     assert_eq!(found.status, 200, "{}", found.text());
     assert_eq!(found.json()["items"][0]["id"], copy_id.to_string());
     // ... and the source is untouched (its id is unknown in the clone).
-    let src_admin = login(addr, "admin@sunrise.test", "sunrise-insurance").await;
     let r = call(
         addr,
         "GET",
@@ -588,6 +605,30 @@ async fn a_backup_restores_as_a_new_tenant_with_its_own_keys(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(again.0.status, 409, "{again}");
+    // A source that is not active is not copied (out of its purge, say).
+    data.transition(
+        &sunrise,
+        tenancy_core::lifecycle::Transition::Offboard {
+            grace: chrono::Duration::days(30),
+        },
+        "test",
+    )
+    .await
+    .unwrap();
+    let leaving = clone_from(
+        data,
+        &file,
+        &key,
+        CloneAs {
+            slug: "sunrise-leaving".parse().unwrap(),
+            name: None,
+        },
+        &|_, _| {},
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(leaving.0.status, 409, "{leaving}");
+    assert!(leaving.to_string().contains("not active"), "{leaving}");
     source.running.stop().await.unwrap();
 }
 
