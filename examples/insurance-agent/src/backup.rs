@@ -881,7 +881,7 @@ async fn clone_copy(
                             progress(rows, total);
                         }
                     }
-                    _ if matches!(name.as_str(), TENANT | USERS | MEMBERS) => values.push(v),
+                    _ if name == TENANT => values.push(v),
                     // Keys, subject keys and the audit log stay the source's.
                     _ => {}
                 },
@@ -893,66 +893,62 @@ async fn clone_copy(
             tx.commit().await?;
             continue;
         }
-        match name.as_str() {
-            TENANT => {
-                let record = values
-                    .into_iter()
-                    .next()
-                    .and_then(|mut r| r.pop())
-                    .ok_or_else(|| failed("no tenant record"))?;
-                let mut t: Tenant = serde_json::from_value(record).map_err(failed)?;
-                if t.id != source {
-                    return Err(ApiError::invalid(
-                        "backup refused: its tenant record names another tenant",
-                    ));
-                }
-                let now = Utc::now();
-                t.display_name = clone
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("{} (copy)", t.display_name));
-                t.id = target;
-                t.slug = clone.slug.clone();
-                // A domain names one tenant: the clone is reached by its slug.
-                t.domains.clear();
-                if let Value::Object(settings) = &mut t.settings {
-                    settings.retain(|k, _| CLONED_SETTINGS.contains(&k.as_str()));
-                }
-                // Suspended until every row is in (resumed at the end).
-                t.status = tenancy_core::TenantStatus::Suspended {
-                    reason: "being restored as a copy".into(),
-                };
-                t.created_at = now;
-                t.updated_at = now;
-                t.version = 0;
-                let created = data.create_tenant(t).await?;
-                *made = Some(created.clone());
-                tenant = Some(created);
-                // The crossing goes into the source's log before any of
-                // its data is copied.
-                let mut tx = data
-                    .begin_write(&TenantContext::new((*now_source).clone()))
-                    .await?;
-                let mut event = AuditEvent::system(source, "restore", "clone", "tenant")
-                    .with_resource_id(source);
-                event.details = json!({
-                    "clone_tenant": target,
-                    "clone_slug": clone.slug,
-                    "backup_created_at": header.created_at,
-                });
-                data.audit().append(&mut tx, event).await?;
-                tx.commit().await?;
-                // Members: the source's, as they are now.
-                for m in &members {
-                    let mut m = m.clone();
-                    m.tenant_id = target;
-                    data.memberships().upsert(&m).await?;
-                }
+        // Members and accounts are the source's now (below), not the
+        // backup's; keys, subject keys and the audit log stay the source's.
+        if name == TENANT {
+            let record = values
+                .into_iter()
+                .next()
+                .and_then(|mut r| r.pop())
+                .ok_or_else(|| failed("no tenant record"))?;
+            let mut t: Tenant = serde_json::from_value(record).map_err(failed)?;
+            if t.id != source {
+                return Err(ApiError::invalid(
+                    "backup refused: its tenant record names another tenant",
+                ));
             }
-            // Members and accounts: the source's now (above), not the
-            // backup's.
-            // Keys, subject keys and the audit log stay the source's.
-            _ => {}
+            let now = Utc::now();
+            t.display_name = clone
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{} (copy)", t.display_name));
+            t.id = target;
+            t.slug = clone.slug.clone();
+            // A domain names one tenant: the clone is reached by its slug.
+            t.domains.clear();
+            if let Value::Object(settings) = &mut t.settings {
+                settings.retain(|k, _| CLONED_SETTINGS.contains(&k.as_str()));
+            }
+            // Suspended until every row is in (resumed at the end).
+            t.status = tenancy_core::TenantStatus::Suspended {
+                reason: "being restored as a copy".into(),
+            };
+            t.created_at = now;
+            t.updated_at = now;
+            t.version = 0;
+            let created = data.create_tenant(t).await?;
+            *made = Some(created.clone());
+            tenant = Some(created);
+            // The crossing goes into the source's log before any of
+            // its data is copied.
+            let mut tx = data
+                .begin_write(&TenantContext::new((*now_source).clone()))
+                .await?;
+            let mut event =
+                AuditEvent::system(source, "restore", "clone", "tenant").with_resource_id(source);
+            event.details = json!({
+                "clone_tenant": target,
+                "clone_slug": clone.slug,
+                "backup_created_at": header.created_at,
+            });
+            data.audit().append(&mut tx, event).await?;
+            tx.commit().await?;
+            // Members: the source's, as they are now.
+            for m in &members {
+                let mut m = m.clone();
+                m.tenant_id = target;
+                data.memberships().upsert(&m).await?;
+            }
         }
     }
     progress(total, total);
