@@ -1,6 +1,7 @@
 //! One tenant's table of 100 000 rows through every placement, by backup
 //! files: a SQLite file of its own → its own PostgreSQL schema → the shared
-//! tables under row-level security → a SQLite file again, each restore as the
+//! tables under row-level security → a PostgreSQL database of its own → a
+//! SQLite file again, each restore as the
 //! application role through `TenantDb::begin`, each with the checksums of the
 //! source. Memory is bounded by a constant: the peak resident set while
 //! restoring 100 000 rows grows by less than [`BUDGET_KIB`] — where reading
@@ -16,6 +17,7 @@ use std::path::Path;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tenancy_core::backup::{
     BackupEvent, BackupHeader, BackupKey, BackupReader, BackupWriter, ColumnType,
 };
@@ -26,7 +28,7 @@ use tenancy_sqlx::backup::{
     write_pg_table, write_sqlite_table,
 };
 use tenancy_sqlx::tenant_migrate::{MigrationTarget, TenantMigration, TenantMigrator};
-use tenancy_sqlx::{TenantDb, migrate};
+use tenancy_sqlx::{DatabaseRouter, TenantDb, migrate};
 use tenancy_testkit::TestDb;
 
 const ROWS: u32 = 100_000;
@@ -149,7 +151,8 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
         .connect(&env.app_url)
         .await
         .unwrap();
-    let db = TenantDb::new(pool, env.seal_key().await.unwrap());
+    let db = TenantDb::new(pool, env.seal_key().await.unwrap())
+        .with_databases(DatabaseRouter::new(env.app_url.parse().unwrap()));
 
     let restore_pg = async |file: &Path, ctx: &TenantContext| {
         let mut r = open(file, &key);
@@ -219,6 +222,61 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
     assert_eq!(read_pg_table_sum(&mut tx, &s).await.unwrap().rows, 0);
     tx.commit().await.unwrap();
 
+    // Into a database of its own (row-level security kept inside).
+    let database = Placement::name_for(id);
+    sqlx::raw_sql(&format!(
+        "CREATE DATABASE \"{database}\" OWNER tenancy_owner"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let owner_opts: PgConnectOptions = env.owner_url.parse().unwrap();
+    let in_db = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(owner_opts.database(&database))
+        .await
+        .unwrap();
+    tenancy_sqlx::migrate::install_seal(
+        &mut in_db.acquire().await.unwrap(),
+        &env.seal_key().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    sqlx::query(&format!("CREATE TABLE public.{table} {PG_DDL}"))
+        .execute(&in_db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        &TenantTable::new(&table)
+            .schema("public")
+            .index_on(["id"])
+            .grant_to("tenancy_app")
+            .ddl(),
+    )
+    .execute(&in_db)
+    .await
+    .unwrap();
+    in_db.close().await;
+    let database_tenant = TenantContext::new(
+        tenant
+            .clone()
+            .with_placement(Placement::database(&database).unwrap()),
+    );
+    let (m, into_database) = peak_growth(async || restore_pg(&f3, &database_tenant).await).await;
+    assert_eq!(m.tables[&table], source_sum);
+    let mut tx = db.begin(&database_tenant).await.unwrap();
+    assert_eq!(read_pg_table_sum(&mut tx, &s).await.unwrap(), source_sum);
+    let f4 = backup("from-database");
+    let mut w = BackupWriter::new(
+        BufWriter::new(std::fs::File::create(&f4).unwrap()),
+        &key,
+        header(),
+    )
+    .unwrap();
+    write_pg_table(&mut tx, &s, &mut w).await.unwrap();
+    w.finish().unwrap();
+    tx.commit().await.unwrap();
+
     // And back into a SQLite file.
     let mut target = sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}?mode=rwc",
@@ -234,7 +292,7 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
     .await
     .unwrap();
     let (m, into_sqlite) = peak_growth(async || {
-        let mut r = open(&f3, &key);
+        let mut r = open(&f4, &key);
         let mut tx = target.begin().await.unwrap();
         loop {
             match r.next().unwrap() {
@@ -272,11 +330,12 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
     println!(
         "{ROWS} rows, backup file {size} KiB; peak RSS growth while restoring: \
          into a schema {into_schema} KiB, into shared tables {into_shared} KiB, \
-         into a SQLite file {into_sqlite} KiB; reading it into memory first {buffered} KiB"
+         into a database of its own {into_database} KiB, into a SQLite file {into_sqlite} KiB; reading it into memory first {buffered} KiB"
     );
     for (what, kib) in [
         ("schema", into_schema),
         ("shared", into_shared),
+        ("database", into_database),
         ("sqlite", into_sqlite),
     ] {
         assert!(
@@ -290,6 +349,10 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
     );
 
     drop(db);
+    sqlx::raw_sql(&format!("DROP DATABASE \"{database}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
     sqlx::query(&format!("DROP TABLE public.{table}"))
         .execute(&admin)
         .await
