@@ -483,7 +483,18 @@ impl SubjectKeys {
         };
         let key = self.unwrap_entry(&entry).await?;
         if self.epoch() == epoch {
-            return Ok(self.cache.entry(id).or_insert(key).await.into_value());
+            let key = self
+                .cache
+                .entry(id.clone())
+                .or_insert(key)
+                .await
+                .into_value();
+            // An erasure that began after the check above: its own
+            // invalidation may have run before this insert, so drop it here.
+            if self.epoch() != epoch {
+                self.cache.invalidate(&id).await;
+            }
+            return Ok(key);
         }
         Ok(key)
     }
