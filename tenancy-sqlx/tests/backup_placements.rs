@@ -168,20 +168,26 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
             }
         }
     };
+    // A PostgreSQL placement's table, checked against the source and backed
+    // up to a new file.
+    let backup_pg = async |ctx: &TenantContext, name: &str| {
+        let mut tx = db.begin(ctx).await.unwrap();
+        assert_eq!(read_pg_table_sum(&mut tx, &s).await.unwrap(), source_sum);
+        let path = backup(name);
+        let mut w = BackupWriter::new(
+            BufWriter::new(std::fs::File::create(&path).unwrap()),
+            &key,
+            header(),
+        )
+        .unwrap();
+        write_pg_table(&mut tx, &s, &mut w).await.unwrap();
+        w.finish().unwrap();
+        tx.commit().await.unwrap();
+        path
+    };
     let (m, into_schema) = peak_growth(async || restore_pg(&f1, &schema_tenant).await).await;
     assert_eq!(m.tables[&table], source_sum);
-    let mut tx = db.begin(&schema_tenant).await.unwrap();
-    assert_eq!(read_pg_table_sum(&mut tx, &s).await.unwrap(), source_sum);
-    let f2 = backup("from-schema");
-    let mut w = BackupWriter::new(
-        BufWriter::new(std::fs::File::create(&f2).unwrap()),
-        &key,
-        header(),
-    )
-    .unwrap();
-    write_pg_table(&mut tx, &s, &mut w).await.unwrap();
-    w.finish().unwrap();
-    tx.commit().await.unwrap();
+    let f2 = backup_pg(&schema_tenant, "from-schema").await;
 
     // Into the shared tables, under row-level security.
     sqlx::query(&format!("CREATE TABLE public.{table} {PG_DDL}"))
@@ -200,18 +206,7 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
     let shared_tenant = TenantContext::new(tenant.clone().with_placement(Placement::Shared));
     let (m, into_shared) = peak_growth(async || restore_pg(&f2, &shared_tenant).await).await;
     assert_eq!(m.tables[&table], source_sum);
-    let mut tx = db.begin(&shared_tenant).await.unwrap();
-    assert_eq!(read_pg_table_sum(&mut tx, &s).await.unwrap(), source_sum);
-    let f3 = backup("from-shared");
-    let mut w = BackupWriter::new(
-        BufWriter::new(std::fs::File::create(&f3).unwrap()),
-        &key,
-        header(),
-    )
-    .unwrap();
-    write_pg_table(&mut tx, &s, &mut w).await.unwrap();
-    w.finish().unwrap();
-    tx.commit().await.unwrap();
+    let f3 = backup_pg(&shared_tenant, "from-shared").await;
     // Another tenant sees none of it.
     let other = TenantContext::new(Tenant::new(
         TenantId::new_v4(),
@@ -264,18 +259,7 @@ async fn a_100k_row_table_moves_through_every_placement_in_bounded_memory() {
     );
     let (m, into_database) = peak_growth(async || restore_pg(&f3, &database_tenant).await).await;
     assert_eq!(m.tables[&table], source_sum);
-    let mut tx = db.begin(&database_tenant).await.unwrap();
-    assert_eq!(read_pg_table_sum(&mut tx, &s).await.unwrap(), source_sum);
-    let f4 = backup("from-database");
-    let mut w = BackupWriter::new(
-        BufWriter::new(std::fs::File::create(&f4).unwrap()),
-        &key,
-        header(),
-    )
-    .unwrap();
-    write_pg_table(&mut tx, &s, &mut w).await.unwrap();
-    w.finish().unwrap();
-    tx.commit().await.unwrap();
+    let f4 = backup_pg(&database_tenant, "from-database").await;
 
     // And back into a SQLite file.
     let mut target = sqlx::SqliteConnection::connect(&format!(
